@@ -1,0 +1,114 @@
+/*
+ * N-API entry points of the vpm native addon.
+ *
+ * Checksum (the benchmark's physical reference):
+ *   sum16(buf, off, len, initial) -> number
+ *   sum16Batch(buf, offsets: Uint32Array, lengths: Uint32Array, count, out: Uint32Array)
+ *       sums `count` regions of one buffer in one call, writing each sum to out[i].
+ *
+ * Every argument is checked; a bad one throws a TypeError/RangeError naming it
+ * (these are control-plane calls; the data plane passes preallocated arrays).
+ */
+#include <node_api.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "checksum.h"
+
+#define THROW(env, kind, ...)                                   \
+  do {                                                          \
+    char msg_[256];                                             \
+    snprintf(msg_, sizeof msg_, __VA_ARGS__);                   \
+    napi_throw_##kind((env), NULL, msg_);                       \
+    return NULL;                                                \
+  } while (0)
+
+static int get_u32(napi_env env, napi_value v, uint32_t *out) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number) return 0;
+  double d;
+  napi_get_value_double(env, v, &d);
+  if (!(d >= 0 && d <= 4294967295.0) || d != (double)(uint32_t)d) return 0;
+  *out = (uint32_t)d;
+  return 1;
+}
+
+static int get_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len) {
+  bool is_ta = false;
+  napi_is_typedarray(env, v, &is_ta);
+  if (!is_ta) return 0;
+  napi_typedarray_type type;
+  size_t length;
+  void *ptr;
+  napi_value ab;
+  size_t boff;
+  if (napi_get_typedarray_info(env, v, &type, &length, &ptr, &ab, &boff) != napi_ok) return 0;
+  if (type != napi_uint8_array && type != napi_uint8_clamped_array) return 0;
+  *data = ptr;
+  *len = length;
+  return 1;
+}
+
+static int get_u32_array(napi_env env, napi_value v, uint32_t **data, size_t *len) {
+  bool is_ta = false;
+  napi_is_typedarray(env, v, &is_ta);
+  if (!is_ta) return 0;
+  napi_typedarray_type type;
+  void *ptr;
+  napi_value ab;
+  size_t boff;
+  if (napi_get_typedarray_info(env, v, &type, len, &ptr, &ab, &boff) != napi_ok) return 0;
+  if (type != napi_uint32_array) return 0;
+  *data = ptr;
+  return 1;
+}
+
+static napi_value js_sum16(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  uint8_t *data;
+  size_t blen;
+  uint32_t off, len, initial = 0;
+  if (argc < 3) THROW(env, type_error, "sum16(buf, off, len[, initial]): expected at least 3 arguments");
+  if (!get_bytes(env, argv[0], &data, &blen)) THROW(env, type_error, "sum16: buf must be a Uint8Array/Buffer");
+  if (!get_u32(env, argv[1], &off)) THROW(env, type_error, "sum16: off must be a non-negative integer");
+  if (!get_u32(env, argv[2], &len)) THROW(env, type_error, "sum16: len must be a non-negative integer");
+  if (argc > 3 && !get_u32(env, argv[3], &initial)) THROW(env, type_error, "sum16: initial must be a non-negative integer");
+  if ((uint64_t)off + len > blen) THROW(env, range_error, "sum16: off %u + len %u beyond buffer of %zu bytes", off, len, blen);
+  napi_value r;
+  napi_create_uint32(env, vpm_sum16(data + off, len, initial), &r);
+  return r;
+}
+
+static napi_value js_sum16_batch(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  uint8_t *data;
+  size_t blen, noffs, nlens, nout;
+  uint32_t *offs, *lens, *out, count;
+  if (argc < 5) THROW(env, type_error, "sum16Batch(buf, offsets, lengths, count, out): expected 5 arguments");
+  if (!get_bytes(env, argv[0], &data, &blen)) THROW(env, type_error, "sum16Batch: buf must be a Uint8Array/Buffer");
+  if (!get_u32_array(env, argv[1], &offs, &noffs)) THROW(env, type_error, "sum16Batch: offsets must be a Uint32Array");
+  if (!get_u32_array(env, argv[2], &lens, &nlens)) THROW(env, type_error, "sum16Batch: lengths must be a Uint32Array");
+  if (!get_u32(env, argv[3], &count)) THROW(env, type_error, "sum16Batch: count must be a non-negative integer");
+  if (!get_u32_array(env, argv[4], &out, &nout)) THROW(env, type_error, "sum16Batch: out must be a Uint32Array");
+  if (count > noffs || count > nlens || count > nout) THROW(env, range_error, "sum16Batch: count %u exceeds an array's length", count);
+  for (uint32_t i = 0; i < count; i++) {
+    if ((uint64_t)offs[i] + lens[i] > blen) THROW(env, range_error, "sum16Batch: region %u (off %u len %u) beyond buffer of %zu bytes", i, offs[i], lens[i], blen);
+  }
+  for (uint32_t i = 0; i < count; i++) out[i] = vpm_sum16(data + offs[i], lens[i], 0);
+  return NULL;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"sum16", NULL, js_sum16, NULL, NULL, NULL, napi_default, NULL},
+      {"sum16Batch", NULL, js_sum16_batch, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

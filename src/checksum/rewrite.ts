@@ -1,0 +1,124 @@
+/**
+ * Rewrites for the data plane: set a port or an IPv4 address and fix every
+ * checksum it is covered by, incrementally (RFC 1624), in O(1) whatever the
+ * packet length.
+ *
+ *  - A port is covered by the L4 checksum only.
+ *  - An IPv4 address is covered by the IP header checksum and, through the
+ *    pseudo-header, by the TCP and UDP checksums (not by ICMP's).
+ *  - UDP over IPv4: a checksum field of 0 means "none was computed" and stays 0;
+ *    an updated checksum that comes out as 0 is sent as 0xffff (RFC 768).
+ *
+ * TCP and UDP share these functions; `protocol` picks the checksum field. Pass
+ * `l4Off` = -1 when the packet carries no L4 header (a non-first fragment). The
+ * caller has validated the packet with `checkPacket`. The twin that recomputes
+ * every checksum from scratch is `rewrite.reference.ts`.
+ */
+
+import { get16, get32, set16, set32 } from '../wire/bytes.js';
+import {
+  IPPROTO_TCP,
+  IPPROTO_UDP,
+  IPV4_OFF_CHECKSUM,
+  IPV4_OFF_DST,
+  IPV4_OFF_SRC,
+} from '../wire/ipv4.js';
+import { TCP_OFF_CHECKSUM, TCP_OFF_DST_PORT, TCP_OFF_SRC_PORT } from '../wire/tcp.js';
+import { UDP_OFF_CHECKSUM } from '../wire/udp.js';
+import { update16, update32 } from './incremental.js';
+
+/** Offset of the checksum field inside the L4 header, or -1 for a protocol without pseudo-header. */
+export function l4ChecksumOffset(protocol: number): number {
+  if (protocol === IPPROTO_TCP) return TCP_OFF_CHECKSUM;
+  if (protocol === IPPROTO_UDP) return UDP_OFF_CHECKSUM;
+  return -1;
+}
+
+function fixL4(
+  buf: Uint8Array,
+  l4Off: number,
+  protocol: number,
+  old: number,
+  now: number,
+  wide: boolean,
+): void {
+  const co = l4ChecksumOffset(protocol);
+  if (l4Off < 0 || co < 0) return;
+  const at = l4Off + co;
+  const check = get16(buf, at);
+  if (protocol === IPPROTO_UDP) {
+    if (check === 0) return; // no checksum: leave it so
+    const c = wide ? update32(check, old, now) : update16(check, old, now);
+    set16(buf, at, c === 0 ? 0xffff : c);
+    return;
+  }
+  set16(buf, at, wide ? update32(check, old, now) : update16(check, old, now));
+}
+
+function setPort(
+  buf: Uint8Array,
+  l4Off: number,
+  protocol: number,
+  field: number,
+  port: number,
+): void {
+  const old = get16(buf, l4Off + field);
+  set16(buf, l4Off + field, port);
+  fixL4(buf, l4Off, protocol, old, port, false);
+}
+
+/** Set the TCP/UDP source port and update the L4 checksum. Both protocols keep ports at 0 and 2. */
+export function setSrcPortWithChecksumUpdate(
+  buf: Uint8Array,
+  l4Off: number,
+  protocol: number,
+  port: number,
+): void {
+  setPort(buf, l4Off, protocol, TCP_OFF_SRC_PORT, port);
+}
+
+export function setDstPortWithChecksumUpdate(
+  buf: Uint8Array,
+  l4Off: number,
+  protocol: number,
+  port: number,
+): void {
+  setPort(buf, l4Off, protocol, TCP_OFF_DST_PORT, port);
+}
+
+function setAddr(
+  buf: Uint8Array,
+  ipOff: number,
+  l4Off: number,
+  protocol: number,
+  field: number,
+  addr: number,
+): void {
+  const at = ipOff + field;
+  const old = get32(buf, at);
+  set32(buf, at, addr);
+  const ipc = ipOff + IPV4_OFF_CHECKSUM;
+  set16(buf, ipc, update32(get16(buf, ipc), old, addr >>> 0));
+  fixL4(buf, l4Off, protocol, old, addr >>> 0, true);
+}
+
+/** Set the IPv4 source address; update the header checksum and the TCP/UDP pseudo-header sum. */
+export function setIpv4SrcAddrWithChecksumUpdate(
+  buf: Uint8Array,
+  ipOff: number,
+  l4Off: number,
+  protocol: number,
+  addr: number,
+): void {
+  setAddr(buf, ipOff, l4Off, protocol, IPV4_OFF_SRC, addr);
+}
+
+export function setIpv4DstAddrWithChecksumUpdate(
+  buf: Uint8Array,
+  ipOff: number,
+  l4Off: number,
+  protocol: number,
+  addr: number,
+): void {
+  setAddr(buf, ipOff, l4Off, protocol, IPV4_OFF_DST, addr);
+}

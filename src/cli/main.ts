@@ -1,0 +1,51 @@
+#!/usr/bin/env node
+/**
+ * The `vpm` command line. Each subcommand lives in its own module and registers
+ * itself here; this file only wires them to commander and maps errors to exit
+ * codes (2 for bad input, 1 for everything else).
+ */
+
+import { readFileSync } from 'node:fs';
+import { Command, CommanderError } from 'commander';
+import { packageRoot } from '../native/index.js';
+import { registerDecode } from './decode.js';
+
+function version(): string {
+  try {
+    return JSON.parse(readFileSync(`${packageRoot()}/package.json`, 'utf8')).version as string;
+  } catch {
+    return 'unknown';
+  }
+}
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('vpm')
+    .description('Virtual port multiplexer: many applications, one port number')
+    .version(version())
+    .showHelpAfterError()
+    .exitOverride();
+  registerDecode(program);
+  return program;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return process.exitCode === undefined ? 0 : Number(process.exitCode);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and version exit 0; usage errors exit 2 (commander printed the message).
+      return err.exitCode === 0 ? 0 : 2;
+    }
+    const e = err as Error & { exitCode?: number };
+    process.stderr.write(`vpm: ${e.message}\n`);
+    return e.exitCode ?? 1;
+  }
+}
+
+main(process.argv).then((code) => {
+  process.exitCode = code;
+});
