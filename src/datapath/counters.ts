@@ -1,0 +1,147 @@
+/**
+ * Data-plane counters. Every packet read from the device is either written back
+ * (forwarded, after translation) or dropped with exactly one reason, so at every
+ * moment between batches:
+ *
+ *     packetsIn === packetsOut + sum(drops)
+ *
+ * Counters are numbers in typed arrays, bumped by index on the hot path (no
+ * strings, no objects); names exist only for the control plane.
+ */
+
+import { Check } from '../wire/parse.js';
+
+/** Drop reasons. The first ones mirror `Check` codes of the checked parser. */
+export const Drop = {
+  TRUNCATED: Check.TRUNCATED,
+  BAD_VERSION: Check.BAD_VERSION,
+  BAD_IHL: Check.BAD_IHL,
+  BAD_TOTAL_LEN: Check.BAD_TOTAL_LEN,
+  L4_TRUNCATED: Check.L4_TRUNCATED,
+  BAD_DATA_OFFSET: Check.BAD_DATA_OFFSET,
+  BAD_UDP_LEN: Check.BAD_UDP_LEN,
+  BAD_IP_CHECKSUM: 8,
+  BAD_L4_CHECKSUM: 9,
+  /** IPv6 reached the TUN (not multiplexed yet). */
+  IPV6: 10,
+  /** An IPv4 protocol other than TCP (UDP and ICMP are not multiplexed yet). */
+  NOT_TCP: 11,
+  /** An IPv4 fragment: vpm does not reassemble. */
+  FRAGMENT: 12,
+  /** A non-SYN packet that belongs to no flow. */
+  NO_FLOW: 13,
+  /** A SYN to an address/port that is no virtual service. */
+  NOT_SERVICE: 14,
+  /** A SYN that no selector matched and no default took: answered with RST. */
+  REFUSED_NO_SELECTOR: 15,
+  /** A SYN for an AID without a live instance: answered with RST. */
+  REFUSED_NO_INSTANCE: 16,
+  /** A SYN while the translation table was full: answered with RST. */
+  REFUSED_TABLE_FULL: 17,
+  /** A SYN whose translated ports are already in use by another flow: answered with RST. */
+  REFUSED_COLLISION: 18,
+  /** The device did not take the packet on write (queue full). */
+  TX_ERROR: 19,
+} as const;
+export const DROP_REASONS = 20;
+
+export const DROP_NAMES: readonly string[] = [
+  'ok',
+  'truncated',
+  'bad_version',
+  'bad_ihl',
+  'bad_total_len',
+  'l4_truncated',
+  'bad_data_offset',
+  'bad_udp_len',
+  'bad_ip_checksum',
+  'bad_l4_checksum',
+  'ipv6',
+  'not_tcp',
+  'fragment',
+  'no_flow',
+  'not_service',
+  'refused_no_selector',
+  'refused_no_instance',
+  'refused_table_full',
+  'refused_collision',
+  'tx_error',
+];
+
+/** Histogram buckets for batch sizes: 1, 2-3, 4-7, ..., 128+ (log2). */
+export const BATCH_BUCKETS = 9;
+
+export class Counters {
+  packetsIn = 0;
+  bytesIn = 0;
+  packetsOut = 0;
+  bytesOut = 0;
+  batches = 0;
+  readonly batchSizes = new Float64Array(BATCH_BUCKETS);
+  readonly drops = new Float64Array(DROP_REASONS);
+  flowsCreated = 0;
+  flowsExpired = 0;
+  rstSent = 0;
+  /** Per AID index: bytes client → server and server → client. */
+  readonly aidBytesIn: Float64Array;
+  readonly aidBytesOut: Float64Array;
+
+  constructor(maxAids: number) {
+    this.aidBytesIn = new Float64Array(maxAids);
+    this.aidBytesOut = new Float64Array(maxAids);
+  }
+
+  dropTotal(): number {
+    let n = 0;
+    for (let i = 0; i < DROP_REASONS; i++) n += this.drops[i]!;
+    return n;
+  }
+
+  recordBatch(n: number): void {
+    this.batches++;
+    let b = 0;
+    while (b < BATCH_BUCKETS - 1 && n >= 2 << b) b++;
+    this.batchSizes[b]! += 1;
+  }
+
+  /** Plain object for the control plane (`vpm stats --json`). */
+  snapshot(aidNames: readonly string[]): Record<string, unknown> {
+    const drops: Record<string, number> = {};
+    for (let i = 1; i < DROP_REASONS; i++) drops[DROP_NAMES[i]!] = this.drops[i]!;
+    const refused =
+      this.drops[Drop.REFUSED_NO_SELECTOR]! +
+      this.drops[Drop.REFUSED_NO_INSTANCE]! +
+      this.drops[Drop.REFUSED_TABLE_FULL]! +
+      this.drops[Drop.REFUSED_COLLISION]!;
+    const batchSizes: Record<string, number> = {};
+    for (let b = 0; b < BATCH_BUCKETS; b++) {
+      const lo = 1 << b;
+      const label =
+        b === BATCH_BUCKETS - 1
+          ? `${lo}+`
+          : lo === (2 << b) - 1
+            ? `${lo}`
+            : `${lo}-${(2 << b) - 1}`;
+      batchSizes[label] = this.batchSizes[b]!;
+    }
+    const perAid: Record<string, { bytesIn: number; bytesOut: number }> = {};
+    aidNames.forEach((name, i) => {
+      perAid[name] = { bytesIn: this.aidBytesIn[i]!, bytesOut: this.aidBytesOut[i]! };
+    });
+    return {
+      packetsIn: this.packetsIn,
+      packetsOut: this.packetsOut,
+      bytesIn: this.bytesIn,
+      bytesOut: this.bytesOut,
+      dropsTotal: this.dropTotal(),
+      drops,
+      flowsCreated: this.flowsCreated,
+      flowsExpired: this.flowsExpired,
+      flowsRefused: refused,
+      rstSent: this.rstSent,
+      batches: this.batches,
+      batchSizes,
+      perAid,
+    };
+  }
+}

@@ -1,0 +1,244 @@
+/**
+ * The packet pipeline: one batch in, one batch out.
+ *
+ *   batch in → checked parse → checksum check → classify / lookup → rewrite
+ *            (incremental checksum updates) → batch out
+ *
+ * Theory of operation. The device hands over `count` packets in its receive
+ * buffer (offsets and lengths in typed arrays). Each packet is validated by the
+ * one checked entry point, then:
+ *   - a TCP SYN (without ACK) to a virtual service that matches no flow is
+ *     classified: selector → AID → instance → a new flow in the translation table;
+ *     if that fails, a RST is queued for the client and the SYN is dropped with
+ *     the reason;
+ *   - any other packet is one table lookup: a match on the client side is
+ *     rewritten towards the instance (destination VIP:vport → real addr:port, and
+ *     a local client's source → the local-client address), a match on the server
+ *     side back towards the client (source real → VIP:vport, destination back to
+ *     the client's own address);
+ *   - everything else is dropped with a reason counter.
+ * Rewritten packets stay where they are in the receive buffer; the output batch is
+ * a second pair of offset/length arrays over the same buffer, written back to the
+ * device in one call. Generated RSTs go into their own preallocated buffer and a
+ * second write. Per packet nothing is allocated and nothing throws.
+ */
+
+import {
+  setDstPortWithChecksumUpdate,
+  setIpv4DstAddrWithChecksumUpdate,
+  setIpv4SrcAddrWithChecksumUpdate,
+  setSrcPortWithChecksumUpdate,
+} from '../checksum/rewrite.js';
+import { sum16 } from '../checksum/sum.js';
+import { Verify, verifyChecksums } from '../checksum/verify.js';
+import { FIN_FROM_CLIENT, FIN_FROM_SERVER, isReusable, nextState } from '../flow/state.js';
+import { CREATE_COLLISION, CREATE_FULL, type FlowKeyArgs, type FlowTable } from '../flow/table.js';
+import { IPPROTO_TCP } from '../wire/ipv4.js';
+import { Check, checkPacket, PacketInfo } from '../wire/parse.js';
+import { TCP_ACK, TCP_FIN, TCP_SYN } from '../wire/tcp.js';
+import { type Counters, Drop } from './counters.js';
+import { RST_LEN, writeRst } from './rst.js';
+import type { Rules } from './rules.js';
+
+/** What the pipeline needs of a device: the batched interface of src/tun. */
+export interface PacketDevice {
+  readonly batchSize: number;
+  readonly rx: {
+    readonly buf: Uint8Array;
+    readonly offsets: Uint32Array;
+    readonly lengths: Uint32Array;
+  };
+  write(buf: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, count: number): number;
+}
+
+export interface PipelineOptions {
+  /** Verify TCP checksums of every packet (a full sum); the IPv4 header checksum is always verified. */
+  verifyL4Checksum: boolean;
+  /** Address local clients are translated to (routed to the TUN, never assigned). */
+  localClientAddr: number;
+  /** Called when a flow is created or refused (control plane: logs). Must not throw. */
+  onFlowEvent?: (event: 'created' | 'refused', slot: number, reason: number) => void;
+}
+
+export class Pipeline {
+  rules: Rules;
+  /** Addresses of this host: a SYN from one of them comes from a local client. */
+  localAddrs: Set<number>;
+  private readonly info = new PacketInfo();
+  private readonly key: FlowKeyArgs = {
+    proto: 0,
+    clientAddr: 0,
+    clientPort: 0,
+    vipAddr: 0,
+    vport: 0,
+    natAddr: 0,
+    natPort: 0,
+    realAddr: 0,
+    realPort: 0,
+    service: 0,
+    aid: 0,
+    instance: 0,
+  };
+  private readonly txOffsets: Uint32Array;
+  private readonly txLengths: Uint32Array;
+  private readonly rstBuf: Uint8Array;
+  private readonly rstOffsets: Uint32Array;
+  private readonly rstLengths: Uint32Array;
+
+  constructor(
+    private readonly dev: PacketDevice,
+    private readonly table: FlowTable,
+    rules: Rules,
+    private readonly counters: Counters,
+    private readonly opts: PipelineOptions,
+    localAddrs: Set<number> = new Set(),
+  ) {
+    this.rules = rules;
+    this.localAddrs = localAddrs;
+    const n = dev.batchSize;
+    this.txOffsets = new Uint32Array(n);
+    this.txLengths = new Uint32Array(n);
+    this.rstBuf = new Uint8Array(n * RST_LEN);
+    this.rstOffsets = new Uint32Array(n);
+    this.rstLengths = new Uint32Array(n);
+  }
+
+  /** Process the `count` packets now in the device's receive buffer. */
+  processBatch(count: number, now: number): void {
+    const { buf, offsets, lengths } = this.dev.rx;
+    const c = this.counters;
+    c.recordBatch(count);
+    let out = 0;
+    let rsts = 0;
+    let outBytes = 0;
+    for (let i = 0; i < count; i++) {
+      const off = offsets[i]!;
+      const len = lengths[i]!;
+      c.packetsIn++;
+      c.bytesIn += len;
+      const r = this.handle(buf, off, len, now);
+      if (r === 0) {
+        this.txOffsets[out] = off;
+        this.txLengths[out] = this.info.ipTotalLen;
+        outBytes += this.info.ipTotalLen;
+        out++;
+      } else {
+        c.drops[r]! += 1;
+        if (r >= Drop.REFUSED_NO_SELECTOR && r <= Drop.REFUSED_COLLISION) {
+          this.rstOffsets[rsts] = rsts * RST_LEN;
+          this.rstLengths[rsts] = writeRst(buf, this.info, this.rstBuf, rsts * RST_LEN);
+          rsts++;
+        }
+      }
+    }
+    if (out > 0) {
+      const written = this.dev.write(buf, this.txOffsets, this.txLengths, out);
+      c.packetsOut += written;
+      if (written < out) {
+        c.drops[Drop.TX_ERROR]! += out - written;
+        // Bytes of the packets not taken are not counted as out.
+        for (let i = written; i < out; i++) outBytes -= this.txLengths[i]!;
+      }
+      c.bytesOut += outBytes;
+    }
+    if (rsts > 0) {
+      c.rstSent += this.dev.write(this.rstBuf, this.rstOffsets, this.rstLengths, rsts);
+    }
+  }
+
+  /** 0 = forward (rewritten in place), otherwise a Drop reason. */
+  private handle(buf: Uint8Array, off: number, len: number, now: number): number {
+    const info = this.info;
+    const chk = checkPacket(buf, off, len, info);
+    if (chk !== Check.OK) return chk;
+    if (info.version !== 4) return Drop.IPV6;
+    if (sum16(buf, off, info.ipHeaderLen) !== 0xffff) return Drop.BAD_IP_CHECKSUM;
+    if (info.protocol !== IPPROTO_TCP) return Drop.NOT_TCP;
+    if (info.isFragment) return Drop.FRAGMENT;
+    if (this.opts.verifyL4Checksum && verifyChecksums(buf, info) !== Verify.OK)
+      return Drop.BAD_L4_CHECKSUM;
+
+    const t = this.table;
+    const flags = info.tcpFlags;
+    const isSyn = (flags & (TCP_SYN | TCP_ACK)) === TCP_SYN;
+    let h = t.lookup(info.srcAddr, info.srcPort, info.dstAddr, info.dstPort, IPPROTO_TCP);
+    if (h >= 0 && isSyn && (h & 1) === 0 && isReusable(t.state[h >> 1]!)) {
+      // A new connection on the ports of one that is closing: start afresh.
+      t.remove(h >> 1);
+      h = -1;
+    }
+    if (h < 0) {
+      if (!isSyn) return Drop.NO_FLOW;
+      const r = this.classify(info, now);
+      if (r < 0) return -r;
+      h = r * 2;
+    }
+
+    const s = h >> 1;
+    const l4 = info.l4Off;
+    if ((h & 1) === 0) {
+      // Client → server.
+      if (t.natAddr[s] !== t.clientAddr[s])
+        setIpv4SrcAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.natAddr[s]!);
+      if (t.natPort[s] !== t.clientPort[s])
+        setSrcPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.natPort[s]!);
+      setIpv4DstAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.realAddr[s]!);
+      setDstPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.realPort[s]!);
+      t.pktsIn[s]! += 1;
+      t.bytesIn[s]! += info.ipTotalLen;
+      this.counters.aidBytesIn[t.aid[s]!]! += info.ipTotalLen;
+      if (flags & TCP_FIN) t.fins[s]! |= FIN_FROM_CLIENT;
+      t.touch(s, nextState(t.state[s]!, t.fins[s]!, flags, true), now);
+    } else {
+      // Server → client.
+      setIpv4SrcAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.vipAddr[s]!);
+      setSrcPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.vport[s]!);
+      if (t.natAddr[s] !== t.clientAddr[s])
+        setIpv4DstAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.clientAddr[s]!);
+      if (t.natPort[s] !== t.clientPort[s])
+        setDstPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.clientPort[s]!);
+      t.pktsOut[s]! += 1;
+      t.bytesOut[s]! += info.ipTotalLen;
+      this.counters.aidBytesOut[t.aid[s]!]! += info.ipTotalLen;
+      if (flags & TCP_FIN) t.fins[s]! |= FIN_FROM_SERVER;
+      t.touch(s, nextState(t.state[s]!, t.fins[s]!, flags, false), now);
+    }
+    return 0;
+  }
+
+  /** New connection: returns the new slot, or -(drop reason). */
+  private classify(info: PacketInfo, now: number): number {
+    const rules = this.rules;
+    const svc = rules.findService(info.dstAddr, info.dstPort, IPPROTO_TCP);
+    if (svc < 0) return -Drop.NOT_SERVICE;
+    const aid = rules.selectAid(svc, info.srcAddr, info.srcPort);
+    if (aid < 0) return this.refused(Drop.REFUSED_NO_SELECTOR);
+    const inst = rules.pickInstance(aid);
+    if (inst < 0) return this.refused(Drop.REFUSED_NO_INSTANCE);
+    const target = rules.instances[aid]![inst]!;
+    const k = this.key;
+    k.proto = IPPROTO_TCP;
+    k.clientAddr = info.srcAddr;
+    k.clientPort = info.srcPort;
+    k.vipAddr = info.dstAddr;
+    k.vport = info.dstPort;
+    k.natAddr = this.localAddrs.has(info.srcAddr) ? this.opts.localClientAddr : info.srcAddr;
+    k.natPort = info.srcPort;
+    k.realAddr = target.addr;
+    k.realPort = target.port;
+    k.service = svc;
+    k.aid = aid;
+    k.instance = inst;
+    const s = this.table.create(k, now);
+    if (s === CREATE_FULL) return this.refused(Drop.REFUSED_TABLE_FULL);
+    if (s === CREATE_COLLISION) return this.refused(Drop.REFUSED_COLLISION);
+    this.counters.flowsCreated++;
+    this.opts.onFlowEvent?.('created', s, 0);
+    return s;
+  }
+
+  private refused(reason: number): number {
+    this.opts.onFlowEvent?.('refused', -1, reason);
+    return -reason;
+  }
+}

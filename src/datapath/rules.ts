@@ -1,0 +1,105 @@
+/**
+ * Classification rules, in the numeric form the data plane uses: virtual
+ * services, selectors (client CIDR and port range → AID), the default, and the
+ * live instances of each AID. Built from the configuration at start-up and
+ * replaced as a whole on reload, so a SYN always sees one consistent rule set;
+ * flows already in the table keep what they were given.
+ *
+ * Only a SYN that opens a new connection consults these rules. Lookups use
+ * numeric Map keys and short arrays: no strings, no allocation.
+ */
+
+export interface ServiceRule {
+  name: string;
+  addr: number;
+  port: number;
+  proto: number;
+}
+
+export interface SelectorRule {
+  /** Service index, or -1 for every service. */
+  service: number;
+  /** (base, mask) pairs; empty = any client address. */
+  cidrBase: Uint32Array;
+  cidrMask: Uint32Array;
+  portLo: number;
+  portHi: number;
+  aid: number;
+}
+
+export interface InstanceRule {
+  addr: number;
+  port: number;
+}
+
+export class Rules {
+  readonly services: readonly ServiceRule[];
+  readonly selectors: readonly SelectorRule[];
+  readonly aidNames: readonly string[];
+  /** Instances per AID index; an empty list means "no live instance". */
+  readonly instances: InstanceRule[][];
+  /** AID index when no selector matches, or -1 to refuse. */
+  readonly defaultAid: number;
+  private readonly serviceIndex = new Map<number, number>();
+  private readonly rr: Uint32Array;
+
+  constructor(p: {
+    services: readonly ServiceRule[];
+    selectors: readonly SelectorRule[];
+    aidNames: readonly string[];
+    instances: InstanceRule[][];
+    defaultAid: number;
+  }) {
+    this.services = p.services;
+    this.selectors = p.selectors;
+    this.aidNames = p.aidNames;
+    this.instances = p.instances;
+    this.defaultAid = p.defaultAid;
+    this.rr = new Uint32Array(p.aidNames.length);
+    p.services.forEach((s, i) => {
+      this.serviceIndex.set(serviceKey(s.addr, s.port, s.proto), i);
+    });
+  }
+
+  /** Index of the virtual service at addr:port/proto, or -1. */
+  findService(addr: number, port: number, proto: number): number {
+    return this.serviceIndex.get(serviceKey(addr, port, proto)) ?? -1;
+  }
+
+  /** The AID for a new connection from client addr:port to service `svc`, or -1 (refuse). */
+  selectAid(svc: number, clientAddr: number, clientPort: number): number {
+    const sel = this.selectors;
+    for (let i = 0; i < sel.length; i++) {
+      const r = sel[i]!;
+      if (r.service !== -1 && r.service !== svc) continue;
+      if (clientPort < r.portLo || clientPort > r.portHi) continue;
+      const n = r.cidrBase.length;
+      if (n > 0) {
+        let hit = false;
+        for (let j = 0; j < n; j++) {
+          if ((clientAddr & r.cidrMask[j]!) >>> 0 === r.cidrBase[j]) {
+            hit = true;
+            break;
+          }
+        }
+        if (!hit) continue;
+      }
+      return r.aid;
+    }
+    return this.defaultAid;
+  }
+
+  /** Pick an instance of `aid` round-robin; -1 when it has none. */
+  pickInstance(aid: number): number {
+    const list = this.instances[aid];
+    if (list === undefined || list.length === 0) return -1;
+    const i = this.rr[aid]! % list.length;
+    this.rr[aid] = i + 1;
+    return i;
+  }
+}
+
+/** addr (32 bits) · port (16) · proto (8) fits a double exactly. */
+function serviceKey(addr: number, port: number, proto: number): number {
+  return (addr >>> 0) * 0x1000000 + port * 0x100 + proto;
+}

@@ -1,0 +1,348 @@
+/**
+ * The translation table: every flow vpm forwards, findable in O(1) from either
+ * direction.
+ *
+ * Theory of operation. A flow has two sides (passt's flow table):
+ *   side 0, as the client sees it:  client addr:port  ⇄  virtual service VIP:vport
+ *   side 1, as the server sees it:  nat addr:port     ⇄  instance real addr:port
+ * (nat = the client's own address and port, except for clients on the vpm host
+ * itself, which are translated to the local-client address so that replies come
+ * back through the TUN). A packet is looked up by (its source addr:port, its
+ * destination addr:port); a match on side 0 means "client → server", on side 1
+ * "server → client", and the slot holds everything needed for the rewrite.
+ *
+ * Storage is preallocated at start-up for `capacity` flows: typed-array columns
+ * indexed by slot (the slot number is the flow's handle), a free-slot stack, and
+ * one open-addressing hash index (linear probing, power-of-two size, load <= 1/4)
+ * whose entries are `slot*2 + side + 1`. Keys are numbers only; the hash is seeded
+ * per table so that remote parties cannot aim collisions at a known function.
+ * Deletion shifts later entries of the probe run back (no tombstones), so lookups
+ * never degrade with churn.
+ *
+ * Expiry: each flow sits on one doubly-linked list per timer class (embryonic,
+ * established, closing, linger), in order of last activity; every packet moves its
+ * flow to the tail. As a class has one timeout, the head is always the next to
+ * expire: `expire(now)` pops heads until one is still fresh. No scan of the table,
+ * no work per packet beyond a few array writes.
+ *
+ * Nothing here allocates or throws after construction.
+ */
+
+import { FlowState, STATE_TIMER, TIMER_CLASSES } from './state.js';
+
+const NIL = -1;
+
+export interface FlowKeyArgs {
+  proto: number;
+  clientAddr: number;
+  clientPort: number;
+  vipAddr: number;
+  vport: number;
+  natAddr: number;
+  natPort: number;
+  realAddr: number;
+  realPort: number;
+  service: number;
+  aid: number;
+  instance: number;
+}
+
+/** Results of `create` below zero. */
+export const CREATE_FULL = -1;
+export const CREATE_COLLISION = -2;
+
+function nextPow2(n: number): number {
+  let p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+export class FlowTable {
+  readonly capacity: number;
+  private readonly mask: number;
+  private readonly index: Int32Array;
+  private readonly hashes: Uint32Array; // per handle (slot*2+side)
+  private readonly seed: number;
+
+  // Columns, indexed by slot.
+  readonly state: Uint8Array;
+  readonly proto: Uint8Array;
+  readonly fins: Uint8Array;
+  readonly timerClass: Uint8Array;
+  readonly service: Uint16Array;
+  readonly aid: Uint16Array;
+  readonly instance: Uint16Array;
+  readonly clientAddr: Uint32Array;
+  readonly clientPort: Uint16Array;
+  readonly vipAddr: Uint32Array;
+  readonly vport: Uint16Array;
+  readonly natAddr: Uint32Array;
+  readonly natPort: Uint16Array;
+  readonly realAddr: Uint32Array;
+  readonly realPort: Uint16Array;
+  /** Flow id shown to users; unique for the table's life. */
+  readonly id: Float64Array;
+  readonly created: Float64Array;
+  readonly lastSeen: Float64Array;
+  /** Packets and bytes client → server and server → client. */
+  readonly pktsIn: Float64Array;
+  readonly bytesIn: Float64Array;
+  readonly pktsOut: Float64Array;
+  readonly bytesOut: Float64Array;
+
+  private readonly prev: Int32Array;
+  private readonly next: Int32Array;
+  private readonly heads: Int32Array;
+  private readonly tails: Int32Array;
+  /** Idle timeout of each timer class, ms. */
+  readonly timeouts: Float64Array;
+
+  private readonly freeStack: Int32Array;
+  private freeTop: number;
+  private nextId = 1;
+  /** Live flows. */
+  size = 0;
+
+  constructor(
+    capacity: number,
+    timeoutsMs: readonly number[],
+    seed = (Math.random() * 0x1_0000_0000) >>> 0,
+  ) {
+    if (!Number.isInteger(capacity) || capacity < 1 || capacity > 1 << 22) {
+      throw new RangeError(`flow table capacity ${capacity} must be an integer in 1..${1 << 22}`);
+    }
+    if (timeoutsMs.length !== TIMER_CLASSES)
+      throw new RangeError(`expected ${TIMER_CLASSES} timeouts`);
+    this.capacity = capacity;
+    const size = nextPow2(capacity * 2 * 4);
+    this.mask = size - 1;
+    this.index = new Int32Array(size);
+    this.hashes = new Uint32Array(capacity * 2);
+    this.seed = seed >>> 0;
+    this.state = new Uint8Array(capacity);
+    this.proto = new Uint8Array(capacity);
+    this.fins = new Uint8Array(capacity);
+    this.timerClass = new Uint8Array(capacity);
+    this.service = new Uint16Array(capacity);
+    this.aid = new Uint16Array(capacity);
+    this.instance = new Uint16Array(capacity);
+    this.clientAddr = new Uint32Array(capacity);
+    this.clientPort = new Uint16Array(capacity);
+    this.vipAddr = new Uint32Array(capacity);
+    this.vport = new Uint16Array(capacity);
+    this.natAddr = new Uint32Array(capacity);
+    this.natPort = new Uint16Array(capacity);
+    this.realAddr = new Uint32Array(capacity);
+    this.realPort = new Uint16Array(capacity);
+    this.id = new Float64Array(capacity);
+    this.created = new Float64Array(capacity);
+    this.lastSeen = new Float64Array(capacity);
+    this.pktsIn = new Float64Array(capacity);
+    this.bytesIn = new Float64Array(capacity);
+    this.pktsOut = new Float64Array(capacity);
+    this.bytesOut = new Float64Array(capacity);
+    this.prev = new Int32Array(capacity);
+    this.next = new Int32Array(capacity);
+    this.heads = new Int32Array(TIMER_CLASSES).fill(NIL);
+    this.tails = new Int32Array(TIMER_CLASSES).fill(NIL);
+    this.timeouts = Float64Array.from(timeoutsMs);
+    this.freeStack = new Int32Array(capacity);
+    for (let i = 0; i < capacity; i++) this.freeStack[i] = capacity - 1 - i;
+    this.freeTop = capacity;
+  }
+
+  private hash(a: number, ap: number, b: number, bp: number, proto: number): number {
+    let h = Math.imul(a ^ this.seed, 0x85ebca6b);
+    h = Math.imul(h ^ (h >>> 13) ^ b, 0xc2b2ae35);
+    h = Math.imul(h ^ (h >>> 16) ^ ((ap << 16) | bp), 0x27d4eb2f);
+    h = Math.imul(h ^ (h >>> 15) ^ proto, 0x165667b1);
+    return (h ^ (h >>> 16)) >>> 0;
+  }
+
+  private matches(
+    handle: number,
+    a: number,
+    ap: number,
+    b: number,
+    bp: number,
+    proto: number,
+  ): boolean {
+    const s = handle >> 1;
+    if (this.proto[s] !== proto) return false;
+    if ((handle & 1) === 0) {
+      return (
+        this.clientAddr[s] === a &&
+        this.clientPort[s] === ap &&
+        this.vipAddr[s] === b &&
+        this.vport[s] === bp
+      );
+    }
+    return (
+      this.natAddr[s] === a &&
+      this.natPort[s] === ap &&
+      this.realAddr[s] === b &&
+      this.realPort[s] === bp
+    );
+  }
+
+  /**
+   * Find the flow side whose (peer addr:port, local addr:port) is the packet's
+   * (source, destination). Returns `slot*2 + side`, or -1.
+   */
+  lookup(
+    srcAddr: number,
+    srcPort: number,
+    dstAddr: number,
+    dstPort: number,
+    proto: number,
+  ): number {
+    let i = this.hash(srcAddr, srcPort, dstAddr, dstPort, proto) & this.mask;
+    for (;;) {
+      const e = this.index[i]!;
+      if (e === 0) return -1;
+      if (this.matches(e - 1, srcAddr, srcPort, dstAddr, dstPort, proto)) return e - 1;
+      i = (i + 1) & this.mask;
+    }
+  }
+
+  private insert(handle: number, h: number): void {
+    this.hashes[handle] = h;
+    let i = h & this.mask;
+    while (this.index[i] !== 0) i = (i + 1) & this.mask;
+    this.index[i] = handle + 1;
+  }
+
+  private unindex(handle: number): void {
+    let i = this.hashes[handle]! & this.mask;
+    while (this.index[i] !== handle + 1) i = (i + 1) & this.mask;
+    // Backward-shift deletion: pull later entries of the run into the hole when
+    // their home position does not lie cyclically in (hole, j].
+    let hole = i;
+    let j = i;
+    for (;;) {
+      j = (j + 1) & this.mask;
+      const e = this.index[j]!;
+      if (e === 0) break;
+      const home = this.hashes[e - 1]! & this.mask;
+      const inRange = hole <= j ? home > hole && home <= j : home > hole || home <= j;
+      if (!inRange) {
+        this.index[hole] = e;
+        hole = j;
+      }
+    }
+    this.index[hole] = 0;
+  }
+
+  /**
+   * Record a new flow in state SYN_SENT. Returns its slot, CREATE_FULL when no slot
+   * is free, or CREATE_COLLISION when either side's key is already in use.
+   */
+  create(k: FlowKeyArgs, now: number): number {
+    if (this.freeTop === 0) return CREATE_FULL;
+    if (
+      this.lookup(k.clientAddr, k.clientPort, k.vipAddr, k.vport, k.proto) >= 0 ||
+      this.lookup(k.natAddr, k.natPort, k.realAddr, k.realPort, k.proto) >= 0
+    ) {
+      return CREATE_COLLISION;
+    }
+    const s = this.freeStack[--this.freeTop]!;
+    this.proto[s] = k.proto;
+    this.clientAddr[s] = k.clientAddr;
+    this.clientPort[s] = k.clientPort;
+    this.vipAddr[s] = k.vipAddr;
+    this.vport[s] = k.vport;
+    this.natAddr[s] = k.natAddr;
+    this.natPort[s] = k.natPort;
+    this.realAddr[s] = k.realAddr;
+    this.realPort[s] = k.realPort;
+    this.service[s] = k.service;
+    this.aid[s] = k.aid;
+    this.instance[s] = k.instance;
+    this.state[s] = FlowState.SYN_SENT;
+    this.fins[s] = 0;
+    this.id[s] = this.nextId++;
+    this.created[s] = now;
+    this.lastSeen[s] = now;
+    this.pktsIn[s] = 0;
+    this.bytesIn[s] = 0;
+    this.pktsOut[s] = 0;
+    this.bytesOut[s] = 0;
+    this.insert(s * 2, this.hash(k.clientAddr, k.clientPort, k.vipAddr, k.vport, k.proto));
+    this.insert(s * 2 + 1, this.hash(k.natAddr, k.natPort, k.realAddr, k.realPort, k.proto));
+    const c = STATE_TIMER[FlowState.SYN_SENT]!;
+    this.timerClass[s] = c;
+    this.append(s, c);
+    this.size++;
+    return s;
+  }
+
+  /** Remove a live flow; its slot goes back to the free stack. */
+  remove(s: number): void {
+    if (this.state[s] === FlowState.FREE) return;
+    this.unindex(s * 2);
+    this.unindex(s * 2 + 1);
+    this.unlink(s, this.timerClass[s]!);
+    this.state[s] = FlowState.FREE;
+    this.freeStack[this.freeTop++] = s;
+    this.size--;
+  }
+
+  /** Set the state and move the flow to the tail of its (possibly new) timer class. */
+  touch(s: number, state: number, now: number): void {
+    this.lastSeen[s] = now;
+    this.state[s] = state;
+    const old = this.timerClass[s]!;
+    const c = STATE_TIMER[state]!;
+    this.unlink(s, old);
+    this.timerClass[s] = c;
+    this.append(s, c);
+  }
+
+  isLive(s: number): boolean {
+    return this.state[s] !== FlowState.FREE;
+  }
+
+  private append(s: number, c: number): void {
+    const t = this.tails[c]!;
+    this.prev[s] = t;
+    this.next[s] = NIL;
+    if (t === NIL) this.heads[c] = s;
+    else this.next[t] = s;
+    this.tails[c] = s;
+  }
+
+  private unlink(s: number, c: number): void {
+    const p = this.prev[s]!;
+    const n = this.next[s]!;
+    if (p === NIL) this.heads[c] = n;
+    else this.next[p] = n;
+    if (n === NIL) this.tails[c] = p;
+    else this.prev[n] = p;
+  }
+
+  /**
+   * Remove flows idle longer than their class's timeout, at most `budget` of them.
+   * Calls `onExpire(slot)` before each removal. Returns how many were removed.
+   */
+  expire(now: number, budget: number, onExpire?: (slot: number) => void): number {
+    let n = 0;
+    for (let c = 0; c < TIMER_CLASSES; c++) {
+      const limit = now - this.timeouts[c]!;
+      for (;;) {
+        const s = this.heads[c]!;
+        if (s === NIL || this.lastSeen[s]! > limit || n >= budget) break;
+        onExpire?.(s);
+        this.remove(s);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** Visit every live flow (control plane: `vpm flows`). */
+  forEach(fn: (slot: number) => void): void {
+    for (let c = 0; c < TIMER_CLASSES; c++) {
+      for (let s = this.heads[c]!; s !== NIL; s = this.next[s]!) fn(s);
+    }
+  }
+}
