@@ -1,0 +1,139 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { FlowState, TimerClass } from '../../src/flow/state.js';
+import {
+  CREATE_COLLISION,
+  CREATE_FULL,
+  type FlowKeyArgs,
+  FlowTable,
+} from '../../src/flow/table.js';
+
+const TIMEOUTS = [10_000, 3_600_000, 60_000, 10_000];
+
+function key(i: number, over: Partial<FlowKeyArgs> = {}): FlowKeyArgs {
+  return {
+    proto: 6,
+    clientAddr: 0xc6120100 + (i >>> 16),
+    clientPort: 1024 + (i & 0xffff),
+    vipAddr: 0xc6130009,
+    vport: 9000,
+    natAddr: 0xc6120100 + (i >>> 16),
+    natPort: 1024 + (i & 0xffff),
+    realAddr: 0xc613ff01,
+    realPort: 19001,
+    service: 0,
+    aid: 1,
+    instance: 0,
+    ...over,
+  };
+}
+
+describe('FlowTable', () => {
+  it('finds a flow from both directions and tells the side', () => {
+    const t = new FlowTable(16, TIMEOUTS, 1);
+    const k = key(5);
+    const s = t.create(k, 0);
+    expect(s).toBeGreaterThanOrEqual(0);
+    expect(t.lookup(k.clientAddr, k.clientPort, k.vipAddr, k.vport, 6)).toBe(s * 2);
+    expect(t.lookup(k.natAddr, k.natPort, k.realAddr, k.realPort, 6)).toBe(s * 2 + 1);
+    // Wrong protocol, port or direction: no match.
+    expect(t.lookup(k.clientAddr, k.clientPort, k.vipAddr, k.vport, 17)).toBe(-1);
+    expect(t.lookup(k.vipAddr, k.vport, k.clientAddr, k.clientPort, 6)).toBe(-1);
+    expect(t.lookup(k.clientAddr, k.clientPort + 1, k.vipAddr, k.vport, 6)).toBe(-1);
+    expect(t.state[s]).toBe(FlowState.SYN_SENT);
+  });
+
+  it('refuses a duplicate key on either side, and a full table', () => {
+    const t = new FlowTable(2, TIMEOUTS, 2);
+    expect(t.create(key(1), 0)).toBeGreaterThanOrEqual(0);
+    expect(t.create(key(1), 0)).toBe(CREATE_COLLISION);
+    // Different client side, same server side (nat+real) → collision.
+    expect(t.create(key(1, { vipAddr: 0xc613000a }), 0)).toBe(CREATE_COLLISION);
+    expect(t.create(key(2), 0)).toBeGreaterThanOrEqual(0);
+    expect(t.create(key(3), 0)).toBe(CREATE_FULL);
+    expect(t.size).toBe(2);
+  });
+
+  it('matches a Map model under random create/remove churn (backward-shift deletion)', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 0, max: 300 })), {
+          minLength: 1,
+          maxLength: 2000,
+        }),
+        fc.integer(),
+        (ops, seed) => {
+          const t = new FlowTable(128, TIMEOUTS, seed);
+          const model = new Map<number, number>();
+          for (const [add, i] of ops) {
+            if (add) {
+              const s = t.create(key(i), 0);
+              if (model.has(i)) expect(s).toBe(CREATE_COLLISION);
+              else if (model.size >= 128) expect(s).toBe(CREATE_FULL);
+              else {
+                expect(s).toBeGreaterThanOrEqual(0);
+                model.set(i, s);
+              }
+            } else if (model.has(i)) {
+              t.remove(model.get(i)!);
+              model.delete(i);
+            }
+          }
+          expect(t.size).toBe(model.size);
+          for (let i = 0; i <= 300; i++) {
+            const k = key(i);
+            const want = model.get(i);
+            expect(t.lookup(k.clientAddr, k.clientPort, k.vipAddr, k.vport, 6)).toBe(
+              want === undefined ? -1 : want * 2,
+            );
+            expect(t.lookup(k.natAddr, k.natPort, k.realAddr, k.realPort, 6)).toBe(
+              want === undefined ? -1 : want * 2 + 1,
+            );
+          }
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
+  it('expires each timer class after its own idle time, oldest first, within a budget', () => {
+    const t = new FlowTable(8, TIMEOUTS, 3);
+    const a = t.create(key(1), 0); // embryonic, 10 s
+    const b = t.create(key(2), 1000);
+    const c = t.create(key(3), 2000);
+    t.touch(c, FlowState.ESTABLISHED, 2000); // established, 1 h
+    const expired: number[] = [];
+    expect(t.expire(10_500, 100, (s) => expired.push(s))).toBe(1);
+    expect(expired).toEqual([a]);
+    // Activity moves b to the tail and renews it.
+    t.touch(b, FlowState.SYN_RECEIVED, 10_900);
+    expect(t.expire(20_000, 100)).toBe(0);
+    expect(t.expire(20_901, 100)).toBe(1);
+    expect(t.isLive(c)).toBe(true);
+    expect(t.timerClass[c]).toBe(TimerClass.ESTABLISHED);
+    expect(t.expire(3_602_001, 100)).toBe(1);
+    expect(t.size).toBe(0);
+    // Budget: 5 stale flows, budget 2 → 2 now, the rest later.
+    for (let i = 10; i < 15; i++) t.create(key(i), 0);
+    expect(t.expire(100_000, 2)).toBe(2);
+    expect(t.expire(100_000, 100)).toBe(3);
+  });
+
+  it('reuses freed slots, gives fresh ids, and lists live flows', () => {
+    const t = new FlowTable(4, TIMEOUTS, 4);
+    const s1 = t.create(key(1), 0);
+    const id1 = t.id[s1];
+    t.remove(s1);
+    t.remove(s1); // idempotent
+    const s2 = t.create(key(2), 0);
+    expect(t.id[s2]).not.toBe(id1);
+    const seen: number[] = [];
+    t.forEach((s) => seen.push(s));
+    expect(seen).toEqual([s2]);
+  });
+
+  it('rejects an impossible capacity with a clear error', () => {
+    expect(() => new FlowTable(0, TIMEOUTS)).toThrow(/capacity 0/);
+    expect(() => new FlowTable(1.5, TIMEOUTS)).toThrow(/capacity 1.5/);
+  });
+});
