@@ -8,6 +8,8 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { packageRoot } from '../native/index.js';
+import { registerCheckConfig } from './check-config.js';
+import { registerDaemonCommands } from './daemon-cmds.js';
 import { registerDecode } from './decode.js';
 
 function version(): string {
@@ -27,6 +29,8 @@ export function buildProgram(): Command {
     .showHelpAfterError()
     .exitOverride();
   registerDecode(program);
+  registerCheckConfig(program);
+  registerDaemonCommands(program);
   return program;
 }
 

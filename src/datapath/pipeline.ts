@@ -57,7 +57,12 @@ export interface PipelineOptions {
   /** Address local clients are translated to (routed to the TUN, never assigned). */
   localClientAddr: number;
   /** Called when a flow is created or refused (control plane: logs). Must not throw. */
-  onFlowEvent?: (event: 'created' | 'refused', slot: number, reason: number) => void;
+  onFlowEvent?: (
+    event: 'created' | 'refused',
+    slot: number,
+    reason: number,
+    info: PacketInfo,
+  ) => void;
 }
 
 export class Pipeline {
@@ -212,9 +217,9 @@ export class Pipeline {
     const svc = rules.findService(info.dstAddr, info.dstPort, IPPROTO_TCP);
     if (svc < 0) return -Drop.NOT_SERVICE;
     const aid = rules.selectAid(svc, info.srcAddr, info.srcPort);
-    if (aid < 0) return this.refused(Drop.REFUSED_NO_SELECTOR);
+    if (aid < 0) return this.refused(Drop.REFUSED_NO_SELECTOR, info);
     const inst = rules.pickInstance(aid);
-    if (inst < 0) return this.refused(Drop.REFUSED_NO_INSTANCE);
+    if (inst < 0) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
     const target = rules.instances[aid]![inst]!;
     const k = this.key;
     k.proto = IPPROTO_TCP;
@@ -230,15 +235,15 @@ export class Pipeline {
     k.aid = aid;
     k.instance = inst;
     const s = this.table.create(k, now);
-    if (s === CREATE_FULL) return this.refused(Drop.REFUSED_TABLE_FULL);
-    if (s === CREATE_COLLISION) return this.refused(Drop.REFUSED_COLLISION);
+    if (s === CREATE_FULL) return this.refused(Drop.REFUSED_TABLE_FULL, info);
+    if (s === CREATE_COLLISION) return this.refused(Drop.REFUSED_COLLISION, info);
     this.counters.flowsCreated++;
-    this.opts.onFlowEvent?.('created', s, 0);
+    this.opts.onFlowEvent?.('created', s, 0, info);
     return s;
   }
 
-  private refused(reason: number): number {
-    this.opts.onFlowEvent?.('refused', -1, reason);
+  private refused(reason: number, info: PacketInfo): number {
+    this.opts.onFlowEvent?.('refused', -1, reason, info);
     return -reason;
   }
 }

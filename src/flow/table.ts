@@ -7,9 +7,11 @@
  *   side 1, as the server sees it:  nat addr:port     ⇄  instance real addr:port
  * (nat = the client's own address and port, except for clients on the vpm host
  * itself, which are translated to the local-client address so that replies come
- * back through the TUN). A packet is looked up by (its source addr:port, its
- * destination addr:port); a match on side 0 means "client → server", on side 1
- * "server → client", and the slot holds everything needed for the rewrite.
+ * back through the TUN). Each side is keyed by (source, destination) of the
+ * packets that arrive on it: side 0 by (client, VIP), side 1 by (real, nat). A
+ * packet is looked up by (its source addr:port, its destination addr:port); a
+ * match on side 0 means "client → server", on side 1 "server → client", and the
+ * slot holds everything needed for the rewrite.
  *
  * Storage is preallocated at start-up for `capacity` flows: typed-array columns
  * indexed by slot (the slot number is the flow's handle), a free-slot stack, and
@@ -178,10 +180,10 @@ export class FlowTable {
       );
     }
     return (
-      this.natAddr[s] === a &&
-      this.natPort[s] === ap &&
-      this.realAddr[s] === b &&
-      this.realPort[s] === bp
+      this.realAddr[s] === a &&
+      this.realPort[s] === ap &&
+      this.natAddr[s] === b &&
+      this.natPort[s] === bp
     );
   }
 
@@ -241,7 +243,7 @@ export class FlowTable {
     if (this.freeTop === 0) return CREATE_FULL;
     if (
       this.lookup(k.clientAddr, k.clientPort, k.vipAddr, k.vport, k.proto) >= 0 ||
-      this.lookup(k.natAddr, k.natPort, k.realAddr, k.realPort, k.proto) >= 0
+      this.lookup(k.realAddr, k.realPort, k.natAddr, k.natPort, k.proto) >= 0
     ) {
       return CREATE_COLLISION;
     }
@@ -268,7 +270,7 @@ export class FlowTable {
     this.pktsOut[s] = 0;
     this.bytesOut[s] = 0;
     this.insert(s * 2, this.hash(k.clientAddr, k.clientPort, k.vipAddr, k.vport, k.proto));
-    this.insert(s * 2 + 1, this.hash(k.natAddr, k.natPort, k.realAddr, k.realPort, k.proto));
+    this.insert(s * 2 + 1, this.hash(k.realAddr, k.realPort, k.natAddr, k.natPort, k.proto));
     const c = STATE_TIMER[FlowState.SYN_SENT]!;
     this.timerClass[s] = c;
     this.append(s, c);

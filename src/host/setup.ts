@@ -101,26 +101,32 @@ export class HostSetup {
       for (const vip of plan.vips) run('ip', ['route', 'replace', `${vip}/32`, 'dev', dev]);
       run('ip', ['route', 'replace', `${plan.localClientAddr}/32`, 'dev', dev]);
       run('ip', ['route', 'replace', 'default', 'dev', dev, 'table', String(plan.routeTable)]);
-      for (const r of plan.replyPorts) {
-        const sport = r.lo === r.hi ? String(r.lo) : `${r.lo}-${r.hi}`;
-        this.addRule([
-          'pref',
-          String(plan.rulePriority),
-          'from',
-          plan.tunAddr,
-          'ipproto',
-          'tcp',
-          'sport',
-          sport,
-          'lookup',
-          String(plan.routeTable),
-        ]);
-      }
+      for (const args of replyRules(plan)) this.addRule(args);
       this.setSysctl('net.ipv4.ip_forward', '1');
     } catch (e) {
       this.undo();
       throw e;
     }
+  }
+
+  /**
+   * Bring the reply rules in line with a new plan (config reload): add the missing
+   * ones, remove journalled ones that are no longer wanted.
+   */
+  updateReplyPorts(plan: HostPlan): void {
+    const want = replyRules(plan);
+    const wantKeys = new Set(want.map((a) => a.join(' ')));
+    const keep: Change[] = [];
+    for (const c of this.journal.changes) {
+      if (c.kind === 'rule' && !wantKeys.has(c.args.join(' '))) {
+        if (ruleExists(c.args)) run('ip', ['rule', 'del', ...c.args]);
+      } else {
+        keep.push(c);
+      }
+    }
+    this.journal.changes = keep;
+    this.save();
+    for (const args of want) this.addRule(args);
   }
 
   private addRule(args: string[]): void {
@@ -143,6 +149,21 @@ export class HostSetup {
     undoJournal(this.journal);
     rmSync(this.stateFile, { force: true });
   }
+}
+
+function replyRules(plan: HostPlan): string[][] {
+  return plan.replyPorts.map((r) => [
+    'pref',
+    String(plan.rulePriority),
+    'from',
+    plan.tunAddr,
+    'ipproto',
+    'tcp',
+    'sport',
+    r.lo === r.hi ? String(r.lo) : `${r.lo}-${r.hi}`,
+    'lookup',
+    String(plan.routeTable),
+  ]);
 }
 
 function ruleExists(args: readonly string[]): boolean {

@@ -35,7 +35,8 @@ describe('FlowTable', () => {
     const s = t.create(k, 0);
     expect(s).toBeGreaterThanOrEqual(0);
     expect(t.lookup(k.clientAddr, k.clientPort, k.vipAddr, k.vport, 6)).toBe(s * 2);
-    expect(t.lookup(k.natAddr, k.natPort, k.realAddr, k.realPort, 6)).toBe(s * 2 + 1);
+    expect(t.lookup(k.realAddr, k.realPort, k.natAddr, k.natPort, 6)).toBe(s * 2 + 1);
+    expect(t.lookup(k.natAddr, k.natPort, k.realAddr, k.realPort, 6)).toBe(-1);
     // Wrong protocol, port or direction: no match.
     expect(t.lookup(k.clientAddr, k.clientPort, k.vipAddr, k.vport, 17)).toBe(-1);
     expect(t.lookup(k.vipAddr, k.vport, k.clientAddr, k.clientPort, 6)).toBe(-1);
@@ -86,7 +87,7 @@ describe('FlowTable', () => {
             expect(t.lookup(k.clientAddr, k.clientPort, k.vipAddr, k.vport, 6)).toBe(
               want === undefined ? -1 : want * 2,
             );
-            expect(t.lookup(k.natAddr, k.natPort, k.realAddr, k.realPort, 6)).toBe(
+            expect(t.lookup(k.realAddr, k.realPort, k.natAddr, k.natPort, 6)).toBe(
               want === undefined ? -1 : want * 2 + 1,
             );
           }

@@ -1,0 +1,159 @@
+/**
+ * `vpm up`, `vpm down`, `vpm flows`, `vpm stats`: the daemon and the commands that
+ * read it over its control socket.
+ */
+
+import type { Command } from 'commander';
+import { loadConfig } from '../config/config.js';
+import { controlRequest } from '../control/client.js';
+import { Daemon, type FlowView, stateFileFor } from '../daemon/daemon.js';
+import { cleanStale, pidAlive, readJournal } from '../host/setup.js';
+import { UsageError } from './errors.js';
+
+export const DEFAULT_SOCKET = '/run/vpm/vpm0.sock';
+
+interface SocketOpts {
+  socket?: string;
+  config?: string;
+  json?: boolean;
+}
+
+function socketPath(o: SocketOpts): string {
+  if (o.socket) return o.socket;
+  if (o.config) return loadConfig(o.config).control.socket;
+  return DEFAULT_SOCKET;
+}
+
+function withSocketOptions(c: Command): Command {
+  return c
+    .option('-s, --socket <path>', `control socket of the daemon (default ${DEFAULT_SOCKET})`)
+    .option('-c, --config <file>', 'take the control socket path from this config file')
+    .option('--json', 'print JSON');
+}
+
+function requireRoot(what: string): void {
+  if (typeof process.getuid === 'function' && process.getuid() !== 0) {
+    throw Object.assign(new Error(`${what} needs root (CAP_NET_ADMIN): run it as root`), {
+      code: 'ERR_PERMISSION',
+      exitCode: 1,
+    });
+  }
+}
+
+export function formatFlows(flows: FlowView[]): string {
+  const head = [
+    'ID',
+    'CLIENT',
+    'SERVICE',
+    'AID',
+    'REAL',
+    'STATE',
+    'AGE',
+    'PKTS IN/OUT',
+    'BYTES IN/OUT',
+  ];
+  const rows = flows.map((f) => [
+    String(f.id),
+    f.nat ? `${f.client} (as ${f.nat})` : f.client,
+    `${f.serviceName} ${f.service}`,
+    f.aid,
+    f.real,
+    f.state,
+    `${(f.ageMs / 1000).toFixed(1)}s`,
+    `${f.packetsIn}/${f.packetsOut}`,
+    `${f.bytesIn}/${f.bytesOut}`,
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (r: string[]) =>
+    r
+      .map((c, i) => c.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd();
+  return [
+    line(head),
+    ...rows.map(line),
+    `${flows.length} flow${flows.length === 1 ? '' : 's'}`,
+  ].join('\n');
+}
+
+export function formatStats(s: Record<string, unknown>): string {
+  const drops = s.drops as Record<string, number>;
+  const nonzero = Object.entries(drops).filter(([, v]) => v > 0);
+  const lines = [
+    `packets in ${s.packetsIn}  out ${s.packetsOut}  dropped ${s.dropsTotal}`,
+    `bytes   in ${s.bytesIn}  out ${s.bytesOut}`,
+    `flows   active ${s.flowsActive}/${s.flowsCapacity}  created ${s.flowsCreated}  expired ${s.flowsExpired}  refused ${s.flowsRefused}  rst sent ${s.rstSent}`,
+    `drops   ${nonzero.length === 0 ? 'none' : nonzero.map(([k, v]) => `${k} ${v}`).join(', ')}`,
+    `batches ${s.batches}  sizes ${Object.entries(s.batchSizes as Record<string, number>)
+      .filter(([, v]) => v > 0)
+      .map(([k, v]) => `${k}:${v}`)
+      .join(' ')}`,
+  ];
+  for (const [aid, b] of Object.entries(
+    s.perAid as Record<string, { bytesIn: number; bytesOut: number }>,
+  )) {
+    lines.push(`aid     ${aid}: bytes in ${b.bytesIn} out ${b.bytesOut}`);
+  }
+  return lines.join('\n');
+}
+
+export function registerDaemonCommands(program: Command): void {
+  program
+    .command('up')
+    .description(
+      'run the vpm daemon in the foreground: create the TUN, route, translate; Ctrl-C undoes it all',
+    )
+    .requiredOption('-c, --config <file>', 'configuration file (see docs/configuration.md)')
+    .action(async (o: { config: string }) => {
+      const cfg = loadConfig(o.config);
+      requireRoot('vpm up');
+      const d = new Daemon(cfg);
+      d.installSignals();
+      await d.start();
+      // Keep running: the TUN poll handle and the control socket hold the event loop.
+      await new Promise<never>(() => {});
+    });
+
+  program
+    .command('down')
+    .description('stop the daemon of this config, or remove what a crashed one left behind')
+    .requiredOption('-c, --config <file>', 'configuration file')
+    .option('--timeout <ms>', 'how long to wait for the daemon to exit', '10000')
+    .action(async (o: { config: string; timeout: string }) => {
+      const cfg = loadConfig(o.config);
+      requireRoot('vpm down');
+      const timeout = Number(o.timeout);
+      if (!Number.isFinite(timeout) || timeout <= 0)
+        throw new UsageError(`--timeout: "${o.timeout}" is not a positive number of ms`);
+      const file = stateFileFor(cfg);
+      const j = readJournal(file);
+      if (j && pidAlive(j.pid)) {
+        process.kill(j.pid, 'SIGTERM');
+        const deadline = Date.now() + timeout;
+        while (pidAlive(j.pid) && Date.now() < deadline)
+          await new Promise((r) => setTimeout(r, 50));
+        if (pidAlive(j.pid))
+          throw Object.assign(new Error(`daemon pid ${j.pid} did not exit within ${timeout} ms`), {
+            exitCode: 1,
+          });
+        process.stdout.write(`stopped vpm (pid ${j.pid})\n`);
+      }
+      const undone = cleanStale(file);
+      for (const u of undone) process.stdout.write(`undone: ${u}\n`);
+      if (!j) process.stdout.write(`vpm is not running for ${cfg.tun.name}; nothing to undo\n`);
+    });
+
+  withSocketOptions(
+    program.command('flows').description('list the flows of the running daemon'),
+  ).action(async (o: SocketOpts) => {
+    const flows = (await controlRequest(socketPath(o), 'flows')) as FlowView[];
+    process.stdout.write(o.json ? `${JSON.stringify(flows)}\n` : `${formatFlows(flows)}\n`);
+  });
+
+  withSocketOptions(program.command('stats').description('counters of the running daemon')).action(
+    async (o: SocketOpts) => {
+      const s = (await controlRequest(socketPath(o), 'stats')) as Record<string, unknown>;
+      process.stdout.write(o.json ? `${JSON.stringify(s)}\n` : `${formatStats(s)}\n`);
+    },
+  );
+}

@@ -1,0 +1,336 @@
+/**
+ * `vpm up`: the daemon.
+ *
+ * Start-up order, each step undone if a later one fails, so that a failed start
+ * leaves the host as it was:
+ *   1. load and validate the config (nothing touched yet; errors exit 2);
+ *   2. remove what a crashed daemon of the same TUN left behind (its journal);
+ *   3. open the TUN device; 4. apply the host plan (journalled);
+ *   5. build the table, rules and pipeline, start reading; 6. open the control socket.
+ * SIGINT/SIGTERM undo it all in reverse; SIGHUP reloads the config: new rules
+ * apply to new connections, flows in the table keep their translation.
+ */
+
+import { execFileSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { type Logger, pino } from 'pino';
+import { type Config, loadConfig } from '../config/config.js';
+import { ControlServer } from '../control/server.js';
+import { Counters, DROP_NAMES } from '../datapath/counters.js';
+import { Pipeline } from '../datapath/pipeline.js';
+import type { Rules } from '../datapath/rules.js';
+import { STATE_NAMES } from '../flow/state.js';
+import { FlowTable } from '../flow/table.js';
+import { cleanStale, HostSetup } from '../host/setup.js';
+import type { TunDevice } from '../tun/device.js';
+import { openTun } from '../tun/kernel-tun.js';
+import { ipv4ToString, parseIpv4 } from '../wire/address.js';
+import type { PacketInfo } from '../wire/parse.js';
+import { hostPlanFromConfig, rulesFromConfig } from './rules-from-config.js';
+
+/**
+ * The journal of host changes lives beside the control socket, so that daemons of
+ * different network namespaces (each with its own socket path) never share one.
+ */
+export const stateFileFor = (cfg: Config) =>
+  join(dirname(cfg.control.socket), `${cfg.tun.name}.state.json`);
+
+/** Most flows removed per expiry tick; the rest wait for the next tick. */
+const EXPIRE_BUDGET = 20_000;
+const EXPIRE_INTERVAL_MS = 1000;
+
+export interface FlowView {
+  id: number;
+  client: string;
+  service: string;
+  serviceName: string;
+  aid: string;
+  real: string;
+  nat: string | null;
+  state: string;
+  ageMs: number;
+  idleMs: number;
+  packetsIn: number;
+  bytesIn: number;
+  packetsOut: number;
+  bytesOut: number;
+}
+
+/** Addresses assigned on this host (in this network namespace). */
+export function localAddresses(): Set<number> {
+  const out = new Set<number>();
+  try {
+    const j = JSON.parse(
+      execFileSync('ip', ['-j', '-4', 'addr', 'show'], { encoding: 'utf8' }),
+    ) as {
+      addr_info?: { local?: string }[];
+    }[];
+    for (const link of j) {
+      for (const a of link.addr_info ?? []) {
+        const n = a.local ? parseIpv4(a.local) : null;
+        if (n !== null) out.add(n);
+      }
+    }
+  } catch {
+    // no ip(8) output: local clients are then only recognised by the TUN address
+  }
+  return out;
+}
+
+export class Daemon {
+  cfg: Config;
+  readonly log: Logger;
+  private tun: TunDevice | null = null;
+  private host: HostSetup | null = null;
+  private control: ControlServer | null = null;
+  private table: FlowTable | null = null;
+  private pipeline: Pipeline | null = null;
+  private counters: Counters | null = null;
+  private rules: Rules | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private stopping = false;
+  readonly startedAt = Date.now();
+
+  constructor(cfg: Config, log?: Logger) {
+    this.cfg = cfg;
+    this.log = log ?? pino({ level: cfg.log.level, base: { pid: process.pid } });
+  }
+
+  async start(): Promise<void> {
+    const cfg = this.cfg;
+    const stateFile = stateFileFor(cfg);
+    try {
+      const stale = cleanStale(stateFile);
+      if (stale.length > 0)
+        this.log.warn(
+          { event: 'stale_state_removed', undone: stale },
+          'removed state left by a previous vpm',
+        );
+
+      const tun = openTun({ name: cfg.tun.name, batchSize: cfg.tun.batchSize, mtu: cfg.tun.mtu });
+      this.tun = tun;
+      const host = new HostSetup(stateFile, tun.name);
+      this.host = host;
+      host.apply(hostPlanFromConfig(cfg, tun.name));
+
+      const t = cfg.timeouts;
+      this.table = new FlowTable(cfg.limits.maxFlows, [
+        t.embryonicMs,
+        t.establishedIdleMs,
+        t.closingMs,
+        t.timeWaitMs,
+      ]);
+      this.rules = rulesFromConfig(cfg);
+      this.counters = new Counters(Math.max(1, cfg.applications.length));
+      const locals = localAddresses();
+      locals.add(cfg.tun.address);
+      this.pipeline = new Pipeline(
+        tun,
+        this.table,
+        this.rules,
+        this.counters,
+        {
+          verifyL4Checksum: true,
+          localClientAddr: cfg.tun.localClientAddress,
+          onFlowEvent: (ev, slot, reason, info) => this.flowEvent(ev, slot, reason, info),
+        },
+        locals,
+      );
+      const pipeline = this.pipeline;
+      tun.start(
+        (count) => pipeline.processBatch(count, performance.now()),
+        (err) => {
+          this.log.fatal(
+            { event: 'tun_error', code: err.code, err: err.message },
+            'TUN device failed',
+          );
+          void this.stop(1);
+        },
+      );
+      this.timer = setInterval(() => this.expire(), EXPIRE_INTERVAL_MS);
+
+      this.control = new ControlServer(cfg.control.socket);
+      this.registerControl(this.control);
+      await this.control.listen();
+    } catch (e) {
+      await this.teardown();
+      throw e;
+    }
+    this.log.info(
+      {
+        event: 'ready',
+        tun: this.tun?.name,
+        services: cfg.services.map((s) => `${s.name}=${ipv4ToString(s.address)}:${s.port}`),
+        control: cfg.control.socket,
+      },
+      'vpm up',
+    );
+  }
+
+  private flowEvent(
+    ev: 'created' | 'refused',
+    slot: number,
+    reason: number,
+    info: PacketInfo,
+  ): void {
+    if (ev === 'refused') {
+      this.log.info(
+        {
+          event: 'flow_refused',
+          reason: DROP_NAMES[reason],
+          client: `${ipv4ToString(info.srcAddr)}:${info.srcPort}`,
+          service: `${ipv4ToString(info.dstAddr)}:${info.dstPort}`,
+        },
+        'connection refused',
+      );
+    } else if (this.log.isLevelEnabled('debug')) {
+      this.log.debug(
+        { event: 'flow_created', flow: this.flowView(slot, performance.now()) },
+        'flow created',
+      );
+    }
+  }
+
+  private expire(): void {
+    const table = this.table;
+    const counters = this.counters;
+    if (!table || !counters) return;
+    const now = performance.now();
+    const debug = this.log.isLevelEnabled('debug');
+    counters.flowsExpired += table.expire(now, EXPIRE_BUDGET, (s) => {
+      if (debug)
+        this.log.debug({ event: 'flow_expired', flow: this.flowView(s, now) }, 'flow expired');
+    });
+  }
+
+  flowView(s: number, now: number): FlowView {
+    const t = this.table!;
+    const svc = this.rules!.services[t.service[s]!];
+    const nat = t.natAddr[s] !== t.clientAddr[s] || t.natPort[s] !== t.clientPort[s];
+    return {
+      id: t.id[s]!,
+      client: `${ipv4ToString(t.clientAddr[s]!)}:${t.clientPort[s]}`,
+      service: `${ipv4ToString(t.vipAddr[s]!)}:${t.vport[s]}`,
+      serviceName: svc?.name ?? '?',
+      aid: this.rules!.aidNames[t.aid[s]!] ?? '?',
+      real: `${ipv4ToString(t.realAddr[s]!)}:${t.realPort[s]}`,
+      nat: nat ? `${ipv4ToString(t.natAddr[s]!)}:${t.natPort[s]}` : null,
+      state: STATE_NAMES[t.state[s]!] ?? '?',
+      ageMs: Math.round(now - t.created[s]!),
+      idleMs: Math.round(now - t.lastSeen[s]!),
+      packetsIn: t.pktsIn[s]!,
+      bytesIn: t.bytesIn[s]!,
+      packetsOut: t.pktsOut[s]!,
+      bytesOut: t.bytesOut[s]!,
+    };
+  }
+
+  flows(): FlowView[] {
+    const now = performance.now();
+    const out: FlowView[] = [];
+    this.table?.forEach((s) => out.push(this.flowView(s, now)));
+    return out.sort((a, b) => a.id - b.id);
+  }
+
+  stats(): Record<string, unknown> {
+    const c = this.counters!;
+    return {
+      ...c.snapshot(this.rules!.aidNames),
+      flowsActive: this.table!.size,
+      flowsCapacity: this.table!.capacity,
+      uptimeMs: Date.now() - this.startedAt,
+      tun: { name: this.tun?.name, ...this.tun?.stats() },
+    };
+  }
+
+  /** Re-read the config file; new rules apply to new connections. */
+  reload(): { ok: true; services: number; applications: number; selectors: number } {
+    const next = loadConfig(this.cfg.source);
+    const restart: string[] = [];
+    if (JSON.stringify(next.tun) !== JSON.stringify(this.cfg.tun)) restart.push('tun');
+    if (next.control.socket !== this.cfg.control.socket) restart.push('control.socket');
+    if (next.limits.maxFlows !== this.cfg.limits.maxFlows) restart.push('limits.maxFlows');
+    if (restart.length > 0) {
+      this.log.warn(
+        { event: 'reload_partial', needsRestart: restart },
+        'some settings take effect only after a restart',
+      );
+    }
+    if (this.host && this.tun) this.host.updateReplyPorts(hostPlanFromConfig(next, this.tun.name));
+    this.rules = rulesFromConfig(next);
+    if (this.pipeline) {
+      this.pipeline.rules = this.rules;
+      const locals = localAddresses();
+      locals.add(this.cfg.tun.address);
+      this.pipeline.localAddrs = locals;
+    }
+    const t = next.timeouts;
+    this.table?.timeouts.set([t.embryonicMs, t.establishedIdleMs, t.closingMs, t.timeWaitMs]);
+    this.cfg = { ...next, tun: this.cfg.tun, control: this.cfg.control, limits: this.cfg.limits };
+    this.log.info({ event: 'reloaded', file: next.source }, 'configuration reloaded');
+    return {
+      ok: true,
+      services: next.services.length,
+      applications: next.applications.length,
+      selectors: next.selectors.length,
+    };
+  }
+
+  private registerControl(c: ControlServer): void {
+    c.on('ping', () => ({ pong: true, pid: process.pid, version: 1 }));
+    c.on('stats', () => this.stats());
+    c.on('flows', () => this.flows());
+    c.on('reload', () => this.reload());
+  }
+
+  private async teardown(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    try {
+      await this.control?.close();
+    } catch (e) {
+      this.log.error(
+        { event: 'shutdown_error', err: (e as Error).message },
+        'closing the control socket failed',
+      );
+    }
+    this.control = null;
+    this.tun?.close();
+    this.tun = null;
+    try {
+      this.host?.undo();
+    } catch (e) {
+      this.log.error(
+        { event: 'shutdown_error', err: (e as Error).message },
+        'undoing host changes failed',
+      );
+    }
+    this.host = null;
+  }
+
+  /** Undo everything and exit the process with `code`. */
+  async stop(code = 0): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.log.info({ event: 'stopping', code }, 'vpm down');
+    await this.teardown();
+    this.log.flush?.();
+    process.exit(code);
+  }
+
+  installSignals(): void {
+    process.on('SIGINT', () => void this.stop(0));
+    process.on('SIGTERM', () => void this.stop(0));
+    process.on('SIGHUP', () => {
+      try {
+        this.reload();
+      } catch (e) {
+        this.log.error(
+          { event: 'reload_failed', err: (e as Error).message },
+          'reload failed; keeping the old configuration',
+        );
+      }
+    });
+  }
+}

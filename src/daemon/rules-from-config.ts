@@ -1,0 +1,59 @@
+/** Build the data plane's numeric `Rules` and the host plan from a validated Config. */
+
+import type { Config } from '../config/config.js';
+import { Rules } from '../datapath/rules.js';
+import type { HostPlan } from '../host/setup.js';
+import { ipv4ToString } from '../wire/address.js';
+import { IPPROTO_TCP } from '../wire/ipv4.js';
+
+export function rulesFromConfig(cfg: Config): Rules {
+  return new Rules({
+    services: cfg.services.map((s) => ({
+      name: s.name,
+      addr: s.address,
+      port: s.port,
+      proto: IPPROTO_TCP,
+    })),
+    selectors: cfg.selectors.map((s) => ({
+      service: s.serviceIndex ?? -1,
+      cidrBase: Uint32Array.from((s.clients ?? []).map((c) => c.base)),
+      cidrMask: Uint32Array.from((s.clients ?? []).map((c) => c.mask)),
+      portLo: s.clientPorts?.lo ?? 0,
+      portHi: s.clientPorts?.hi ?? 65535,
+      aid: s.aidIndex,
+    })),
+    aidNames: cfg.applications.map((a) => a.aid),
+    instances: cfg.applications.map((a) =>
+      a.instances.map((i) => ({ addr: i.address, port: i.port })),
+    ),
+    defaultAid: cfg.default.refuse ? -1 : cfg.default.aidIndex,
+  });
+}
+
+/** Merge the instance ports into as few ranges as possible. */
+export function replyPortRanges(cfg: Config): { lo: number; hi: number }[] {
+  const ports = [...new Set(cfg.applications.flatMap((a) => a.instances.map((i) => i.port)))].sort(
+    (a, b) => a - b,
+  );
+  const out: { lo: number; hi: number }[] = [];
+  for (const p of ports) {
+    const last = out[out.length - 1];
+    if (last && last.hi + 1 === p) last.hi = p;
+    else out.push({ lo: p, hi: p });
+  }
+  return out;
+}
+
+export function hostPlanFromConfig(cfg: Config, tunName: string): HostPlan {
+  return {
+    tunName,
+    tunAddr: ipv4ToString(cfg.tun.address),
+    localClientAddr: ipv4ToString(cfg.tun.localClientAddress),
+    mtu: cfg.tun.mtu,
+    txQueueLen: cfg.tun.txQueueLen,
+    vips: [...new Set(cfg.services.map((s) => ipv4ToString(s.address)))],
+    replyPorts: replyPortRanges(cfg),
+    routeTable: cfg.tun.routeTable,
+    rulePriority: cfg.tun.rulePriority,
+  };
+}
