@@ -229,7 +229,9 @@ export class Daemon {
   flows(): FlowView[] {
     const now = performance.now();
     const out: FlowView[] = [];
-    this.table?.forEach((s) => out.push(this.flowView(s, now)));
+    this.table?.forEach((s) => {
+      out.push(this.flowView(s, now));
+    });
     return out.sort((a, b) => a.id - b.id);
   }
 

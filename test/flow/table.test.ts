@@ -129,7 +129,9 @@ describe('FlowTable', () => {
     const s2 = t.create(key(2), 0);
     expect(t.id[s2]).not.toBe(id1);
     const seen: number[] = [];
-    t.forEach((s) => seen.push(s));
+    t.forEach((s) => {
+      seen.push(s);
+    });
     expect(seen).toEqual([s2]);
   });
 
