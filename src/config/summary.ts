@@ -1,0 +1,137 @@
+/**
+ * Views of a resolved Config for people: the file form back (addresses as text,
+ * every default written out), a short summary, and warnings about configs that
+ * are valid but probably not what was meant (a selector that can never match, an
+ * application nothing selects).
+ */
+
+import { ipv4ToString } from '../wire/address.js';
+import type { Cidr, Config, PortRange, SelectorConfig } from './config.js';
+
+function cidrText(c: Cidr): string {
+  return `${ipv4ToString(c.base)}/${c.prefix}`;
+}
+
+function portsText(r: PortRange): string {
+  return r.lo === r.hi ? String(r.lo) : `${r.lo}-${r.hi}`;
+}
+
+/**
+ * The config in file form with every default filled in. Parsing it again gives
+ * an equal Config (tests hold it to that), so it is also the "effective config".
+ */
+export function configToJson(c: Config): Record<string, unknown> {
+  return {
+    tun: {
+      name: c.tun.name,
+      address: ipv4ToString(c.tun.address),
+      localClientAddress: ipv4ToString(c.tun.localClientAddress),
+      mtu: c.tun.mtu,
+      txQueueLen: c.tun.txQueueLen,
+      batchSize: c.tun.batchSize,
+      routeTable: c.tun.routeTable,
+      rulePriority: c.tun.rulePriority,
+    },
+    services: c.services.map((s) => ({
+      name: s.name,
+      address: ipv4ToString(s.address),
+      port: s.port,
+      protocol: s.protocol,
+    })),
+    applications: c.applications.map((a) => ({
+      aid: a.aid,
+      instances: a.instances.map((i) => ({ address: ipv4ToString(i.address), port: i.port })),
+    })),
+    selectors: c.selectors.map((s) => {
+      const o: Record<string, unknown> = {};
+      if (s.service !== null) o.service = s.service;
+      if (s.clients !== null) o.clients = s.clients.map(cidrText);
+      if (s.clientPorts !== null) o.clientPorts = portsText(s.clientPorts);
+      o.aid = s.aid;
+      return o;
+    }),
+    default: c.default.refuse ? { refuse: true } : { aid: c.default.aid },
+    limits: { maxFlows: c.limits.maxFlows },
+    timeouts: { ...c.timeouts },
+    control: { socket: c.control.socket },
+    metrics: {
+      listen:
+        c.metrics.listen === null
+          ? null
+          : `${ipv4ToString(c.metrics.listen.address)}:${c.metrics.listen.port}`,
+    },
+    log: { level: c.log.level },
+  };
+}
+
+/** One line describing what a selector matches and where it sends it. */
+export function describeSelector(s: SelectorConfig): string {
+  const parts = [
+    s.service === null ? 'any service' : `service ${s.service}`,
+    s.clients === null ? 'any client' : `clients ${s.clients.map(cidrText).join(' ')}`,
+  ];
+  if (s.clientPorts !== null) parts.push(`client ports ${portsText(s.clientPorts)}`);
+  return `${parts.join(', ')} -> ${s.aid}`;
+}
+
+/** The short human summary `vpm check-config` prints (without the "ok" line). */
+export function summarizeConfig(c: Config): string[] {
+  const out: string[] = [];
+  out.push(
+    `tun ${c.tun.name}: address ${ipv4ToString(c.tun.address)}, local clients as ${ipv4ToString(c.tun.localClientAddress)}, mtu ${c.tun.mtu}`,
+  );
+  out.push(`services (${c.services.length}):`);
+  for (const s of c.services)
+    out.push(`  ${s.name}  ${ipv4ToString(s.address)} ${s.protocol}/${s.port}`);
+  out.push(`applications (${c.applications.length}):`);
+  for (const a of c.applications) {
+    const inst =
+      a.instances.length === 0
+        ? '(no live instance)'
+        : a.instances.map((i) => `${ipv4ToString(i.address)}:${i.port}`).join(' ');
+    out.push(`  ${a.aid}  ${inst}`);
+  }
+  out.push(`selectors (${c.selectors.length}, first match wins):`);
+  for (const s of c.selectors) out.push(`  ${s.index + 1}. ${describeSelector(s)}`);
+  out.push(`default: ${c.default.refuse ? 'refuse (answer with RST)' : `-> ${c.default.aid}`}`);
+  return out;
+}
+
+/** Does selector `a` match every connection `b` matches? (Sufficient, not necessary.) */
+function covers(a: SelectorConfig, b: SelectorConfig): boolean {
+  if (a.serviceIndex !== null && a.serviceIndex !== b.serviceIndex) return false;
+  if (a.clients !== null) {
+    if (b.clients === null) return false;
+    const inside = (n: Cidr) =>
+      a.clients!.some((m) => m.prefix <= n.prefix && (n.base & m.mask) >>> 0 === m.base);
+    if (!b.clients.every(inside)) return false;
+  }
+  if (a.clientPorts !== null) {
+    if (b.clientPorts === null) return false;
+    if (a.clientPorts.lo > b.clientPorts.lo || a.clientPorts.hi < b.clientPorts.hi) return false;
+  }
+  return true;
+}
+
+/** Things that are valid but probably mistakes. */
+export function configWarnings(c: Config): string[] {
+  const out: string[] = [];
+  for (const b of c.selectors) {
+    const a = c.selectors.find((x) => x.index < b.index && covers(x, b));
+    if (a !== undefined)
+      out.push(
+        `selectors[${b.index}] can never match: selectors[${a.index}] (${describeSelector(a)}) matches everything it does`,
+      );
+  }
+  const selected = new Set(c.selectors.map((s) => s.aidIndex));
+  if (!c.default.refuse) selected.add(c.default.aidIndex);
+  for (const a of c.applications) {
+    if (!selected.has(a.index))
+      out.push(`applications[${a.index}] (${a.aid}) is not named by any selector or the default`);
+    else if (a.instances.length === 0)
+      out.push(
+        `applications[${a.index}] (${a.aid}) has no instance: connections selected for it are refused until one exists`,
+      );
+  }
+  return out;
+}

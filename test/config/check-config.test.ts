@@ -1,0 +1,153 @@
+/**
+ * `vpm check-config`, run as the real CLI: the tree is compiled with tsc into a
+ * private directory under tmp/ (ignored by git), so that this test neither races
+ * with other builds of dist/ nor depends on one.
+ */
+
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { packageRoot } from '../../src/native/index.js';
+
+const root = packageRoot();
+const EXAMPLE = 'docs/examples/two-tenants.json';
+let outDir = '';
+let work = '';
+
+beforeAll(() => {
+  mkdirSync(join(root, 'tmp'), { recursive: true });
+  outDir = mkdtempSync(join(root, 'tmp', 'check-config-build-'));
+  work = mkdtempSync(join(root, 'tmp', 'check-config-files-'));
+  try {
+    execFileSync('npx', ['tsc', '-p', 'tsconfig.json', '--outDir', outDir], {
+      cwd: root,
+      stdio: 'pipe',
+    });
+  } catch {
+    // Type errors elsewhere in the tree do not stop tsc from emitting; the
+    // existence check below is what matters to this test.
+  }
+  if (!existsSync(join(outDir, 'src', 'cli', 'main.js')))
+    throw new Error('tsc did not emit src/cli/main.js');
+}, 120_000);
+
+afterAll(() => {
+  for (const d of [outDir, work]) if (d !== '') rmSync(d, { recursive: true, force: true });
+});
+
+function vpm(...args: string[]) {
+  const r = spawnSync(process.execPath, [join(outDir, 'src', 'cli', 'main.js'), ...args], {
+    cwd: root,
+    encoding: 'utf8',
+  });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function file(name: string, text: string): string {
+  const p = join(work, name);
+  writeFileSync(p, text);
+  return p;
+}
+
+describe('vpm check-config', () => {
+  it('accepts the example: exit 0, "FILE: ok" and a summary', () => {
+    const r = vpm('check-config', EXAMPLE);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const lines = r.stdout.trimEnd().split('\n');
+    expect(lines[0]).toBe(`${EXAMPLE}: ok`);
+    expect(lines).toContain('  web  198.19.0.9 tcp/9000');
+    expect(lines).toContain('  tenant-a  198.19.255.1:19001');
+    expect(lines).toContain(
+      '  1. service web, clients 198.18.1.0/24, client ports 1024-65535 -> tenant-a',
+    );
+    expect(lines.at(-1)).toBe('default: -> tenant-a');
+  });
+
+  it('--json prints the effective config, itself a valid config', () => {
+    const r = vpm('check-config', EXAMPLE, '--json');
+    expect(r.code).toBe(0);
+    const effective = JSON.parse(r.stdout);
+    const original = JSON.parse(readFileSync(join(root, EXAMPLE), 'utf8'));
+    delete original.$schema;
+    // The example spells out every default except tenant-a's instance address.
+    original.applications[0].instances[0].address = '198.19.255.1';
+    expect(effective).toEqual(original);
+    const again = vpm('check-config', file('effective.json', r.stdout));
+    expect(again.code).toBe(0);
+  });
+
+  it('rejects a bad file: exit 2, every problem on stderr, nothing on stdout', () => {
+    const example = JSON.parse(readFileSync(join(root, EXAMPLE), 'utf8'));
+    example.services[0].port = 70000;
+    example.selectors[1].aid = 'tenant-c';
+    const bad = file('bad.json', JSON.stringify(example, null, 2));
+    const r = vpm('check-config', bad);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toBe(`${bad}: services[0].port: 70000 is above the maximum 65535\n`);
+
+    example.services[0].port = 9000;
+    const bad2 = file('bad2.json', JSON.stringify(example, null, 2));
+    const r2 = vpm('check-config', bad2);
+    expect(r2.code).toBe(2);
+    expect(r2.stderr).toBe(
+      `${bad2}: selectors[1].aid: "tenant-c" is not an application (known: "tenant-a", "tenant-b")\n`,
+    );
+  });
+
+  it('reports invalid JSON with line and column, and a missing file', () => {
+    const broken = file('broken.json', '{\n  "services": [],\n}\n');
+    const r = vpm('check-config', broken);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(
+      `${broken}:3:1: invalid JSON: trailing comma before } is not allowed in JSON\n`,
+    );
+
+    const missing = join(work, 'nope.json');
+    const m = vpm('check-config', missing);
+    expect(m.code).toBe(2);
+    expect(m.stderr).toMatch(new RegExp(`^${missing}: cannot read the config file: ENOENT`));
+  });
+
+  it('--json on a bad file prints the problems as JSON', () => {
+    const bad = file(
+      'types.json',
+      '{"services": [{"name": "web", "address": "198.19.0.9", "port": "80"}], "applications": [{"aid": "a"}]}',
+    );
+    const r = vpm('check-config', bad, '--json');
+    expect(r.code).toBe(2);
+    expect(JSON.parse(r.stdout)).toEqual({
+      ok: false,
+      file: bad,
+      code: 'ERR_CONFIG_INVALID',
+      problems: [
+        { path: 'services[0].port', value: '80', message: '"80" is a string, expected an integer' },
+      ],
+    });
+  });
+
+  it('prints warnings on stderr but still exits 0', () => {
+    const warn = file(
+      'warn.json',
+      JSON.stringify({
+        services: [{ name: 'web', address: '198.19.0.9', port: 9000 }],
+        applications: [{ aid: 'a', instances: [{ port: 19001 }] }],
+        selectors: [{ aid: 'a' }, { clients: ['198.18.0.0/15'], aid: 'a' }],
+      }),
+    );
+    const r = vpm('check-config', warn);
+    expect(r.code).toBe(0);
+    expect(r.stdout.split('\n')[0]).toBe(`${warn}: ok`);
+    expect(r.stderr).toBe(
+      `${warn}: warning: selectors[1] can never match: selectors[0] (any service, any client -> a) matches everything it does\n`,
+    );
+  });
+
+  it('is a usage error (exit 2) without a file', () => {
+    const r = vpm('check-config');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/missing required argument 'file'/);
+  });
+});
