@@ -108,7 +108,14 @@ export class Daemon {
           'removed state left by a previous vpm',
         );
 
-      const tun = openTun({ name: cfg.tun.name, batchSize: cfg.tun.batchSize, mtu: cfg.tun.mtu });
+      // Down until the host plan has turned IPv6 off on it, so no router chatter reaches us.
+      const tun = openTun({
+        name: cfg.tun.name,
+        batchSize: cfg.tun.batchSize,
+        mtu: cfg.tun.mtu,
+        txQueueLen: cfg.tun.txQueueLen,
+        up: false,
+      });
       this.tun = tun;
       const host = new HostSetup(stateFile, tun.name);
       this.host = host;
