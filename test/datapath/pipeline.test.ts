@@ -1,0 +1,406 @@
+/**
+ * The pipeline on a MemoryTun (no kernel): packets built by the independent test
+ * builder go in, and what comes out is compared byte for byte with packets the
+ * builder makes for the expected translation — so the rewrite and every checksum
+ * are checked against a second statement of the RFCs, not against themselves.
+ */
+
+import { describe, expect, it } from 'vitest';
+import { Counters, DROP_REASONS, Drop } from '../../src/datapath/counters.js';
+import { Pipeline } from '../../src/datapath/pipeline.js';
+import { Rules } from '../../src/datapath/rules.js';
+import { FlowState } from '../../src/flow/state.js';
+import { FlowTable } from '../../src/flow/table.js';
+import { MemoryTun } from '../../src/tun/memory-tun.js';
+import {
+  hex,
+  icmp4,
+  inetChecksum,
+  ip4,
+  ip6,
+  PROTO_TCP,
+  tcp4,
+  tcp6,
+  udp4,
+  unhex,
+} from '../support/builder.js';
+import { Rng } from '../support/rng.js';
+
+const VIP = ip4('198.19.0.9');
+const HOST = ip4('198.19.255.1');
+const LOCAL_CLIENT = ip4('198.19.255.2');
+const CLIENT_A = ip4('198.18.1.2');
+const CLIENT_B = ip4('198.18.2.2');
+const STRANGER = ip4('198.18.9.9');
+
+const SYN = 0x02;
+const ACK = 0x10;
+const FIN = 0x01;
+const RST = 0x04;
+const PSH = 0x08;
+
+function makeRules(opts: { instancesB?: { addr: number; port: number }[] } = {}): Rules {
+  return new Rules({
+    services: [{ name: 'web', addr: VIP, port: 9000, proto: PROTO_TCP }],
+    selectors: [
+      {
+        service: 0,
+        cidrBase: Uint32Array.of(ip4('198.18.1.0')),
+        cidrMask: Uint32Array.of(0xffffff00),
+        portLo: 0,
+        portHi: 65535,
+        aid: 0,
+      },
+      {
+        service: -1,
+        cidrBase: Uint32Array.of(ip4('198.18.2.0')),
+        cidrMask: Uint32Array.of(0xffffff00),
+        portLo: 1024,
+        portHi: 65535,
+        aid: 1,
+      },
+      {
+        service: -1,
+        cidrBase: Uint32Array.of(HOST),
+        cidrMask: Uint32Array.of(0xffffffff),
+        portLo: 0,
+        portHi: 65535,
+        aid: 0,
+      },
+    ],
+    aidNames: ['tenant-a', 'tenant-b'],
+    instances: [[{ addr: HOST, port: 19001 }], opts.instancesB ?? [{ addr: HOST, port: 19002 }]],
+    defaultAid: -1,
+  });
+}
+
+function setup(
+  o: {
+    capacity?: number;
+    instancesB?: { addr: number; port: number }[];
+    writeCapacity?: number;
+  } = {},
+) {
+  const tun = new MemoryTun({
+    batchSize: 16,
+    ...(o.writeCapacity !== undefined ? { writeCapacity: o.writeCapacity } : {}),
+  });
+  const table = new FlowTable(o.capacity ?? 64, [10_000, 3_600_000, 60_000, 10_000], 7);
+  const counters = new Counters(2);
+  const events: string[] = [];
+  const p = new Pipeline(
+    tun,
+    table,
+    makeRules(o),
+    counters,
+    {
+      verifyL4Checksum: true,
+      localClientAddr: LOCAL_CLIENT,
+      onFlowEvent: (e, _s, r) => events.push(`${e}:${r}`),
+    },
+    new Set([HOST, ip4('198.18.1.1')]),
+  );
+  let now = 1000;
+  tun.start((n) => p.processBatch(n, now));
+  const send = (...pkts: Uint8Array[]) => {
+    const before = tun.written.length;
+    tun.inject(pkts);
+    return tun.written.slice(before).map((b) => hex(b));
+  };
+  const invariant = () => {
+    let drops = 0;
+    for (let i = 0; i < DROP_REASONS; i++) drops += counters.drops[i]!;
+    expect(counters.packetsIn).toBe(counters.packetsOut + drops);
+  };
+  return {
+    tun,
+    table,
+    counters,
+    events,
+    p,
+    send,
+    invariant,
+    setNow: (t: number) => {
+      now = t;
+    },
+  };
+}
+
+const seg = (
+  src: number,
+  sp: number,
+  dst: number,
+  dp: number,
+  flags: number,
+  seq = 1000,
+  ack = 0,
+  payload?: Uint8Array,
+) =>
+  tcp4(
+    { src, dst, ident: 0x1234 },
+    { srcPort: sp, dstPort: dp, flags, seq, ack, window: 64240, ...(payload ? { payload } : {}) },
+  );
+
+describe('Pipeline', () => {
+  it('translates a whole connection both ways, byte for byte, and follows its state', () => {
+    const { send, table, counters, invariant } = setup();
+    // Client SYN to the VIP → instance of tenant-a, client address kept.
+    expect(send(seg(CLIENT_A, 40000, VIP, 9000, SYN, 1000))).toEqual([
+      hex(seg(CLIENT_A, 40000, HOST, 19001, SYN, 1000)),
+    ]);
+    // Server SYN+ACK from the real port → back from VIP:9000.
+    expect(send(seg(HOST, 19001, CLIENT_A, 40000, SYN | ACK, 5000, 1001))).toEqual([
+      hex(seg(VIP, 9000, CLIENT_A, 40000, SYN | ACK, 5000, 1001)),
+    ]);
+    const data = new Uint8Array(1400).map((_, i) => (i * 7) & 0xff);
+    expect(send(seg(CLIENT_A, 40000, VIP, 9000, ACK | PSH, 1001, 5001, data))).toEqual([
+      hex(seg(CLIENT_A, 40000, HOST, 19001, ACK | PSH, 1001, 5001, data)),
+    ]);
+    const s = table.lookup(CLIENT_A, 40000, VIP, 9000, PROTO_TCP) >> 1;
+    expect(table.state[s]).toBe(FlowState.ESTABLISHED);
+    send(seg(HOST, 19001, CLIENT_A, 40000, FIN | ACK, 5001, 2401));
+    expect(table.state[s]).toBe(FlowState.FIN_WAIT);
+    send(seg(CLIENT_A, 40000, VIP, 9000, FIN | ACK, 2401, 5002));
+    expect(table.state[s]).toBe(FlowState.TIME_WAIT);
+    expect(counters.flowsCreated).toBe(1);
+    expect(counters.aidBytesIn[0]).toBeGreaterThan(1400);
+    expect(counters.aidBytesOut[0]).toBeGreaterThan(0);
+    invariant();
+  });
+
+  it('sends tenant B to its own instance on the same virtual port', () => {
+    const { send } = setup();
+    expect(send(seg(CLIENT_B, 50000, VIP, 9000, SYN))).toEqual([
+      hex(seg(CLIENT_B, 50000, HOST, 19002, SYN)),
+    ]);
+  });
+
+  it('translates a local client (FIG. 8) to the local-client address and back', () => {
+    const { send } = setup();
+    expect(send(seg(HOST, 33000, VIP, 9000, SYN))).toEqual([
+      hex(seg(LOCAL_CLIENT, 33000, HOST, 19001, SYN)),
+    ]);
+    expect(send(seg(HOST, 19001, LOCAL_CLIENT, 33000, SYN | ACK, 9, 1001))).toEqual([
+      hex(seg(VIP, 9000, HOST, 33000, SYN | ACK, 9, 1001)),
+    ]);
+  });
+
+  it('refuses a SYN no selector matches with a RST from the virtual service', () => {
+    const { send, counters, events, invariant } = setup();
+    const out = send(seg(STRANGER, 1234, VIP, 9000, SYN, 77));
+    // RFC 9293 §3.10.7.1: SEQ 0, ACK = SEG.SEQ + 1, RST|ACK.
+    expect(out).toEqual([
+      hex(
+        tcp4(
+          { src: VIP, dst: STRANGER },
+          { srcPort: 9000, dstPort: 1234, seq: 0, ack: 78, flags: RST | ACK, window: 0 },
+        ),
+      ),
+    ]);
+    expect(counters.drops[Drop.REFUSED_NO_SELECTOR]).toBe(1);
+    expect(counters.rstSent).toBe(1);
+    expect(events).toEqual([`refused:${Drop.REFUSED_NO_SELECTOR}`]);
+    // Tenant B's selector wants client ports >= 1024.
+    send(seg(CLIENT_B, 999, VIP, 9000, SYN));
+    expect(counters.drops[Drop.REFUSED_NO_SELECTOR]).toBe(2);
+    invariant();
+  });
+
+  it('refuses a SYN for an AID without a live instance', () => {
+    const { send, counters } = setup({ instancesB: [] });
+    expect(send(seg(CLIENT_B, 50000, VIP, 9000, SYN)).length).toBe(1);
+    expect(counters.drops[Drop.REFUSED_NO_INSTANCE]).toBe(1);
+  });
+
+  it('refuses new connections when the table is full and leaves established flows alone', () => {
+    const { send, counters, invariant } = setup({ capacity: 2 });
+    send(seg(CLIENT_A, 40001, VIP, 9000, SYN));
+    send(seg(CLIENT_A, 40002, VIP, 9000, SYN));
+    const out = send(seg(CLIENT_A, 40003, VIP, 9000, SYN, 5));
+    expect(out).toEqual([
+      hex(
+        tcp4(
+          { src: VIP, dst: CLIENT_A },
+          { srcPort: 9000, dstPort: 40003, seq: 0, ack: 6, flags: RST | ACK, window: 0 },
+        ),
+      ),
+    ]);
+    expect(counters.drops[Drop.REFUSED_TABLE_FULL]).toBe(1);
+    // The existing flows still pass.
+    expect(send(seg(HOST, 19001, CLIENT_A, 40001, SYN | ACK, 1, 1001))).toEqual([
+      hex(seg(VIP, 9000, CLIENT_A, 40001, SYN | ACK, 1, 1001)),
+    ]);
+    invariant();
+  });
+
+  it('drops what is not a virtual service or belongs to no flow, with reasons', () => {
+    const { send, counters, invariant } = setup();
+    expect(send(seg(CLIENT_A, 40000, VIP, 9001, SYN))).toEqual([]);
+    expect(counters.drops[Drop.NOT_SERVICE]).toBe(1);
+    expect(send(seg(CLIENT_A, 40000, VIP, 9000, ACK))).toEqual([]);
+    expect(send(seg(HOST, 19001, CLIENT_A, 40000, ACK))).toEqual([]);
+    expect(counters.drops[Drop.NO_FLOW]).toBe(2);
+    invariant();
+  });
+
+  it('counts every malformed or unsupported packet under its own reason', () => {
+    const { send, counters, invariant } = setup();
+    const good = seg(CLIENT_A, 40000, VIP, 9000, SYN);
+    const mut = (f: (b: Uint8Array) => void, from = good) => {
+      const b = from.slice();
+      f(b);
+      return b;
+    };
+    const refix = (b: Uint8Array) => {
+      // Recompute the IPv4 header checksum (builder's sum) so only the intended fault remains.
+      b[10] = 0;
+      b[11] = 0;
+      const c = inetChecksum(b.subarray(0, (b[0]! & 15) * 4));
+      b[10] = c >>> 8;
+      b[11] = c & 0xff;
+    };
+    const cases: [number, Uint8Array][] = [
+      [Drop.TRUNCATED, good.subarray(0, 12)],
+      [
+        Drop.BAD_VERSION,
+        mut((b) => {
+          b[0] = 0x55;
+        }),
+      ],
+      [
+        Drop.BAD_IHL,
+        mut((b) => {
+          b[0] = 0x44;
+          refix(b);
+        }),
+      ],
+      [
+        Drop.BAD_TOTAL_LEN,
+        mut((b) => {
+          b[2] = 0x10;
+          refix(b);
+        }),
+      ],
+      [
+        Drop.BAD_IP_CHECKSUM,
+        mut((b) => {
+          b[8] = 63;
+        }),
+      ],
+      [
+        Drop.BAD_L4_CHECKSUM,
+        mut((b) => {
+          b[30] ^= 0x01;
+        }),
+      ],
+      [
+        Drop.BAD_DATA_OFFSET,
+        mut((b) => {
+          b[32] = 0x40;
+        }),
+      ],
+      [
+        Drop.L4_TRUNCATED,
+        mut((b) => {
+          b[3] = 30;
+          refix(b);
+        }).subarray(0, 30),
+      ],
+      [
+        Drop.FRAGMENT,
+        mut((b) => {
+          b[6] = 0x20;
+          refix(b);
+        }),
+      ],
+      [
+        Drop.NOT_TCP,
+        udp4({ src: CLIENT_A, dst: VIP }, { srcPort: 1, dstPort: 9000, payload: unhex('0102') }),
+      ],
+      [Drop.NOT_TCP, icmp4({ src: CLIENT_A, dst: VIP }, { type: 8, code: 0, rest: 0x00010001 })],
+      [
+        Drop.IPV6,
+        tcp6(
+          { src: ip6('2001:db8::1'), dst: ip6('2001:db8::2') },
+          { srcPort: 1, dstPort: 9000, flags: SYN },
+        ),
+      ],
+    ];
+    for (const [reason, pkt] of cases) {
+      const before = counters.drops[reason]!;
+      expect(send(pkt), `reason ${reason}`).toEqual([]);
+      expect(counters.drops[reason], `reason ${reason}`).toBe(before + 1);
+    }
+    expect(counters.flowsCreated).toBe(0);
+    invariant();
+  });
+
+  it('counts packets the device does not take as tx_error', () => {
+    const { send, tun, counters, invariant } = setup({ writeCapacity: 1 });
+    tun.inject([
+      seg(CLIENT_A, 40001, VIP, 9000, SYN),
+      seg(CLIENT_A, 40002, VIP, 9000, SYN),
+      seg(CLIENT_A, 40003, VIP, 9000, SYN),
+    ]);
+    void send;
+    expect(counters.packetsOut).toBe(1);
+    expect(counters.drops[Drop.TX_ERROR]).toBe(2);
+    invariant();
+  });
+
+  it('starts a new connection when a SYN reuses the ports of a closed one', () => {
+    const { send, table, counters } = setup();
+    send(seg(CLIENT_A, 40000, VIP, 9000, SYN));
+    send(seg(HOST, 19001, CLIENT_A, 40000, RST | ACK, 0, 1001));
+    const s = table.lookup(CLIENT_A, 40000, VIP, 9000, PROTO_TCP) >> 1;
+    expect(table.state[s]).toBe(FlowState.RESET);
+    expect(send(seg(CLIENT_A, 40000, VIP, 9000, SYN, 9999))).toEqual([
+      hex(seg(CLIENT_A, 40000, HOST, 19001, SYN, 9999)),
+    ]);
+    expect(counters.flowsCreated).toBe(2);
+    const s2 = table.lookup(CLIENT_A, 40000, VIP, 9000, PROTO_TCP) >> 1;
+    expect(table.state[s2]).toBe(FlowState.SYN_SENT);
+  });
+
+  it('forgets expired flows', () => {
+    const { send, table, counters } = setup();
+    send(seg(CLIENT_A, 40000, VIP, 9000, SYN));
+    expect(table.expire(1000 + 10_001, 100)).toBe(1);
+    expect(send(seg(HOST, 19001, CLIENT_A, 40000, SYN | ACK, 1, 1001))).toEqual([]);
+    expect(counters.drops[Drop.NO_FLOW]).toBe(1);
+  });
+
+  it('never throws and keeps its counters adding up under 100,000 random and mutated packets', () => {
+    const { tun, counters, invariant } = setup({ capacity: 256 });
+    const rng = new Rng(0xda7a);
+    const seeds = [
+      seg(CLIENT_A, 40000, VIP, 9000, SYN),
+      seg(CLIENT_B, 50000, VIP, 9000, SYN),
+      seg(HOST, 19001, CLIENT_A, 40000, SYN | ACK, 1, 1001),
+      seg(CLIENT_A, 40000, VIP, 9000, ACK | PSH, 1001, 2, new Uint8Array(100)),
+    ];
+    const batch: Uint8Array[] = [];
+    for (let i = 0; i < 100_000; i++) {
+      const base = seeds[rng.int(seeds.length)]!;
+      let b: Uint8Array;
+      const kind = rng.int(4);
+      if (kind === 0) {
+        b = new Uint8Array(rng.int(120));
+        rng.fill(b);
+      } else {
+        b = base.slice(0, kind === 1 ? rng.int(base.length + 1) : base.length);
+        const flips = 1 + rng.int(3);
+        for (let f = 0; f < flips && b.length > 0; f++) b[rng.int(b.length)] = rng.u32() & 0xff;
+        if (kind === 3) b[0] = 0x45; // keep it IPv4 more often
+      }
+      batch.push(b);
+      if (batch.length === 16) {
+        tun.inject(batch);
+        batch.length = 0;
+        tun.written.length = 0;
+      }
+    }
+    expect(counters.packetsIn).toBe(100_000);
+    invariant();
+  });
+});
