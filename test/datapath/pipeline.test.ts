@@ -290,7 +290,7 @@ describe('Pipeline', () => {
       [
         Drop.BAD_L4_CHECKSUM,
         mut((b) => {
-          b[30] ^= 0x01;
+          b[30] = b[30]! ^ 0x01;
         }),
       ],
       [
