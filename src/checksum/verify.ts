@@ -29,16 +29,19 @@ export function verifyChecksums(buf: Uint8Array, info: PacketInfo): VerifyCode {
   if (p === IPPROTO_TCP || p === IPPROTO_UDP) {
     if (
       p === IPPROTO_UDP &&
-      v4 &&
       buf[info.l4Off + UDP_OFF_CHECKSUM] === 0 &&
       buf[info.l4Off + UDP_OFF_CHECKSUM + 1] === 0
     ) {
-      return Verify.OK; // UDP over IPv4 without a checksum
+      // Over IPv4, 0 means "no checksum". Over IPv6 the checksum is mandatory and a
+      // zero one is discarded (RFC 8200 §8.1), even where the data would sum to 0xffff.
+      return v4 ? Verify.OK : Verify.BAD_L4_CHECKSUM;
     }
     pseudo = v4
       ? pseudoHeader4(info.srcAddr, info.dstAddr, p, info.l4Len)
       : pseudoHeader6(buf, off + IPV6_OFF_SRC, off + IPV6_OFF_DST, p, info.l4Len);
-  } else if (p === IPPROTO_ICMPV6) {
+  } else if (p === IPPROTO_ICMPV6 && !v4) {
+    // Only over IPv6: an IPv4 packet has no IPv6 addresses to build this from (its
+    // bytes 8..40 may lie past its end); ICMPv6 over IPv4 is passed unchecked below.
     pseudo = pseudoHeader6(buf, off + IPV6_OFF_SRC, off + IPV6_OFF_DST, p, info.l4Len);
   } else if (p !== IPPROTO_ICMP) {
     return Verify.OK;

@@ -114,7 +114,8 @@ export class PacketInfo {
  */
 export function checkPacket(buf: Uint8Array, off: number, len: number, out: PacketInfo): CheckCode {
   out.reset();
-  if (off < 0 || len <= 0 || off + len > buf.length) return Check.TRUNCATED;
+  // Written so that NaN fails it: a NaN length would pass every later `x > len`.
+  if (!(off >= 0 && len > 0 && off + len <= buf.length)) return Check.TRUNCATED;
   const version = buf[off]! >>> 4;
   out.version = version;
   out.ipOff = off;
