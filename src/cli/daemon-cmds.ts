@@ -157,3 +157,15 @@ export function registerDaemonCommands(program: Command): void {
     },
   );
 }
+
+export function registerDemo(program: Command): void {
+  program
+    .command('demo')
+    .description(
+      'show vpm at work in a sandbox of network namespaces (needs root; removes everything after)',
+    )
+    .action(async () => {
+      const { runDemo } = await import('../demo/demo.js');
+      process.exitCode = await runDemo();
+    });
+}

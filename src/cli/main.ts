@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { packageRoot } from '../native/index.js';
 import { registerCheckConfig } from './check-config.js';
-import { registerDaemonCommands } from './daemon-cmds.js';
+import { registerDaemonCommands, registerDemo } from './daemon-cmds.js';
 import { registerDecode } from './decode.js';
 
 function version(): string {
@@ -31,6 +31,7 @@ export function buildProgram(): Command {
   registerDecode(program);
   registerCheckConfig(program);
   registerDaemonCommands(program);
+  registerDemo(program);
   return program;
 }
 
