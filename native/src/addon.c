@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "checksum.h"
+#include "tun.h"
 
 #define THROW(env, kind, ...)                                   \
   do {                                                          \
@@ -106,6 +107,16 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"sum16", NULL, js_sum16, NULL, NULL, NULL, napi_default, NULL},
       {"sum16Batch", NULL, js_sum16_batch, NULL, NULL, NULL, napi_default, NULL},
+      /* TUN device (tun.c) */
+      {"tunOpen", NULL, vpm_js_tun_open, NULL, NULL, NULL, napi_default, NULL},
+      {"tunSetMtu", NULL, vpm_js_tun_set_mtu, NULL, NULL, NULL, napi_default, NULL},
+      {"tunSetTxQueueLen", NULL, vpm_js_tun_set_txqueuelen, NULL, NULL, NULL, napi_default, NULL},
+      {"tunSetUp", NULL, vpm_js_tun_set_up, NULL, NULL, NULL, napi_default, NULL},
+      {"tunStart", NULL, vpm_js_tun_start, NULL, NULL, NULL, napi_default, NULL},
+      {"tunStop", NULL, vpm_js_tun_stop, NULL, NULL, NULL, napi_default, NULL},
+      {"tunWriteBatch", NULL, vpm_js_tun_write_batch, NULL, NULL, NULL, napi_default, NULL},
+      {"tunClose", NULL, vpm_js_tun_close, NULL, NULL, NULL, napi_default, NULL},
+      {"tunStats", NULL, vpm_js_tun_stats, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

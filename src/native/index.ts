@@ -18,6 +18,52 @@ export interface NativeAddon {
     count: number,
     out: Uint32Array,
   ): void;
+
+  // TUN device (native/src/tun.c; the typed wrapper is src/tun/kernel-tun.ts).
+  // Errors carry a stable `code` (ERR_TUN_*), and `errno`/`syscall` when a call failed.
+  /** Open /dev/net/tun (IFF_TUN | IFF_NO_PI, O_NONBLOCK | O_CLOEXEC); name may be a pattern like "vpm%d". */
+  tunOpen(opts?: { name?: string; multiQueue?: boolean; vnetHdr?: boolean }): {
+    readonly name: string;
+    readonly multiQueue: boolean;
+  };
+  tunSetMtu(name: string, mtu: number): void;
+  tunSetTxQueueLen(name: string, len: number): void;
+  tunSetUp(name: string, up: boolean): void;
+  /** Read in bursts of up to min(offsets.length, lengths.length, rxBuf.length / slotSize) packets; one onBatch per burst. */
+  tunStart(
+    handle: { readonly name: string },
+    rxBuf: Uint8Array,
+    slotSize: number,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    onBatch: (count: number) => void,
+    onError?: (err: Error & { code: string; errno?: number; syscall?: string }) => void,
+  ): void;
+  tunStop(handle: { readonly name: string }): void;
+  /** Returns n: packets [0, n) were written or refused one by one (stats), [n, count) not tried (queue full). */
+  tunWriteBatch(
+    handle: { readonly name: string },
+    buf: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    count: number,
+  ): number;
+  tunClose(handle: { readonly name: string }): void;
+  tunStats(handle: { readonly name: string }): {
+    polls: number;
+    readPackets: number;
+    readBatches: number;
+    readFullBatches: number;
+    readEagain: number;
+    readErrors: number;
+    readTruncated: number;
+    lastReadErrno: number;
+    writeCalls: number;
+    writePackets: number;
+    writeQueueFull: number;
+    writeErrors: number;
+    lastWriteErrno: number;
+  };
 }
 
 /** The package root: the first ancestor whose package.json is vpm's. */

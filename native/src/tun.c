@@ -1,0 +1,888 @@
+/*
+ * TUN device for the vpm data plane: open (TUNSETIFF), link set-up ioctls, and
+ * batched non-blocking I/O on Node's own event loop.
+ *
+ * Theory of operation
+ * -------------------
+ * A device is a `vpm_tun` owned by a JS handle object (napi_wrap, type-tagged so
+ * a foreign object is refused). Its fd is O_NONBLOCK: no call here ever blocks,
+ * and nothing runs in libuv's thread pool, so process.exit() never waits for a
+ * read stuck in a worker thread.
+ *
+ * States of one device:
+ *
+ *   open ──start()──► polling ──stop()──► open ──close()──► closed
+ *                        │  fatal read/poll error: reading stops, onError
+ *                        └──close()─────────────────────────► closed
+ *
+ *  - open:    fd valid, no uv handle active; writeBatch() works.
+ *  - polling: a uv_poll_t on the env's loop watches the fd. Readability (level
+ *             triggered) gives one bounded burst: read() into consecutive slots
+ *             of the caller's preallocated rx buffer until EAGAIN or the batch
+ *             is full, then ONE JS call onBatch(count). Whatever is left makes
+ *             the fd readable again, and the loop comes back to it after other
+ *             work: never a loop without bound here. While polling, strong
+ *             references keep the rx arrays, the callbacks and the handle alive,
+ *             and the active uv handle keeps the process alive.
+ *  - closed:  fd closed, poll handle uv_close()d; every call but close() and
+ *             stats() refuses with ERR_TUN_CLOSED. close() is idempotent.
+ *
+ * JS may call stop(), close() or start() from inside onBatch: on_poll touches
+ * only the vpm_tun after the call, never the fd or the arrays, and the async
+ * context of the running callback is destroyed only once it has returned.
+ * Memory is freed when both owners let go: the JS handle (finalizer) and the
+ * uv handle (close callback). An async env-cleanup hook closes the device when
+ * its env (main thread or worker) is torn down, and lets the loop run the
+ * close callback before the env goes away.
+ *
+ * A JS exception thrown by onBatch/onError is not swallowed: it is taken off
+ * the env and raised with napi_fatal_exception, i.e. as an uncaught exception
+ * ('uncaughtException' handlers see it; without one, Node prints it and exits).
+ */
+#define _GNU_SOURCE
+#include "tun.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+typedef struct {
+  uint64_t polls;             /* poll callbacks */
+  uint64_t read_packets;      /* packets read */
+  uint64_t read_batches;      /* onBatch calls (bursts with >= 1 packet) */
+  uint64_t read_full_batches; /* bursts that filled the batch */
+  uint64_t read_eagain;       /* reads that ended a burst with EAGAIN */
+  uint64_t read_errors;       /* other read errors (packet dropped, or fatal) */
+  uint64_t read_truncated;    /* packets that filled a whole slot: possibly cut, dropped */
+  uint64_t write_calls;       /* writeBatch calls */
+  uint64_t write_packets;     /* packets written */
+  uint64_t write_queue_full;  /* writes refused with EAGAIN/ENOBUFS (batch stopped there) */
+  uint64_t write_errors;      /* writes refused with another errno (that packet dropped) */
+  int last_read_errno;
+  int last_write_errno;
+} vpm_tun_stats;
+
+enum { POLL_NONE = 0, POLL_INIT, POLL_CLOSING, POLL_CLOSED };
+
+typedef struct {
+  napi_env env;
+  int fd;
+  char name[IFNAMSIZ];
+  bool multi_queue;
+
+  uv_poll_t poll;
+  int poll_state;
+  bool polling;
+  bool wrapped;     /* the JS handle is alive (not finalized) */
+  bool in_callback; /* inside on_poll */
+
+  /* Arguments of the current start(), referenced while polling. */
+  napi_ref rx_ref, offs_ref, lens_ref, batch_cb_ref, error_cb_ref, self_ref;
+  napi_async_context async;
+  napi_async_context active_async; /* the context of the JS call on_poll is making */
+  napi_async_context stale_async;  /* released during that call: destroyed after it */
+  uint32_t slot, batch;
+
+  napi_async_cleanup_hook_handle cleanup;
+  bool cleanup_running;
+
+  vpm_tun_stats st;
+} vpm_tun;
+
+/* Random, fixed: marks objects made by tunOpen (napi_check_object_type_tag). */
+static const napi_type_tag TUN_TAG = {0x7670d3b1c2a94e17ULL, 0x9f1e0b5d6a3c2e48ULL};
+
+/* ---------- errors ---------- */
+
+/* Throw an Error with a stable `code`, and `errno`/`syscall` when err != 0. */
+static void throw_code(napi_env env, const char *code, int err, const char *syscall,
+                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static napi_value make_error(napi_env env, const char *code, int err, const char *syscall,
+                             const char *msg) {
+  napi_value c, m, e;
+  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &c);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m);
+  napi_create_error(env, c, m, &e);
+  if (err) {
+    napi_value n, s;
+    napi_create_int32(env, err, &n);
+    napi_set_named_property(env, e, "errno", n);
+    napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &s);
+    napi_set_named_property(env, e, "syscall", s);
+  }
+  return e;
+}
+
+static void throw_code(napi_env env, const char *code, int err, const char *syscall,
+                       const char *fmt, ...) {
+  char msg[384];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  napi_throw(env, make_error(env, code, err, syscall, msg));
+}
+
+#define THROW_TYPE(env, ...)                                    \
+  do {                                                          \
+    char msg_[256];                                             \
+    snprintf(msg_, sizeof msg_, __VA_ARGS__);                   \
+    napi_throw_type_error((env), "ERR_INVALID_ARG_TYPE", msg_); \
+    return NULL;                                                \
+  } while (0)
+
+#define THROW_RANGE(env, ...)                                \
+  do {                                                       \
+    char msg_[256];                                          \
+    snprintf(msg_, sizeof msg_, __VA_ARGS__);                \
+    napi_throw_range_error((env), "ERR_OUT_OF_RANGE", msg_); \
+    return NULL;                                             \
+  } while (0)
+
+/* ---------- argument helpers ---------- */
+
+static bool is_nullish(napi_env env, napi_value v) {
+  napi_valuetype t;
+  return napi_typeof(env, v, &t) == napi_ok && (t == napi_undefined || t == napi_null);
+}
+
+static bool is_function(napi_env env, napi_value v) {
+  napi_valuetype t;
+  return napi_typeof(env, v, &t) == napi_ok && t == napi_function;
+}
+
+static bool get_u32(napi_env env, napi_value v, uint32_t *out) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number) return false;
+  double d;
+  napi_get_value_double(env, v, &d);
+  if (!(d >= 0 && d <= 4294967295.0) || d != (double)(uint32_t)d) return false;
+  *out = (uint32_t)d;
+  return true;
+}
+
+static bool get_bool(napi_env env, napi_value v, bool *out) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_boolean) return false;
+  return napi_get_value_bool(env, v, out) == napi_ok;
+}
+
+static bool get_typed(napi_env env, napi_value v, napi_typedarray_type want, void **data,
+                      size_t *len) {
+  bool is_ta = false;
+  if (napi_is_typedarray(env, v, &is_ta) != napi_ok || !is_ta) return false;
+  napi_typedarray_type type;
+  napi_value ab;
+  size_t boff;
+  if (napi_get_typedarray_info(env, v, &type, len, data, &ab, &boff) != napi_ok) return false;
+  if (type == napi_uint8_clamped_array && want == napi_uint8_array) return true;
+  return type == want;
+}
+
+/* Linux's rule (dev_valid_name, __dev_alloc_name), checked here to give a clear error. */
+static const char *bad_name_reason(const char *name) {
+  if (strlen(name) >= IFNAMSIZ) return "is longer than 15 bytes";
+  if (!strcmp(name, ".") || !strcmp(name, "..")) return "is not allowed";
+  for (const char *p = name; *p; p++) {
+    if (*p == '/' || *p == ':' || isspace((unsigned char)*p))
+      return "contains '/', ':' or white space";
+  }
+  const char *pct = strchr(name, '%');
+  if (pct && (pct[1] != 'd' || strchr(pct + 2, '%'))) return "is a pattern with other than one %d";
+  return NULL;
+}
+
+/* An interface name argument: a string of 1..15 bytes. false after throwing. */
+static bool get_ifname(napi_env env, napi_value v, const char *fn, char out[IFNAMSIZ]) {
+  napi_valuetype t;
+  size_t len = 0;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_string) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "interface name must be a string");
+    return false;
+  }
+  napi_get_value_string_utf8(env, v, NULL, 0, &len);
+  if (len == 0 || len >= IFNAMSIZ) {
+    throw_code(env, "ERR_TUN_NAME", 0, "",
+               "%s: interface name must be 1 to 15 bytes long (got %zu)", fn, len);
+    return false;
+  }
+  napi_get_value_string_utf8(env, v, out, IFNAMSIZ, &len);
+  return true;
+}
+
+static vpm_tun *get_tun(napi_env env, napi_value v, const char *fn) {
+  napi_valuetype t;
+  bool tagged = false;
+  void *p = NULL;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_object ||
+      napi_check_object_type_tag(env, v, &TUN_TAG, &tagged) != napi_ok || !tagged ||
+      napi_unwrap(env, v, &p) != napi_ok || p == NULL) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "%s: first argument must be a handle returned by tunOpen()", fn);
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+    return NULL;
+  }
+  return p;
+}
+
+static vpm_tun *get_open_tun(napi_env env, napi_value v, const char *fn) {
+  vpm_tun *t = get_tun(env, v, fn);
+  if (t && t->fd < 0) {
+    throw_code(env, "ERR_TUN_CLOSED", 0, "", "%s: TUN device %s is closed", fn, t->name);
+    return NULL;
+  }
+  return t;
+}
+
+/* ---------- lifetime ---------- */
+
+static void delete_ref(napi_env env, napi_ref *r) {
+  if (*r) {
+    napi_delete_reference(env, *r);
+    *r = NULL;
+  }
+}
+
+/* Drop what start() referenced. The async context of a JS call in progress lives on until it
+ * returns. */
+static void release_start_state(vpm_tun *t) {
+  napi_env env = t->env;
+  delete_ref(env, &t->rx_ref);
+  delete_ref(env, &t->offs_ref);
+  delete_ref(env, &t->lens_ref);
+  delete_ref(env, &t->batch_cb_ref);
+  delete_ref(env, &t->error_cb_ref);
+  delete_ref(env, &t->self_ref);
+  if (t->async) {
+    if (t->in_callback && t->async == t->active_async) {
+      t->stale_async = t->async;
+    } else {
+      napi_async_destroy(env, t->async);
+    }
+    t->async = NULL;
+  }
+}
+
+static void stop_polling(vpm_tun *t) {
+  if (t->polling) {
+    uv_poll_stop(&t->poll);
+    t->polling = false;
+  }
+  release_start_state(t);
+}
+
+static void on_poll_closed(uv_handle_t *h) {
+  vpm_tun *t = h->data;
+  t->poll_state = POLL_CLOSED;
+  if (t->cleanup_running && t->cleanup) {
+    napi_async_cleanup_hook_handle c = t->cleanup;
+    t->cleanup = NULL;
+    napi_remove_async_cleanup_hook(c);
+  }
+  if (!t->wrapped) free(t);
+}
+
+/* close(): stop, uv_close the poll handle (uv_poll_stop has taken the fd out of epoll), close the
+ * fd. */
+static void close_impl(vpm_tun *t) {
+  stop_polling(t);
+  if (t->poll_state == POLL_INIT) {
+    t->poll_state = POLL_CLOSING;
+    uv_close((uv_handle_t *)&t->poll, on_poll_closed);
+  }
+  if (t->fd >= 0) {
+    close(t->fd);
+    t->fd = -1;
+  }
+}
+
+static void on_env_cleanup(napi_async_cleanup_hook_handle handle, void *arg) {
+  vpm_tun *t = arg;
+  t->cleanup_running = true;
+  t->cleanup = handle;
+  close_impl(t);
+  if (t->poll_state != POLL_CLOSING) {
+    t->cleanup = NULL;
+    napi_remove_async_cleanup_hook(handle);
+  } /* else on_poll_closed removes it, once the loop has run the close callback */
+}
+
+static void on_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  vpm_tun *t = data;
+  t->wrapped = false;
+  close_impl(t);
+  if (t->cleanup && !t->cleanup_running) {
+    napi_async_cleanup_hook_handle c = t->cleanup;
+    t->cleanup = NULL;
+    napi_remove_async_cleanup_hook(c);
+  }
+  if (t->poll_state == POLL_NONE || t->poll_state == POLL_CLOSED) free(t);
+}
+
+/* ---------- open ---------- */
+
+static napi_value open_error(napi_env env, int err, const char *syscall, const char *name) {
+  const char *shown = name[0] ? name : "tun%d";
+  switch (err) {
+    case ENOENT:
+    case ENODEV:
+    case ENXIO:
+      throw_code(
+          env, "ERR_TUN_NO_DEVICE", err, syscall,
+          "cannot open TUN device %s: /dev/net/tun is missing or unusable (%s); load the tun "
+          "module (modprobe tun) or create the node (mknod /dev/net/tun c 10 200)",
+          shown, strerror(err));
+      break;
+    case EPERM:
+    case EACCES:
+      throw_code(env, "ERR_TUN_PERMISSION", err, syscall,
+                 "cannot open TUN device %s: needs CAP_NET_ADMIN (run as root) (%s: %s)", shown,
+                 syscall, strerror(err));
+      break;
+    case EBUSY:
+      throw_code(env, "ERR_TUN_BUSY", err, syscall,
+                 "cannot open TUN device %s: the name is in use (a TUN without multiQueue that is "
+                 "already open) (%s)",
+                 shown, strerror(err));
+      break;
+    case EINVAL:
+      if (name[0] && !strchr(name, '%') && if_nametoindex(name) != 0) {
+        throw_code(env, "ERR_TUN_BUSY", err, syscall,
+                   "cannot open TUN device %s: the name is in use by a device that is not a TUN, "
+                   "or by a TUN whose multi-queue setting differs (%s)",
+                   shown, strerror(err));
+      } else {
+        throw_code(env, "ERR_TUN_NAME", err, syscall,
+                   "cannot open TUN device \"%s\": the kernel refused the name (%s)", shown,
+                   strerror(err));
+      }
+      break;
+    default:
+      throw_code(env, "ERR_TUN_OPEN", err, syscall, "cannot open TUN device %s: %s failed: %s",
+                 shown, syscall, strerror(err));
+  }
+  return NULL;
+}
+
+static napi_value get_prop(napi_env env, napi_value obj, const char *key) {
+  napi_value v = NULL;
+  napi_get_named_property(env, obj, key, &v);
+  return v;
+}
+
+napi_value vpm_js_tun_open(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char name[IFNAMSIZ] = "";
+  bool mq = false, vnet = false;
+
+  if (argc >= 1 && !is_nullish(env, argv[0])) {
+    napi_valuetype t;
+    napi_typeof(env, argv[0], &t);
+    if (t != napi_object) THROW_TYPE(env, "tunOpen(opts): opts must be an object");
+    napi_value v = get_prop(env, argv[0], "name");
+    if (v && !is_nullish(env, v)) {
+      napi_valuetype vt;
+      size_t len = 0;
+      napi_typeof(env, v, &vt);
+      if (vt != napi_string) THROW_TYPE(env, "tunOpen: opts.name must be a string");
+      napi_get_value_string_utf8(env, v, NULL, 0, &len);
+      if (len >= IFNAMSIZ) {
+        throw_code(env, "ERR_TUN_NAME", 0, "",
+                   "tunOpen: interface name is %zu bytes long; Linux allows 15", len);
+        return NULL;
+      }
+      napi_get_value_string_utf8(env, v, name, sizeof name, &len);
+      const char *why = bad_name_reason(name);
+      if (why) {
+        throw_code(env, "ERR_TUN_NAME", 0, "", "tunOpen: interface name \"%s\" %s", name, why);
+        return NULL;
+      }
+    }
+    v = get_prop(env, argv[0], "multiQueue");
+    if (v && !is_nullish(env, v) && !get_bool(env, v, &mq))
+      THROW_TYPE(env, "tunOpen: opts.multiQueue must be a boolean");
+    v = get_prop(env, argv[0], "vnetHdr");
+    if (v && !is_nullish(env, v) && !get_bool(env, v, &vnet))
+      THROW_TYPE(env, "tunOpen: opts.vnetHdr must be a boolean");
+  }
+  if (vnet) {
+    throw_code(
+        env, "ERR_TUN_UNSUPPORTED", 0, "",
+        "tunOpen: vnetHdr (IFF_VNET_HDR with offloads) is not supported yet; open without it");
+    return NULL;
+  }
+
+  int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return open_error(env, errno, "open", name);
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (mq ? IFF_MULTI_QUEUE : 0);
+  memcpy(ifr.ifr_name, name, sizeof name);
+  if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+    int err = errno;
+    close(fd);
+    return open_error(env, err, "ioctl(TUNSETIFF)", name);
+  }
+
+  vpm_tun *t = calloc(1, sizeof *t);
+  if (!t) {
+    close(fd);
+    throw_code(env, "ERR_TUN_OPEN", ENOMEM, "calloc", "tunOpen: out of memory");
+    return NULL;
+  }
+  t->env = env;
+  t->fd = fd;
+  t->multi_queue = mq;
+  memcpy(t->name, ifr.ifr_name, IFNAMSIZ);
+  t->name[IFNAMSIZ - 1] = '\0';
+  t->poll.data = t;
+
+  napi_value obj, nm, mqv;
+  napi_create_object(env, &obj);
+  napi_create_string_utf8(env, t->name, NAPI_AUTO_LENGTH, &nm);
+  napi_get_boolean(env, mq, &mqv);
+  napi_property_descriptor props[] = {
+      {"name", NULL, NULL, NULL, NULL, nm, napi_enumerable, NULL},
+      {"multiQueue", NULL, NULL, NULL, NULL, mqv, napi_enumerable, NULL},
+  };
+  napi_define_properties(env, obj, 2, props);
+  napi_type_tag_object(env, obj, &TUN_TAG);
+  if (napi_wrap(env, obj, t, on_finalize, NULL, NULL) != napi_ok) {
+    close(fd);
+    free(t);
+    throw_code(env, "ERR_TUN_OPEN", 0, "", "tunOpen: napi_wrap failed");
+    return NULL;
+  }
+  t->wrapped = true;
+  napi_add_async_cleanup_hook(env, on_env_cleanup, t, &t->cleanup);
+  return obj;
+}
+
+/* ---------- link settings (socket ioctls by interface name) ---------- */
+
+/* One ioctl on an AF_INET socket (the calling thread's netns). false after throwing. */
+static bool link_ioctl(napi_env env, unsigned long req, const char *reqname, struct ifreq *ifr,
+                       const char *what) {
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) {
+    int err = errno;
+    throw_code(env, "ERR_TUN_LINK", err, "socket", "%s: socket() failed: %s", what, strerror(err));
+    return false;
+  }
+  int rc = ioctl(s, req, ifr);
+  int err = errno;
+  close(s);
+  if (rc == 0) return true;
+  if (err == EPERM || err == EACCES) {
+    throw_code(env, "ERR_TUN_PERMISSION", err, reqname,
+               "%s: needs CAP_NET_ADMIN (run as root) (%s)", what, strerror(err));
+  } else {
+    throw_code(env, "ERR_TUN_LINK", err, reqname, "%s: %s failed: %s", what, reqname,
+               strerror(err));
+  }
+  return false;
+}
+
+napi_value vpm_js_tun_set_mtu(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  uint32_t mtu;
+  if (argc < 2) THROW_TYPE(env, "tunSetMtu(name, mtu): expected 2 arguments");
+  if (!get_ifname(env, argv[0], "tunSetMtu", ifr.ifr_name)) return NULL;
+  if (!get_u32(env, argv[1], &mtu) || mtu > 65535)
+    THROW_RANGE(env, "tunSetMtu: mtu must be an integer 0..65535");
+  ifr.ifr_mtu = (int)mtu;
+  char what[64];
+  snprintf(what, sizeof what, "set MTU %u on %s", mtu, ifr.ifr_name);
+  link_ioctl(env, SIOCSIFMTU, "ioctl(SIOCSIFMTU)", &ifr, what);
+  return NULL;
+}
+
+napi_value vpm_js_tun_set_txqueuelen(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  uint32_t len;
+  if (argc < 2) THROW_TYPE(env, "tunSetTxQueueLen(name, len): expected 2 arguments");
+  if (!get_ifname(env, argv[0], "tunSetTxQueueLen", ifr.ifr_name)) return NULL;
+  if (!get_u32(env, argv[1], &len) || len > 0x7fffffff)
+    THROW_RANGE(env, "tunSetTxQueueLen: len must be a non-negative 32-bit integer");
+  ifr.ifr_qlen = (int)len;
+  char what[64];
+  snprintf(what, sizeof what, "set txqueuelen %u on %s", len, ifr.ifr_name);
+  link_ioctl(env, SIOCSIFTXQLEN, "ioctl(SIOCSIFTXQLEN)", &ifr, what);
+  return NULL;
+}
+
+napi_value vpm_js_tun_set_up(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  bool up;
+  if (argc < 2) THROW_TYPE(env, "tunSetUp(name, up): expected 2 arguments");
+  if (!get_ifname(env, argv[0], "tunSetUp", ifr.ifr_name)) return NULL;
+  if (!get_bool(env, argv[1], &up)) THROW_TYPE(env, "tunSetUp: up must be a boolean");
+  char what[64];
+  snprintf(what, sizeof what, "set %s %s", ifr.ifr_name, up ? "up" : "down");
+  if (!link_ioctl(env, SIOCGIFFLAGS, "ioctl(SIOCGIFFLAGS)", &ifr, what)) return NULL;
+  if (up)
+    ifr.ifr_flags |= IFF_UP;
+  else
+    ifr.ifr_flags &= ~IFF_UP;
+  link_ioctl(env, SIOCSIFFLAGS, "ioctl(SIOCSIFFLAGS)", &ifr, what);
+  return NULL;
+}
+
+/* ---------- reading: one bounded burst per poll callback ---------- */
+
+/* Read errors after which the fd is of no further use: the device was deleted or detached. */
+static bool fatal_read_errno(int err) {
+  return err == EBADF || err == EBADFD || err == EIO || err == ENXIO || err == ENODEV ||
+         err == EPIPE;
+}
+
+static napi_value ref_value(napi_env env, napi_ref r) {
+  napi_value v = NULL;
+  if (r) napi_get_reference_value(env, r, &v);
+  return v;
+}
+
+/* Call fn; an exception it throws becomes an uncaught exception (never swallowed). */
+static void call_js(vpm_tun *t, napi_async_context ctx, napi_value fn, size_t argc,
+                    napi_value *argv) {
+  napi_env env = t->env;
+  napi_value recv, result;
+  napi_get_global(env, &recv); /* napi_make_callback needs an object receiver */
+  napi_status s = napi_make_callback(env, ctx, recv, fn, argc, argv, &result);
+  if (s != napi_ok) {
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (pending) {
+      napi_value exc;
+      napi_get_and_clear_last_exception(env, &exc);
+      napi_fatal_exception(env, exc);
+    }
+  }
+}
+
+static void on_poll(uv_poll_t *p, int status, int events) {
+  vpm_tun *t = p->data;
+  napi_env env = t->env;
+  napi_handle_scope scope;
+  t->st.polls++;
+  if (!t->polling) return;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  t->in_callback = true;
+
+  napi_async_context ctx = t->async;
+  t->active_async = ctx; /* kept alive (stale_async) if released before the calls below */
+  napi_value on_batch = ref_value(env, t->batch_cb_ref);
+  napi_value on_error = ref_value(env, t->error_cb_ref);
+  uint32_t n = 0;
+  int err = 0;
+  const char *syscall = "read";
+
+  if (status < 0) {
+    err = -status; /* libuv on Unix: -errno; POLLERR (device gone) arrives as UV_EBADF */
+    syscall = "poll";
+  } else if (events & UV_READABLE) {
+    void *rxp = NULL, *offp = NULL, *lenp = NULL;
+    size_t rxlen = 0, noffs = 0, nlens = 0;
+    napi_value rx = ref_value(env, t->rx_ref), offs = ref_value(env, t->offs_ref),
+               lens = ref_value(env, t->lens_ref);
+    if (!rx || !offs || !lens || !get_typed(env, rx, napi_uint8_array, &rxp, &rxlen) ||
+        !get_typed(env, offs, napi_uint32_array, &offp, &noffs) ||
+        !get_typed(env, lens, napi_uint32_array, &lenp, &nlens)) {
+      err = EFAULT;
+      syscall = "rx buffers";
+    } else {
+      /* Re-derived every time: a detached (transferred) ArrayBuffer shrinks to 0. */
+      uint32_t batch = t->batch;
+      if (rxlen / t->slot < batch) batch = (uint32_t)(rxlen / t->slot);
+      if (noffs < batch) batch = (uint32_t)noffs;
+      if (nlens < batch) batch = (uint32_t)nlens;
+      if (batch == 0) {
+        err = EFAULT;
+        syscall = "rx buffers";
+      }
+      uint8_t *buf = rxp;
+      uint32_t *offsets = offp, *lengths = lenp;
+      /* At most `batch` read() calls: packets, or per-packet errors (each consumes its packet). */
+      for (uint32_t tries = 0; tries < batch && n < batch; tries++) {
+        size_t at = (size_t)n * t->slot;
+        ssize_t r = read(t->fd, buf + at, t->slot);
+        if (r >= 0 && (size_t)r >= t->slot) {
+          /* The kernel cuts a packet to the read size without telling: a full slot may be a
+             truncated packet, so slots are larger than any packet and a full one is dropped. */
+          t->st.read_truncated++;
+          continue;
+        }
+        if (r >= 0) {
+          offsets[n] = (uint32_t)at;
+          lengths[n] = (uint32_t)r;
+          n++;
+          continue;
+        }
+        int e = errno;
+        if (e == EAGAIN || e == EWOULDBLOCK) {
+          t->st.read_eagain++;
+          break;
+        }
+        if (e == EINTR) continue;
+        t->st.read_errors++;
+        t->st.last_read_errno = e;
+        if (fatal_read_errno(e)) {
+          err = e;
+          break;
+        }
+      }
+      t->st.read_packets += n;
+      if (n > 0) t->st.read_batches++;
+      if (n > 0 && n == batch) t->st.read_full_batches++;
+    }
+  }
+
+  /* Stop first, so that whatever the callbacks do sees a device that is no longer reading. */
+  if (err) stop_polling(t);
+  if (n > 0 && on_batch) {
+    napi_value arg;
+    napi_create_uint32(env, n, &arg);
+    call_js(t, ctx, on_batch, 1, &arg);
+  }
+  if (err && t->fd >= 0) {
+    char msg[256];
+    if (status < 0) /* POLLERR: the kernel detached the fd from the device */
+      snprintf(
+          msg, sizeof msg,
+          "TUN device %s failed (poll: %s): the device was deleted or detached; reading stopped",
+          t->name, strerror(err));
+    else
+      snprintf(msg, sizeof msg, "TUN device %s: %s failed: %s; reading stopped", t->name, syscall,
+               strerror(err));
+    napi_value e = make_error(env, "ERR_TUN_IO", err, syscall, msg);
+    if (on_error) {
+      call_js(t, ctx, on_error, 1, &e);
+    } else {
+      napi_fatal_exception(env, e);
+    }
+  }
+
+  t->in_callback = false;
+  t->active_async = NULL;
+  if (t->stale_async) {
+    napi_async_destroy(env, t->stale_async);
+    t->stale_async = NULL;
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+napi_value vpm_js_tun_start(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 6)
+    THROW_TYPE(env,
+               "tunStart(handle, rxBuf, slotSize, offsets, lengths, onBatch[, onError]): expected "
+               "6 or 7 arguments");
+  vpm_tun *t = get_open_tun(env, argv[0], "tunStart");
+  if (!t) return NULL;
+  if (t->polling) {
+    throw_code(env, "ERR_TUN_STARTED", 0, "",
+               "tunStart: TUN device %s is already started; stop() it first", t->name);
+    return NULL;
+  }
+  void *rxp, *offp, *lenp;
+  size_t rxlen, noffs, nlens;
+  uint32_t slot;
+  if (!get_typed(env, argv[1], napi_uint8_array, &rxp, &rxlen))
+    THROW_TYPE(env, "tunStart: rxBuf must be a Buffer/Uint8Array");
+  if (!get_u32(env, argv[2], &slot) || slot == 0)
+    THROW_RANGE(env, "tunStart: slotSize must be a positive integer");
+  if (!get_typed(env, argv[3], napi_uint32_array, &offp, &noffs))
+    THROW_TYPE(env, "tunStart: offsets must be a Uint32Array");
+  if (!get_typed(env, argv[4], napi_uint32_array, &lenp, &nlens))
+    THROW_TYPE(env, "tunStart: lengths must be a Uint32Array");
+  if (!is_function(env, argv[5])) THROW_TYPE(env, "tunStart: onBatch must be a function");
+  bool has_error_cb = argc > 6 && !is_nullish(env, argv[6]);
+  if (has_error_cb && !is_function(env, argv[6]))
+    THROW_TYPE(env, "tunStart: onError must be a function");
+  size_t batch = rxlen / slot;
+  if (noffs < batch) batch = noffs;
+  if (nlens < batch) batch = nlens;
+  if (batch == 0)
+    THROW_RANGE(
+        env,
+        "tunStart: no room for one packet (rxBuf %zu bytes, slotSize %u, %zu offsets, %zu lengths)",
+        rxlen, slot, noffs, nlens);
+  if (batch > 0xffffffffu / slot) batch = 0xffffffffu / slot; /* offsets are 32-bit */
+
+  /* Leftovers of a start() stopped from inside onBatch are gone already (released at stop). */
+  if (t->poll_state == POLL_NONE) {
+    uv_loop_t *loop = NULL;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) {
+      throw_code(env, "ERR_TUN_OPEN", 0, "", "tunStart: no event loop");
+      return NULL;
+    }
+    int rc = uv_poll_init(loop, &t->poll, t->fd);
+    if (rc < 0) {
+      throw_code(env, "ERR_TUN_IO", -rc, "uv_poll_init", "tunStart: cannot poll TUN device %s: %s",
+                 t->name, uv_strerror(rc));
+      return NULL;
+    }
+    t->poll.data = t;
+    t->poll_state = POLL_INIT;
+  }
+  napi_value res_name;
+  napi_create_string_utf8(env, "vpm:tun", NAPI_AUTO_LENGTH, &res_name);
+  if (napi_async_init(env, NULL, res_name, &t->async) != napi_ok) {
+    t->async = NULL;
+    throw_code(env, "ERR_TUN_IO", 0, "", "tunStart: napi_async_init failed");
+    return NULL;
+  }
+  napi_create_reference(env, argv[1], 1, &t->rx_ref);
+  napi_create_reference(env, argv[3], 1, &t->offs_ref);
+  napi_create_reference(env, argv[4], 1, &t->lens_ref);
+  napi_create_reference(env, argv[5], 1, &t->batch_cb_ref);
+  if (has_error_cb) napi_create_reference(env, argv[6], 1, &t->error_cb_ref);
+  napi_create_reference(env, argv[0], 1, &t->self_ref);
+  t->slot = slot;
+  t->batch = (uint32_t)batch;
+  int rc = uv_poll_start(&t->poll, UV_READABLE, on_poll);
+  if (rc < 0) {
+    release_start_state(t);
+    throw_code(env, "ERR_TUN_IO", -rc, "uv_poll_start", "tunStart: cannot poll TUN device %s: %s",
+               t->name, uv_strerror(rc));
+    return NULL;
+  }
+  t->polling = true;
+  return NULL;
+}
+
+napi_value vpm_js_tun_stop(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  vpm_tun *t = get_tun(env, argc ? argv[0] : NULL, "tunStop");
+  if (t) stop_polling(t);
+  return NULL;
+}
+
+napi_value vpm_js_tun_close(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  vpm_tun *t = get_tun(env, argc ? argv[0] : NULL, "tunClose");
+  if (t) close_impl(t);
+  return NULL;
+}
+
+/* ---------- writing ---------- */
+
+napi_value vpm_js_tun_write_batch(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 5)
+    THROW_TYPE(env, "tunWriteBatch(handle, buf, offsets, lengths, count): expected 5 arguments");
+  vpm_tun *t = get_open_tun(env, argv[0], "tunWriteBatch");
+  if (!t) return NULL;
+  void *bufp, *offp, *lenp;
+  size_t blen, noffs, nlens;
+  uint32_t count;
+  if (!get_typed(env, argv[1], napi_uint8_array, &bufp, &blen))
+    THROW_TYPE(env, "tunWriteBatch: buf must be a Buffer/Uint8Array");
+  if (!get_typed(env, argv[2], napi_uint32_array, &offp, &noffs))
+    THROW_TYPE(env, "tunWriteBatch: offsets must be a Uint32Array");
+  if (!get_typed(env, argv[3], napi_uint32_array, &lenp, &nlens))
+    THROW_TYPE(env, "tunWriteBatch: lengths must be a Uint32Array");
+  if (!get_u32(env, argv[4], &count))
+    THROW_TYPE(env, "tunWriteBatch: count must be a non-negative integer");
+  if (count > noffs || count > nlens)
+    THROW_RANGE(env, "tunWriteBatch: count %u exceeds offsets (%zu) or lengths (%zu)", count, noffs,
+                nlens);
+  const uint8_t *buf = bufp;
+  const uint32_t *offsets = offp, *lengths = lenp;
+  for (uint32_t i = 0; i < count; i++) {
+    if ((uint64_t)offsets[i] + lengths[i] > blen)
+      THROW_RANGE(env, "tunWriteBatch: packet %u (off %u len %u) beyond buffer of %zu bytes", i,
+                  offsets[i], lengths[i], blen);
+  }
+  t->st.write_calls++;
+  uint32_t i = 0;
+  while (i < count) {
+    ssize_t r = write(t->fd, buf + offsets[i], lengths[i]);
+    if (r >= 0) {
+      t->st.write_packets++;
+      i++;
+      continue;
+    }
+    int e = errno;
+    if (e == EINTR) continue;
+    t->st.last_write_errno = e;
+    if (e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS) {
+      t->st.write_queue_full++;
+      break; /* queue full: [i, count) not written; the caller counts them */
+    }
+    t->st.write_errors++; /* the kernel refused this packet (e.g. EINVAL): dropped, go on */
+    i++;
+  }
+  napi_value r;
+  napi_create_uint32(env, i, &r);
+  return r;
+}
+
+/* ---------- stats ---------- */
+
+static void set_num(napi_env env, napi_value obj, const char *key, double v) {
+  napi_value n;
+  napi_create_double(env, v, &n);
+  napi_set_named_property(env, obj, key, n);
+}
+
+napi_value vpm_js_tun_stats(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  vpm_tun *t = get_tun(env, argc ? argv[0] : NULL, "tunStats");
+  if (!t) return NULL;
+  napi_value o;
+  napi_create_object(env, &o);
+  set_num(env, o, "polls", (double)t->st.polls);
+  set_num(env, o, "readPackets", (double)t->st.read_packets);
+  set_num(env, o, "readBatches", (double)t->st.read_batches);
+  set_num(env, o, "readFullBatches", (double)t->st.read_full_batches);
+  set_num(env, o, "readEagain", (double)t->st.read_eagain);
+  set_num(env, o, "readErrors", (double)t->st.read_errors);
+  set_num(env, o, "readTruncated", (double)t->st.read_truncated);
+  set_num(env, o, "lastReadErrno", t->st.last_read_errno);
+  set_num(env, o, "writeCalls", (double)t->st.write_calls);
+  set_num(env, o, "writePackets", (double)t->st.write_packets);
+  set_num(env, o, "writeQueueFull", (double)t->st.write_queue_full);
+  set_num(env, o, "writeErrors", (double)t->st.write_errors);
+  set_num(env, o, "lastWriteErrno", t->st.last_write_errno);
+  return o;
+}

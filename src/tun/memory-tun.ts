@@ -1,0 +1,225 @@
+/**
+ * MemoryTun: a TunDevice without a kernel, for testing the pipeline.
+ *
+ * `inject(packets)` queues packets for reading. While the device is started they
+ * are delivered at once, synchronously, exactly as the kernel device delivers
+ * them: copied into consecutive slots of the one preallocated `rx` buffer, at
+ * most `batchSize` per onBatch call. While stopped they wait (`pending`). An
+ * exception thrown by onBatch propagates to the caller of inject (the kernel
+ * device makes it an uncaught exception instead). inject from inside onBatch
+ * queues; the packets follow in a later batch of the same delivery.
+ *
+ * `write` copies each packet into `written` (test-only allocation) until
+ * `writeCapacity` runs out; then it stops as a full kernel queue does (EAGAIN,
+ * counted in writeQueueFull) and returns how many it took. Set writeCapacity
+ * again to "drain" the queue.
+ *
+ * `fail()` makes the device fail like a deleted kernel device: reading stops,
+ * then onError (or, without one, a thrown TunError) with ERR_TUN_IO.
+ */
+
+import { emptyTunStats, type TunDevice, type TunRx, type TunStats } from './device.js';
+import { TunError } from './errors.js';
+import { defaultSlotSize, TUN_DEFAULTS, TUN_MAX_BATCH } from './kernel-tun.js';
+
+const EAGAIN = 11;
+const EBADFD = 77;
+
+export interface MemoryTunOptions {
+  /** Default "mem0". */
+  name?: string;
+  /** Default 64 (as openTun). */
+  batchSize?: number;
+  /** Default 1500. */
+  mtu?: number;
+  /** Default: mtu + 1 rounded up to 64 (as openTun). */
+  slotSize?: number;
+  /** Packets write() accepts before it reports a full queue. Default Infinity. */
+  writeCapacity?: number;
+}
+
+export class MemoryTun implements TunDevice {
+  readonly name: string;
+  readonly batchSize: number;
+  readonly slotSize: number;
+  readonly mtu: number;
+  readonly rx: TunRx;
+  /** Copies of the packets written, in order. */
+  readonly written: Uint8Array[] = [];
+  /** Packets write() still accepts before it reports a full queue (EAGAIN). */
+  writeCapacity: number;
+
+  #queue: Uint8Array[] = [];
+  #head = 0;
+  #onBatch: ((count: number) => void) | null = null;
+  #onError: ((err: TunError) => void) | null = null;
+  #delivering = false;
+  #closed = false;
+  readonly #st: TunStats = emptyTunStats();
+
+  constructor(opts: MemoryTunOptions = {}) {
+    this.name = opts.name ?? 'mem0';
+    this.batchSize = opts.batchSize ?? TUN_DEFAULTS.batchSize;
+    this.mtu = opts.mtu ?? TUN_DEFAULTS.mtu;
+    this.slotSize = opts.slotSize ?? defaultSlotSize(this.mtu);
+    this.writeCapacity = opts.writeCapacity ?? Number.POSITIVE_INFINITY;
+    if (!Number.isInteger(this.batchSize) || this.batchSize < 1 || this.batchSize > TUN_MAX_BATCH) {
+      throw new TunError(
+        'ERR_TUN_OPTION',
+        `MemoryTun: batchSize must be 1..${TUN_MAX_BATCH}, got ${this.batchSize}`,
+      );
+    }
+    if (!Number.isInteger(this.slotSize) || this.slotSize <= this.mtu) {
+      throw new TunError(
+        'ERR_TUN_OPTION',
+        `MemoryTun: slotSize must be an integer > mtu ${this.mtu}, got ${this.slotSize}`,
+      );
+    }
+    this.rx = Object.freeze({
+      buf: Buffer.alloc(this.batchSize * this.slotSize),
+      offsets: new Uint32Array(this.batchSize),
+      lengths: new Uint32Array(this.batchSize),
+    });
+  }
+
+  /** Packets injected and not delivered yet. */
+  get pending(): number {
+    return this.#queue.length - this.#head;
+  }
+
+  get started(): boolean {
+    return this.#onBatch !== null;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Queue packets for reading (copied now); delivered at once if started. */
+  inject(packets: readonly Uint8Array[]): void {
+    this.#checkOpen('inject');
+    for (const p of packets) {
+      if (p.length >= this.slotSize) {
+        throw new RangeError(
+          `MemoryTun.inject: a packet of ${p.length} bytes does not fit a slot of ${this.slotSize}`,
+        );
+      }
+    }
+    for (const p of packets) this.#queue.push(Uint8Array.prototype.slice.call(p));
+    this.#deliver();
+  }
+
+  /** Fail as a deleted kernel device does: stop reading, then onError(ERR_TUN_IO). */
+  fail(errno = EBADFD): void {
+    this.#checkOpen('fail');
+    const onError = this.#onError;
+    this.stop();
+    this.#st.readErrors++;
+    this.#st.lastReadErrno = errno;
+    const err = new TunError(
+      'ERR_TUN_IO',
+      `TUN device ${this.name}: read failed: errno ${errno}; reading stopped`,
+      errno,
+      'read',
+    );
+    if (onError) onError(err);
+    else throw err;
+  }
+
+  start(onBatch: (count: number) => void, onError?: (err: TunError) => void): void {
+    this.#checkOpen('start');
+    if (this.#onBatch) {
+      throw new TunError(
+        'ERR_TUN_STARTED',
+        `MemoryTun.start: ${this.name} is already started; stop() it first`,
+      );
+    }
+    this.#onBatch = onBatch;
+    this.#onError = onError ?? null;
+    this.#deliver();
+  }
+
+  stop(): void {
+    this.#onBatch = null;
+    this.#onError = null;
+  }
+
+  write(buf: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, count: number): number {
+    this.#checkOpen('write');
+    if (!Number.isInteger(count) || count < 0 || count > offsets.length || count > lengths.length) {
+      throw new RangeError(
+        `MemoryTun.write: count ${count} exceeds offsets (${offsets.length}) or lengths (${lengths.length})`,
+      );
+    }
+    for (let i = 0; i < count; i++) {
+      if (offsets[i]! + lengths[i]! > buf.length) {
+        throw new RangeError(
+          `MemoryTun.write: packet ${i} (off ${offsets[i]} len ${lengths[i]}) beyond buffer of ${buf.length} bytes`,
+        );
+      }
+    }
+    this.#st.writeCalls++;
+    let i = 0;
+    for (; i < count; i++) {
+      if (this.writeCapacity <= 0) {
+        this.#st.writeQueueFull++;
+        this.#st.lastWriteErrno = EAGAIN;
+        break;
+      }
+      const off = offsets[i]!;
+      const copy = new Uint8Array(lengths[i]!);
+      copy.set(buf.subarray(off, off + copy.length));
+      this.written.push(copy);
+      this.writeCapacity--;
+      this.#st.writePackets++;
+    }
+    return i;
+  }
+
+  close(): void {
+    this.stop();
+    this.#closed = true;
+    this.#queue = [];
+    this.#head = 0;
+  }
+
+  stats(): TunStats {
+    return { ...this.#st };
+  }
+
+  #checkOpen(what: string): void {
+    if (this.#closed)
+      throw new TunError('ERR_TUN_CLOSED', `MemoryTun.${what}: ${this.name} is closed`);
+  }
+
+  #deliver(): void {
+    if (this.#delivering) return; // inject/start from inside onBatch: the loop below goes on
+    this.#delivering = true;
+    try {
+      const { buf, offsets, lengths } = this.rx;
+      while (this.#onBatch && this.#head < this.#queue.length) {
+        let n = 0;
+        while (n < this.batchSize && this.#head < this.#queue.length) {
+          const p = this.#queue[this.#head++]!;
+          const at = n * this.slotSize;
+          buf.set(p, at);
+          offsets[n] = at;
+          lengths[n] = p.length;
+          n++;
+        }
+        if (this.#head === this.#queue.length) {
+          this.#queue = [];
+          this.#head = 0;
+        }
+        this.#st.polls++;
+        this.#st.readPackets += n;
+        this.#st.readBatches++;
+        if (n === this.batchSize) this.#st.readFullBatches++;
+        else this.#st.readEagain++;
+        this.#onBatch(n);
+      }
+    } finally {
+      this.#delivering = false;
+    }
+  }
+}
