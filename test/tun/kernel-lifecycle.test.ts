@@ -66,6 +66,15 @@ describe('kernel TUN: lifecycle', () => {
     expect(Date.now() - t0).toBeLessThan(3000);
   });
 
+  it('stop() and start() inside onBatch, and a stop that lets packets wait in the queue', async () => {
+    const child = run('stop-start');
+    const done = await waitEvent(lab, child, 'done');
+    expect(done).toMatchObject({ restarts: 2, whileStopped: 0, queuedSeen: 50 });
+    // Nothing was read while stopped: all 50 came after start().
+    expect(done.readPackets).toBe((done.before as number) + (done.after as number));
+    expect(await exitWithin(child, 5000)).toEqual({ code: 0, signal: null });
+  });
+
   it('an exception thrown by onBatch reaches uncaughtException, and reading goes on', async () => {
     const child = run('throw-handled');
     const done = await waitEvent(lab, child, 'done');
