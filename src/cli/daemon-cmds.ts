@@ -8,6 +8,7 @@ import { loadConfig } from '../config/config.js';
 import { controlRequest } from '../control/client.js';
 import { Daemon, type FlowView, stateFileFor } from '../daemon/daemon.js';
 import { cleanStale, pidAlive, readJournal } from '../host/setup.js';
+import type { InstanceView } from '../virtual/registry.js';
 import { UsageError } from './errors.js';
 
 export const DEFAULT_SOCKET = '/run/vpm/vpm0.sock';
@@ -97,6 +98,29 @@ export function formatStats(s: Record<string, unknown>): string {
   return lines.join('\n');
 }
 
+export function formatInstances(list: InstanceView[]): string {
+  const head = ['AID', 'VPORT', 'REAL', 'PIDS', 'SOURCE', 'SINCE'];
+  const rows = list.map((i) => [
+    i.aid,
+    i.vport === 0 ? 'any' : `${i.proto}/${i.vport}`,
+    `${i.address}:${i.port}`,
+    i.pids.length === 0 ? '-' : i.pids.join(','),
+    i.source === 'static' ? 'config' : `vpm exec (${i.registrations})`,
+    i.since || '-',
+  ]);
+  const widths = head.map((h, k) => Math.max(h.length, ...rows.map((r) => r[k]!.length)));
+  const line = (r: string[]) =>
+    r
+      .map((c, k) => c.padEnd(widths[k]!))
+      .join('  ')
+      .trimEnd();
+  return [
+    line(head),
+    ...rows.map(line),
+    `${list.length} instance${list.length === 1 ? '' : 's'}`,
+  ].join('\n');
+}
+
 export function registerDaemonCommands(program: Command): void {
   program
     .command('up')
@@ -148,6 +172,15 @@ export function registerDaemonCommands(program: Command): void {
   ).action(async (o: SocketOpts) => {
     const flows = (await controlRequest(socketPath(o), 'flows')) as FlowView[];
     process.stdout.write(o.json ? `${JSON.stringify(flows)}\n` : `${formatFlows(flows)}\n`);
+  });
+
+  withSocketOptions(
+    program
+      .command('instances')
+      .description('instances of each AID: static ones and those registered by vpm exec'),
+  ).action(async (o: SocketOpts) => {
+    const list = (await controlRequest(socketPath(o), 'instances')) as InstanceView[];
+    process.stdout.write(o.json ? `${JSON.stringify(list)}\n` : `${formatInstances(list)}\n`);
   });
 
   withSocketOptions(program.command('stats').description('counters of the running daemon')).action(

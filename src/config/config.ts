@@ -91,6 +91,17 @@ export interface InstanceConfig {
   readonly address: number;
   /** The real port. */
   readonly port: number;
+  /** Index into `services` of the one service it serves, or null for every service. */
+  readonly serviceIndex: number | null;
+}
+
+/** The port pool for instances registered at run time (`vpm exec`). */
+export interface PoolConfig {
+  readonly range: PortRange;
+  /** A released port stays out of use this long. Default 2000. */
+  readonly quarantineMs: number;
+  /** A request waits this long for a free port before it fails. Default 5000. */
+  readonly waitTimeoutMs: number;
 }
 
 export interface ApplicationConfig {
@@ -131,6 +142,8 @@ export interface Config {
   /** In evaluation order; the first match wins. Default []. */
   readonly selectors: readonly SelectorConfig[];
   readonly default: DefaultConfig;
+  /** Default null: no pool, only static instances. */
+  readonly pool: PoolConfig | null;
   readonly limits: {
     /** Translation table capacity. Default 65536. */
     readonly maxFlows: number;
@@ -311,7 +324,11 @@ interface RawConfig {
     rulePriority: number;
   };
   services: { name: string; address: string; port: number; protocol: 'tcp' | 'udp' }[];
-  applications: { aid: string; instances: { address?: string; port: number }[] }[];
+  applications: {
+    aid: string;
+    instances: { address?: string; port: number; service?: string }[];
+  }[];
+  pool: { range: string; quarantineMs: number; waitTimeoutMs: number } | null;
   selectors: { service?: string; clients?: string[]; clientPorts?: string; aid: string }[];
   default: { aid: string } | { refuse: true };
   limits: Config['limits'];
@@ -497,6 +514,22 @@ class Checker {
       if (!vips.has(s.address)) vips.set(s.address, i);
     });
 
+    // The port pool.
+    let pool: PoolConfig | null = null;
+    if (raw.pool !== null) {
+      const range = this.portRange(['pool', 'range'], raw.pool.range);
+      if (range.lo < 1) this.bad(['pool', 'range'], raw.pool.range, `${showValue(raw.pool.range)}: port 0 cannot be handed out`);
+      for (const [port, i] of servicePorts) {
+        if (port >= range.lo && port <= range.hi)
+          this.bad(
+            ['pool', 'range'],
+            raw.pool.range,
+            `${showValue(raw.pool.range)} contains ${port}, the port of service ${JSON.stringify(raw.services[i]!.name)}`,
+          );
+      }
+      pool = { range, quarantineMs: raw.pool.quarantineMs, waitTimeoutMs: raw.pool.waitTimeoutMs };
+    }
+
     // Applications and their instances.
     const applications: ApplicationConfig[] = [];
     const appByAid = new Map<string, number>();
@@ -548,7 +581,23 @@ class Checker {
             inst.port,
             `${inst.port} is the port of service ${JSON.stringify(raw.services[svc]!.name)}; an instance port must differ from every service port (replies from instance ports are steered into the TUN)`,
           );
-        return { address, port: inst.port };
+        if (pool !== null && inst.port >= pool.range.lo && inst.port <= pool.range.hi)
+          this.bad(
+            at('port'),
+            inst.port,
+            `${inst.port} lies in pool.range ${raw.pool!.range}; a static instance port must be outside the pool`,
+          );
+        let serviceIndex: number | null = null;
+        if (inst.service !== undefined) {
+          serviceIndex = serviceByName.get(inst.service) ?? null;
+          if (serviceIndex === null)
+            this.bad(
+              at('service'),
+              inst.service,
+              `${showValue(inst.service)} is not a service (known: ${listNames([...serviceByName.keys()])})`,
+            );
+        }
+        return { address, port: inst.port, serviceIndex };
       });
       applications.push({ index: i, aid: app.aid, instances });
     });
@@ -663,6 +712,7 @@ class Checker {
       applications,
       selectors,
       default: dflt,
+      pool,
       limits: { maxFlows: raw.limits.maxFlows },
       timeouts: {
         embryonicMs: raw.timeouts.embryonicMs,

@@ -40,7 +40,11 @@ export function configToJson(c: Config): Record<string, unknown> {
     })),
     applications: c.applications.map((a) => ({
       aid: a.aid,
-      instances: a.instances.map((i) => ({ address: ipv4ToString(i.address), port: i.port })),
+      instances: a.instances.map((i) => ({
+        address: ipv4ToString(i.address),
+        port: i.port,
+        ...(i.serviceIndex === null ? {} : { service: c.services[i.serviceIndex]!.name }),
+      })),
     })),
     selectors: c.selectors.map((s) => {
       const o: Record<string, unknown> = {};
@@ -51,6 +55,14 @@ export function configToJson(c: Config): Record<string, unknown> {
       return o;
     }),
     default: c.default.refuse ? { refuse: true } : { aid: c.default.aid },
+    pool:
+      c.pool === null
+        ? null
+        : {
+            range: `${c.pool.range.lo}-${c.pool.range.hi}`,
+            quarantineMs: c.pool.quarantineMs,
+            waitTimeoutMs: c.pool.waitTimeoutMs,
+          },
     limits: { maxFlows: c.limits.maxFlows },
     timeouts: { ...c.timeouts },
     control: { socket: c.control.socket },
@@ -130,7 +142,9 @@ export function configWarnings(c: Config): string[] {
       out.push(`applications[${a.index}] (${a.aid}) is not named by any selector or the default`);
     else if (a.instances.length === 0)
       out.push(
-        `applications[${a.index}] (${a.aid}) has no instance: connections selected for it are refused until one exists`,
+        c.pool === null
+          ? `applications[${a.index}] (${a.aid}) has no instance and there is no pool: connections selected for it are refused`
+          : `applications[${a.index}] (${a.aid}) has no static instance: connections selected for it are refused until one registers (vpm exec --aid ${a.aid})`,
       );
   }
   return out;

@@ -5,6 +5,9 @@
  *   response {"v":1, "id":7, "ok":true,  "result":{...}}
  *            {"v":1, "id":7, "ok":false, "error":{"code":"ERR_...", "message":"..."}}
  *
+ * A request with `"oneway": true` gets no response at all (the bind library's
+ * release and connect reports: the sender never reads).
+ *
  * `v` is the protocol version; a request with another major version is refused
  * with ERR_CONTROL_VERSION. A line longer than MAX_LINE bytes, invalid JSON or a
  * request without a string `cmd` is refused with ERR_CONTROL_BAD_REQUEST and the
@@ -20,6 +23,8 @@ export interface ControlRequest {
   id: number | string;
   cmd: string;
   args?: Record<string, unknown>;
+  /** No response wanted. */
+  oneway?: boolean;
 }
 
 export interface ControlErrorBody {

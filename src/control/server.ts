@@ -108,7 +108,23 @@ export class ControlServer {
       this.reply(c, { v: PROTOCOL_VERSION, id: rid, ok: false, error: bad });
       return;
     }
-    const { cmd, args } = req as { cmd: string; args?: Record<string, unknown> };
+    const { cmd, args, oneway } = req as {
+      cmd: string;
+      args?: Record<string, unknown>;
+      oneway?: unknown;
+    };
+    if (oneway === true) {
+      // Fire-and-forget: no response, not even an error (the sender does not read).
+      const h = this.handlers.get(cmd);
+      if (h) {
+        try {
+          await h(args ?? {}, c);
+        } catch {
+          // nothing to report to
+        }
+      }
+      return;
+    }
     const h = this.handlers.get(cmd);
     if (!h) {
       this.reply(c, {

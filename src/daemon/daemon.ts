@@ -25,6 +25,8 @@ import { FlowTable } from '../flow/table.js';
 import { cleanStale, HostSetup } from '../host/setup.js';
 import type { TunDevice } from '../tun/device.js';
 import { openTun } from '../tun/kernel-tun.js';
+import { PortPool } from '../virtual/pool.js';
+import { type BindArgs, Registry } from '../virtual/registry.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
 import type { PacketInfo } from '../wire/parse.js';
 import { hostPlanFromConfig, rulesFromConfig } from './rules-from-config.js';
@@ -88,6 +90,8 @@ export class Daemon {
   private pipeline: Pipeline | null = null;
   private counters: Counters | null = null;
   private rules: Rules | null = null;
+  private pool: PortPool | null = null;
+  private registry: Registry | null = null;
   private timer: NodeJS.Timeout | null = null;
   private stopping = false;
   readonly startedAt = Date.now();
@@ -129,6 +133,15 @@ export class Daemon {
         t.timeWaitMs,
       ]);
       this.rules = rulesFromConfig(cfg);
+      if (cfg.pool) {
+        this.pool = new PortPool(
+          cfg.pool.range.lo,
+          cfg.pool.range.hi,
+          cfg.pool.quarantineMs,
+          cfg.pool.waitTimeoutMs,
+        );
+      }
+      this.registry = new Registry(cfg, this.rules, this.pool);
       this.counters = new Counters(Math.max(1, cfg.applications.length));
       const locals = localAddresses();
       locals.add(cfg.tun.address);
@@ -250,6 +263,7 @@ export class Daemon {
       flowsCapacity: this.table!.capacity,
       uptimeMs: Date.now() - this.startedAt,
       tun: { name: this.tun?.name, ...this.tun?.stats() },
+      pool: this.pool?.stats() ?? null,
     };
   }
 
@@ -260,6 +274,7 @@ export class Daemon {
     if (JSON.stringify(next.tun) !== JSON.stringify(this.cfg.tun)) restart.push('tun');
     if (next.control.socket !== this.cfg.control.socket) restart.push('control.socket');
     if (next.limits.maxFlows !== this.cfg.limits.maxFlows) restart.push('limits.maxFlows');
+    if (JSON.stringify(next.pool) !== JSON.stringify(this.cfg.pool)) restart.push('pool');
     if (restart.length > 0) {
       this.log.warn(
         { event: 'reload_partial', needsRestart: restart },
@@ -268,6 +283,8 @@ export class Daemon {
     }
     if (this.host && this.tun) this.host.updateReplyPorts(hostPlanFromConfig(next, this.tun.name));
     this.rules = rulesFromConfig(next);
+    // The live instances registered by programs under vpm exec stay.
+    this.registry?.rebind({ ...next, pool: this.cfg.pool }, this.rules);
     if (this.pipeline) {
       this.pipeline.rules = this.rules;
       const locals = localAddresses();
@@ -276,7 +293,13 @@ export class Daemon {
     }
     const t = next.timeouts;
     this.table?.timeouts.set([t.embryonicMs, t.establishedIdleMs, t.closingMs, t.timeWaitMs]);
-    this.cfg = { ...next, tun: this.cfg.tun, control: this.cfg.control, limits: this.cfg.limits };
+    this.cfg = {
+      ...next,
+      tun: this.cfg.tun,
+      control: this.cfg.control,
+      limits: this.cfg.limits,
+      pool: this.cfg.pool,
+    };
     this.log.info({ event: 'reloaded', file: next.source }, 'configuration reloaded');
     return {
       ok: true,
@@ -291,10 +314,85 @@ export class Daemon {
     c.on('stats', () => this.stats());
     c.on('flows', () => this.flows());
     c.on('reload', () => this.reload());
+    // The virtual layer (the bind/connect library and vpm exec): docs/control-protocol.md.
+    const reg = () => this.registry!;
+    c.on('hello', (a) => reg().hello(a));
+    c.on('services', () =>
+      this.cfg.services.map((s) => ({
+        name: s.name,
+        address: ipv4ToString(s.address),
+        port: s.port,
+        protocol: s.protocol,
+      })),
+    );
+    c.on('bind', async (a, conn) => {
+      try {
+        const r = await reg().bind(conn, a as unknown as BindArgs);
+        this.log.info(
+          {
+            event: 'instance_bind',
+            aid: a.aid,
+            vport: a.vport,
+            port: r.port,
+            pid: a.pid,
+            fd: a.fd,
+          },
+          'bind registered',
+        );
+        return r;
+      } catch (e) {
+        const err = e as { code?: string; message: string };
+        this.log.warn(
+          {
+            event: 'instance_bind_failed',
+            aid: a.aid,
+            vport: a.vport,
+            pid: a.pid,
+            code: err.code,
+            err: err.message,
+          },
+          'bind refused',
+        );
+        throw e;
+      }
+    });
+    c.on('release', (a, conn) => {
+      const r = reg().release(conn, a);
+      this.log.info(
+        {
+          event: 'instance_release',
+          aid: a.aid,
+          vport: a.vport,
+          port: a.port,
+          pid: a.pid,
+          fd: a.fd,
+          released: r.released,
+        },
+        'bind released',
+      );
+      return r;
+    });
+    c.on('connect', (a) => {
+      reg().connectReport(a);
+      this.log.debug(
+        { event: 'client_connect', aid: a.aid, local: a.local, remote: a.remote, pid: a.pid },
+        'connect reported',
+      );
+    });
+    c.on('instances', () => reg().instances());
+    c.onClose = (conn) => {
+      const n = this.registry?.connClosed(conn) ?? 0;
+      if (n > 0)
+        this.log.info(
+          { event: 'instance_gone', registrations: n },
+          'a registering program went away',
+        );
+    };
   }
 
   private async teardown(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
+    this.pool?.close();
     this.timer = null;
     try {
       await this.control?.close();

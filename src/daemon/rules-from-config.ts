@@ -24,7 +24,12 @@ export function rulesFromConfig(cfg: Config): Rules {
     })),
     aidNames: cfg.applications.map((a) => a.aid),
     instances: cfg.applications.map((a) =>
-      a.instances.map((i) => ({ addr: i.address, port: i.port })),
+      a.instances.map((i) => ({
+        addr: i.address,
+        port: i.port,
+        service: i.serviceIndex ?? -1,
+        vport: 0,
+      })),
     ),
     defaultAid: cfg.default.refuse ? -1 : cfg.default.aidIndex,
   });
@@ -36,6 +41,7 @@ export function replyPortRanges(cfg: Config): { lo: number; hi: number }[] {
     (a, b) => a - b,
   );
   const out: { lo: number; hi: number }[] = [];
+  if (cfg.pool) out.push({ lo: cfg.pool.range.lo, hi: cfg.pool.range.hi });
   for (const p of ports) {
     const last = out[out.length - 1];
     if (last && last.hi + 1 === p) last.hi = p;

@@ -218,7 +218,7 @@ export class Pipeline {
     if (svc < 0) return -Drop.NOT_SERVICE;
     const aid = rules.selectAid(svc, info.srcAddr, info.srcPort);
     if (aid < 0) return this.refused(Drop.REFUSED_NO_SELECTOR, info);
-    const inst = rules.pickInstance(aid);
+    const inst = rules.pickInstance(aid, svc);
     if (inst < 0) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
     const target = rules.instances[aid]![inst]!;
     const k = this.key;

@@ -30,13 +30,21 @@ export interface SelectorRule {
 export interface InstanceRule {
   addr: number;
   port: number;
+  /** Service index it serves, or -1 for any service. */
+  service: number;
+  /** Virtual port it serves, or 0 for any. */
+  vport: number;
 }
 
 export class Rules {
   readonly services: readonly ServiceRule[];
   readonly selectors: readonly SelectorRule[];
   readonly aidNames: readonly string[];
-  /** Instances per AID index; an empty list means "no live instance". */
+  /**
+   * Instances per AID index; an empty list means "no live instance". The lists
+   * are live: instances that register at run time (vpm exec) are pushed and
+   * spliced here by the registry, and the next SYN sees them.
+   */
   readonly instances: InstanceRule[][];
   /** AID index when no selector matches, or -1 to refuse. */
   readonly defaultAid: number;
@@ -89,14 +97,28 @@ export class Rules {
     return this.defaultAid;
   }
 
-  /** Pick an instance of `aid` round-robin; -1 when it has none. */
-  pickInstance(aid: number): number {
+  /**
+   * Pick an instance of `aid` that serves service `svc`, round-robin among those
+   * that do; -1 when there is none. Two passes over a short array: no allocation.
+   */
+  pickInstance(aid: number, svc: number): number {
     const list = this.instances[aid];
     if (list === undefined || list.length === 0) return -1;
-    const i = this.rr[aid]! % list.length;
-    this.rr[aid] = i + 1;
-    return i;
+    const vport = this.services[svc]?.port ?? -1;
+    let n = 0;
+    for (let i = 0; i < list.length; i++) if (serves(list[i]!, svc, vport)) n++;
+    if (n === 0) return -1;
+    let k = this.rr[aid]! % n;
+    this.rr[aid] = (this.rr[aid]! + 1) >>> 0;
+    for (let i = 0; i < list.length; i++) {
+      if (serves(list[i]!, svc, vport) && k-- === 0) return i;
+    }
+    return -1;
   }
+}
+
+function serves(r: InstanceRule, svc: number, vport: number): boolean {
+  return (r.service === -1 || r.service === svc) && (r.vport === 0 || r.vport === vport);
 }
 
 /** addr (32 bits) · port (16) · proto (8) fits a double exactly. */

@@ -82,8 +82,16 @@ describe('the example config', () => {
       { index: 0, name: 'web', address: ip('198.19.0.9'), port: 9000, protocol: 'tcp' },
     ]);
     expect(c.applications).toEqual([
-      { index: 0, aid: 'tenant-a', instances: [{ address: ip('198.19.255.1'), port: 19001 }] },
-      { index: 1, aid: 'tenant-b', instances: [{ address: ip('198.19.255.1'), port: 19002 }] },
+      {
+        index: 0,
+        aid: 'tenant-a',
+        instances: [{ address: ip('198.19.255.1'), port: 19001, serviceIndex: null }],
+      },
+      {
+        index: 1,
+        aid: 'tenant-b',
+        instances: [{ address: ip('198.19.255.1'), port: 19002, serviceIndex: null }],
+      },
     ]);
     expect(c.selectors).toEqual([
       {
@@ -183,7 +191,7 @@ describe('defaults', () => {
     expect(c.applications.map((a) => a.instances)).toEqual([[], []]);
     expect(configWarnings(c)).toEqual([
       'applications[0] (a) is not named by any selector or the default',
-      'applications[1] (b) has no instance: connections selected for it are refused until one exists',
+      'applications[1] (b) has no instance and there is no pool: connections selected for it are refused',
     ]);
   });
 });
@@ -206,9 +214,13 @@ describe('round trip', () => {
         { name: 'ssh', address: '198.19.0.10', port: 22, protocol: 'tcp' },
       ],
       applications: [
-        { aid: 'a', instances: [{ address: '198.18.0.5', port: 19001 }, { port: 19003 }] },
+        {
+          aid: 'a',
+          instances: [{ address: '198.18.0.5', port: 19001 }, { port: 19003, service: 'ssh' }],
+        },
         { aid: 'b', instances: [] },
       ],
+      pool: { range: '30000-30099', quarantineMs: 100, waitTimeoutMs: 200 },
       selectors: [
         { service: 'ssh', clientPorts: '7', aid: 'b' },
         { clients: ['0.0.0.0/0'], clientPorts: '1-1023', aid: 'a' },
@@ -234,7 +246,7 @@ describe('round trip', () => {
           aid: 'a',
           instances: [
             { address: '198.18.0.5', port: 19001 },
-            { address: '198.18.0.1', port: 19003 },
+            { address: '198.18.0.1', port: 19003, service: 'ssh' },
           ],
         },
         { aid: 'b', instances: [] },
@@ -309,7 +321,7 @@ describe('errors name the file, the field path and the bad value', () => {
       'config.json: services[0].prot: unknown field; did you mean "port"?',
     ]);
     expect(errorsOf((c) => (c.color = 'blue'))).toEqual([
-      'config.json: color: unknown field (allowed here: $schema, tun, services, applications, selectors, default, limits, timeouts, control, metrics, log)',
+      'config.json: color: unknown field (allowed here: $schema, tun, services, applications, selectors, default, pool, limits, timeouts, control, metrics, log)',
     ]);
   });
 

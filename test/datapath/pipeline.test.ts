@@ -8,7 +8,7 @@
 import { describe, expect, it } from 'vitest';
 import { Counters, DROP_REASONS, Drop } from '../../src/datapath/counters.js';
 import { Pipeline } from '../../src/datapath/pipeline.js';
-import { Rules } from '../../src/datapath/rules.js';
+import { type InstanceRule, Rules } from '../../src/datapath/rules.js';
 import { FlowState } from '../../src/flow/state.js';
 import { FlowTable } from '../../src/flow/table.js';
 import { MemoryTun } from '../../src/tun/memory-tun.js';
@@ -39,7 +39,7 @@ const FIN = 0x01;
 const RST = 0x04;
 const PSH = 0x08;
 
-function makeRules(opts: { instancesB?: { addr: number; port: number }[] } = {}): Rules {
+function makeRules(opts: { instancesB?: InstanceRule[] } = {}): Rules {
   return new Rules({
     services: [{ name: 'web', addr: VIP, port: 9000, proto: PROTO_TCP }],
     selectors: [
@@ -69,7 +69,10 @@ function makeRules(opts: { instancesB?: { addr: number; port: number }[] } = {})
       },
     ],
     aidNames: ['tenant-a', 'tenant-b'],
-    instances: [[{ addr: HOST, port: 19001 }], opts.instancesB ?? [{ addr: HOST, port: 19002 }]],
+    instances: [
+      [{ addr: HOST, port: 19001, service: -1, vport: 0 }],
+      opts.instancesB ?? [{ addr: HOST, port: 19002, service: -1, vport: 0 }],
+    ],
     defaultAid: -1,
   });
 }
@@ -77,7 +80,7 @@ function makeRules(opts: { instancesB?: { addr: number; port: number }[] } = {})
 function setup(
   o: {
     capacity?: number;
-    instancesB?: { addr: number; port: number }[];
+    instancesB?: InstanceRule[];
     writeCapacity?: number;
   } = {},
 ) {

@@ -1,0 +1,367 @@
+/**
+ * The virtual layer's registry: which program listens for which AID on which
+ * virtual port, and on what real port it really does.
+ *
+ * Theory of operation. A program run under `vpm exec --aid A` that binds a
+ * multiplexed port V asks the daemon (control command `bind`) for a real port.
+ * Registrations are grouped by (AID, protocol, V): the first one of a group gets
+ * a port from the pool and becomes an instance of A in the data plane's rules
+ * (so the next SYN for A to V can go there); every later one of the same group
+ * — another process of the same AID, the seed's "same virtualized stream" —
+ * gets the same real port and shares it with SO_REUSEPORT. A registration ends
+ * when the program closes the socket (`release`) or when the control connection
+ * it came on closes, which the kernel does when the process exits, also by
+ * SIGKILL. When a group's last registration ends, its instance leaves the rules
+ * (new connections no longer go there; established flows keep their
+ * translation) and its port goes back to the pool, through quarantine.
+ *
+ * Concurrent first binds of one group wait for the same pool request, so a group
+ * never holds two ports.
+ */
+
+import type { Socket } from 'node:net';
+import type { Config } from '../config/config.js';
+import type { InstanceRule, Rules } from '../datapath/rules.js';
+import { ipv4ToString, parseIpv4 } from '../wire/address.js';
+import type { PortPool } from './pool.js';
+
+export class RegistryError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = 'RegistryError';
+    this.code = code;
+  }
+}
+
+export interface Registration {
+  id: number;
+  pid: number;
+  fd: number;
+  conn: Socket;
+  since: number;
+}
+
+interface Group {
+  aid: number;
+  proto: 'tcp' | 'udp';
+  vport: number;
+  addr: number;
+  port: number;
+  /** Until the pool answers: the pending acquisition shared by concurrent first binds. */
+  pending: Promise<number> | null;
+  regs: Set<Registration>;
+  rule: InstanceRule | null;
+}
+
+export interface InstanceView {
+  aid: string;
+  proto: string;
+  vport: number;
+  address: string;
+  port: number;
+  pids: number[];
+  registrations: number;
+  since: string;
+  source: 'static' | 'registered';
+}
+
+export interface BindArgs {
+  aid: unknown;
+  proto: unknown;
+  vport: unknown;
+  addr: unknown;
+  pid: unknown;
+  fd: unknown;
+}
+
+function int(v: unknown, name: string, lo: number, hi: number): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) {
+    throw new RegistryError(
+      'ERR_CONTROL_BAD_REQUEST',
+      `"${name}" must be an integer ${lo}-${hi}, got ${JSON.stringify(v)}`,
+    );
+  }
+  return v;
+}
+
+const MAX_LOCAL_CLIENTS = 65536;
+
+export class Registry {
+  private readonly groups = new Map<string, Group>();
+  private readonly byConn = new Map<Socket, Set<Registration>>();
+  private readonly localClients = new Map<
+    string,
+    { aid: string; pid: number; remote: string; at: number }
+  >();
+  private nextId = 1;
+
+  constructor(
+    private cfg: Config,
+    private rules: Rules,
+    private readonly pool: PortPool | null,
+  ) {}
+
+  private aidIndex(aid: unknown): number {
+    if (typeof aid !== 'string')
+      throw new RegistryError(
+        'ERR_CONTROL_BAD_REQUEST',
+        `"aid" must be a string, got ${JSON.stringify(aid)}`,
+      );
+    const i = this.cfg.applications.findIndex((a) => a.aid === aid);
+    if (i < 0) {
+      throw new RegistryError(
+        'ERR_UNKNOWN_AID',
+        `AID "${aid}" is not in the configuration (known: ${this.cfg.applications.map((a) => a.aid).join(', ')})`,
+      );
+    }
+    return i;
+  }
+
+  /** The multiplexed (proto, vport) pairs: the ports of the virtual services. */
+  ports(): { proto: string; vport: number }[] {
+    const seen = new Set<string>();
+    const out: { proto: string; vport: number }[] = [];
+    for (const s of this.cfg.services) {
+      const k = `${s.protocol}/${s.port}`;
+      if (!seen.has(k)) {
+        seen.add(k);
+        out.push({ proto: s.protocol, vport: s.port });
+      }
+    }
+    return out;
+  }
+
+  hello(args: { aid?: unknown }): Record<string, unknown> {
+    const aid = this.aidIndex(args.aid);
+    return {
+      aid: this.cfg.applications[aid]!.aid,
+      known: true,
+      ports: this.ports(),
+      pool: this.pool ? this.pool.stats() : null,
+      waitTimeoutMs: this.pool?.waitTimeoutMs ?? 0,
+    };
+  }
+
+  /** Register a bind; resolves to the real port the program must bind. */
+  async bind(conn: Socket, a: BindArgs): Promise<{ port: number }> {
+    const aid = this.aidIndex(a.aid);
+    if (a.proto !== 'tcp' && a.proto !== 'udp') {
+      throw new RegistryError(
+        'ERR_CONTROL_BAD_REQUEST',
+        `"proto" must be "tcp" or "udp", got ${JSON.stringify(a.proto)}`,
+      );
+    }
+    const proto = a.proto;
+    const vport = int(a.vport, 'vport', 1, 65535);
+    const pid = int(a.pid, 'pid', 1, 0x7fffffff);
+    const fd = int(a.fd, 'fd', 0, 0x7fffffff);
+    if (!this.cfg.services.some((s) => s.protocol === proto && s.port === vport)) {
+      throw new RegistryError(
+        'ERR_NOT_MULTIPLEXED',
+        `${proto}/${vport} is not the port of a virtual service`,
+      );
+    }
+    if (proto !== 'tcp')
+      throw new RegistryError('ERR_NOT_MULTIPLEXED', `${proto} is not multiplexed yet`);
+    if (!this.pool) {
+      throw new RegistryError(
+        'ERR_NO_POOL',
+        'this daemon has no port pool (set pool.range in the configuration)',
+      );
+    }
+    const addr = this.instanceAddress(a.addr);
+    const key = `${aid}/${proto}/${vport}/${addr}`;
+    let g = this.groups.get(key);
+    if (!g) {
+      g = { aid, proto, vport, addr, port: 0, pending: null, regs: new Set(), rule: null };
+      this.groups.set(key, g);
+    }
+    const reg: Registration = { id: this.nextId++, pid, fd, conn, since: Date.now() };
+    g.regs.add(reg);
+    let regs = this.byConn.get(conn);
+    if (!regs) {
+      regs = new Set();
+      this.byConn.set(conn, regs);
+    }
+    regs.add(reg);
+    if (g.port === 0) {
+      try {
+        if (!g.pending) g.pending = this.pool.acquire();
+        const port = await g.pending;
+        if (g.port === 0) {
+          g.port = port;
+          g.pending = null;
+          if (g.regs.size === 0) {
+            // Everyone left while we waited.
+            this.endGroup(key, g);
+          } else {
+            g.rule = { addr: g.addr, port, service: -1, vport };
+            this.rules.instances[aid]!.push(g.rule);
+          }
+        }
+      } catch (e) {
+        g.pending = null;
+        this.dropReg(g, reg, key);
+        throw e;
+      }
+    }
+    if (!g.regs.has(reg))
+      throw new RegistryError('ERR_RELEASED', 'the registration ended while it waited for a port');
+    return { port: g.port };
+  }
+
+  private instanceAddress(addr: unknown): number {
+    if (addr === '0.0.0.0' || addr === '::' || addr === undefined) return this.cfg.tun.address;
+    if (typeof addr !== 'string')
+      throw new RegistryError(
+        'ERR_CONTROL_BAD_REQUEST',
+        `"addr" must be a string, got ${JSON.stringify(addr)}`,
+      );
+    const a = parseIpv4(addr);
+    if (a === null)
+      throw new RegistryError(
+        'ERR_BIND_ADDRESS',
+        `"${addr}" is not an IPv4 address, "0.0.0.0" or "::"`,
+      );
+    if (a >>> 24 === 127) {
+      throw new RegistryError(
+        'ERR_BIND_ADDRESS',
+        `${addr} is a loopback address, which vpm cannot reach: bind to 0.0.0.0, :: or the TUN address ${ipv4ToString(this.cfg.tun.address)}`,
+      );
+    }
+    return a;
+  }
+
+  /** The program closed a socket it bound through vpm. */
+  release(conn: Socket, a: { pid?: unknown; fd?: unknown; port?: unknown }): { released: number } {
+    const regs = this.byConn.get(conn);
+    let n = 0;
+    if (!regs) return { released: 0 };
+    for (const reg of [...regs]) {
+      if (reg.fd !== a.fd || reg.pid !== a.pid) continue;
+      for (const [key, g] of this.groups) {
+        if (g.regs.has(reg) && (a.port === undefined || a.port === g.port)) {
+          this.dropReg(g, reg, key);
+          n++;
+        }
+      }
+    }
+    return { released: n };
+  }
+
+  /** The control connection closed: every registration made on it ends. */
+  connClosed(conn: Socket): number {
+    const regs = this.byConn.get(conn);
+    if (!regs) return 0;
+    let n = 0;
+    for (const reg of [...regs]) {
+      for (const [key, g] of this.groups) {
+        if (g.regs.has(reg)) {
+          this.dropReg(g, reg, key);
+          n++;
+        }
+      }
+    }
+    this.byConn.delete(conn);
+    return n;
+  }
+
+  private dropReg(g: Group, reg: Registration, key: string): void {
+    g.regs.delete(reg);
+    const regs = this.byConn.get(reg.conn);
+    regs?.delete(reg);
+    if (regs && regs.size === 0) this.byConn.delete(reg.conn);
+    if (g.regs.size === 0) {
+      if (g.port !== 0) this.endGroup(key, g);
+      else if (g.pending === null) this.groups.delete(key);
+    }
+  }
+
+  private endGroup(key: string, g: Group): void {
+    this.groups.delete(key);
+    if (g.rule) {
+      const list = this.rules.instances[g.aid];
+      const i = list ? list.indexOf(g.rule) : -1;
+      if (i >= 0) list!.splice(i, 1);
+      g.rule = null;
+    }
+    if (g.port !== 0) this.pool?.release(g.port);
+    g.port = 0;
+  }
+
+  /**
+   * A program under `vpm exec` connected somewhere: remember the AID of its local
+   * address:port for a while, so that cooperative multiplexing can tell which
+   * application a local client's SYN belongs to. Bounded: the oldest entry goes.
+   */
+  connectReport(a: {
+    aid?: unknown;
+    proto?: unknown;
+    local?: unknown;
+    remote?: unknown;
+    pid?: unknown;
+  }): void {
+    if (typeof a.aid !== 'string' || typeof a.local !== 'string') return;
+    if (this.localClients.size >= MAX_LOCAL_CLIENTS) {
+      const oldest = this.localClients.keys().next().value;
+      if (oldest !== undefined) this.localClients.delete(oldest);
+    }
+    this.localClients.delete(a.local);
+    this.localClients.set(a.local, {
+      aid: a.aid,
+      pid: typeof a.pid === 'number' ? a.pid : 0,
+      remote: typeof a.remote === 'string' ? a.remote : '',
+      at: Date.now(),
+    });
+  }
+
+  /** The AID a program under vpm exec reported for this local "addr:port", if any. */
+  localClientAid(local: string): string | null {
+    return this.localClients.get(local)?.aid ?? null;
+  }
+
+  /** After a reload: new rules object, same live instances. */
+  rebind(cfg: Config, rules: Rules): void {
+    this.cfg = cfg;
+    this.rules = rules;
+    for (const g of this.groups.values()) {
+      if (g.rule && rules.instances[g.aid]) rules.instances[g.aid]!.push(g.rule);
+    }
+  }
+
+  instances(): InstanceView[] {
+    const out: InstanceView[] = [];
+    this.cfg.applications.forEach((app) => {
+      for (const i of app.instances) {
+        out.push({
+          aid: app.aid,
+          proto: 'tcp',
+          vport: i.serviceIndex === null ? 0 : this.cfg.services[i.serviceIndex]!.port,
+          address: ipv4ToString(i.address),
+          port: i.port,
+          pids: [],
+          registrations: 0,
+          since: '',
+          source: 'static',
+        });
+      }
+    });
+    for (const g of this.groups.values()) {
+      if (g.port === 0) continue;
+      const regs = [...g.regs];
+      out.push({
+        aid: this.cfg.applications[g.aid]?.aid ?? `#${g.aid}`,
+        proto: g.proto,
+        vport: g.vport,
+        address: ipv4ToString(g.addr),
+        port: g.port,
+        pids: [...new Set(regs.map((r) => r.pid))].sort((x, y) => x - y),
+        registrations: regs.length,
+        since: new Date(Math.min(...regs.map((r) => r.since))).toISOString(),
+        source: 'registered',
+      });
+    }
+    return out;
+  }
+}
