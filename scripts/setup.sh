@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
-DEB_PKGS=(build-essential python3 libpcap-dev iproute2 tcpdump tshark iperf3 curl nftables ethtool procps)
+DEB_PKGS=(build-essential python3 libpcap-dev iproute2 iputils-ping tcpdump tshark iperf3 curl nftables ethtool procps util-linux)
 
 missing=()
 for p in "${DEB_PKGS[@]}"; do

@@ -167,12 +167,31 @@ export function registerDaemonCommands(program: Command): void {
       if (!j) process.stdout.write(`vpm is not running for ${cfg.tun.name}; nothing to undo\n`);
     });
 
-  withSocketOptions(
-    program.command('flows').description('list the flows of the running daemon'),
-  ).action(async (o: SocketOpts) => {
-    const flows = (await controlRequest(socketPath(o), 'flows')) as FlowView[];
-    process.stdout.write(o.json ? `${JSON.stringify(flows)}\n` : `${formatFlows(flows)}\n`);
-  });
+  withSocketOptions(program.command('flows').description('list the flows of the running daemon'))
+    .option('-w, --watch [ms]', 'redraw every ms milliseconds (default 1000) until Ctrl-C')
+    .action(async (o: SocketOpts & { watch?: string | boolean }) => {
+      const sock = socketPath(o);
+      const show = async () => {
+        const flows = (await controlRequest(sock, 'flows')) as FlowView[];
+        return o.json ? JSON.stringify(flows) : formatFlows(flows);
+      };
+      if (o.watch === undefined) {
+        process.stdout.write(`${await show()}\n`);
+        return;
+      }
+      const every = o.watch === true ? 1000 : Number(o.watch);
+      if (!Number.isInteger(every) || every < 50)
+        throw new UsageError(`--watch: "${o.watch}" is not a number of ms >= 50`);
+      const tty = process.stdout.isTTY === true;
+      for (;;) {
+        const text = await show();
+        // On a terminal, redraw in place; otherwise (a pipe, --json) one snapshot after another.
+        process.stdout.write(
+          tty && !o.json ? `\x1b[H\x1b[2J${new Date().toISOString()}\n${text}\n` : `${text}\n`,
+        );
+        await new Promise((r) => setTimeout(r, every));
+      }
+    });
 
   withSocketOptions(
     program

@@ -12,9 +12,10 @@
  */
 
 import { execFileSync } from 'node:child_process';
+import type { Server } from 'node:http';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { type Logger, pino } from 'pino';
+import type { Logger } from 'pino';
 import { type Config, loadConfig } from '../config/config.js';
 import { ControlServer } from '../control/server.js';
 import { Counters, DROP_NAMES } from '../datapath/counters.js';
@@ -29,6 +30,8 @@ import { PortPool } from '../virtual/pool.js';
 import { type BindArgs, Registry } from '../virtual/registry.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
 import type { PacketInfo } from '../wire/parse.js';
+import { createLogger } from './log.js';
+import { buildMetrics, serveMetrics } from './metrics.js';
 import { hostPlanFromConfig, rulesFromConfig } from './rules-from-config.js';
 
 /**
@@ -92,13 +95,14 @@ export class Daemon {
   private rules: Rules | null = null;
   private pool: PortPool | null = null;
   private registry: Registry | null = null;
+  private metrics: Server | null = null;
   private timer: NodeJS.Timeout | null = null;
   private stopping = false;
   readonly startedAt = Date.now();
 
   constructor(cfg: Config, log?: Logger) {
     this.cfg = cfg;
-    this.log = log ?? pino({ level: cfg.log.level, base: { pid: process.pid } });
+    this.log = log ?? createLogger(cfg.log.level);
   }
 
   async start(): Promise<void> {
@@ -173,6 +177,13 @@ export class Daemon {
       this.control = new ControlServer(cfg.control.socket);
       this.registerControl(this.control);
       await this.control.listen();
+      const m = cfg.metrics.listen;
+      if (m)
+        this.metrics = await serveMetrics(
+          buildMetrics(() => this.stats()),
+          m.address,
+          m.port,
+        );
     } catch (e) {
       await this.teardown();
       throw e;
@@ -183,6 +194,9 @@ export class Daemon {
         tun: this.tun?.name,
         services: cfg.services.map((s) => `${s.name}=${ipv4ToString(s.address)}:${s.port}`),
         control: cfg.control.socket,
+        metrics: cfg.metrics.listen
+          ? `${ipv4ToString(cfg.metrics.listen.address)}:${cfg.metrics.listen.port}`
+          : null,
       },
       'vpm up',
     );
@@ -393,6 +407,9 @@ export class Daemon {
   private async teardown(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.pool?.close();
+    const m = this.metrics;
+    this.metrics = null;
+    if (m) await new Promise<void>((resolve) => m.close(() => resolve()));
     this.timer = null;
     try {
       await this.control?.close();
