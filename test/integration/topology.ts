@@ -1,0 +1,162 @@
+/**
+ * The two-tenant topology of the datapath tests, and the real programs that run in
+ * it: instance servers, clients and the malformed-packet injector (fixtures/).
+ *
+ *     ns tenant-a                            ns host                            ns tenant-b
+ * ┌──────────────────┐        ┌────────────────────────────────────┐        ┌──────────────────┐
+ * │ a0 198.18.1.2/24 │══veth══│ ha 198.18.1.1/24  hb 198.18.2.1/24 │══veth══│ b0 198.18.2.2/24 │
+ * │ (+ extra addrs)  │        │ vpm up: vpm0 (TUN) 198.19.255.1    │        │ default via      │
+ * │ default via      │        │ instances, local clients           │        │   198.18.2.1     │
+ * │   198.18.1.1     │        └────────────────────────────────────┘        └──────────────────┘
+ * └──────────────────┘
+ *
+ * All addresses are in 198.18.0.0/15 and live only in the lab's namespaces. The host
+ * namespace starts with IPv6 off and ip_forward explicitly 0, so that what `vpm up`
+ * changes (and must undo) is visible.
+ */
+
+import type { ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type { ExitInfo, NetLab } from '../support/netns.js';
+import { jsonLines, waitJsonEvent, withTimeout } from '../support/vpm.js';
+
+export const VIP = '198.19.0.9';
+export const VPORT = 9000;
+export const TUN_ADDR = '198.19.255.1';
+export const LOCAL_CLIENT_ADDR = '198.19.255.2';
+export const HOST_A = '198.18.1.1';
+export const HOST_B = '198.18.2.1';
+export const CLIENT_A = '198.18.1.2';
+export const CLIENT_B = '198.18.2.2';
+
+const FIXTURES = fileURLToPath(new URL('./fixtures/', import.meta.url));
+export const SERVER_FIXTURE = `${FIXTURES}instance-server.mjs`;
+export const CLIENT_FIXTURE = `${FIXTURES}client.mjs`;
+export const INJECT_FIXTURE = `${FIXTURES}inject.py`;
+
+export interface Topology {
+  host: string;
+  tenantA: string;
+  tenantB: string;
+}
+
+/**
+ * Build the three namespaces and two veth links. `extraA` are more addresses (with
+ * prefix) for tenant-a's device, e.g. to be classified by other selectors.
+ */
+export function twoTenants(lab: NetLab, opts: { extraA?: string[] } = {}): Topology {
+  const host = lab.namespace('host', { ipv6: false });
+  const tenantA = lab.namespace('a', { ipv6: false });
+  const tenantB = lab.namespace('b', { ipv6: false });
+  lab.veth(
+    { ns: tenantA, dev: 'a0', cidr: `${CLIENT_A}/24` },
+    { ns: host, dev: 'ha', cidr: `${HOST_A}/24` },
+  );
+  lab.veth(
+    { ns: tenantB, dev: 'b0', cidr: `${CLIENT_B}/24` },
+    { ns: host, dev: 'hb', cidr: `${HOST_B}/24` },
+  );
+  for (const cidr of opts.extraA ?? []) lab.run(tenantA, 'ip', ['addr', 'add', cidr, 'dev', 'a0']);
+  lab.run(tenantA, 'ip', ['route', 'add', 'default', 'via', HOST_A]);
+  lab.run(tenantB, 'ip', ['route', 'add', 'default', 'via', HOST_B]);
+  lab.run(host, 'sysctl', ['-qw', 'net.ipv4.ip_forward=0']);
+  return { host, tenantA, tenantB };
+}
+
+/**
+ * Start an instance server (fixtures/instance-server.mjs) in `ns` and wait until it
+ * listens. `host` defaults to the TUN address, which exists only while vpm is up.
+ */
+export async function startInstance(
+  lab: NetLab,
+  ns: string,
+  name: string,
+  port: number,
+  host = TUN_ADDR,
+): Promise<ChildProcess> {
+  const child = lab.spawn(ns, process.execPath, [
+    SERVER_FIXTURE,
+    JSON.stringify({ name, host, port }),
+  ]);
+  await waitJsonEvent(lab, child, 'ready', 10_000);
+  return child;
+}
+
+export interface ClientArgs {
+  mode: 'hello' | 'xfer' | 'many';
+  host?: string;
+  port?: number;
+  localAddress?: string;
+  up?: number;
+  down?: number;
+  paceMs?: number;
+  count?: number;
+  /** The client gives up (event "timeout") after this long. Default 20000. */
+  timeoutMs?: number;
+}
+
+/** The client's last event ("done", "error" or "timeout"), with how it exited. */
+export type ClientResult = Record<string, unknown> & {
+  event: 'done' | 'error' | 'timeout';
+  exit: ExitInfo;
+  /** Everything it printed, for failure messages. */
+  output: string;
+};
+
+/** Start fixtures/client.mjs in `ns` (host and port default to VIP:9000). */
+export function spawnClient(lab: NetLab, ns: string, args: ClientArgs): ChildProcess {
+  return lab.spawn(ns, process.execPath, [
+    CLIENT_FIXTURE,
+    JSON.stringify({ host: VIP, port: VPORT, ...args }),
+  ]);
+}
+
+/** Wait for a spawned client to exit (at most `timeoutMs`) and return its last event. */
+export async function clientResult(
+  lab: NetLab,
+  child: ChildProcess,
+  timeoutMs = 30_000,
+): Promise<ClientResult> {
+  const exit = await withTimeout(lab.exited(child), timeoutMs, 'the client to finish').catch(
+    async (e: Error) => {
+      await lab.stop(child, 'SIGKILL', 1000);
+      throw new Error(`${e.message}\n${lab.output(child).stdout}\n${lab.output(child).stderr}`);
+    },
+  );
+  const { stdout, stderr } = lab.output(child);
+  const last = jsonLines(stdout)
+    .filter((e) => e.event === 'done' || e.event === 'error' || e.event === 'timeout')
+    .pop();
+  const output = `--- client stdout ---\n${stdout}\n--- client stderr ---\n${stderr}`;
+  if (!last)
+    throw new Error(`the client printed no final event (exit ${JSON.stringify(exit)})\n${output}`);
+  return { ...(last as ClientResult), exit, output };
+}
+
+/** Run a client to completion. */
+export function runClient(
+  lab: NetLab,
+  ns: string,
+  args: ClientArgs,
+  timeoutMs = 30_000,
+): Promise<ClientResult> {
+  return clientResult(lab, spawnClient(lab, ns, args), timeoutMs);
+}
+
+/** Inject `count` malformed packets of every class of fixtures/inject.py; returns what it sent. */
+export async function injectMalformed(
+  lab: NetLab,
+  ns: string,
+  src: string,
+  count: number,
+): Promise<Record<string, number>> {
+  const out = lab.run(
+    ns,
+    'python3',
+    [INJECT_FIXTURE, JSON.stringify({ src, dst: VIP, dport: VPORT, count })],
+    { timeoutMs: 15_000 },
+  );
+  const sent = jsonLines(out).find((e) => e.event === 'sent');
+  if (!sent) throw new Error(`inject.py printed no "sent" event:\n${out}`);
+  return sent.sent as Record<string, number>;
+}
