@@ -14,8 +14,9 @@
  *                             │   the daemons and their TUNs)      │
  *                             └────────────────────────────────────┘
  *
- * "Host state" is `ip rule`, `ip route show table all`, `ip -o link`, `ip -o addr`
- * and net.ipv4.ip_forward in the host namespace, taken before the first `vpm up`.
+ * "Host state" is `ip rule`, `ip -4 route show table all`, `ip -o link`,
+ * `ip -4 -o addr` and net.ipv4.ip_forward in the host namespace, taken before the
+ * first `vpm up` (see `hostState`).
  */
 
 import { existsSync } from 'node:fs';

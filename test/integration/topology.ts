@@ -11,8 +11,10 @@
  * └──────────────────┘
  *
  * All addresses are in 198.18.0.0/15 and live only in the lab's namespaces. The host
- * namespace starts with IPv6 off and ip_forward explicitly 0, so that what `vpm up`
- * changes (and must undo) is visible.
+ * namespace keeps IPv6 on (as a real host would; vpm turns it off on its TUN, and any
+ * IPv6 chatter reaching vpm would show as an "ipv6" drop in the exact counter
+ * checks) and starts with ip_forward explicitly 0, so that what `vpm up` changes
+ * (and must undo) is visible. The tenants have IPv6 off: less noise on their wires.
  */
 
 import type { ChildProcess } from 'node:child_process';
@@ -45,7 +47,8 @@ export interface Topology {
  * prefix) for tenant-a's device, e.g. to be classified by other selectors.
  */
 export function twoTenants(lab: NetLab, opts: { extraA?: string[] } = {}): Topology {
-  const host = lab.namespace('host', { ipv6: false });
+  // IPv6 stays on in the host namespace, as on a real host: vpm must keep it off its TUN.
+  const host = lab.namespace('host');
   const tenantA = lab.namespace('a', { ipv6: false });
   const tenantB = lab.namespace('b', { ipv6: false });
   lab.veth(

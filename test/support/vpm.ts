@@ -326,16 +326,17 @@ export interface HostState {
 }
 
 /**
- * `ip rule`, `ip route show table all`, `ip link`, `ip addr` and
- * net.ipv4.ip_forward inside `ns`. Interface counters are not included; link
- * state and flags are.
+ * `ip rule`, `ip -4 route show table all`, `ip -o link`, `ip -4 -o addr` and
+ * net.ipv4.ip_forward inside `ns`. Link state and flags are included, counters are
+ * not. IPv6 routes and addresses are left out: the kernel adds link-local ones
+ * on its own schedule (after duplicate address detection), and vpm adds none.
  */
 export function hostState(lab: NetLab, ns: string): HostState {
   return {
     rules: lab.run(ns, 'ip', ['rule', 'show']),
-    routes: lab.run(ns, 'ip', ['route', 'show', 'table', 'all']),
+    routes: lab.run(ns, 'ip', ['-4', 'route', 'show', 'table', 'all']),
     links: lab.run(ns, 'ip', ['-o', 'link', 'show']),
-    addrs: lab.run(ns, 'ip', ['-o', 'addr', 'show']),
+    addrs: lab.run(ns, 'ip', ['-4', '-o', 'addr', 'show']),
     ipForward: lab.run(ns, 'cat', ['/proc/sys/net/ipv4/ip_forward']).trim(),
   };
 }
