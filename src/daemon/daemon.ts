@@ -157,6 +157,7 @@ export class Daemon {
         {
           verifyL4Checksum: true,
           localClientAddr: cfg.tun.localClientAddress,
+          localClientAid: (addr, port) => this.registry?.localClientAid(addr, port) ?? -1,
           onFlowEvent: (ev, slot, reason, info) => this.flowEvent(ev, slot, reason, info),
         },
         locals,
@@ -387,11 +388,12 @@ export class Daemon {
       return r;
     });
     c.on('connect', (a) => {
-      reg().connectReport(a);
+      const r = reg().connectReport(a);
       this.log.debug(
         { event: 'client_connect', aid: a.aid, local: a.local, remote: a.remote, pid: a.pid },
         'connect reported',
       );
+      return r;
     });
     c.on('instances', () => reg().instances());
     c.onClose = (conn) => {

@@ -142,7 +142,9 @@ export function buildMetrics(stats: StatsSource): Registry {
   g('vpm_pool_waiting', 'Port requests waiting for a free port.', [], (m, s) =>
     m({}, s.pool?.waiting ?? 0),
   );
-  g('vpm_uptime_seconds', 'Seconds since the daemon started.', [], (m, s) => m({}, s.uptimeMs / 1000));
+  g('vpm_uptime_seconds', 'Seconds since the daemon started.', [], (m, s) =>
+    m({}, s.uptimeMs / 1000),
+  );
   return reg;
 }
 

@@ -56,6 +56,11 @@ export interface PipelineOptions {
   verifyL4Checksum: boolean;
   /** Address local clients are translated to (routed to the TUN, never assigned). */
   localClientAddr: number;
+  /**
+   * The AID index a local client at addr:port announced (bind/connect library), or
+   * -1; consulted for SYNs from this host's own addresses before the selectors.
+   */
+  localClientAid?: (addr: number, port: number) => number;
   /** Called when a flow is created or refused (control plane: logs). Must not throw. */
   onFlowEvent?: (
     event: 'created' | 'refused',
@@ -216,7 +221,10 @@ export class Pipeline {
     const rules = this.rules;
     const svc = rules.findService(info.dstAddr, info.dstPort, IPPROTO_TCP);
     if (svc < 0) return -Drop.NOT_SERVICE;
-    const aid = rules.selectAid(svc, info.srcAddr, info.srcPort);
+    const local = this.localAddrs.has(info.srcAddr);
+    let aid =
+      local && this.opts.localClientAid ? this.opts.localClientAid(info.srcAddr, info.srcPort) : -1;
+    if (aid < 0) aid = rules.selectAid(svc, info.srcAddr, info.srcPort);
     if (aid < 0) return this.refused(Drop.REFUSED_NO_SELECTOR, info);
     const inst = rules.pickInstance(aid, svc);
     if (inst < 0) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
@@ -227,7 +235,7 @@ export class Pipeline {
     k.clientPort = info.srcPort;
     k.vipAddr = info.dstAddr;
     k.vport = info.dstPort;
-    k.natAddr = this.localAddrs.has(info.srcAddr) ? this.opts.localClientAddr : info.srcAddr;
+    k.natAddr = local ? this.opts.localClientAddr : info.srcAddr;
     k.natPort = info.srcPort;
     k.realAddr = target.addr;
     k.realPort = target.port;

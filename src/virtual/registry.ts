@@ -87,12 +87,22 @@ function int(v: unknown, name: string, lo: number, hi: number): number {
 
 const MAX_LOCAL_CLIENTS = 65536;
 
+function splitHostPort(s: string): { addr: number; port: number } | null {
+  const i = s.lastIndexOf(':');
+  if (i < 0) return null;
+  const addr = parseIpv4(s.slice(0, i));
+  const port = Number(s.slice(i + 1));
+  if (addr === null || !Number.isInteger(port) || port < 1 || port > 65535) return null;
+  return { addr, port };
+}
+
 export class Registry {
   private readonly groups = new Map<string, Group>();
   private readonly byConn = new Map<Socket, Set<Registration>>();
+  /** Reported client connections: key addr·2^16+port (addr 0 when not chosen yet) → AID index. */
   private readonly localClients = new Map<
-    string,
-    { aid: string; pid: number; remote: string; at: number }
+    number,
+    { aid: number; pid: number; remote: string; at: number }
   >();
   private nextId = 1;
 
@@ -291,34 +301,47 @@ export class Registry {
   }
 
   /**
-   * A program under `vpm exec` connected somewhere: remember the AID of its local
-   * address:port for a while, so that cooperative multiplexing can tell which
-   * application a local client's SYN belongs to. Bounded: the oldest entry goes.
+   * A program under `vpm exec` is about to connect to a multiplexed port: remember
+   * the AID of its local address:port, so that its SYN — which follows this report,
+   * as the library waits for the answer before it connects — can be given to the
+   * instance of the same AID (one daemon for both ends, FIG. 8) or negotiated with
+   * a peer (FIG. 6/7). `local` may have address 0.0.0.0 when the socket's address
+   * is not chosen yet; the port alone then identifies it. Bounded: the oldest entry
+   * goes first.
    */
-  connectReport(a: {
-    aid?: unknown;
-    proto?: unknown;
-    local?: unknown;
-    remote?: unknown;
-    pid?: unknown;
-  }): void {
-    if (typeof a.aid !== 'string' || typeof a.local !== 'string') return;
+  connectReport(a: { aid?: unknown; local?: unknown; remote?: unknown; pid?: unknown }): {
+    aid: string;
+  } {
+    const aid = this.aidIndex(a.aid);
+    const local = typeof a.local === 'string' ? splitHostPort(a.local) : null;
+    if (local === null) {
+      throw new RegistryError(
+        'ERR_CONTROL_BAD_REQUEST',
+        `"local" must be "a.b.c.d:port", got ${JSON.stringify(a.local)}`,
+      );
+    }
+    const key = local.addr * 0x10000 + local.port;
     if (this.localClients.size >= MAX_LOCAL_CLIENTS) {
       const oldest = this.localClients.keys().next().value;
       if (oldest !== undefined) this.localClients.delete(oldest);
     }
-    this.localClients.delete(a.local);
-    this.localClients.set(a.local, {
-      aid: a.aid,
+    this.localClients.delete(key);
+    this.localClients.set(key, {
+      aid,
       pid: typeof a.pid === 'number' ? a.pid : 0,
       remote: typeof a.remote === 'string' ? a.remote : '',
       at: Date.now(),
     });
+    return { aid: this.cfg.applications[aid]!.aid };
   }
 
-  /** The AID a program under vpm exec reported for this local "addr:port", if any. */
-  localClientAid(local: string): string | null {
-    return this.localClients.get(local)?.aid ?? null;
+  /**
+   * The AID index reported for a local client at addr:port, or -1. Numeric keys:
+   * this runs for a local client's SYN on the data plane.
+   */
+  localClientAid(addr: number, port: number): number {
+    const e = this.localClients.get(addr * 0x10000 + port) ?? this.localClients.get(port);
+    return e === undefined ? -1 : e.aid;
   }
 
   /** After a reload: new rules object, same live instances. */

@@ -109,10 +109,23 @@ describe('Registry', () => {
     });
   });
 
-  it('remembers the AID of reported local client connections, bounded', () => {
-    const { reg } = setup();
-    reg.connectReport({ aid: 'b', local: '198.19.255.1:40000', remote: '198.19.0.9:9000', pid: 7 });
-    expect(reg.localClientAid('198.19.255.1:40000')).toBe('b');
-    expect(reg.localClientAid('198.19.255.1:40001')).toBeNull();
+  it('remembers the AID of reported local client connections, by address and port or port alone', () => {
+    const { reg, cfg } = setup();
+    expect(
+      reg.connectReport({
+        aid: 'b',
+        local: '198.19.255.1:40000',
+        remote: '198.19.0.9:9000',
+        pid: 7,
+      }),
+    ).toEqual({ aid: 'b' });
+    reg.connectReport({ aid: 'a', local: '0.0.0.0:40005', remote: '198.19.0.9:9000', pid: 7 });
+    expect(reg.localClientAid(cfg.tun.address, 40000)).toBe(1);
+    expect(reg.localClientAid(cfg.tun.address, 40001)).toBe(-1);
+    expect(reg.localClientAid(cfg.tun.address, 40005)).toBe(0);
+    expect(() => reg.connectReport({ aid: 'b', local: 'nonsense' })).toThrow(/"local" must be/);
+    expect(() => reg.connectReport({ aid: 'zz', local: '0.0.0.0:1' })).toThrow(
+      /not in the configuration/,
+    );
   });
 });
