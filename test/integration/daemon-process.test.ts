@@ -164,6 +164,20 @@ describe('vpm up as a process: signals, crashes, bad config', () => {
     expect(hostState(lab, topo.host)).toEqual(pristine);
   });
 
+  it('refuses a second vpm up of the same config while the first runs, and leaves the first intact', async () => {
+    const first = await up();
+    const during = hostState(lab, topo.host);
+    const second = await runVpm(lab, topo.host, ['up', '-c', configPath]);
+    expect(second.code, second.stdout + second.stderr).toBe(1);
+    expect(second.stderr).toMatch(new RegExp(`already running .*pid ${first.pid}`));
+    expect(first.alive).toBe(true);
+    expect(hostState(lab, topo.host)).toEqual(during);
+    expect(existsSync(first.stateFile)).toBe(true);
+    await expectWorks();
+    expect(await first.stop()).toEqual({ code: 0, signal: null });
+    expect(hostState(lab, topo.host)).toEqual(pristine);
+  });
+
   it('refuses a bad config with exit code 2, naming the field and the value, and touches nothing', async () => {
     // Its socket (were it ever used) is in the lab's directory too.
     const bad = writeVpmConfig(
