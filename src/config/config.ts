@@ -84,6 +84,8 @@ export interface ServiceConfig {
   readonly port: number;
   /** Default "tcp" (the only one supported yet). */
   readonly protocol: 'tcp';
+  /** Cooperative client side: index into cooperative.peers of the peer serving it, or null. */
+  readonly peer: number | null;
 }
 
 export interface InstanceConfig {
@@ -110,6 +112,30 @@ export interface ApplicationConfig {
   readonly aid: string;
   /** Empty: no live instance. Default []. */
   readonly instances: readonly InstanceConfig[];
+  /** Programs (absolute paths) whose local client connections belong to this AID. Default []. */
+  readonly executables: readonly string[];
+}
+
+export interface PeerConfig {
+  readonly name: string;
+  /** Address of the peer's negotiation endpoint (u32), or null if it only connects to us. */
+  readonly address: number | null;
+  readonly port: number;
+  /** Shared HMAC key, hex. */
+  readonly key: string;
+}
+
+/** Cooperative multiplexing (FIG. 6/7). */
+export interface CooperativeConfig {
+  /** This daemon's name towards its peers. Default "vpm". */
+  readonly name: string;
+  /** Where peers negotiate with us, or null. Default null. */
+  readonly listen: { readonly address: number; readonly port: number } | null;
+  /** Ports p2 for negotiated connections. Default 40000-40999. */
+  readonly portRange: PortRange;
+  /** Negotiation timeout. Default 1000. */
+  readonly timeoutMs: number;
+  readonly peers: readonly PeerConfig[];
 }
 
 export interface SelectorConfig {
@@ -144,6 +170,8 @@ export interface Config {
   readonly default: DefaultConfig;
   /** Default null: no pool, only static instances. */
   readonly pool: PoolConfig | null;
+  /** Default null: no cooperative multiplexing. */
+  readonly cooperative: CooperativeConfig | null;
   readonly limits: {
     /** Translation table capacity. Default 65536. */
     readonly maxFlows: number;
@@ -323,11 +351,25 @@ interface RawConfig {
     routeTable: number;
     rulePriority: number;
   };
-  services: { name: string; address: string; port: number; protocol: 'tcp' | 'udp' }[];
+  services: {
+    name: string;
+    address: string;
+    port: number;
+    protocol: 'tcp' | 'udp';
+    peer?: string;
+  }[];
   applications: {
     aid: string;
+    executables: string[];
     instances: { address?: string; port: number; service?: string }[];
   }[];
+  cooperative: {
+    name: string;
+    listen: string | null;
+    portRange: string;
+    timeoutMs: number;
+    peers: { name: string; address?: string; port: number; key: string }[];
+  } | null;
   pool: { range: string; quarantineMs: number; waitTimeoutMs: number } | null;
   selectors: { service?: string; clients?: string[]; clientPorts?: string; aid: string }[];
   default: { aid: string } | { refuse: true };
@@ -463,6 +505,55 @@ class Checker {
         `${t.routeTable} is ${reserved}; choose another table (e.g. 100)`,
       );
 
+    // Cooperative peers (services refer to them).
+    const peerByName = new Map<string, number>();
+    let cooperative: CooperativeConfig | null = null;
+    if (raw.cooperative !== null) {
+      const co = raw.cooperative;
+      const peers: PeerConfig[] = co.peers.map((pe, i) => {
+        const prev = peerByName.get(pe.name);
+        if (prev !== undefined)
+          this.bad(
+            ['cooperative', 'peers', i, 'name'],
+            pe.name,
+            `${showValue(pe.name)} is already cooperative.peers[${prev}]`,
+          );
+        else peerByName.set(pe.name, i);
+        const address =
+          pe.address === undefined
+            ? null
+            : this.address(['cooperative', 'peers', i, 'address'], pe.address, 'a peer address');
+        return { name: pe.name, address, port: pe.port, key: pe.key.toLowerCase() };
+      });
+      let listen: CooperativeConfig['listen'] = null;
+      if (co.listen !== null) {
+        const colon = co.listen.lastIndexOf(':');
+        const a = parseIpv4(co.listen.slice(0, colon));
+        const port = Number(co.listen.slice(colon + 1));
+        if (a === null)
+          this.bad(
+            ['cooperative', 'listen'],
+            co.listen,
+            `${showValue(co.listen)}: ${co.listen.slice(0, colon)} is not a valid IPv4 address`,
+          );
+        if (!(port >= 1 && port <= 65535))
+          this.bad(
+            ['cooperative', 'listen'],
+            co.listen,
+            `${showValue(co.listen)}: port ${port} is out of range 1-65535`,
+          );
+        listen = { address: a ?? 0, port };
+      }
+      const portRange = this.portRange(['cooperative', 'portRange'], co.portRange);
+      if (portRange.lo < 1)
+        this.bad(
+          ['cooperative', 'portRange'],
+          co.portRange,
+          `${showValue(co.portRange)}: port 0 cannot be handed out`,
+        );
+      cooperative = { name: co.name, listen, portRange, timeoutMs: co.timeoutMs, peers };
+    }
+
     // Services.
     const services: ServiceConfig[] = [];
     const serviceByName = new Map<string, number>();
@@ -507,7 +598,31 @@ class Checker {
         );
       else serviceByEndpoint.set(endpoint, i);
       if (!servicePorts.has(s.port)) servicePorts.set(s.port, i);
-      services.push({ index: i, name: s.name, address: vip, port: s.port, protocol: 'tcp' });
+      let peer: number | null = null;
+      if (s.peer !== undefined) {
+        peer = peerByName.get(s.peer) ?? null;
+        if (peer === null)
+          this.bad(
+            at('peer'),
+            s.peer,
+            raw.cooperative === null
+              ? `${showValue(s.peer)}: there is no cooperative section with peers`
+              : `${showValue(s.peer)} is not a peer (known: ${listNames([...peerByName.keys()])})`,
+          );
+        else if (raw.cooperative!.peers[peer]!.address === undefined)
+          this.bad(
+            at('peer'),
+            s.peer,
+            `peer ${showValue(s.peer)} has no address, so this daemon cannot negotiate with it`,
+          );
+      }
+      if (cooperative && s.port >= cooperative.portRange.lo && s.port <= cooperative.portRange.hi)
+        this.bad(
+          at('port'),
+          s.port,
+          `${s.port} lies in cooperative.portRange ${raw.cooperative!.portRange}; a service port must be outside it`,
+        );
+      services.push({ index: i, name: s.name, address: vip, port: s.port, protocol: 'tcp', peer });
     });
     const vips = new Map<number, number>();
     services.forEach((s, i) => {
@@ -518,7 +633,12 @@ class Checker {
     let pool: PoolConfig | null = null;
     if (raw.pool !== null) {
       const range = this.portRange(['pool', 'range'], raw.pool.range);
-      if (range.lo < 1) this.bad(['pool', 'range'], raw.pool.range, `${showValue(raw.pool.range)}: port 0 cannot be handed out`);
+      if (range.lo < 1)
+        this.bad(
+          ['pool', 'range'],
+          raw.pool.range,
+          `${showValue(raw.pool.range)}: port 0 cannot be handed out`,
+        );
       for (const [port, i] of servicePorts) {
         if (port >= range.lo && port <= range.hi)
           this.bad(
@@ -599,7 +719,7 @@ class Checker {
         }
         return { address, port: inst.port, serviceIndex };
       });
-      applications.push({ index: i, aid: app.aid, instances });
+      applications.push({ index: i, aid: app.aid, instances, executables: [...app.executables] });
     });
     const aids = [...appByAid.keys()];
 
@@ -713,6 +833,7 @@ class Checker {
       selectors,
       default: dflt,
       pool,
+      cooperative,
       limits: { maxFlows: raw.limits.maxFlows },
       timeouts: {
         embryonicMs: raw.timeouts.embryonicMs,

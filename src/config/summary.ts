@@ -37,9 +37,11 @@ export function configToJson(c: Config): Record<string, unknown> {
       address: ipv4ToString(s.address),
       port: s.port,
       protocol: s.protocol,
+      ...(s.peer === null ? {} : { peer: c.cooperative!.peers[s.peer]!.name }),
     })),
     applications: c.applications.map((a) => ({
       aid: a.aid,
+      executables: [...a.executables],
       instances: a.instances.map((i) => ({
         address: ipv4ToString(i.address),
         port: i.port,
@@ -62,6 +64,24 @@ export function configToJson(c: Config): Record<string, unknown> {
             range: `${c.pool.range.lo}-${c.pool.range.hi}`,
             quarantineMs: c.pool.quarantineMs,
             waitTimeoutMs: c.pool.waitTimeoutMs,
+          },
+    cooperative:
+      c.cooperative === null
+        ? null
+        : {
+            name: c.cooperative.name,
+            listen:
+              c.cooperative.listen === null
+                ? null
+                : `${ipv4ToString(c.cooperative.listen.address)}:${c.cooperative.listen.port}`,
+            portRange: `${c.cooperative.portRange.lo}-${c.cooperative.portRange.hi}`,
+            timeoutMs: c.cooperative.timeoutMs,
+            peers: c.cooperative.peers.map((p) => ({
+              name: p.name,
+              ...(p.address === null ? {} : { address: ipv4ToString(p.address) }),
+              port: p.port,
+              key: p.key,
+            })),
           },
     limits: { maxFlows: c.limits.maxFlows },
     timeouts: { ...c.timeouts },

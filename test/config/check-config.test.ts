@@ -73,6 +73,9 @@ describe('vpm check-config', () => {
     delete original.$schema;
     // The example spells out every default except tenant-a's instance address.
     original.applications[0].instances[0].address = '198.19.255.1';
+    // ... and the defaults of the sections added since: no cooperation, no executables.
+    original.cooperative = null;
+    for (const a of original.applications) a.executables = [];
     expect(effective).toEqual(original);
     const again = vpm('check-config', file('effective.json', r.stdout));
     expect(again.code).toBe(0);

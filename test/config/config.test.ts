@@ -79,18 +79,20 @@ describe('the example config', () => {
       rulePriority: 100,
     });
     expect(c.services).toEqual([
-      { index: 0, name: 'web', address: ip('198.19.0.9'), port: 9000, protocol: 'tcp' },
+      { index: 0, name: 'web', address: ip('198.19.0.9'), port: 9000, protocol: 'tcp', peer: null },
     ]);
     expect(c.applications).toEqual([
       {
         index: 0,
         aid: 'tenant-a',
         instances: [{ address: ip('198.19.255.1'), port: 19001, serviceIndex: null }],
+        executables: [],
       },
       {
         index: 1,
         aid: 'tenant-b',
         instances: [{ address: ip('198.19.255.1'), port: 19002, serviceIndex: null }],
+        executables: [],
       },
     ]);
     expect(c.selectors).toEqual([
@@ -212,13 +214,28 @@ describe('round trip', () => {
       services: [
         { name: 'web', address: '198.19.0.9', port: 9000, protocol: 'tcp' },
         { name: 'ssh', address: '198.19.0.10', port: 22, protocol: 'tcp' },
+        { name: 'far', address: '198.19.0.11', port: 9000, protocol: 'tcp', peer: 'b-host' },
       ],
+      cooperative: {
+        name: 'a-host',
+        listen: '198.18.0.1:7070',
+        portRange: '41000-41099',
+        timeoutMs: 500,
+        peers: [
+          { name: 'b-host', address: '198.18.0.2', port: 7071, key: 'ab'.repeat(32) },
+          { name: 'c-host', port: 7070, key: 'cd'.repeat(40) },
+        ],
+      },
       applications: [
         {
           aid: 'a',
-          instances: [{ address: '198.18.0.5', port: 19001 }, { port: 19003, service: 'ssh' }],
+          executables: ['/usr/bin/python3'],
+          instances: [
+            { address: '198.18.0.5', port: 19001 },
+            { port: 19003, service: 'ssh' },
+          ],
         },
-        { aid: 'b', instances: [] },
+        { aid: 'b', executables: [], instances: [] },
       ],
       pool: { range: '30000-30099', quarantineMs: 100, waitTimeoutMs: 200 },
       selectors: [
@@ -244,12 +261,13 @@ describe('round trip', () => {
       applications: [
         {
           aid: 'a',
+          executables: ['/usr/bin/python3'],
           instances: [
             { address: '198.18.0.5', port: 19001 },
             { address: '198.18.0.1', port: 19003, service: 'ssh' },
           ],
         },
-        { aid: 'b', instances: [] },
+        { aid: 'b', executables: [], instances: [] },
       ],
     });
   });
@@ -321,7 +339,7 @@ describe('errors name the file, the field path and the bad value', () => {
       'config.json: services[0].prot: unknown field; did you mean "port"?',
     ]);
     expect(errorsOf((c) => (c.color = 'blue'))).toEqual([
-      'config.json: color: unknown field (allowed here: $schema, tun, services, applications, selectors, default, pool, limits, timeouts, control, metrics, log)',
+      'config.json: color: unknown field (allowed here: $schema, tun, services, applications, selectors, default, pool, cooperative, limits, timeouts, control, metrics, log)',
     ]);
   });
 
@@ -459,6 +477,34 @@ describe('errors name the file, the field path and the bad value', () => {
     expect(errorsOf((c) => (c.applications[1].instances[0].port = 19001))).toEqual([
       'config.json: applications[1].instances[0].port: 19001 is already used by applications[0].instances[0] ("tenant-a"); instance ports must be unique (replies are steered back by source port alone)',
     ]);
+  });
+
+  it('cooperative: unknown peer, peer without address, service port in the p2 range', () => {
+    const coop = { peers: [{ name: 'b-host', key: 'ab'.repeat(32) }] };
+    expect(
+      errorsOf((c) => {
+        c.cooperative = coop;
+        c.services[0].peer = 'nobody';
+      }),
+    ).toEqual(['config.json: services[0].peer: "nobody" is not a peer (known: "b-host")']);
+    expect(
+      errorsOf((c) => {
+        c.cooperative = coop;
+        c.services[0].peer = 'b-host';
+      }),
+    ).toEqual([
+      'config.json: services[0].peer: peer "b-host" has no address, so this daemon cannot negotiate with it',
+    ]);
+    expect(
+      errorsOf((c) => {
+        c.cooperative = { ...coop, portRange: '8000-9999' };
+      }),
+    ).toEqual([
+      'config.json: services[0].port: 9000 lies in cooperative.portRange 8000-9999; a service port must be outside it',
+    ]);
+    expect(errorsOf((c) => (c.cooperative = { peers: [{ name: 'x', key: 'abc' }] }))[0]).toMatch(
+      /cooperative\.peers\[0\]\.key/,
+    );
   });
 
   it('collisions between services, instances and the TUN addresses', () => {
