@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 import { loadConfig } from '../config/config.js';
 import { controlRequest } from '../control/client.js';
 import { Daemon, type FlowView, stateFileFor } from '../daemon/daemon.js';
-import { cleanStale, pidAlive, readJournal } from '../host/setup.js';
+import { cleanStale, journalOwnerAlive, pidAlive, readJournal } from '../host/setup.js';
 import type { InstanceView } from '../virtual/registry.js';
 import { UsageError } from './errors.js';
 
@@ -151,7 +151,7 @@ export function registerDaemonCommands(program: Command): void {
         throw new UsageError(`--timeout: "${o.timeout}" is not a positive number of ms`);
       const file = stateFileFor(cfg);
       const j = readJournal(file);
-      if (j && pidAlive(j.pid)) {
+      if (j && journalOwnerAlive(j)) {
         process.kill(j.pid, 'SIGTERM');
         const deadline = Date.now() + timeout;
         while (pidAlive(j.pid) && Date.now() < deadline)

@@ -49,6 +49,12 @@ export type Change =
 
 export interface Journal {
   pid: number;
+  /**
+   * Start time of `pid` (/proc/PID/stat field 22, clock ticks since boot): with the
+   * pid it names one process, where a pid alone may since have been reused. Absent
+   * in journals written before it was recorded.
+   */
+  pidStart?: string;
   tunName: string;
   started: string;
   changes: Change[];
@@ -61,7 +67,13 @@ export class HostSetup {
     private readonly stateFile: string,
     tunName: string,
   ) {
-    this.journal = { pid: process.pid, tunName, started: new Date().toISOString(), changes: [] };
+    this.journal = {
+      pid: process.pid,
+      pidStart: procStat(process.pid)?.start,
+      tunName,
+      started: new Date().toISOString(),
+      changes: [],
+    };
   }
 
   private save(): void {
@@ -218,6 +230,31 @@ export function pidAlive(pid: number): boolean {
   }
 }
 
+/** State and start time (fields 3 and 22) of /proc/PID/stat, or null when there is no such process. */
+function procStat(pid: number): { state: string; start: string } | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Field 2, the command name, is in parentheses and may itself hold spaces and ')'.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return { state: rest[0] ?? '', start: rest[19] ?? '' };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Is the daemon that wrote journal `j` still running? Its pid must be alive (not a
+ * zombie) and, when the journal recorded it, have the same start time: a pid of a
+ * crashed daemon may have been reused by any other process.
+ */
+export function journalOwnerAlive(j: Journal): boolean {
+  if (!pidAlive(j.pid)) return false;
+  const st = procStat(j.pid);
+  if (st === null || st.state === 'Z' || st.state === 'X') return false;
+  if (j.pidStart !== undefined) return st.start === j.pidStart;
+  return isVpm(j.pid); // a journal without pidStart: the old, weaker test
+}
+
 /**
  * Remove what a dead daemon left behind (rules, ip_forward). Throws when the
  * journal's daemon is still running. Returns a description of what was undone.
@@ -225,7 +262,7 @@ export function pidAlive(pid: number): boolean {
 export function cleanStale(stateFile: string): string[] {
   const j = readJournal(stateFile);
   if (j === null) return [];
-  if (j.pid !== process.pid && pidAlive(j.pid) && isVpm(j.pid)) {
+  if (j.pid !== process.pid && journalOwnerAlive(j)) {
     throw new HostError(
       'ERR_ALREADY_RUNNING',
       `vpm is already running for ${j.tunName} (pid ${j.pid}, state ${stateFile})`,

@@ -21,7 +21,7 @@
 
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { NetLab, requireCommands, requireRoot, waitFor } from '../support/netns.js';
 import {
   type HostState,
@@ -76,7 +76,17 @@ describe('vpm up as a process: signals, crashes, bad config', () => {
     await lab?.cleanup();
   });
 
-  const up = () => VpmDaemon.startFile(lab, topo.host, configPath, dir);
+  /** Every daemon started here; one a failed test left running is stopped after it. */
+  const daemons: VpmDaemon[] = [];
+  afterEach(async () => {
+    for (const d of daemons.splice(0)) if (d.alive) await d.stop().catch(() => undefined);
+  });
+
+  async function up(opts: { cwd?: string; config?: string } = {}): Promise<VpmDaemon> {
+    const d = await VpmDaemon.startFile(lab, topo.host, opts.config ?? configPath, dir, opts);
+    daemons.push(d);
+    return d;
+  }
 
   async function expectWorks(): Promise<void> {
     const r = await runClient(lab, topo.tenantA, { mode: 'hello', localAddress: CLIENT_A });
@@ -173,6 +183,23 @@ describe('vpm up as a process: signals, crashes, bad config', () => {
     expect(first.alive).toBe(true);
     expect(hostState(lab, topo.host)).toEqual(during);
     expect(existsSync(first.stateFile)).toBe(true);
+    await expectWorks();
+    expect(await first.stop()).toEqual({ code: 0, signal: null });
+    expect(hostState(lab, topo.host)).toEqual(pristine);
+  });
+
+  it('refuses a second vpm up even when the running daemon\'s command line does not say "vpm"', async () => {
+    // Run as `node <repo>/.../main.js up -c cfg.json` from the config's directory: no
+    // "vpm" in /proc/PID/cmdline (unless the repository's own path has one). A
+    // liveness check that looked for that word took the running daemon for a dead
+    // one and removed its reply rule and ip_forward from under it.
+    const cfg = writeVpmConfig(dir, CONFIG, 'cfg.json');
+    const first = await up({ config: cfg, cwd: dir });
+    const during = hostState(lab, topo.host);
+    const second = await runVpm(lab, topo.host, ['up', '-c', 'cfg.json'], 15_000, dir);
+    expect(second.code, second.stdout + second.stderr).toBe(1);
+    expect(second.stderr).toMatch(new RegExp(`already running .*pid ${first.pid}`));
+    expect(hostState(lab, topo.host)).toEqual(during);
     await expectWorks();
     expect(await first.stop()).toEqual({ code: 0, signal: null });
     expect(hostState(lab, topo.host)).toEqual(pristine);

@@ -178,6 +178,8 @@ export interface SpawnOptions {
   /** Default 'ignore'. */
   stdin?: 'ignore' | 'pipe';
   env?: NodeJS.ProcessEnv;
+  /** Working directory of the command; default the test process's. */
+  cwd?: string;
 }
 
 /** One end of a veth link. */
@@ -402,6 +404,7 @@ export class NetLab {
     const child = spawnProcess(argv[0]!, argv.slice(1), {
       stdio: [opts.stdin ?? 'ignore', 'pipe', 'pipe'],
       env: opts.env ?? process.env,
+      cwd: opts.cwd,
     });
     const t: Tracked = {
       argv,

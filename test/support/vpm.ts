@@ -140,16 +140,18 @@ export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise
 
 /**
  * Run `vpm ARGS` inside `ns` to completion (tracked by the lab; killed after
- * `timeoutMs`). Never throws for a non-zero exit: the caller asserts on it.
+ * `timeoutMs`), in the working directory `cwd` if given. Never throws for a
+ * non-zero exit: the caller asserts on it.
  */
 export async function runVpm(
   lab: NetLab,
   ns: string,
   args: readonly string[],
   timeoutMs = 15_000,
+  cwd?: string,
 ): Promise<VpmRun> {
   const t0 = performance.now();
-  const child = lab.spawn(ns, process.execPath, [...vpmArgv(), ...args]);
+  const child = lab.spawn(ns, process.execPath, [...vpmArgv(), ...args], { cwd });
   let exit: ExitInfo;
   try {
     exit = await withTimeout(lab.exited(child), timeoutMs, `vpm ${args.join(' ')}`);
@@ -206,6 +208,11 @@ export interface VpmStartOptions {
   dir?: string;
   /** Default 15000. */
   readyTimeoutMs?: number;
+  /**
+   * Run the daemon in this working directory, naming its config file relative to
+   * it on the command line (`vpm up -c cfg.json`). Default: the test's, absolute path.
+   */
+  cwd?: string;
 }
 
 /** A running `vpm up` inside a namespace. */
@@ -228,22 +235,28 @@ export class VpmDaemon {
   ): Promise<VpmDaemon> {
     const dir = opts.dir ?? lab.tempDir();
     const configPath = writeVpmConfig(dir, cfg);
-    return VpmDaemon.startFile(lab, ns, configPath, dir, opts.readyTimeoutMs);
+    return VpmDaemon.startFile(lab, ns, configPath, dir, opts);
   }
 
-  /** Run `vpm up -c configPath` for a config file already written by `writeVpmConfig`. */
+  /**
+   * Run `vpm up -c configPath` for a config file already written by
+   * `writeVpmConfig` (its directory `dir` holds the socket and the journal).
+   */
   static async startFile(
     lab: NetLab,
     ns: string,
     configPath: string,
     dir: string,
-    readyTimeoutMs = 15_000,
+    opts: Omit<VpmStartOptions, 'dir'> = {},
   ): Promise<VpmDaemon> {
     requireVpmBuild();
-    const child = lab.spawn(ns, process.execPath, [...vpmArgv(), 'up', '-c', configPath]);
+    const argPath = opts.cwd === undefined ? configPath : relative(opts.cwd, configPath);
+    const child = lab.spawn(ns, process.execPath, [...vpmArgv(), 'up', '-c', argPath], {
+      cwd: opts.cwd,
+    });
     const d = new VpmDaemon(lab, ns, dir, configPath, join(dir, 'vpm.sock'), child);
     try {
-      await waitJsonEvent(lab, child, 'ready', readyTimeoutMs);
+      await waitJsonEvent(lab, child, 'ready', opts.readyTimeoutMs ?? 15_000);
     } catch (e) {
       await lab.stop(child, 'SIGKILL', 1000);
       throw e;
