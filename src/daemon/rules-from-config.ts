@@ -13,7 +13,9 @@ export function rulesFromConfig(cfg: Config): Rules {
       addr: s.address,
       port: s.port,
       proto: IPPROTO_TCP,
+      peer: s.peer ?? -1,
     })),
+    coopRange: cfg.cooperative?.listen ? cfg.cooperative.portRange : null,
     selectors: cfg.selectors.map((s) => ({
       service: s.serviceIndex ?? -1,
       cidrBase: Uint32Array.from((s.clients ?? []).map((c) => c.base)),

@@ -42,8 +42,12 @@ export const Drop = {
   REFUSED_COLLISION: 18,
   /** The device did not take the packet on write (queue full). */
   TX_ERROR: 19,
+  /** A SYN to a cooperative service, held while the peers negotiate (re-sent, rewritten, when they agree). */
+  NEGOTIATING: 20,
+  /** A SYN to VIP:p2 (a cooperative port) that no negotiation announced. */
+  NOT_NEGOTIATED: 21,
 } as const;
-export const DROP_REASONS = 20;
+export const DROP_REASONS = 22;
 
 export const DROP_NAMES: readonly string[] = [
   'ok',
@@ -66,6 +70,8 @@ export const DROP_NAMES: readonly string[] = [
   'refused_table_full',
   'refused_collision',
   'tx_error',
+  'negotiating',
+  'not_negotiated',
 ];
 
 /** Histogram buckets for batch sizes: 1, 2-3, 4-7, ..., 128+ (log2). */
@@ -82,6 +88,10 @@ export class Counters {
   flowsCreated = 0;
   flowsExpired = 0;
   rstSent = 0;
+  /** Held SYNs sent on after a successful negotiation (cooperative client side). */
+  synInjected = 0;
+  /** Negotiations that failed (refused, mismatch, timeout, peer unreachable). */
+  negotiationsFailed = 0;
   /** Per AID index: bytes client → server and server → client. */
   readonly aidBytesIn: Float64Array;
   readonly aidBytesOut: Float64Array;
@@ -139,6 +149,8 @@ export class Counters {
       flowsExpired: this.flowsExpired,
       flowsRefused: refused,
       rstSent: this.rstSent,
+      synInjected: this.synInjected,
+      negotiationsFailed: this.negotiationsFailed,
       batches: this.batches,
       batchSizes,
       perAid,

@@ -61,6 +61,20 @@ export interface PipelineOptions {
    * -1; consulted for SYNs from this host's own addresses before the selectors.
    */
   localClientAid?: (addr: number, port: number) => number;
+  /**
+   * Cooperative client side: a SYN to a service a peer serves. The callee copies
+   * the packet (it is only valid during this call) and negotiates; later it calls
+   * `injectHeld` or `refuseHeld`. `aid` is the AID known so far (-1: none yet).
+   * Must not throw.
+   */
+  negotiate?: (
+    buf: Uint8Array,
+    off: number,
+    len: number,
+    info: PacketInfo,
+    svc: number,
+    aid: number,
+  ) => void;
   /** Called when a flow is created or refused (control plane: logs). Must not throw. */
   onFlowEvent?: (
     event: 'created' | 'refused',
@@ -94,6 +108,8 @@ export class Pipeline {
   private readonly rstBuf: Uint8Array;
   private readonly rstOffsets: Uint32Array;
   private readonly rstLengths: Uint32Array;
+  private readonly oneOffsets = new Uint32Array(1);
+  private readonly oneLengths = new Uint32Array(1);
 
   constructor(
     private readonly dev: PacketDevice,
@@ -179,52 +195,115 @@ export class Pipeline {
     }
     if (h < 0) {
       if (!isSyn) return Drop.NO_FLOW;
-      const r = this.classify(info, now);
+      const r = this.classify(buf, off, info, now);
       if (r < 0) return -r;
       h = r * 2;
     }
 
-    const s = h >> 1;
-    const l4 = info.l4Off;
-    if ((h & 1) === 0) {
-      // Client → server.
-      if (t.natAddr[s] !== t.clientAddr[s])
-        setIpv4SrcAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.natAddr[s]!);
-      if (t.natPort[s] !== t.clientPort[s])
-        setSrcPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.natPort[s]!);
-      setIpv4DstAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.realAddr[s]!);
-      setDstPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.realPort[s]!);
-      t.pktsIn[s]! += 1;
-      t.bytesIn[s]! += info.ipTotalLen;
-      this.counters.aidBytesIn[t.aid[s]!]! += info.ipTotalLen;
-      if (flags & TCP_FIN) t.fins[s]! |= FIN_FROM_CLIENT;
-      t.touch(s, nextState(t.state[s]!, t.fins[s]!, flags, true), now);
-    } else {
-      // Server → client.
-      setIpv4SrcAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.vipAddr[s]!);
-      setSrcPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.vport[s]!);
-      if (t.natAddr[s] !== t.clientAddr[s])
-        setIpv4DstAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.clientAddr[s]!);
-      if (t.natPort[s] !== t.clientPort[s])
-        setDstPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.clientPort[s]!);
-      t.pktsOut[s]! += 1;
-      t.bytesOut[s]! += info.ipTotalLen;
-      this.counters.aidBytesOut[t.aid[s]!]! += info.ipTotalLen;
-      if (flags & TCP_FIN) t.fins[s]! |= FIN_FROM_SERVER;
-      t.touch(s, nextState(t.state[s]!, t.fins[s]!, flags, false), now);
-    }
+    if ((h & 1) === 0) this.forward(buf, off, info, h >> 1, now);
+    else this.reverse(buf, off, info, h >> 1, now);
     return 0;
   }
 
+  /** Client → server: towards the instance (or, cooperative client side, towards VIP:p2). */
+  private forward(buf: Uint8Array, off: number, info: PacketInfo, s: number, now: number): void {
+    const t = this.table;
+    const l4 = info.l4Off;
+    const flags = info.tcpFlags;
+    if (t.natAddr[s] !== t.clientAddr[s])
+      setIpv4SrcAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.natAddr[s]!);
+    if (t.natPort[s] !== t.clientPort[s])
+      setSrcPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.natPort[s]!);
+    if (t.realAddr[s] !== t.vipAddr[s])
+      setIpv4DstAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.realAddr[s]!);
+    setDstPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.realPort[s]!);
+    t.pktsIn[s]! += 1;
+    t.bytesIn[s]! += info.ipTotalLen;
+    this.counters.aidBytesIn[t.aid[s]!]! += info.ipTotalLen;
+    if (flags & TCP_FIN) t.fins[s]! |= FIN_FROM_CLIENT;
+    t.touch(s, nextState(t.state[s]!, t.fins[s]!, flags, true), now);
+  }
+
+  /** Server → client: back to VIP:vport and the client's own address. */
+  private reverse(buf: Uint8Array, off: number, info: PacketInfo, s: number, now: number): void {
+    const t = this.table;
+    const l4 = info.l4Off;
+    const flags = info.tcpFlags;
+    if (t.realAddr[s] !== t.vipAddr[s])
+      setIpv4SrcAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.vipAddr[s]!);
+    setSrcPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.vport[s]!);
+    if (t.natAddr[s] !== t.clientAddr[s])
+      setIpv4DstAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.clientAddr[s]!);
+    if (t.natPort[s] !== t.clientPort[s])
+      setDstPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.clientPort[s]!);
+    t.pktsOut[s]! += 1;
+    t.bytesOut[s]! += info.ipTotalLen;
+    this.counters.aidBytesOut[t.aid[s]!]! += info.ipTotalLen;
+    if (flags & TCP_FIN) t.fins[s]! |= FIN_FROM_SERVER;
+    t.touch(s, nextState(t.state[s]!, t.fins[s]!, flags, false), now);
+  }
+
+  /**
+   * Record a flow agreed by negotiation (cooperative server side: before its SYN
+   * arrives). Returns the slot, CREATE_FULL or CREATE_COLLISION.
+   */
+  createFlow(k: FlowKeyArgs, now: number): number {
+    const s = this.table.create(k, now);
+    if (s >= 0) this.counters.flowsCreated++;
+    return s;
+  }
+
+  /**
+   * Cooperative client side, negotiation succeeded: record the flow `k` and send
+   * the held SYN on, rewritten towards VIP:p2. A copy of the SYN (`pkt`, from
+   * offset 0) was taken by the negotiator. Returns the slot, or a negative
+   * CREATE_* code after answering the client with a RST.
+   */
+  injectHeld(pkt: Uint8Array, k: FlowKeyArgs, now: number): number {
+    const info = this.info;
+    if (checkPacket(pkt, 0, pkt.length, info) !== Check.OK || info.l4Off < 0)
+      return CREATE_COLLISION;
+    const s = this.createFlow(k, now);
+    if (s < 0) {
+      this.refuseHeld(pkt);
+      return s;
+    }
+    this.forward(pkt, 0, info, s, now);
+    this.oneOffsets[0] = 0;
+    this.oneLengths[0] = info.ipTotalLen;
+    this.counters.synInjected += this.dev.write(pkt, this.oneOffsets, this.oneLengths, 1);
+    return s;
+  }
+
+  /** Cooperative client side, negotiation failed: answer the held SYN with a RST. */
+  refuseHeld(pkt: Uint8Array): void {
+    const info = this.info;
+    this.counters.negotiationsFailed++;
+    if (checkPacket(pkt, 0, pkt.length, info) !== Check.OK || info.l4Off < 0) return;
+    this.oneOffsets[0] = 0;
+    this.oneLengths[0] = writeRst(pkt, info, this.rstBuf, 0);
+    this.counters.rstSent += this.dev.write(this.rstBuf, this.oneOffsets, this.oneLengths, 1);
+  }
+
   /** New connection: returns the new slot, or -(drop reason). */
-  private classify(info: PacketInfo, now: number): number {
+  private classify(buf: Uint8Array, off: number, info: PacketInfo, now: number): number {
     const rules = this.rules;
     const svc = rules.findService(info.dstAddr, info.dstPort, IPPROTO_TCP);
-    if (svc < 0) return -Drop.NOT_SERVICE;
+    if (svc < 0) {
+      return rules.isCoopPort(info.dstAddr, info.dstPort)
+        ? -Drop.NOT_NEGOTIATED
+        : -Drop.NOT_SERVICE;
+    }
     const local = this.localAddrs.has(info.srcAddr);
     let aid =
       local && this.opts.localClientAid ? this.opts.localClientAid(info.srcAddr, info.srcPort) : -1;
     if (aid < 0) aid = rules.selectAid(svc, info.srcAddr, info.srcPort);
+    if (rules.services[svc]!.peer >= 0) {
+      // Served by a peer: hold the SYN while the two daemons negotiate (FIG. 6/7).
+      if (!this.opts.negotiate) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
+      this.opts.negotiate(buf, off, info.ipTotalLen, info, svc, aid);
+      return -Drop.NEGOTIATING;
+    }
     if (aid < 0) return this.refused(Drop.REFUSED_NO_SELECTOR, info);
     const inst = rules.pickInstance(aid, svc);
     if (inst < 0) return this.refused(Drop.REFUSED_NO_INSTANCE, info);

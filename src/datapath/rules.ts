@@ -14,6 +14,8 @@ export interface ServiceRule {
   addr: number;
   port: number;
   proto: number;
+  /** Cooperative client side: index of the peer serving it, or -1 (served here). */
+  peer: number;
 }
 
 export interface SelectorRule {
@@ -48,6 +50,10 @@ export class Rules {
   readonly instances: InstanceRule[][];
   /** AID index when no selector matches, or -1 to refuse. */
   readonly defaultAid: number;
+  /** Cooperative server side: the p2 range on the service addresses (0-0 when off). */
+  readonly coopLo: number;
+  readonly coopHi: number;
+  private readonly vips = new Set<number>();
   private readonly serviceIndex = new Map<number, number>();
   private readonly rr: Uint32Array;
 
@@ -57,12 +63,16 @@ export class Rules {
     aidNames: readonly string[];
     instances: InstanceRule[][];
     defaultAid: number;
+    coopRange?: { lo: number; hi: number } | null;
   }) {
     this.services = p.services;
     this.selectors = p.selectors;
     this.aidNames = p.aidNames;
     this.instances = p.instances;
     this.defaultAid = p.defaultAid;
+    this.coopLo = p.coopRange?.lo ?? 0;
+    this.coopHi = p.coopRange?.hi ?? 0;
+    for (const s of p.services) this.vips.add(s.addr);
     this.rr = new Uint32Array(p.aidNames.length);
     p.services.forEach((s, i) => {
       this.serviceIndex.set(serviceKey(s.addr, s.port, s.proto), i);
@@ -72,6 +82,11 @@ export class Rules {
   /** Index of the virtual service at addr:port/proto, or -1. */
   findService(addr: number, port: number, proto: number): number {
     return this.serviceIndex.get(serviceKey(addr, port, proto)) ?? -1;
+  }
+
+  /** True for VIP:p2 of a cooperative connection (a service address and a port of the p2 range). */
+  isCoopPort(addr: number, port: number): boolean {
+    return port >= this.coopLo && port <= this.coopHi && this.coopHi !== 0 && this.vips.has(addr);
   }
 
   /** The AID for a new connection from client addr:port to service `svc`, or -1 (refuse). */

@@ -104,6 +104,8 @@ export class FlowTable {
   private nextId = 1;
   /** Live flows. */
   size = 0;
+  /** Called with the slot just before a flow is removed (expiry or replacement); must not throw. */
+  onRemove: ((slot: number) => void) | null = null;
 
   constructor(
     capacity: number,
@@ -281,6 +283,7 @@ export class FlowTable {
   /** Remove a live flow; its slot goes back to the free stack. */
   remove(s: number): void {
     if (this.state[s] === FlowState.FREE) return;
+    this.onRemove?.(s);
     this.unindex(s * 2);
     this.unindex(s * 2 + 1);
     this.unlink(s, this.timerClass[s]!);

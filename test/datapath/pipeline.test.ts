@@ -41,7 +41,7 @@ const PSH = 0x08;
 
 function makeRules(opts: { instancesB?: InstanceRule[] } = {}): Rules {
   return new Rules({
-    services: [{ name: 'web', addr: VIP, port: 9000, proto: PROTO_TCP }],
+    services: [{ name: 'web', addr: VIP, port: 9000, proto: PROTO_TCP, peer: -1 }],
     selectors: [
       {
         service: 0,
@@ -77,13 +77,7 @@ function makeRules(opts: { instancesB?: InstanceRule[] } = {}): Rules {
   });
 }
 
-function setup(
-  o: {
-    capacity?: number;
-    instancesB?: InstanceRule[];
-    writeCapacity?: number;
-  } = {},
-) {
+function setup(o: { capacity?: number; instancesB?: InstanceRule[]; writeCapacity?: number } = {}) {
   const tun = new MemoryTun({
     batchSize: 16,
     ...(o.writeCapacity !== undefined ? { writeCapacity: o.writeCapacity } : {}),
@@ -405,5 +399,130 @@ describe('Pipeline', () => {
     }
     expect(counters.packetsIn).toBe(100_000);
     invariant();
+  });
+});
+
+describe('Pipeline, cooperative mode (FIG. 6/7)', () => {
+  const TA = HOST; // the client host's own address (its TUN address)
+  const CA = LOCAL_CLIENT; // the address the client host's vpm gives local clients
+  const P2 = 40001;
+
+  function coopSetup(side: 'client' | 'server') {
+    const tun = new MemoryTun({ batchSize: 16 });
+    const table = new FlowTable(64, [10_000, 3_600_000, 60_000, 10_000], 9);
+    const counters = new Counters(2);
+    const held: { pkt: Uint8Array; svc: number; aid: number }[] = [];
+    const rules = new Rules({
+      services: [
+        { name: 'web', addr: VIP, port: 9000, proto: PROTO_TCP, peer: side === 'client' ? 0 : -1 },
+      ],
+      selectors: [],
+      aidNames: ['a1', 'a2'],
+      instances: [[{ addr: HOST, port: 20001, service: -1, vport: 9000 }], []],
+      defaultAid: -1,
+      coopRange: side === 'server' ? { lo: 40000, hi: 40999 } : null,
+    });
+    const p = new Pipeline(
+      tun,
+      table,
+      rules,
+      counters,
+      {
+        verifyL4Checksum: true,
+        localClientAddr: CA,
+        localClientAid: (a, port) => (a === TA && port === 33000 ? 1 : -1),
+        negotiate: (buf, off, len, _info, svc, aid) =>
+          held.push({ pkt: buf.slice(off, off + len), svc, aid }),
+      },
+      new Set([TA]),
+    );
+    tun.start((n) => p.processBatch(n, 1000));
+    const send = (pkt: Uint8Array) => {
+      const before = tun.written.length;
+      tun.inject([pkt]);
+      return tun.written.slice(before).map((b) => hex(b));
+    };
+    return { tun, table, counters, held, p, send };
+  }
+
+  it('client side: holds the SYN with the local client AID, then sends it on to VIP:p2 and translates replies back', () => {
+    const { send, held, p, counters, tun } = coopSetup('client');
+    const syn = seg(TA, 33000, VIP, 9000, SYN, 500);
+    expect(send(syn)).toEqual([]);
+    expect(counters.drops[Drop.NEGOTIATING]).toBe(1);
+    expect(held).toHaveLength(1);
+    expect(held[0]).toMatchObject({ svc: 0, aid: 1 });
+    expect(hex(held[0]!.pkt)).toBe(hex(syn));
+    // Negotiated: p2 = 40001, AID a2.
+    const k = {
+      proto: 6,
+      clientAddr: TA,
+      clientPort: 33000,
+      vipAddr: VIP,
+      vport: 9000,
+      natAddr: CA,
+      natPort: 33000,
+      realAddr: VIP,
+      realPort: P2,
+      service: 0,
+      aid: 1,
+      instance: 0,
+    };
+    const n = tun.written.length;
+    expect(p.injectHeld(held[0]!.pkt, k, 1001)).toBeGreaterThanOrEqual(0);
+    expect(hex(tun.written[n]!)).toBe(hex(seg(CA, 33000, VIP, P2, SYN, 500)));
+    expect(counters.synInjected).toBe(1);
+    // The server's SYN+ACK comes back from VIP:p2 to CA and leaves as VIP:9000 → TA.
+    expect(send(seg(VIP, P2, CA, 33000, SYN | ACK, 7, 501))).toEqual([
+      hex(seg(VIP, 9000, TA, 33000, SYN | ACK, 7, 501)),
+    ]);
+  });
+
+  it('client side: a refused negotiation answers the client with a RST', () => {
+    const { send, held, p, counters, tun } = coopSetup('client');
+    send(seg(TA, 33001, VIP, 9000, SYN, 41));
+    const n = tun.written.length;
+    p.refuseHeld(held[0]!.pkt);
+    expect(hex(tun.written[n]!)).toBe(
+      hex(
+        tcp4(
+          { src: VIP, dst: TA },
+          { srcPort: 9000, dstPort: 33001, seq: 0, ack: 42, flags: RST | ACK, window: 0 },
+        ),
+      ),
+    );
+    expect(counters.negotiationsFailed).toBe(1);
+    expect(counters.rstSent).toBe(1);
+  });
+
+  it('server side: a negotiated flow takes VIP:p2 to the instance; an unannounced VIP:p2 is dropped', () => {
+    const { send, p, counters } = coopSetup('server');
+    const CLIENT = ip4('198.18.70.2');
+    expect(send(seg(CLIENT, 33000, VIP, P2, SYN, 1))).toEqual([]);
+    expect(counters.drops[Drop.NOT_NEGOTIATED]).toBe(1);
+    const s = p.createFlow(
+      {
+        proto: 6,
+        clientAddr: CLIENT,
+        clientPort: 33000,
+        vipAddr: VIP,
+        vport: P2,
+        natAddr: CLIENT,
+        natPort: 33000,
+        realAddr: HOST,
+        realPort: 20001,
+        service: 0,
+        aid: 0,
+        instance: 0,
+      },
+      1000,
+    );
+    expect(s).toBeGreaterThanOrEqual(0);
+    expect(send(seg(CLIENT, 33000, VIP, P2, SYN, 1))).toEqual([
+      hex(seg(CLIENT, 33000, HOST, 20001, SYN, 1)),
+    ]);
+    expect(send(seg(HOST, 20001, CLIENT, 33000, SYN | ACK, 9, 2))).toEqual([
+      hex(seg(VIP, P2, CLIENT, 33000, SYN | ACK, 9, 2)),
+    ]);
   });
 });
