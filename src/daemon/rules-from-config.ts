@@ -63,5 +63,11 @@ export function hostPlanFromConfig(cfg: Config, tunName: string): HostPlan {
     replyPorts: replyPortRanges(cfg),
     routeTable: cfg.tun.routeTable,
     rulePriority: cfg.tun.rulePriority,
+    peerVips: cfg.services
+      .filter((s) => s.peer !== null)
+      .map((s) => ({
+        vip: ipv4ToString(s.address),
+        peer: ipv4ToString(cfg.cooperative!.peers[s.peer!]!.address!),
+      })),
   };
 }

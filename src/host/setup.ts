@@ -41,10 +41,18 @@ export interface HostPlan {
   replyPorts: readonly { lo: number; hi: number }[];
   routeTable: number;
   rulePriority: number;
+  /**
+   * Cooperative client side: the VIPs of services a peer serves, each with the
+   * address of that peer. Packets vpm writes back towards them (VIP:p2) must leave
+   * through the network, not the TUN again: they are routed by table routeTable+1,
+   * which holds each VIP via the route to its peer, for packets arriving from the TUN.
+   */
+  peerVips?: readonly { vip: string; peer: string }[];
 }
 
 export type Change =
   | { kind: 'rule'; args: string[] }
+  | { kind: 'route'; args: string[] }
   | { kind: 'sysctl'; key: string; old: string; value: string };
 
 export interface Journal {
@@ -114,6 +122,25 @@ export class HostSetup {
       run('ip', ['route', 'replace', `${plan.localClientAddr}/32`, 'dev', dev]);
       run('ip', ['route', 'replace', 'default', 'dev', dev, 'table', String(plan.routeTable)]);
       for (const args of replyRules(plan)) this.addRule(args);
+      if (plan.peerVips && plan.peerVips.length > 0) {
+        const out = String(plan.routeTable + 1);
+        for (const { vip, peer } of plan.peerVips) {
+          // The way to the peer, as the host routes it without vpm.
+          const r = JSON.parse(run('ip', ['-j', 'route', 'get', peer]))[0] as
+            | { gateway?: string; dev?: string }
+            | undefined;
+          if (!r?.dev)
+            throw new HostError(
+              'ERR_HOST_COMMAND',
+              `no route to peer ${peer} (ip route get ${peer})`,
+            );
+          const via = r.gateway ? ['via', r.gateway] : [];
+          run('ip', ['route', 'replace', `${vip}/32`, ...via, 'dev', r.dev, 'table', out]);
+          this.journal.changes.push({ kind: 'route', args: [`${vip}/32`, 'table', out] });
+          this.save();
+        }
+        this.addRule(['pref', String(plan.rulePriority), 'iif', dev, 'lookup', out]);
+      }
       this.setSysctl('net.ipv4.ip_forward', '1');
     } catch (e) {
       this.undo();
@@ -130,7 +157,7 @@ export class HostSetup {
     const wantKeys = new Set(want.map((a) => a.join(' ')));
     const keep: Change[] = [];
     for (const c of this.journal.changes) {
-      if (c.kind === 'rule' && !wantKeys.has(c.args.join(' '))) {
+      if (c.kind === 'rule' && c.args.includes('sport') && !wantKeys.has(c.args.join(' '))) {
         if (ruleExists(c.args)) run('ip', ['rule', 'del', ...c.args]);
       } else {
         keep.push(c);
@@ -182,9 +209,9 @@ function ruleExists(args: readonly string[]): boolean {
   // `ip rule show pref N` prints rules in a canonical form; compare on the parts we set.
   const prefIdx = args.indexOf('pref');
   const out = run('ip', ['rule', 'show', 'pref', args[prefIdx + 1]!]);
-  const parts = ['from', 'ipproto', 'sport', 'lookup'].map(
-    (k) => `${k} ${args[args.indexOf(k) + 1]}`,
-  );
+  const parts = ['from', 'iif', 'ipproto', 'sport', 'lookup']
+    .filter((k) => args.includes(k))
+    .map((k) => `${k} ${args[args.indexOf(k) + 1]}`);
   return out.split('\n').some((line) => parts.every((p) => line.includes(p)));
 }
 
@@ -196,6 +223,12 @@ export function undoJournal(j: Journal): string[] {
     try {
       if (c.kind === 'rule') {
         if (ruleExists(c.args)) run('ip', ['rule', 'del', ...c.args]);
+      } else if (c.kind === 'route') {
+        try {
+          run('ip', ['route', 'del', ...c.args]);
+        } catch {
+          // already gone (its device went away)
+        }
       } else {
         writeSysctl(c.key, c.old);
       }
@@ -269,7 +302,7 @@ export function cleanStale(stateFile: string): string[] {
     );
   }
   const done = j.changes.map((c) =>
-    c.kind === 'rule' ? `ip rule del ${c.args.join(' ')}` : `sysctl ${c.key}=${c.old}`,
+    c.kind === 'sysctl' ? `sysctl ${c.key}=${c.old}` : `ip ${c.kind} del ${c.args.join(' ')}`,
   );
   const errors = undoJournal(j);
   if (errors.length > 0)
