@@ -1,0 +1,388 @@
+/**
+ * `npm run bench:e2e`: vpm end to end, against the kernel and nftables.
+ *
+ * Builds two network namespaces (client — veth — host, see bench/e2e/topology.ts),
+ * starts `vpm up` in the host namespace, and measures the same client/server pair
+ * three ways in one run, interleaved: kernel direct, nftables DNAT, and through
+ * vpm. Metrics: TCP bulk throughput with iperf3 (1 and 4 streams), 64-byte
+ * request/response rate with p50/p99 latency (unpinned, and pinned to CPU 0), and
+ * connections per second. vpm's own counters are read around each of its
+ * measurements. Prints a table to stdout with progress on stderr, and writes the
+ * "End to end" section of docs/benchmarks.md. `--json [FILE]` adds the raw
+ * results, `--quick` makes it a smoke test. Everything it creates (namespaces,
+ * processes, the temporary directory) is removed at the end, on failure and on
+ * SIGINT/SIGTERM. Exit status: 0 done, 1 failed, 2 bad arguments.
+ */
+
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { addDelta, emptyActivity } from './bench/e2e/activity.js';
+import { type E2eOptions, parseArgs, USAGE, UsageError } from './bench/e2e/cli.js';
+import { Lab, type Proc, run, sweepStale } from './bench/e2e/lab.js';
+import {
+  type E2eReport,
+  METRIC_SPECS,
+  METRICS,
+  type MetricId,
+  PATH_NAMES,
+  PATHS,
+  type PathId,
+  type Sample,
+  type VpmActivity,
+} from './bench/e2e/model.js';
+import { buildRows, markdownSection, textReport } from './bench/e2e/report.js';
+import {
+  allowedCpus,
+  buildTcpbench,
+  buildTopology,
+  commandOnPath,
+  cpuSeconds,
+  pin,
+  startVpm,
+  TARGETS,
+  type Topology,
+  type Vpm,
+  vpmStats,
+} from './bench/e2e/topology.js';
+import { iperf, startEchoServer, startIperfServer, tcpbench } from './bench/e2e/workloads.js';
+import { machineFacts } from './bench/machine.js';
+import { spliceSection } from './bench/report.js';
+
+const DOC = 'docs/benchmarks.md';
+const SECTION = 'e2e';
+/** Payload of one request and of one response. */
+const MESSAGE_BYTES = 64;
+/** The CPU of the pinned variant. */
+const PIN_CPU = '0';
+
+/** The phases of a run: the metrics that share one server, and whether they are pinned. */
+const PHASES: readonly {
+  metrics: readonly MetricId[];
+  server: 'iperf' | 'echo';
+  pinned: boolean;
+}[] = [
+  { metrics: ['tcp1', 'tcp4'], server: 'iperf', pinned: false },
+  { metrics: ['rr', 'crr'], server: 'echo', pinned: false },
+  { metrics: ['rrPinned'], server: 'echo', pinned: true },
+];
+
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const pj = join(dir, 'package.json');
+    if (
+      existsSync(pj) &&
+      (JSON.parse(readFileSync(pj, 'utf8')) as { name?: string }).name === 'vpm'
+    )
+      return dir;
+    const up = dirname(dir);
+    if (up === dir) throw new Error('cannot find the vpm package root');
+    dir = up;
+  }
+}
+
+function writeAtomic(path: string, text: string): void {
+  mkdirSync(dirname(path), { recursive: true });
+  const tmp = `${path}.tmp-${process.pid}`;
+  writeFileSync(tmp, text);
+  renameSync(tmp, path);
+}
+
+function readOrNull(path: string): string | null {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+}
+
+/** What must be there before anything is created; each problem says how to fix it. */
+function preflight(root: string): string[] {
+  const problems: string[] = [];
+  const uid = typeof process.getuid === 'function' ? process.getuid() : -1;
+  if (uid !== 0) problems.push(`must run as root (it creates network namespaces); uid is ${uid}`);
+  for (const cmd of ['ip', 'iperf3', 'nft', 'taskset', 'ss']) {
+    if (!commandOnPath(cmd))
+      problems.push(`${cmd} not found on PATH (npm run setup installs it: scripts/setup.sh)`);
+  }
+  if (!commandOnPath('cc') && !commandOnPath('gcc'))
+    problems.push('no C compiler (cc or gcc) on PATH: apt-get install build-essential');
+  if (!existsSync(join(root, 'dist/src/cli/main.js')))
+    problems.push(
+      'dist/src/cli/main.js is missing: build first (npm run build:native && npm run build)',
+    );
+  return problems;
+}
+
+function firstLine(cmd: string, args: string[]): string {
+  try {
+    return run(cmd, args).split('\n')[0]?.trim() ?? cmd;
+  } catch {
+    return `${cmd}: unknown version`;
+  }
+}
+
+/** Paths in the order of one round: rotated by `k`, so no path is always first. */
+function rotated(k: number): PathId[] {
+  return PATHS.map((_, i) => PATHS[(i + k) % PATHS.length]!);
+}
+
+interface RunState {
+  opts: Readonly<E2eOptions>;
+  lab: Lab;
+  topo: Topology;
+  root: string;
+  vpm: Vpm;
+  bin: string;
+  warmup: number;
+  samples: Sample[];
+  activity: Map<MetricId, VpmActivity>;
+  /** The latest `vpm stats` snapshot, taken after the last vpm measurement. */
+  lastStats: Record<string, unknown> | null;
+  total: number;
+}
+
+function summary(s: Sample): string {
+  if (s.error !== undefined) return `FAILED: ${s.error.split('\n')[0]}`;
+  const spec = METRIC_SPECS[s.metric];
+  const v = spec.unit === 'Gbit/s' ? s.value.toFixed(2) : s.value.toFixed(0);
+  const extra =
+    s.p50Us !== undefined
+      ? ` (p50 ${s.p50Us.toFixed(1)} µs, p99 ${s.p99Us?.toFixed(1)} µs${s.errors ? `, ${s.errors} errors` : ''})`
+      : s.retransmits !== undefined
+        ? ` (${s.retransmits} retransmits)`
+        : '';
+  const cpu =
+    s.daemonCpuSec !== undefined && s.wallSec
+      ? `, vpm CPU ${((100 * s.daemonCpuSec) / s.wallSec).toFixed(0)}%`
+      : '';
+  return `${v} ${spec.unit}${extra}${cpu}`;
+}
+
+/** One measurement of `metric` over `path`; a failure is recorded, not thrown (unless vpm died). */
+async function measure(st: RunState, metric: MetricId, path: PathId, rep: number): Promise<Sample> {
+  const { lab, topo, opts, vpm } = st;
+  const seq = st.samples.length + 1;
+  const spec = METRIC_SPECS[metric];
+  process.stderr.write(
+    `[${String(seq).padStart(String(st.total).length)}/${st.total}] rep ${rep}/${opts.reps}  ${spec.label}  ${PATH_NAMES[path]} ... `,
+  );
+  if (vpm.proc.exit !== null)
+    throw new Error(`vpm exited during the run: ${lab.describe(vpm.proc)}`);
+  const t = TARGETS[path];
+  const isVpm = path === 'vpm';
+  // Only the vpm path reaches the daemon, so the snapshot after its previous
+  // measurement still holds before this one.
+  const before = isVpm ? (st.lastStats ?? vpmStats(st.root, vpm.socket)) : null;
+  const cpu0 = isVpm ? cpuSeconds(vpm.proc.pid) : 0;
+  const t0 = process.hrtime.bigint();
+  const sample: Sample = { metric, path, rep, seq, value: Number.NaN, seconds: opts.duration };
+  try {
+    if (metric === 'tcp1' || metric === 'tcp4') {
+      const r = await iperf(lab, topo.client, t, metric === 'tcp1' ? 1 : 4, opts.duration);
+      sample.value = r.gbps;
+      sample.seconds = r.seconds;
+      sample.retransmits = r.retransmits;
+    } else {
+      const mode = metric === 'crr' ? 'crr' : 'rr';
+      const o = { seconds: opts.duration, warmup: st.warmup, size: MESSAGE_BYTES };
+      const r = await tcpbench(
+        lab,
+        topo.client,
+        st.bin,
+        mode,
+        t,
+        spec.pinned ? { ...o, cpus: PIN_CPU } : o,
+      );
+      sample.value = r.rate;
+      sample.seconds = r.seconds;
+      sample.p50Us = r.p50Us;
+      sample.p99Us = r.p99Us;
+      sample.errors = r.errors;
+    }
+  } catch (e) {
+    sample.error = (e as Error).message;
+  }
+  if (isVpm && before) {
+    const wall = Number(process.hrtime.bigint() - t0) / 1e9;
+    const cpu = cpuSeconds(vpm.proc.pid) - cpu0;
+    sample.daemonCpuSec = cpu;
+    sample.wallSec = wall;
+    st.lastStats = vpmStats(st.root, vpm.socket);
+    addDelta(st.activity.get(metric)!, before, st.lastStats, wall, cpu);
+  }
+  process.stderr.write(`${summary(sample)}\n`);
+  st.samples.push(sample);
+  return sample;
+}
+
+async function runPhases(st: RunState): Promise<void> {
+  const { lab, topo, vpm } = st;
+  const allCpus = allowedCpus();
+  for (const phase of PHASES) {
+    let server: Proc | null = null;
+    try {
+      const cpus = phase.pinned ? PIN_CPU : undefined;
+      server =
+        phase.server === 'iperf'
+          ? await startIperfServer(lab, topo.host)
+          : await startEchoServer(lab, topo.host, st.bin);
+      if (cpus) {
+        pin(server.pid, cpus);
+        pin(vpm.proc.pid, cpus);
+      }
+      for (let rep = 1; rep <= st.opts.reps; rep++) {
+        for (const [mi, metric] of phase.metrics.entries()) {
+          for (const path of rotated(rep - 1 + mi)) await measure(st, metric, path, rep);
+        }
+      }
+    } finally {
+      if (phase.pinned && vpm.proc.exit === null) pin(vpm.proc.pid, allCpus);
+      if (server) await lab.stop(server);
+    }
+  }
+}
+
+async function main(argv: readonly string[]): Promise<number> {
+  let opts: Readonly<E2eOptions>;
+  try {
+    opts = parseArgs(argv);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    process.stderr.write(`bench:e2e: ${e.message}\n(run with --help for the options)\n`);
+    return 2;
+  }
+  if (opts.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const root = packageRoot();
+  const problems = preflight(root);
+  if (problems.length > 0) {
+    process.stderr.write(`bench:e2e: cannot run:\n${problems.map((p) => `  - ${p}`).join('\n')}\n`);
+    return 1;
+  }
+  const machine = machineFacts();
+  const t0 = process.hrtime.bigint();
+  const warmup = opts.quick ? 0.2 : 0.3;
+  const total = METRICS.length * PATHS.length * opts.reps;
+  process.stderr.write(
+    `bench:e2e: ${total} measurements, ${opts.quick ? 'quick' : 'full'} mode (${opts.reps} × ${opts.duration} s per metric and path)\n`,
+  );
+  for (const gone of sweepStale()) process.stderr.write(`bench:e2e: removed stale ${gone}\n`);
+
+  const lab = new Lab();
+  let st: RunState | null = null;
+  let vpmStatsEnd: Record<string, unknown> | null = null;
+  let cc = '';
+  let failure: Error | null = null;
+  try {
+    process.stderr.write(`bench:e2e: namespaces ${lab.id}-{client,host}\n`);
+    const topo = buildTopology(lab);
+    const built = buildTcpbench(lab, root);
+    cc = built.cc;
+    const vpm = await startVpm(lab, topo, root);
+    process.stderr.write(`bench:e2e: vpm up (pid ${vpm.proc.pid})\n`);
+    st = {
+      opts,
+      lab,
+      topo,
+      root,
+      vpm,
+      bin: built.bin,
+      warmup,
+      samples: [],
+      activity: new Map(METRICS.map((m) => [m, emptyActivity(m)])),
+      lastStats: null,
+      total,
+    };
+    await runPhases(st);
+    vpmStatsEnd = vpmStats(root, vpm.socket);
+    const exit = await lab.stop(vpm.proc, 'SIGTERM', 10_000);
+    if (exit.code !== 0)
+      throw new Error(
+        `vpm did not stop cleanly (${exit.code ?? exit.signal}): ${lab.describe(vpm.proc)}`,
+      );
+  } catch (e) {
+    failure = e as Error;
+  } finally {
+    try {
+      await lab.cleanup();
+    } catch (e) {
+      process.stderr.write(`bench:e2e: ${(e as Error).message}\n`);
+      failure ??= e as Error;
+    }
+  }
+  if (failure !== null || st === null) {
+    process.stderr.write(
+      `\nbench:e2e: failed: ${failure?.stack ?? failure?.message ?? 'unknown'}\n`,
+    );
+    return 1;
+  }
+
+  const report: E2eReport = {
+    schema: 'vpm-bench-e2e/1',
+    mode: opts.quick ? 'quick' : 'full',
+    options: {
+      duration: opts.duration,
+      reps: opts.reps,
+      warmupSec: warmup,
+      messageBytes: MESSAGE_BYTES,
+    },
+    machine,
+    tools: {
+      iperf3: firstLine('iperf3', ['--version']),
+      cc,
+      nft: firstLine('nft', ['--version']),
+    },
+    loadAvgEnd: os.loadavg()[0] ?? 0,
+    rows: buildRows(st.samples),
+    samples: st.samples,
+    vpmActivity: METRICS.map((m) => st.activity.get(m)!),
+    vpmStatsEnd,
+    vpmConfig: st.vpm.config,
+    durationSec: Number(process.hrtime.bigint() - t0) / 1e9,
+  };
+
+  const jsonToStdout = opts.json === '-';
+  (jsonToStdout ? process.stderr : process.stdout).write(`\n${textReport(report)}`);
+  let status = st.samples.some((s) => s.error !== undefined) ? 1 : 0;
+  if (opts.json !== null) {
+    const text = `${JSON.stringify(report, null, 2)}\n`;
+    if (jsonToStdout) process.stdout.write(text);
+    else {
+      try {
+        writeFileSync(opts.json, text);
+        process.stderr.write(`bench:e2e: wrote ${opts.json}\n`);
+      } catch (e) {
+        process.stderr.write(`bench:e2e: cannot write ${opts.json}: ${(e as Error).message}\n`);
+        status = 1;
+      }
+    }
+  }
+  const docPath = join(root, DOC);
+  try {
+    writeAtomic(docPath, spliceSection(readOrNull(docPath), SECTION, markdownSection(report)));
+  } catch (e) {
+    process.stderr.write(`bench:e2e: cannot update ${docPath}: ${(e as Error).message}\n`);
+    return 1;
+  }
+  process.stderr.write(`bench:e2e: wrote ${DOC} (section "${SECTION}")\n`);
+  if (status !== 0) process.stderr.write('bench:e2e: some measurements failed (see "problems")\n');
+  return status;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.stderr.write(
+      `bench:e2e: failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`,
+    );
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,147 @@
+/** What `npm run bench:e2e` measures: the paths, the metrics, and the shape of the results. */
+
+import type { MachineFacts } from '../machine.js';
+
+/** The three ways the same client reaches the same server. */
+export const PATHS = ['direct', 'dnat', 'vpm'] as const;
+export type PathId = (typeof PATHS)[number];
+
+export const PATH_NAMES: Readonly<Record<PathId, string>> = {
+  direct: 'kernel direct',
+  dnat: 'nftables DNAT',
+  vpm: 'vpm',
+};
+
+/** The metrics, in the order they are measured and shown. */
+export const METRICS = ['tcp1', 'tcp4', 'rr', 'rrPinned', 'crr'] as const;
+export type MetricId = (typeof METRICS)[number];
+
+export interface MetricSpec {
+  /** Row label. */
+  label: string;
+  /** Unit of the primary value. */
+  unit: string;
+  /** Whether the metric has latency percentiles. */
+  latency: boolean;
+  /** Client, server and daemon pinned to CPU 0. */
+  pinned: boolean;
+}
+
+export const METRIC_SPECS: Readonly<Record<MetricId, MetricSpec>> = {
+  tcp1: { label: 'TCP bulk, 1 stream (iperf3)', unit: 'Gbit/s', latency: false, pinned: false },
+  tcp4: { label: 'TCP bulk, 4 streams (iperf3)', unit: 'Gbit/s', latency: false, pinned: false },
+  rr: { label: '64 B request/response', unit: 'transactions/s', latency: true, pinned: false },
+  rrPinned: {
+    label: '64 B request/response, pinned to CPU 0',
+    unit: 'transactions/s',
+    latency: true,
+    pinned: true,
+  },
+  crr: {
+    label: 'connections (connect, 64 B request/response, close)',
+    unit: 'connections/s',
+    latency: true,
+    pinned: false,
+  },
+};
+
+/** One measurement of one metric over one path. */
+export interface Sample {
+  metric: MetricId;
+  path: PathId;
+  /** 1-based repetition. */
+  rep: number;
+  /** Position in the run (1-based), to see the interleaving. */
+  seq: number;
+  /** The primary value in the metric's unit; NaN when the measurement failed. */
+  value: number;
+  /** Measured seconds (after any warm-up). */
+  seconds: number;
+  /** Latency percentiles of one transaction / connection, in µs. */
+  p50Us?: number;
+  p99Us?: number;
+  /** iperf3: TCP retransmissions seen by the sender. */
+  retransmits?: number;
+  /** tcpbench: failed transactions or connections. */
+  errors?: number;
+  /** vpm only: CPU seconds the daemon used while the client ran (and its stats were read). */
+  daemonCpuSec?: number;
+  /** vpm only: wall-clock seconds of the same span. */
+  wallSec?: number;
+  /** Why the measurement failed. */
+  error?: string;
+}
+
+/** Median with the smallest and largest value. */
+export interface Stats {
+  median: number;
+  min: number;
+  max: number;
+  n: number;
+}
+
+export function stats(values: readonly number[]): Stats {
+  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return { median: Number.NaN, min: Number.NaN, max: Number.NaN, n: 0 };
+  const mid = v.length >> 1;
+  const median = v.length % 2 === 1 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2;
+  return { median, min: v[0]!, max: v[v.length - 1]!, n: v.length };
+}
+
+/** The numbers of one metric over one path, over all repetitions. */
+export interface Cell {
+  value: Stats;
+  p50Us?: Stats;
+  p99Us?: Stats;
+  retransmits?: Stats;
+  errors: number;
+  failures: number;
+}
+
+export interface Row {
+  metric: MetricId;
+  cells: Record<PathId, Cell>;
+  /** Median of the path over the median of kernel direct. */
+  dnatOverDirect: number;
+  vpmOverDirect: number;
+}
+
+/** vpm's counters over the vpm measurements of one metric (differences of snapshots). */
+export interface VpmActivity {
+  metric: MetricId;
+  /** Wall-clock seconds of the vpm measurements (client run time, warm-up included). */
+  wallSec: number;
+  /** CPU seconds (user + system) of the daemon over the same time. */
+  cpuSec: number;
+  packetsIn: number;
+  packetsOut: number;
+  bytesIn: number;
+  batches: number;
+  /** Batch-size histogram buckets ("1", "2-3", ..., "256+") → count of batches. */
+  batchSizes: Record<string, number>;
+  /** Non-zero drop reasons. */
+  drops: Record<string, number>;
+  flowsCreated: number;
+  flowsRefused: number;
+  rstSent: number;
+  /** TUN writes the kernel refused for a full queue. */
+  writeQueueFull: number;
+}
+
+export interface E2eReport {
+  schema: 'vpm-bench-e2e/1';
+  mode: 'full' | 'quick';
+  options: { duration: number; reps: number; warmupSec: number; messageBytes: number };
+  machine: MachineFacts;
+  tools: { iperf3: string; cc: string; nft: string };
+  /** Load average at the end (the machine facts hold the one at the start). */
+  loadAvgEnd: number;
+  rows: Row[];
+  samples: Sample[];
+  vpmActivity: VpmActivity[];
+  /** `vpm stats --json` at the end of the run. */
+  vpmStatsEnd: Record<string, unknown> | null;
+  /** The configuration vpm ran with. */
+  vpmConfig: Record<string, unknown>;
+  durationSec: number;
+}

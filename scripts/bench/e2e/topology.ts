@@ -1,0 +1,224 @@
+/**
+ * The network `npm run bench:e2e` measures in, and the vpm daemon inside it.
+ *
+ *   client namespace                      host namespace
+ *  ┌───────────────────────────┐  veth  ┌──────────────────────────────────────────────────┐
+ *  │ vc0 198.18.1.2  (direct)  ├────────┤ vh0 198.18.1.1                                   │
+ *  │     198.18.1.3  (DNAT)    │        │ server listens on 0.0.0.0:19001                  │
+ *  │     198.18.1.4  (vpm)     │        │ nft: from .3 to 198.19.0.9:9000 → dnat .1.1:19001│
+ *  │ 198.19.0.9/32 via .1.1    │        │ vpm up: 198.19.0.9/32 → vpm0 → 198.19.255.1:19001│
+ *  └───────────────────────────┘        └──────────────────────────────────────────────────┘
+ *
+ * One server process, one client namespace; the client's source address picks the
+ * path. Kernel direct: from .2 to the host's real address and real port. nftables
+ * DNAT: from .3 to the virtual service, rewritten in prerouting. vpm: from .4 to
+ * the same virtual service, which vpm routes into its TUN and rewrites to the
+ * instance (the TUN's address, port 19001); replies from that port are steered back
+ * into the TUN by vpm's policy rule. DNAT needs connection tracking, which would
+ * then apply to every packet of the host namespace; a `notrack` rule at raw
+ * priority keeps it to the DNAT client's packets, so that the direct and vpm paths
+ * run as on a host without nftables (one cheap rule evaluation aside).
+ *
+ * Every address is in 198.18.0.0/15 and lives only in these namespaces; every
+ * sysctl and nft rule is set inside them.
+ */
+
+import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { type Lab, type Proc, run, runWithInput } from './lab.js';
+import type { PathId } from './model.js';
+
+export const HOST_ADDR = '198.18.1.1';
+export const VIP = '198.19.0.9';
+export const VPORT = 9000;
+export const TUN_ADDR = '198.19.255.1';
+export const REAL_PORT = 19001;
+
+/** Where each path's client connects from and to. */
+export interface Target {
+  src: string;
+  dst: string;
+  port: number;
+}
+
+export const TARGETS: Readonly<Record<PathId, Target>> = {
+  direct: { src: '198.18.1.2', dst: HOST_ADDR, port: REAL_PORT },
+  dnat: { src: '198.18.1.3', dst: VIP, port: VPORT },
+  vpm: { src: '198.18.1.4', dst: VIP, port: VPORT },
+};
+
+export interface Topology {
+  client: string;
+  host: string;
+}
+
+function nftRuleset(): string {
+  const d = TARGETS.dnat.src;
+  return `table ip vpm_bench {
+  chain raw_prerouting {
+    type filter hook prerouting priority raw; policy accept;
+    ip saddr != ${d} notrack
+  }
+  chain raw_output {
+    type filter hook output priority raw; policy accept;
+    ip daddr != ${d} notrack
+  }
+  chain nat_prerouting {
+    type nat hook prerouting priority dstnat; policy accept;
+    ip saddr ${d} ip daddr ${VIP} tcp dport ${VPORT} dnat to ${HOST_ADDR}:${REAL_PORT}
+  }
+}
+`;
+}
+
+/** Build the two namespaces, the veth link, addresses, routes, sysctls and nft rules. */
+export function buildTopology(lab: Lab): Topology {
+  const client = lab.namespace('client');
+  const host = lab.namespace('host');
+  lab.veth({ ns: client, dev: 'vc0' }, { ns: host, dev: 'vh0' });
+  for (const t of Object.values(TARGETS))
+    run('ip', ['-n', client, 'addr', 'add', `${t.src}/24`, 'dev', 'vc0']);
+  run('ip', ['-n', host, 'addr', 'add', `${HOST_ADDR}/24`, 'dev', 'vh0']);
+  run('ip', ['-n', client, 'route', 'add', `${VIP}/32`, 'via', HOST_ADDR]);
+  // Connections per second: ~60k ports, and TIME_WAIT ports reused after 1 s
+  // (the client closes first, so TIME_WAIT is on its side).
+  lab.sysctl(client, 'net.ipv4.ip_local_port_range', '1024 65535');
+  lab.sysctl(client, 'net.ipv4.tcp_tw_reuse', '1');
+  runWithInput('ip', ['netns', 'exec', host, 'nft', '-f', '-'], nftRuleset());
+  return { client, host };
+}
+
+export { nftRuleset };
+
+/** The daemon's configuration: docs/examples/two-tenants.json with the socket in `dir`. */
+export function vpmConfig(dir: string): Record<string, unknown> {
+  return {
+    tun: {
+      name: 'vpm0',
+      address: TUN_ADDR,
+      localClientAddress: '198.19.255.2',
+      mtu: 1500,
+      txQueueLen: 10000,
+      batchSize: 64,
+      routeTable: 100,
+      rulePriority: 100,
+    },
+    services: [{ name: 'web', address: VIP, port: VPORT, protocol: 'tcp' }],
+    applications: [
+      { aid: 'tenant-a', instances: [{ port: REAL_PORT }] },
+      { aid: 'tenant-b', instances: [{ address: TUN_ADDR, port: REAL_PORT + 1 }] },
+    ],
+    selectors: [
+      {
+        service: 'web',
+        clients: ['198.18.1.0/24'],
+        clientPorts: '1024-65535',
+        aid: 'tenant-a',
+      },
+      { clients: ['198.18.2.0/24', '198.18.3.7/32'], aid: 'tenant-b' },
+    ],
+    default: { aid: 'tenant-a' },
+    // Twice the example's 65,536: the connection test reuses up to ~64k client
+    // ports, and closed flows stay for timeWaitMs.
+    limits: { maxFlows: 131072 },
+    timeouts: {
+      embryonicMs: 10000,
+      establishedIdleMs: 3600000,
+      closingMs: 60000,
+      timeWaitMs: 10000,
+    },
+    control: { socket: join(dir, 'vpm.sock') },
+    metrics: { listen: null },
+    log: { level: 'info' },
+  };
+}
+
+export interface Vpm {
+  proc: Proc;
+  socket: string;
+  config: Record<string, unknown>;
+}
+
+/** Start `vpm up` in the host namespace and wait for its "ready" log line. */
+export async function startVpm(lab: Lab, topo: Topology, root: string): Promise<Vpm> {
+  const config = vpmConfig(lab.dir);
+  const file = join(lab.dir, 'vpm.json');
+  writeFileSync(file, `${JSON.stringify(config, null, 2)}\n`);
+  const proc = lab.spawn(topo.host, process.execPath, [
+    join(root, 'dist/src/cli/main.js'),
+    'up',
+    '-c',
+    file,
+  ]);
+  try {
+    await lab.until(
+      () => /"event":"ready"/.test(proc.stdout) || proc.exit !== null,
+      'vpm to be ready',
+      20_000,
+    );
+  } catch (e) {
+    throw new Error(`${(e as Error).message}: ${lab.describe(proc)}`);
+  }
+  if (proc.exit !== null)
+    throw new Error(`vpm up exited before it was ready: ${lab.describe(proc)}`);
+  return { proc, socket: (config.control as { socket: string }).socket, config };
+}
+
+/** `vpm stats --json` over the control socket (a unix socket: reachable from any namespace). */
+export function vpmStats(root: string, socket: string): Record<string, unknown> {
+  const out = run(process.execPath, [
+    join(root, 'dist/src/cli/main.js'),
+    'stats',
+    '--json',
+    '-s',
+    socket,
+  ]);
+  return JSON.parse(out) as Record<string, unknown>;
+}
+
+const CLK_TCK = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
+/** CPU seconds (user + system, all threads) a process has used so far. */
+export function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name (which may hold spaces) start at ") ".
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+}
+
+/** Pin every thread of a process to `cpus` (a taskset list, e.g. "0" or "0-1"). */
+export function pin(pid: number, cpus: string): void {
+  run('taskset', ['-a', '-p', '-c', cpus, String(pid)]);
+}
+
+/** The CPUs this process may run on, as a taskset list ("0-1"). */
+export function allowedCpus(): string {
+  const m = /^Cpus_allowed_list:\s*(\S+)/m.exec(readFileSync('/proc/self/status', 'utf8'));
+  return m?.[1] ?? '0';
+}
+
+/** Compile the request/response helper (tcpbench.c) into the lab's directory; return its path. */
+export function buildTcpbench(lab: Lab, root: string): { bin: string; cc: string } {
+  const src = join(root, 'scripts/bench/e2e/tcpbench.c');
+  const bin = join(lab.dir, 'tcpbench');
+  const cc = commandOnPath('cc') ? 'cc' : 'gcc';
+  run(cc, ['-O2', '-Wall', '-o', bin, src], 60_000);
+  const version = run(cc, ['--version']).split('\n')[0]?.trim() ?? cc;
+  return { bin, cc: version };
+}
+
+export function commandOnPath(name: string): boolean {
+  try {
+    execFileSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
