@@ -18,6 +18,7 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { type Config, loadConfig } from '../config/config.js';
 import { ControlServer } from '../control/server.js';
+import { Cooperation } from '../coop/cooperation.js';
 import { Counters, DROP_NAMES } from '../datapath/counters.js';
 import { Pipeline } from '../datapath/pipeline.js';
 import type { Rules } from '../datapath/rules.js';
@@ -96,6 +97,7 @@ export class Daemon {
   private pool: PortPool | null = null;
   private registry: Registry | null = null;
   private metrics: Server | null = null;
+  private coop: Cooperation | null = null;
   private timer: NodeJS.Timeout | null = null;
   private stopping = false;
   readonly startedAt = Date.now();
@@ -158,11 +160,23 @@ export class Daemon {
           verifyL4Checksum: true,
           localClientAddr: cfg.tun.localClientAddress,
           localClientAid: (addr, port) => this.registry?.localClientAid(addr, port) ?? -1,
+          negotiate: (buf, off, len, info, svc, aid, local) =>
+            this.coop?.hold(buf, off, len, info, svc, aid, local),
+          holdUnknownLocal: cfg.applications.some((a) => a.executables.length > 0),
           onFlowEvent: (ev, slot, reason, info) => this.flowEvent(ev, slot, reason, info),
         },
         locals,
       );
       const pipeline = this.pipeline;
+      this.coop = new Cooperation(cfg, {
+        pipeline,
+        table: this.table,
+        counters: this.counters,
+        rules: () => this.rules!,
+        log: this.log,
+        now: () => performance.now(),
+      });
+      await this.coop.start();
       tun.start(
         (count) => pipeline.processBatch(count, performance.now()),
         (err) => {
@@ -279,6 +293,7 @@ export class Daemon {
       uptimeMs: Date.now() - this.startedAt,
       tun: { name: this.tun?.name, ...this.tun?.stats() },
       pool: this.pool?.stats() ?? null,
+      cooperative: this.cfg.cooperative ? this.coop?.stats() : null,
     };
   }
 
@@ -290,6 +305,8 @@ export class Daemon {
     if (next.control.socket !== this.cfg.control.socket) restart.push('control.socket');
     if (next.limits.maxFlows !== this.cfg.limits.maxFlows) restart.push('limits.maxFlows');
     if (JSON.stringify(next.pool) !== JSON.stringify(this.cfg.pool)) restart.push('pool');
+    if (JSON.stringify(next.cooperative) !== JSON.stringify(this.cfg.cooperative))
+      restart.push('cooperative');
     if (restart.length > 0) {
       this.log.warn(
         { event: 'reload_partial', needsRestart: restart },
@@ -310,11 +327,13 @@ export class Daemon {
     this.table?.timeouts.set([t.embryonicMs, t.establishedIdleMs, t.closingMs, t.timeWaitMs]);
     this.cfg = {
       ...next,
+      cooperative: this.cfg.cooperative,
       tun: this.cfg.tun,
       control: this.cfg.control,
       limits: this.cfg.limits,
       pool: this.cfg.pool,
     };
+    this.coop?.update(this.cfg);
     this.log.info({ event: 'reloaded', file: next.source }, 'configuration reloaded');
     return {
       ok: true,
@@ -409,6 +428,15 @@ export class Daemon {
   private async teardown(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.pool?.close();
+    try {
+      await this.coop?.close();
+    } catch (e) {
+      this.log.error(
+        { event: 'shutdown_error', err: (e as Error).message },
+        'closing the peer channels failed',
+      );
+    }
+    this.coop = null;
     const m = this.metrics;
     this.metrics = null;
     if (m) await new Promise<void>((resolve) => m.close(() => resolve()));

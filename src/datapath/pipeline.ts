@@ -74,7 +74,13 @@ export interface PipelineOptions {
     info: PacketInfo,
     svc: number,
     aid: number,
+    local: boolean,
   ) => void;
+  /**
+   * Hold (through `negotiate`) a local client's SYN whose AID neither the library
+   * nor a selector gave, so that the owner of its socket can be looked up.
+   */
+  holdUnknownLocal?: boolean;
   /** Called when a flow is created or refused (control plane: logs). Must not throw. */
   onFlowEvent?: (
     event: 'created' | 'refused',
@@ -301,7 +307,12 @@ export class Pipeline {
     if (rules.services[svc]!.peer >= 0) {
       // Served by a peer: hold the SYN while the two daemons negotiate (FIG. 6/7).
       if (!this.opts.negotiate) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
-      this.opts.negotiate(buf, off, info.ipTotalLen, info, svc, aid);
+      this.opts.negotiate(buf, off, info.ipTotalLen, info, svc, aid, local);
+      return -Drop.NEGOTIATING;
+    }
+    if (aid < 0 && local && this.opts.holdUnknownLocal && this.opts.negotiate) {
+      // A local client nobody vouched for: its socket's owner may tell (FIG. 8).
+      this.opts.negotiate(buf, off, info.ipTotalLen, info, svc, -1, true);
       return -Drop.NEGOTIATING;
     }
     if (aid < 0) return this.refused(Drop.REFUSED_NO_SELECTOR, info);

@@ -90,6 +90,8 @@ export interface ClientArgs {
   host?: string;
   port?: number;
   localAddress?: string;
+  /** Bind the client's socket to this source port (count 1 only). */
+  localPort?: number;
   up?: number;
   down?: number;
   paceMs?: number;

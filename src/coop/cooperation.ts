@@ -1,0 +1,489 @@
+/**
+ * Cooperative multiplexing in the daemon (FIG. 6/7), and local clients whose AID
+ * must be looked up before their connection can be placed (FIG. 8).
+ *
+ * Theory of operation.
+ *
+ * Client side. The pipeline hands over a SYN it must not place by itself — one to
+ * a service a peer serves, or one from a local client whose AID only the owner of
+ * its socket can tell — and drops it from the batch (reason `negotiating`). Here a
+ * copy is held, keyed by the client's address and port (a retransmitted SYN of a
+ * held one is dropped the same way and not held twice). Asynchronously:
+ *   1. the client application's AID: the one the pipeline found (bind/connect
+ *      library report, then selectors), else the executable of the socket's owner
+ *      (`applications[].executables`);
+ *   2. for a peer's service: negotiate with the peer (request → offer → the AID is
+ *      checked against the offered ones → ack → confirm), within the timeout; for a
+ *      local service: pick the AID's instance;
+ *   3. success: the pipeline records the flow and sends the held SYN on, rewritten
+ *      (to VIP:p2 for a peer); failure: the client gets a RST, and the refusal is
+ *      logged with both AIDs where there are two.
+ *
+ * Server side. A PeerServer accepts negotiations from the configured peers. A
+ * request is answered with the AIDs that have a live instance for the service and
+ * a fresh p2 from the cooperative port range; an ack records the flow (client ⇄
+ * VIP:p2 on the wire, ⇄ the instance inside) before the client's SYN arrives, and
+ * is confirmed. p2 goes back to its pool (after quarantine) when the flow ends, or
+ * at once when the offer is abandoned. A SYN to VIP:p2 that no negotiation
+ * announced is dropped by the pipeline (`not_negotiated`).
+ */
+
+import type { Logger } from 'pino';
+import type { Config } from '../config/config.js';
+import type { Counters } from '../datapath/counters.js';
+import type { Pipeline } from '../datapath/pipeline.js';
+import type { Rules } from '../datapath/rules.js';
+import type { FlowKeyArgs, FlowTable } from '../flow/table.js';
+import { PortPool } from '../virtual/pool.js';
+import { ipv4ToString, parseIpv4 } from '../wire/address.js';
+import { IPPROTO_TCP } from '../wire/ipv4.js';
+import type { PacketInfo } from '../wire/parse.js';
+import {
+  type AbandonReason,
+  type AckAnswer,
+  type Negotiation,
+  type OfferAnswer,
+  PeerClient,
+  type PeerInfo,
+  PeerServer,
+} from './channel.js';
+import { ownerExecutable } from './owner.js';
+import type { Message } from './protocol.js';
+import { ReplayCache } from './replay.js';
+
+interface Held {
+  pkt: Uint8Array;
+  srcAddr: number;
+  srcPort: number;
+  dstAddr: number;
+  dstPort: number;
+  svc: number;
+  aid: number;
+  local: boolean;
+  since: number;
+}
+
+export interface CooperationDeps {
+  pipeline: Pipeline;
+  table: FlowTable;
+  counters: Counters;
+  rules: () => Rules;
+  log: Logger;
+  /** Monotonic ms, the pipeline's clock. */
+  now: () => number;
+}
+
+function hexKey(hex: string): Buffer {
+  return Buffer.from(hex, 'hex');
+}
+
+export class Cooperation {
+  private readonly held = new Map<number, Held>();
+  private readonly clients = new Map<number, PeerClient>();
+  private server: PeerServer | null = null;
+  private readonly p2Pool: PortPool | null;
+  /** Server side: slot → p2 of a negotiated flow, released when the flow goes. */
+  private readonly p2OfSlot = new Map<number, number>();
+  /** Server side: negotiation (peer/connection/id) → slot, for an abandoned confirm. */
+  private readonly slotOfNeg = new Map<string, number>();
+  private readonly replay = new ReplayCache();
+  private resolved = 0;
+  private refused = 0;
+
+  constructor(
+    private cfg: Config,
+    private readonly d: CooperationDeps,
+  ) {
+    const co = cfg.cooperative;
+    this.p2Pool =
+      co?.listen != null
+        ? new PortPool(co.portRange.lo, co.portRange.hi, cfg.timeouts.timeWaitMs, 0)
+        : null;
+    d.table.onRemove = (slot) => {
+      const p2 = this.p2OfSlot.get(slot);
+      if (p2 === undefined) return;
+      this.p2OfSlot.delete(slot);
+      try {
+        this.p2Pool?.release(p2);
+      } catch (e) {
+        d.log.error({ event: 'internal_error', err: (e as Error).message }, 'releasing p2 failed');
+      }
+    };
+  }
+
+  /** A reloaded configuration (its cooperative section is kept: changing it needs a restart). */
+  update(cfg: Config): void {
+    this.cfg = { ...cfg, cooperative: this.cfg.cooperative };
+  }
+
+  /** Whether a SYN from a local client without a known AID must be held for an owner lookup. */
+  get ownerLookup(): boolean {
+    return this.cfg.applications.some((a) => a.executables.length > 0);
+  }
+
+  async start(): Promise<void> {
+    const co = this.cfg.cooperative;
+    if (!co) return;
+    co.peers.forEach((p, i) => {
+      if (p.address === null) return;
+      this.clients.set(
+        i,
+        new PeerClient({
+          host: ipv4ToString(p.address),
+          port: p.port,
+          name: co.name,
+          peer: p.name,
+          key: hexKey(p.key),
+          timeoutMs: co.timeoutMs,
+          replay: this.replay,
+          onEvent: (e) =>
+            this.d.log.debug({ event: 'peer_channel', peer: p.name, ...e }, 'peer channel'),
+        }),
+      );
+    });
+    if (co.listen) {
+      this.server = new PeerServer({
+        host: ipv4ToString(co.listen.address),
+        port: co.listen.port,
+        name: co.name,
+        keys: new Map(co.peers.map((p) => [p.name, hexKey(p.key)])),
+        replay: this.replay,
+        handler: {
+          request: (m, peer) => this.onRequest(m, peer),
+          ack: (m, neg, peer) => this.onAck(m, neg, peer),
+          abandon: (neg, why, peer) => this.onAbandon(neg, why, peer),
+        },
+        onEvent: (e) => {
+          if (e.kind === 'refused') {
+            this.d.log.warn(
+              {
+                event: 'negotiation_message_refused',
+                reason: e.reason,
+                detail: e.detail,
+                remote: e.remote,
+              },
+              'peer message refused',
+            );
+          }
+        },
+      });
+      await this.server.listen();
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.clients.values()) c.close();
+    this.clients.clear();
+    await this.server?.close();
+    this.server = null;
+    this.p2Pool?.close();
+  }
+
+  // ---------------------------------------------------------------- client side
+
+  /** The pipeline's `negotiate` hook: hold a copy of the SYN and resolve it later. */
+  hold(
+    buf: Uint8Array,
+    off: number,
+    len: number,
+    info: PacketInfo,
+    svc: number,
+    aid: number,
+    local: boolean,
+  ): void {
+    const key = info.srcAddr * 0x10000 + info.srcPort;
+    if (this.held.has(key)) return; // a retransmission of a SYN already held
+    const h: Held = {
+      pkt: buf.slice(off, off + len),
+      srcAddr: info.srcAddr,
+      srcPort: info.srcPort,
+      dstAddr: info.dstAddr,
+      dstPort: info.dstPort,
+      svc,
+      aid,
+      local,
+      since: this.d.now(),
+    };
+    this.held.set(key, h);
+    // Never inside the batch: the pipeline's scratch state belongs to it until it returns.
+    setImmediate(() => {
+      this.resolve(h).finally(() => this.held.delete(key));
+    });
+  }
+
+  private async resolve(h: Held): Promise<void> {
+    const rules = this.d.rules();
+    const svcRule = rules.services[h.svc];
+    const client = `${ipv4ToString(h.srcAddr)}:${h.srcPort}`;
+    const service = `${ipv4ToString(h.dstAddr)}:${h.dstPort}`;
+    const fail = (reason: string, extra: Record<string, unknown> = {}) => {
+      this.refused++;
+      this.d.pipeline.refuseHeld(h.pkt);
+      this.d.log.info(
+        { event: 'flow_refused', reason, client, service, ...extra },
+        'connection refused',
+      );
+    };
+    if (!svcRule) return fail('no_service');
+    let aid = h.aid;
+    let how = aid >= 0 ? 'report_or_selector' : '';
+    if (aid < 0 && h.local) {
+      const owner = await ownerExecutable(h.srcAddr, h.srcPort).catch(() => null);
+      if (owner) {
+        aid = this.cfg.applications.findIndex((a) => a.executables.includes(owner.exe));
+        if (aid >= 0) how = `executable ${owner.exe} (pid ${owner.pid})`;
+      }
+    }
+    if (aid < 0) return fail('no_aid');
+    const aidName = this.cfg.applications[aid]?.aid ?? `#${aid}`;
+    const nat = h.local ? this.cfg.tun.localClientAddress : h.srcAddr;
+    const k: FlowKeyArgs = {
+      proto: IPPROTO_TCP,
+      clientAddr: h.srcAddr,
+      clientPort: h.srcPort,
+      vipAddr: h.dstAddr,
+      vport: h.dstPort,
+      natAddr: nat,
+      natPort: h.srcPort,
+      realAddr: 0,
+      realPort: 0,
+      service: h.svc,
+      aid,
+      instance: 0,
+    };
+
+    if (svcRule.peer < 0) {
+      // A local service: the AID's own instance (FIG. 8).
+      const inst = rules.pickInstance(aid, h.svc);
+      if (inst < 0) return fail('refused_no_instance', { aid: aidName });
+      const target = rules.instances[aid]![inst]!;
+      k.realAddr = target.addr;
+      k.realPort = target.port;
+      k.instance = inst;
+      if (this.d.pipeline.injectHeld(h.pkt, k, this.d.now()) < 0)
+        return fail('refused_table_full', { aid: aidName });
+      this.resolved++;
+      this.d.log.info(
+        {
+          event: 'flow_created',
+          client,
+          service,
+          aid: aidName,
+          how,
+          real: `${ipv4ToString(k.realAddr)}:${k.realPort}`,
+        },
+        'local client placed by its AID',
+      );
+      return;
+    }
+
+    const peer = this.cfg.cooperative!.peers[svcRule.peer]!;
+    const pc = this.clients.get(svcRule.peer);
+    if (!pc) return fail('no_peer', { peer: peer.name });
+    try {
+      const r = await pc.negotiate({
+        client: `${ipv4ToString(nat)}:${h.srcPort}`,
+        service,
+        aid: aidName,
+      });
+      if (!r.ok) {
+        return fail(r.reason, {
+          peer: peer.name,
+          by: r.by,
+          clientAid: aidName,
+          serverAids: r.aids ?? [],
+          message: r.message,
+        });
+      }
+      k.realAddr = h.dstAddr; // the wire keeps the VIP ...
+      k.realPort = r.port; // ... on the negotiated port p2
+      if (this.d.pipeline.injectHeld(h.pkt, k, this.d.now()) < 0)
+        return fail('refused_table_full', { aid: aidName });
+      this.resolved++;
+      this.d.log.info(
+        {
+          event: 'flow_negotiated',
+          side: 'client',
+          peer: peer.name,
+          client,
+          service,
+          aid: aidName,
+          how,
+          p2: r.port,
+          id: r.id,
+        },
+        'connection negotiated with peer',
+      );
+    } catch (e) {
+      const err = e as { code?: string; message: string };
+      fail(
+        err.code === 'ERR_PEER_TIMEOUT'
+          ? 'peer_timeout'
+          : err.code === 'ERR_PEER_UNREACHABLE'
+            ? 'peer_unreachable'
+            : 'peer_error',
+        {
+          peer: peer.name,
+          clientAid: aidName,
+          code: err.code,
+          message: err.message,
+        },
+      );
+    }
+  }
+
+  // ---------------------------------------------------------------- server side
+
+  private aidsFor(svc: number): string[] {
+    const rules = this.d.rules();
+    const vport = rules.services[svc]!.port;
+    const out: string[] = [];
+    rules.instances.forEach((list, aid) => {
+      if (
+        list.some(
+          (r) => (r.service === -1 || r.service === svc) && (r.vport === 0 || r.vport === vport),
+        )
+      ) {
+        out.push(rules.aidNames[aid]!);
+      }
+    });
+    return out;
+  }
+
+  private onRequest(m: Message<'request'>, peer: PeerInfo): OfferAnswer {
+    const [addrText, portText] = m.body.service.split(':') as [string, string];
+    const addr = parseIpv4(addrText);
+    const svc =
+      addr === null ? -1 : this.d.rules().findService(addr, Number(portText), IPPROTO_TCP);
+    if (svc < 0) {
+      return {
+        type: 'refuse',
+        body: { reason: 'no_service', message: `${m.body.service} is not a virtual service here` },
+      };
+    }
+    const aids = this.aidsFor(svc);
+    if (aids.length === 0) {
+      this.d.log.info(
+        {
+          event: 'negotiation_refused',
+          side: 'server',
+          peer: peer.name,
+          reason: 'no_aid',
+          clientAid: m.body.aid,
+          service: m.body.service,
+        },
+        'no application listens on the service',
+      );
+      return {
+        type: 'refuse',
+        body: { reason: 'no_aid', message: `no application listens on ${m.body.service}` },
+      };
+    }
+    const p2 = this.p2Pool?.tryAcquire() ?? -1;
+    if (p2 < 0) {
+      return {
+        type: 'refuse',
+        body: { reason: 'ports_exhausted', message: 'no free port in the cooperative range' },
+      };
+    }
+    return { type: 'offer', body: { aids, port: p2 } };
+  }
+
+  private onAck(m: Message<'ack'>, neg: Negotiation, peer: PeerInfo): AckAnswer {
+    const rules = this.d.rules();
+    const [sAddr, sPort] = neg.request.service.split(':') as [string, string];
+    const [cAddr, cPort] = neg.request.client.split(':') as [string, string];
+    const vip = parseIpv4(sAddr)!;
+    const svc = rules.findService(vip, Number(sPort), IPPROTO_TCP);
+    const aid = rules.aidNames.indexOf(m.body.aid);
+    const inst = svc >= 0 && aid >= 0 ? rules.pickInstance(aid, svc) : -1;
+    if (inst < 0) {
+      return {
+        type: 'refuse',
+        body: {
+          reason: 'no_aid',
+          message: `${m.body.aid} has no live instance for ${neg.request.service} any more`,
+        },
+      };
+    }
+    const target = rules.instances[aid]![inst]!;
+    const client = parseIpv4(cAddr)!;
+    const s = this.d.pipeline.createFlow(
+      {
+        proto: IPPROTO_TCP,
+        clientAddr: client,
+        clientPort: Number(cPort),
+        vipAddr: vip,
+        vport: neg.offer.port,
+        natAddr: client,
+        natPort: Number(cPort),
+        realAddr: target.addr,
+        realPort: target.port,
+        service: svc,
+        aid,
+        instance: inst,
+      },
+      this.d.now(),
+    );
+    if (s < 0)
+      return { type: 'refuse', body: { reason: 'busy', message: 'the translation table is full' } };
+    this.p2OfSlot.set(s, neg.offer.port);
+    this.slotOfNeg.set(`${peer.connection}/${neg.id}`, s);
+    // The confirm is written right after this returns, or abandon() removes the flow.
+    setImmediate(() => this.slotOfNeg.delete(`${peer.connection}/${neg.id}`));
+    this.d.log.info(
+      {
+        event: 'flow_negotiated',
+        side: 'server',
+        peer: peer.name,
+        client: neg.request.client,
+        service: neg.request.service,
+        aid: m.body.aid,
+        p2: neg.offer.port,
+        real: `${ipv4ToString(target.addr)}:${target.port}`,
+        id: neg.id,
+      },
+      'connection negotiated with peer',
+    );
+    return { type: 'confirm' };
+  }
+
+  private onAbandon(neg: Negotiation, why: AbandonReason, peer: PeerInfo): void {
+    const s = this.slotOfNeg.get(`${peer.connection}/${neg.id}`);
+    if (s !== undefined) {
+      this.slotOfNeg.delete(`${peer.connection}/${neg.id}`);
+      this.d.table.remove(s); // releases p2 through onRemove
+    } else {
+      this.p2Pool?.release(neg.offer.port);
+    }
+    this.d.log.info(
+      {
+        event: 'negotiation_refused',
+        side: 'server',
+        peer: peer.name,
+        reason: why,
+        clientAid: neg.request.aid,
+        serverAids: neg.offer.aids,
+        client: neg.request.client,
+        service: neg.request.service,
+        id: neg.id,
+      },
+      why === 'refused' || why === 'aid_mismatch'
+        ? 'peer refused the offer (AID mismatch)'
+        : 'offer abandoned',
+    );
+  }
+
+  stats(): Record<string, unknown> {
+    const peers: Record<string, unknown> = {};
+    for (const [i, c] of this.clients) peers[this.cfg.cooperative!.peers[i]!.name] = c.stats();
+    return {
+      held: this.held.size,
+      resolved: this.resolved,
+      refused: this.refused,
+      p2: this.p2Pool?.stats() ?? null,
+      server: this.server?.stats() ?? null,
+      peers,
+    };
+  }
+}

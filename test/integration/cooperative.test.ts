@@ -1,0 +1,202 @@
+/**
+ * Cooperative multiplexing (FIG. 6/7): a vpm on the client host and a vpm on the
+ * server host negotiate a port p2 for each connection; the wire between them
+ * carries p2 in both directions; each application sees only the virtual port.
+ *
+ *   ns client                          ns router                        ns server
+ * ┌──────────────────────────┐      ┌──────────────────┐      ┌───────────────────────────────┐
+ * │ c0 198.18.10.2/24        │═veth═│ r0 198.18.10.1   │      │ s0 198.18.20.2/24             │
+ * │ vpm (client side)        │      │ r1 198.18.20.1   │═veth═│ vpm (server side), listens    │
+ * │  TUN 198.19.254.1        │      │ tcpdump on r1    │      │  198.18.20.2:7070 for peers   │
+ * │  local clients → .254.2  │      │ VIP → server     │      │  TUN 198.19.255.1, instances  │
+ * │ client apps, AIDs by     │      │ .254.0/24 → cli. │      │  a1 :19001, a2 :19002         │
+ * │  source port selectors   │      └──────────────────┘      └───────────────────────────────┘
+ * └──────────────────────────┘
+ *
+ * The virtual service web = 198.19.0.9:9000 is routed to the server host by the
+ * router, and to its own TUN by each vpm.
+ */
+
+import { createSocket } from 'node:dgram';
+import { connect } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { encode, makeMessage } from '../../src/coop/protocol.js';
+import { NetLab, requireRoot } from '../support/netns.js';
+import { jsonLines, type VpmConfigFile, VpmDaemon } from '../support/vpm.js';
+import { clientResult, runClient, spawnClient, startInstance } from './topology.js';
+
+void createSocket;
+void connect;
+
+const VIP = '198.19.0.9';
+const KEY = 'a1b2c3d4'.repeat(8);
+const lab = new NetLab('coop');
+let client: string;
+let router: string;
+let server: string;
+let vpmC: VpmDaemon;
+let vpmS: VpmDaemon;
+
+const clientCfg: VpmConfigFile = {
+  tun: { name: 'vpm0', address: '198.19.254.1', localClientAddress: '198.19.254.2' },
+  services: [{ name: 'web', address: VIP, port: 9000, peer: 'server' }],
+  applications: [{ aid: 'a1' }, { aid: 'a2' }, { aid: 'a3' }],
+  selectors: [
+    { clientPorts: '50000-50999', aid: 'a1' },
+    { clientPorts: '51000-51999', aid: 'a2' },
+    { clientPorts: '52000-52999', aid: 'a3' },
+  ],
+  default: { refuse: true },
+  cooperative: {
+    name: 'client',
+    timeoutMs: 800,
+    peers: [{ name: 'server', address: '198.18.20.2', port: 7070, key: KEY }],
+  },
+};
+
+const serverCfg: VpmConfigFile = {
+  tun: { name: 'vpm0', address: '198.19.255.1', localClientAddress: '198.19.255.2' },
+  services: [{ name: 'web', address: VIP, port: 9000 }],
+  applications: [
+    { aid: 'a1', instances: [{ port: 19001 }] },
+    { aid: 'a2', instances: [{ port: 19002 }] },
+  ],
+  default: { refuse: true },
+  cooperative: {
+    name: 'server',
+    listen: '198.18.20.2:7070',
+    portRange: '40000-40999',
+    peers: [{ name: 'client', key: KEY }],
+  },
+};
+
+beforeAll(async () => {
+  requireRoot();
+  client = lab.namespace('client', { ipv6: false });
+  router = lab.namespace('router', { ipv6: false });
+  server = lab.namespace('server', { ipv6: false });
+  lab.veth(
+    { ns: client, dev: 'c0', cidr: '198.18.10.2/24' },
+    { ns: router, dev: 'r0', cidr: '198.18.10.1/24' },
+  );
+  lab.veth(
+    { ns: router, dev: 'r1', cidr: '198.18.20.1/24' },
+    { ns: server, dev: 's0', cidr: '198.18.20.2/24' },
+  );
+  lab.run(client, 'ip', ['route', 'add', 'default', 'via', '198.18.10.1']);
+  lab.run(server, 'ip', ['route', 'add', 'default', 'via', '198.18.20.1']);
+  lab.run(router, 'ip', ['route', 'add', `${VIP}/32`, 'via', '198.18.20.2']);
+  lab.run(router, 'ip', ['route', 'add', '198.19.254.0/24', 'via', '198.18.10.2']);
+  lab.run(router, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+  vpmS = await VpmDaemon.start(lab, server, serverCfg);
+  vpmC = await VpmDaemon.start(lab, client, clientCfg);
+  await startInstance(lab, server, 'a1', 19001, '198.19.255.1');
+  await startInstance(lab, server, 'a2', 19002, '198.19.255.1');
+}, 90_000);
+
+afterAll(async () => {
+  await vpmC?.stop().catch(() => {});
+  await vpmS?.stop().catch(() => {});
+  await lab.cleanup();
+});
+
+/** Ports seen on the wire between the client host's local-client address and the VIP. */
+function wirePorts(pcap: string): { toVip: Set<number>; fromVip: Set<number> } {
+  const text = lab.run(router, 'tcpdump', ['-nn', '-r', pcap, 'tcp']);
+  const toVip = new Set<number>();
+  const fromVip = new Set<number>();
+  for (const line of text.split('\n')) {
+    let m = /198\.19\.254\.2\.\d+ > 198\.19\.0\.9\.(\d+):/.exec(line);
+    if (m) toVip.add(Number(m[1]));
+    m = /198\.19\.0\.9\.(\d+) > 198\.19\.254\.2\.\d+:/.exec(line);
+    if (m) fromVip.add(Number(m[1]));
+  }
+  return { toVip, fromVip };
+}
+
+describe('cooperative multiplexing between two vpm daemons', () => {
+  it('clients of AIDs a1 and a2 each reach their own instance; the wire carries p2 both ways; 10 MB each way intact', async () => {
+    const dir = lab.tempDir();
+    const pcap = `${dir}/wire.pcap`;
+    const dump = lab.spawn(router, 'tcpdump', [
+      '-i',
+      'r1',
+      '-nn',
+      '-U',
+      '-s',
+      '128',
+      '-w',
+      pcap,
+      'host',
+      VIP,
+      '-Z',
+      'root',
+    ]);
+    await new Promise((r) => setTimeout(r, 800));
+    const xfer = {
+      mode: 'xfer' as const,
+      host: VIP,
+      port: 9000,
+      up: 10_000_000,
+      down: 10_000_000,
+      timeoutMs: 60_000,
+    };
+    const [r1, r2] = await Promise.all([
+      clientResult(lab, spawnClient(lab, client, { ...xfer, localPort: 50001 }), 90_000),
+      clientResult(lab, spawnClient(lab, client, { ...xfer, localPort: 51001 }), 90_000),
+    ]);
+    await lab.stop(dump, 'SIGINT', 3000);
+    for (const [r, aid] of [
+      [r1, 'a1'],
+      [r2, 'a2'],
+    ] as const) {
+      expect(r.event, r.output).toBe('done');
+      const t = r as Record<string, unknown>;
+      // The instance of the client's own AID answered, and saw the client host's
+      // local-client address on its own real port.
+      expect(t.hello, r.output).toMatchObject({
+        instance: aid,
+        remoteAddress: '198.19.254.2',
+        localAddress: '198.19.255.1',
+      });
+      // Both directions byte-identical: the client's hashes equal the instance's.
+      expect(t.sentSha, r.output).toBeTruthy();
+      expect(t.sentSha).toBe((t.trailer as Record<string, unknown>)?.recvSha);
+      expect(t.recvSha).toBe((t.trailer as Record<string, unknown>)?.sentSha);
+      // The application sees only the virtual port.
+      expect(t).toMatchObject({ remoteAddress: VIP, remotePort: 9000 });
+    }
+    const { toVip, fromVip } = wirePorts(pcap);
+    expect([...toVip].length, `ports to VIP: ${[...toVip]}`).toBe(2);
+    for (const p of [...toVip, ...fromVip]) {
+      expect(p).toBeGreaterThanOrEqual(40000);
+      expect(p).toBeLessThanOrEqual(40999);
+    }
+    expect([...fromVip].sort()).toEqual([...toVip].sort());
+    expect(toVip.has(9000)).toBe(false);
+    const logsS = vpmS.logs().filter((l) => l.event === 'flow_negotiated');
+    expect(logsS.map((l) => l.aid).sort()).toEqual(['a1', 'a2']);
+  }, 120_000);
+
+  it('a client whose AID matches nothing on the server is reset quickly, logged on both sides, and leaves no flow', async () => {
+    const t0 = Date.now();
+    const r = await runClient(lab, client, {
+      mode: 'hello',
+      host: VIP,
+      port: 9000,
+      localPort: 52001,
+    });
+    expect(r.event, r.output).toBe('error');
+    expect(r.code).toBe('ECONNREFUSED');
+    expect(Date.now() - t0).toBeLessThan(3000);
+    const c = vpmC.logs().find((l) => l.event === 'flow_refused' && l.reason === 'aid_mismatch');
+    expect(c).toMatchObject({ clientAid: 'a3', serverAids: ['a1', 'a2'], peer: 'server' });
+    await new Promise((r) => setTimeout(r, 200));
+    const s = vpmS.logs().find((l) => l.event === 'negotiation_refused' && l.clientAid === 'a3');
+    expect(s).toMatchObject({ serverAids: ['a1', 'a2'], peer: 'client' });
+    for (const d of [vpmC, vpmS]) {
+      const flows = await d.flows();
+      expect(flows.filter((f) => String(f.client).endsWith(':52001'))).toEqual([]);
+    }
+  });
+});
