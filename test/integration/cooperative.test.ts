@@ -17,16 +17,13 @@
  * router, and to its own TUN by each vpm.
  */
 
-import { createSocket } from 'node:dgram';
-import { connect } from 'node:net';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { encode, makeMessage } from '../../src/coop/protocol.js';
 import { NetLab, requireRoot } from '../support/netns.js';
 import { jsonLines, type VpmConfigFile, VpmDaemon } from '../support/vpm.js';
 import { clientResult, runClient, spawnClient, startInstance } from './topology.js';
 
-void createSocket;
-void connect;
+const FORGE = fileURLToPath(new URL('./fixtures/forge.mjs', import.meta.url));
 
 const VIP = '198.19.0.9';
 const KEY = 'a1b2c3d4'.repeat(8);
@@ -99,6 +96,14 @@ afterAll(async () => {
   await vpmS?.stop().catch(() => {});
   await lab.cleanup();
 });
+
+/** The server daemon's negotiation-channel counters. */
+async function serverChannel(): Promise<{ refused: Record<string, number> }> {
+  const s = (await vpmS.stats()) as unknown as {
+    cooperative: { server: { refused: Record<string, number> } };
+  };
+  return s.cooperative.server;
+}
 
 /** Ports seen on the wire between the client host's local-client address and the VIP. */
 function wirePorts(pcap: string): { toVip: Set<number>; fromVip: Set<number> } {
@@ -199,4 +204,74 @@ describe('cooperative multiplexing between two vpm daemons', () => {
       expect(flows.filter((f) => String(f.client).endsWith(':52001'))).toEqual([]);
     }
   });
+
+  it('refuses and counts a forged, a replayed and a truncated negotiation message, and keeps serving', async () => {
+    const before = await serverChannel();
+    const out = lab.run(router, process.execPath, [
+      FORGE,
+      JSON.stringify({
+        host: '198.18.20.2',
+        port: 7070,
+        from: 'client',
+        key: KEY,
+        service: `${VIP}:9000`,
+      }),
+    ]);
+    const res = jsonLines(out).find((e) => e.event === 'done')!.results as Record<
+      string,
+      { closedByServer: boolean; answerBytes: number }
+    >;
+    expect(res.valid!.answerBytes, out).toBeGreaterThan(0); // a valid request gets an offer
+    for (const k of ['forged', 'replayed', 'truncated']) {
+      expect(res[k], `${k}: ${out}`).toEqual({ closedByServer: true, answerBytes: 0 });
+    }
+    const after = await serverChannel();
+    expect(after.refused.bad_mac! - before.refused.bad_mac!).toBe(1);
+    expect(after.refused.replayed! - before.refused.replayed!).toBe(1);
+    expect(after.refused.bad_length! - before.refused.bad_length!).toBe(1);
+    // Still serving: a real client of a1 gets through.
+    const r = await runClient(lab, client, {
+      mode: 'hello',
+      host: VIP,
+      port: 9000,
+      localPort: 50002,
+    });
+    expect(r.event, r.output).toBe('done');
+  });
+
+  it('refuses new connections within the timeout while the peer is down, and works again when it is back', async () => {
+    await vpmS.stop();
+    const t0 = Date.now();
+    const r = await runClient(lab, client, {
+      mode: 'hello',
+      host: VIP,
+      port: 9000,
+      localPort: 50003,
+    });
+    expect(r.event, r.output).toBe('error');
+    expect(r.code).toBe('ECONNREFUSED');
+    expect(Date.now() - t0).toBeLessThan(800 + 1500);
+    expect(
+      vpmC
+        .logs()
+        .some(
+          (l) =>
+            l.event === 'flow_refused' &&
+            (l.reason === 'peer_unreachable' || l.reason === 'peer_timeout'),
+        ),
+    ).toBe(true);
+    vpmS = await VpmDaemon.start(lab, server, serverCfg);
+    let ok = false;
+    for (let i = 0; i < 10 && !ok; i++) {
+      const again = await runClient(lab, client, {
+        mode: 'hello',
+        host: VIP,
+        port: 9000,
+        localPort: 50004 + i,
+      });
+      ok = again.event === 'done';
+      if (!ok) await new Promise((res) => setTimeout(res, 200));
+    }
+    expect(ok).toBe(true);
+  }, 60_000);
 });
