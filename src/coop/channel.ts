@@ -418,7 +418,7 @@ export class PeerServer {
 
   private onClose(c: ServerConn): void {
     // Closed by the peer in the middle of a frame: a frame shorter than its length.
-    if (c.alive && c.reader.pending > 0)
+    if (c.alive && !this.closing && c.reader.pending > 0)
       this.refused(c, 'bad_length', `connection closed inside a frame (${c.reader.pending} bytes)`);
     c.alive = false;
     this.conns.delete(c);
