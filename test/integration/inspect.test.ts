@@ -55,19 +55,21 @@ afterAll(async () => {
 
 describe('inspection', () => {
   it('vpm flows --json lists exactly the live connections, with their AIDs and ports', async () => {
-    const slow = { mode: 'xfer' as const, up: 200_000, down: 1000, paceMs: 2500 };
+    const slow = { mode: 'xfer' as const, up: 200_000, down: 1000, paceMs: 6000 };
     const clients = [
       spawnClient(lab, topo.tenantA, slow),
       spawnClient(lab, topo.tenantA, slow),
       spawnClient(lab, topo.tenantB, slow),
     ];
     // While they are all sending:
-    let flows: Record<string, unknown>[] = [];
-    for (let i = 0; i < 40; i++) {
-      flows = (await vpm.cliJson('flows')) as Record<string, unknown>[];
-      if (flows.filter((f) => f.state === 'established').length === 3) break;
+    // Poll over the control socket until all three are established, then read them
+    // once through the real CLI, as a user would.
+    for (let i = 0; i < 100; i++) {
+      const quick = await vpm.flows();
+      if (quick.filter((f) => f.state === 'established').length === 3) break;
       await new Promise((r) => setTimeout(r, 50));
     }
+    const flows = (await vpm.cliJson('flows')) as Record<string, unknown>[];
     const live = flows.filter((f) => f.state === 'established');
     expect(flows.length, JSON.stringify(flows)).toBe(3);
     const summary = live
