@@ -71,6 +71,8 @@ export interface CooperationDeps {
   log: Logger;
   /** Monotonic ms, the pipeline's clock. */
   now: () => number;
+  /** The AID index the bind/connect library reported for a local client, or -1. */
+  localClientAid?: (addr: number, port: number) => number;
 }
 
 function hexKey(hex: string): Buffer {
@@ -227,6 +229,11 @@ export class Cooperation {
     if (!svcRule) return fail('no_service');
     let aid = h.aid;
     let how = aid >= 0 ? 'report_or_selector' : '';
+    if (aid < 0 && h.local && this.d.localClientAid) {
+      // The library's report may have arrived after the SYN: ask again.
+      aid = this.d.localClientAid(h.srcAddr, h.srcPort);
+      if (aid >= 0) how = 'library report';
+    }
     if (aid < 0 && h.local) {
       const owner = await ownerExecutable(h.srcAddr, h.srcPort).catch(() => null);
       if (owner) {

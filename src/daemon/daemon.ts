@@ -175,6 +175,7 @@ export class Daemon {
         rules: () => this.rules!,
         log: this.log,
         now: () => performance.now(),
+        localClientAid: (addr, port) => this.registry?.localClientAid(addr, port) ?? -1,
       });
       await this.coop.start();
       tun.start(
