@@ -24,10 +24,20 @@ if [ -z "$gyp" ]; then
 fi
 [ -n "$gyp" ] || fail "node-gyp not found (it ships with npm)"
 
-# Rebuild only when a source is newer than the addon.
+# Rebuild only when a source is newer than the addon (src/preload is not part of it).
 out=build/Release/vpm_native.node
-if [ -f "$out" ] && [ -z "$(find binding.gyp src -newer "$out" -print -quit)" ]; then
-  exit 0
+if [ ! -f "$out" ] || [ -n "$(find binding.gyp src -path src/preload -prune -o -newer "$out" -print -quit)" ]; then
+  $gyp rebuild --nodedir="${hdr%/include/node}" --loglevel=error >/tmp/vpm-native-build.log 2>&1 || { cat /tmp/vpm-native-build.log >&2; fail "compilation failed (log above)"; }
+  [ -f "$out" ] || fail "node-gyp finished but $out is missing"
 fi
-$gyp rebuild --nodedir="${hdr%/include/node}" --loglevel=error >/tmp/vpm-native-build.log 2>&1 || { cat /tmp/vpm-native-build.log >&2; fail "compilation failed (log above)"; }
-[ -f "$out" ] || fail "node-gyp finished but $out is missing"
+
+# The interception library for `vpm exec` (LD_PRELOAD; native/src/preload/).
+# After the addon: `node-gyp rebuild` empties build/. Rebuilt when missing or
+# when a source is newer.
+lib=build/libvpm_preload.so
+if [ ! -f "$lib" ] || [ -n "$(find src/preload -newer "$lib" -print -quit)" ]; then
+  command -v gcc >/dev/null || fail "gcc not found (needed for $lib): install build-essential (apt-get install build-essential)"
+  mkdir -p build
+  gcc -O2 -fPIC -shared -Wall -Wextra -o "$lib.tmp" src/preload/*.c -ldl -lpthread || { rm -f "$lib.tmp"; fail "compiling the interception library failed (errors above)"; }
+  mv -f "$lib.tmp" "$lib"
+fi

@@ -1,0 +1,141 @@
+/**
+ * What `vpm exec` puts into the environment of the program it runs: the
+ * interception library (LD_PRELOAD) and its settings (VPM_*), derived from the
+ * daemon's answer to `hello`. Pure functions: src/cli/exec.ts does the I/O.
+ */
+
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { packageRoot } from '../native/index.js';
+
+/** How long the library waits for the daemon, on top of the pool's own wait. */
+export const DEFAULT_TIMEOUT_MS = 3000;
+
+/** native/build/libvpm_preload.so, built by scripts/build-native.sh. */
+export function preloadLibraryPath(): string {
+  return join(packageRoot(), 'native', 'build', 'libvpm_preload.so');
+}
+
+/** A multiplexed port, as `hello` lists it. */
+export interface MultiplexedPort {
+  proto: 'tcp' | 'udp';
+  vport: number;
+}
+
+/** The part of the daemon's `hello` answer that `vpm exec` uses. */
+export interface Hello {
+  aid: string;
+  ports: MultiplexedPort[];
+  /** How long a bind may wait for a free port in the pool (0: no wait). */
+  waitTimeoutMs: number;
+}
+
+export class ExecError extends Error {
+  readonly code: string;
+  readonly exitCode: number;
+  constructor(code: string, message: string, exitCode = 1) {
+    super(message);
+    this.name = 'ExecError';
+    this.code = code;
+    this.exitCode = exitCode;
+  }
+}
+
+const isObject = (x: unknown): x is Record<string, unknown> =>
+  typeof x === 'object' && x !== null && !Array.isArray(x);
+
+/**
+ * Check the daemon's `hello` result for `aid` (it comes over a socket: trust
+ * its shape only after looking) and say clearly why a program could not run
+ * under vpm: unknown AID, no pool.
+ */
+export function parseHello(aid: string, socket: string, result: unknown): Hello {
+  if (!isObject(result))
+    throw new ExecError('ERR_CONTROL_IO', `the daemon at ${socket} sent a malformed hello answer`);
+  if (result.known === false)
+    throw new ExecError(
+      'ERR_UNKNOWN_AID',
+      `AID "${aid}" is not in the configuration of the daemon at ${socket}`,
+    );
+  if (result.pool === null || result.pool === undefined)
+    throw new ExecError(
+      'ERR_NO_POOL',
+      `the daemon at ${socket} has no port pool (pool.range in its configuration), so programs under vpm exec cannot get real ports`,
+    );
+  if (!Array.isArray(result.ports))
+    throw new ExecError('ERR_CONTROL_IO', `the daemon at ${socket} sent no port list in hello`);
+  const ports: MultiplexedPort[] = [];
+  for (const p of result.ports as unknown[]) {
+    if (
+      !isObject(p) ||
+      (p.proto !== 'tcp' && p.proto !== 'udp') ||
+      typeof p.vport !== 'number' ||
+      !Number.isInteger(p.vport) ||
+      p.vport < 1 ||
+      p.vport > 65535
+    ) {
+      throw new ExecError(
+        'ERR_CONTROL_IO',
+        `the daemon at ${socket} sent a bad port in hello: ${JSON.stringify(p)}`,
+      );
+    }
+    ports.push({ proto: p.proto, vport: p.vport });
+  }
+  const pool = isObject(result.pool) ? result.pool : {};
+  const wait = result.waitTimeoutMs ?? pool.waitTimeoutMs ?? 0;
+  const waitTimeoutMs = typeof wait === 'number' && Number.isFinite(wait) && wait > 0 ? wait : 0;
+  return { aid, ports, waitTimeoutMs };
+}
+
+/** VPM_PORTS: "tcp:9000,udp:5353". */
+export function portsList(ports: readonly MultiplexedPort[]): string {
+  return ports.map((p) => `${p.proto}:${p.vport}`).join(',');
+}
+
+/**
+ * LD_PRELOAD with `lib` first. ld.so splits the list at spaces and colons and
+ * knows no quoting, so a path with either cannot be preloaded at all.
+ */
+export function preloadValue(lib: string, existing: string | undefined): string {
+  if (/[\s:]/.test(lib))
+    throw new ExecError(
+      'ERR_PRELOAD_PATH',
+      `the interception library's path "${lib}" contains a space or a colon, which LD_PRELOAD cannot express; install vpm in a directory without them`,
+    );
+  const rest = (existing ?? '')
+    .split(/[\s:]+/)
+    .filter((p) => p.length > 0 && p !== lib)
+    .join(':');
+  return rest ? `${lib}:${rest}` : lib;
+}
+
+export interface ExecEnvOptions {
+  /** Absolute path of the control socket. */
+  socket: string;
+  hello: Hello;
+  /** Absolute path of libvpm_preload.so. */
+  lib: string;
+  /** The library's base timeout; default DEFAULT_TIMEOUT_MS. */
+  timeoutMs?: number;
+  /** VPM_DEBUG=1: the library traces every decision on stderr. Default false. */
+  debug?: boolean;
+}
+
+/** The environment of the program: `base` plus the library and its settings. */
+export function execEnvironment(base: NodeJS.ProcessEnv, o: ExecEnvOptions): NodeJS.ProcessEnv {
+  if (!existsSync(o.lib))
+    throw new ExecError(
+      'ERR_PRELOAD_MISSING',
+      `the interception library ${o.lib} is not built (run: npm run build:native)`,
+    );
+  const env: NodeJS.ProcessEnv = {
+    ...base,
+    LD_PRELOAD: preloadValue(o.lib, base.LD_PRELOAD),
+    VPM_SOCKET: o.socket,
+    VPM_AID: o.hello.aid,
+    VPM_PORTS: portsList(o.hello.ports),
+    VPM_TIMEOUT_MS: String((o.timeoutMs ?? DEFAULT_TIMEOUT_MS) + o.hello.waitTimeoutMs),
+  };
+  if (o.debug) env.VPM_DEBUG = '1';
+  return env;
+}
