@@ -11,6 +11,7 @@ import { packageRoot } from '../native/index.js';
 import { registerCheckConfig } from './check-config.js';
 import { registerDaemonCommands, registerDemo } from './daemon-cmds.js';
 import { registerDecode } from './decode.js';
+import { registerExec } from './exec.js';
 
 function version(): string {
   try {
@@ -32,6 +33,7 @@ export function buildProgram(): Command {
   registerCheckConfig(program);
   registerDaemonCommands(program);
   registerDemo(program);
+  registerExec(program);
   return program;
 }
 
