@@ -302,7 +302,7 @@ export class VpmDaemon {
   }
 
   /** `vpm <cmd> --json -s SOCKET` through the real CLI, run in the daemon's namespace. */
-  async cliJson(cmd: 'stats' | 'flows', timeoutMs = 15_000): Promise<unknown> {
+  async cliJson(cmd: 'stats' | 'flows' | 'instances', timeoutMs = 15_000): Promise<unknown> {
     const r = await runVpm(this.lab, this.ns, [cmd, '--json', '-s', this.socket], timeoutMs);
     if (r.code !== 0) throw new Error(`vpm ${cmd} exited ${r.code ?? r.signal}: ${r.stderr}`);
     return JSON.parse(r.stdout);
