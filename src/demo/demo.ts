@@ -5,11 +5,13 @@
  *   tenant-a (198.18.1.2) ──veth── host (198.18.1.1 | 198.18.2.1) ──veth── tenant-b (198.18.2.2)
  *                                   │ vpm daemon, TUN vpm0 (198.19.255.1)
  *                                   │ virtual service web = 198.19.0.9:9000
- *                                   │ instance "A" of the server program (real port 19001)
- *                                   │ instance "B" of the same program   (real port 19002)
+ *                                   │ copy "A" of a server program, `vpm exec --aid tenant-a` … listen 9000
+ *                                   │ copy "B" of the same program, `vpm exec --aid tenant-b` … listen 9000
  *
- * Tenant A's clients (198.18.1.0/24) belong to AID tenant-a, tenant B's
- * (198.18.2.0/24) to tenant-b; a client on the host itself goes to tenant-a.
+ * Both copies "bind 9000": the bind/connect library (loaded by vpm exec) gets each
+ * a real port from vpm's pool. Tenant A's clients (198.18.1.0/24) belong to AID
+ * tenant-a, tenant B's (198.18.2.0/24) to tenant-b; a client on the host itself
+ * goes to tenant-a.
  * The demo checks what it shows: it exits non-zero if a client did not reach its
  * own instance, or an instance did not see the client's real address.
  */
@@ -38,10 +40,8 @@ function demoConfig(socket: string): object {
   return {
     tun: { name: 'vpm0', address: '198.19.255.1', localClientAddress: '198.19.255.2' },
     services: [{ name: 'web', address: VIP, port: PORT, protocol: 'tcp' }],
-    applications: [
-      { aid: 'tenant-a', instances: [{ port: 19001 }] },
-      { aid: 'tenant-b', instances: [{ port: 19002 }] },
-    ],
+    applications: [{ aid: 'tenant-a' }, { aid: 'tenant-b' }],
+    pool: { range: '20000-20099', quarantineMs: 1000, waitTimeoutMs: 5000 },
     selectors: [
       { clients: ['198.18.1.0/24', '198.19.255.1/32'], aid: 'tenant-a' },
       { clients: ['198.18.2.0/24'], aid: 'tenant-b' },
@@ -133,11 +133,40 @@ export async function runDemo(
     const daemon = sb.spawn(host, node, [cli, 'up', '-c', cfgFile]);
     await waitForLine(daemon, (l) => l.includes('"event":"ready"'), 'vpm up');
 
-    out('[3/6] starting two instances of the same server program (real ports 19001 and 19002)');
-    const instA = sb.spawn(host, node, [server, 'A', '19001']);
-    const instB = sb.spawn(host, node, [server, 'B', '19002']);
-    await waitForLine(instA, (l) => l.includes('listening'), 'instance A');
-    await waitForLine(instB, (l) => l.includes('listening'), 'instance B');
+    out('[3/6] starting two copies of the same server program, both on port 9000, under vpm exec:');
+    const exec = (aid: string, name: string) =>
+      sb.spawn(host, node, [
+        cli,
+        'exec',
+        '--aid',
+        aid,
+        '-s',
+        socket,
+        '--',
+        node,
+        server,
+        name,
+        String(PORT),
+      ]);
+    const instA = exec('tenant-a', 'A');
+    const instB = exec('tenant-b', 'B');
+    for (const [inst, aid, name] of [
+      [instA, 'tenant-a', 'A'],
+      [instB, 'tenant-b', 'B'],
+    ] as const) {
+      const line = await waitForLine(inst, (l) => l.includes('listening'), `copy ${name}`);
+      const seen = (JSON.parse(line) as { port: number }).port;
+      out(
+        `      vpm exec --aid ${aid} -- node server.js ${name} ${PORT}   → the program says it listens on port ${seen}`,
+      );
+    }
+    const registered = (await controlRequest(socket, 'instances')) as {
+      aid: string;
+      port: number;
+    }[];
+    out(
+      `      vpm gave them real ports ${registered.map((i) => `${i.port} (${i.aid})`).join(' and ')}`,
+    );
 
     out(`[4/6] connecting to ${VIP}:${PORT} from tenant A, tenant B and the host itself`);
     const connect = (ns: string): ClientResult => {
@@ -176,7 +205,7 @@ export async function runDemo(
         g.instance === c.want && sawAddr === c.seenAs && r.clientSaw.remote === `${VIP}:${PORT}`;
       if (!right) failures++;
       out(
-        `  ${right ? '✔' : '✘'} ${c.who} (${c.addr}) connected to ${r.clientSaw.remote} and was answered by instance ${g.instance} ` +
+        `  ${right ? '✔' : '✘'} ${c.who} (${c.addr}) connected to ${r.clientSaw.remote} and was answered by copy ${g.instance} ` +
           `(pid ${g.pid}, real port ${g.localPort}), which saw the client as ${g.sawClient}` +
           (c.seenAs === c.addr
             ? ' — its real address'
@@ -185,7 +214,7 @@ export async function runDemo(
     }
     out(
       failures === 0
-        ? '  Each tenant reached its own instance on port 9000, the clients saw only port 9000, and each instance saw the client address.'
+        ? '  Each tenant reached its own copy of the server on port 9000; the clients saw only port 9000; each copy saw the client address.'
         : `  ${failures} check(s) failed.`,
     );
 

@@ -1,7 +1,7 @@
 /**
  * The demo's server program: one unmodified-style TCP server that says who it is
  * and what address the connection came from, then echoes. Two copies of it run
- * side by side. Usage: node server.js NAME PORT [HOST]
+ * side by side, both on the same port under `vpm exec`. Usage: node server.js NAME PORT [HOST]
  */
 
 import { createServer } from 'node:net';
@@ -16,6 +16,9 @@ const server = createServer((sock) => {
   sock.on('error', () => {});
 });
 server.listen(port, host, () => {
-  process.stdout.write(`${JSON.stringify({ listening: name, port, pid: process.pid })}\n`);
+  // What the program itself sees: under vpm exec, the virtual port it asked for.
+  const a = server.address();
+  const seen = typeof a === 'object' && a !== null ? a.port : port;
+  process.stdout.write(`${JSON.stringify({ listening: name, port: seen, pid: process.pid })}\n`);
 });
 process.on('SIGTERM', () => server.close(() => process.exit(0)));

@@ -18,13 +18,22 @@ describe('vpm demo', () => {
     const r = spawnSync(process.execPath, [cli, 'demo'], { encoding: 'utf8', timeout: 60_000 });
     expect(r.status, r.stdout + r.stderr).toBe(0);
     expect(r.stdout).toMatch(
-      /✔ tenant A \(198\.18\.1\.2\) connected to 198\.19\.0\.9:9000 and was answered by instance A .* saw the client as 198\.18\.1\.2:\d+/,
+      /✔ tenant A \(198\.18\.1\.2\) connected to 198\.19\.0\.9:9000 and was answered by copy A .* saw the client as 198\.18\.1\.2:\d+/,
     );
     expect(r.stdout).toMatch(
-      /✔ tenant B \(198\.18\.2\.2\) connected to 198\.19\.0\.9:9000 and was answered by instance B .* saw the client as 198\.18\.2\.2:\d+/,
+      /✔ tenant B \(198\.18\.2\.2\) connected to 198\.19\.0\.9:9000 and was answered by copy B .* saw the client as 198\.18\.2\.2:\d+/,
     );
-    expect(r.stdout).toMatch(/✔ a client on the vpm host .* answered by instance A/);
+    expect(r.stdout).toMatch(/✔ a client on the vpm host .* answered by copy A/);
     expect(r.stdout).not.toContain('✘');
+    // Both copies asked for port 9000 under vpm exec, and say so themselves.
+    expect(
+      r.stdout.match(
+        /vpm exec --aid tenant-[ab] -- node server\.js [AB] 9000 {3}→ the program says it listens on port 9000/g,
+      ),
+    ).toHaveLength(2);
+    expect(r.stdout).toMatch(
+      /vpm gave them real ports 200\d\d \(tenant-a\) and 200\d\d \(tenant-b\)/,
+    );
     expect(r.stdout).toMatch(/3 flows/);
     const prefix = r.stdout.match(/namespaces (vpmdemo-\d+-[0-9a-f]+)-/)?.[1];
     expect(prefix).toBeTruthy();
