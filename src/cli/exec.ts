@@ -20,6 +20,7 @@ import {
   DEFAULT_TIMEOUT_MS,
   execEnvironment,
   parseHello,
+  portsList,
   preloadLibraryPath,
 } from '../exec/environment.js';
 import { DEFAULT_SOCKET } from './daemon-cmds.js';
@@ -75,6 +76,11 @@ export function registerExec(program: Command): void {
         socket,
         await controlRequest(socket, 'hello', { aid: o.aid, pid: process.pid }, HELLO_TIMEOUT_MS),
       );
+      if (hello.noPool) {
+        process.stderr.write(
+          `vpm: note: the daemon at ${socket} has no port pool (pool.range): binds of ${portsList(hello.ports) || 'multiplexed ports'} will be refused; connects are reported as AID ${o.aid}\n`,
+        );
+      }
       const env = execEnvironment(process.env, {
         socket,
         hello,

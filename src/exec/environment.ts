@@ -28,6 +28,12 @@ export interface Hello {
   ports: MultiplexedPort[];
   /** How long a bind may wait for a free port in the pool (0: no wait). */
   waitTimeoutMs: number;
+  /**
+   * The daemon has no port pool: the program's binds of multiplexed ports will be
+   * refused (ERR_NO_POOL), but its connects are still reported — which is what a
+   * client host in cooperative mode needs.
+   */
+  noPool: boolean;
 }
 
 export class ExecError extends Error {
@@ -47,7 +53,8 @@ const isObject = (x: unknown): x is Record<string, unknown> =>
 /**
  * Check the daemon's `hello` result for `aid` (it comes over a socket: trust
  * its shape only after looking) and say clearly why a program could not run
- * under vpm: unknown AID, no pool.
+ * under vpm: unknown AID. A daemon without a pool is fine for client programs
+ * (`noPool`): only their binds of multiplexed ports fail.
  */
 export function parseHello(aid: string, socket: string, result: unknown): Hello {
   if (!isObject(result))
@@ -57,11 +64,7 @@ export function parseHello(aid: string, socket: string, result: unknown): Hello 
       'ERR_UNKNOWN_AID',
       `AID "${aid}" is not in the configuration of the daemon at ${socket}`,
     );
-  if (result.pool === null || result.pool === undefined)
-    throw new ExecError(
-      'ERR_NO_POOL',
-      `the daemon at ${socket} has no port pool (pool.range in its configuration), so programs under vpm exec cannot get real ports`,
-    );
+  const noPool = result.pool === null || result.pool === undefined;
   if (!Array.isArray(result.ports))
     throw new ExecError('ERR_CONTROL_IO', `the daemon at ${socket} sent no port list in hello`);
   const ports: MultiplexedPort[] = [];
@@ -84,7 +87,7 @@ export function parseHello(aid: string, socket: string, result: unknown): Hello 
   const pool = isObject(result.pool) ? result.pool : {};
   const wait = result.waitTimeoutMs ?? pool.waitTimeoutMs ?? 0;
   const waitTimeoutMs = typeof wait === 'number' && Number.isFinite(wait) && wait > 0 ? wait : 0;
-  return { aid, ports, waitTimeoutMs };
+  return { aid, ports, waitTimeoutMs, noPool };
 }
 
 /** VPM_PORTS: "tcp:9000,udp:5353". */

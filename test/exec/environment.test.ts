@@ -36,7 +36,10 @@ describe('parseHello', () => {
         { proto: 'udp', vport: 5353 },
       ],
       waitTimeoutMs: 5000,
+      noPool: false,
     });
+    // Without a pool: fine for client programs, only binds will be refused.
+    expect(parseHello('a', SOCK, { known: true, ports: [], pool: null }).noPool).toBe(true);
     // The wait may also come inside the pool object; none at all means 0.
     expect(
       parseHello('a', SOCK, { known: true, ports: [], pool: { ...POOL, waitTimeoutMs: 250 } })
@@ -45,7 +48,7 @@ describe('parseHello', () => {
     expect(parseHello('a', SOCK, { known: true, ports: [], pool: POOL }).waitTimeoutMs).toBe(0);
   });
 
-  it('refuses an unknown AID, a daemon without a pool and malformed answers, naming the problem', () => {
+  it('refuses an unknown AID and malformed answers, naming the problem', () => {
     const bad = (result: unknown): ExecError => {
       try {
         parseHello('tenant-a', SOCK, result);
@@ -59,10 +62,6 @@ describe('parseHello', () => {
       code: 'ERR_UNKNOWN_AID',
       exitCode: 1,
       message: `AID "tenant-a" is not in the configuration of the daemon at ${SOCK}`,
-    });
-    expect(bad({ known: true, ports: [], pool: null })).toMatchObject({
-      code: 'ERR_NO_POOL',
-      message: expect.stringContaining(`the daemon at ${SOCK} has no port pool`),
     });
     expect(bad(null).code).toBe('ERR_CONTROL_IO');
     expect(bad({ known: true, pool: POOL }).code).toBe('ERR_CONTROL_IO');
@@ -101,7 +100,12 @@ describe('the environment', () => {
       { PATH: '/bin', LD_PRELOAD: '/x.so', VPM_DEBUG: undefined },
       {
         socket: SOCK,
-        hello: { aid: 'tenant-a', ports: [{ proto: 'tcp', vport: 9000 }], waitTimeoutMs: 5000 },
+        hello: {
+          aid: 'tenant-a',
+          ports: [{ proto: 'tcp', vport: 9000 }],
+          waitTimeoutMs: 5000,
+          noPool: false,
+        },
         lib: PRELOAD_LIB,
       },
     );
@@ -118,7 +122,7 @@ describe('the environment', () => {
       {},
       {
         socket: SOCK,
-        hello: { aid: 'a', ports: [], waitTimeoutMs: 0 },
+        hello: { aid: 'a', ports: [], waitTimeoutMs: 0, noPool: false },
         lib: PRELOAD_LIB,
         timeoutMs: 100,
         debug: true,
@@ -133,7 +137,7 @@ describe('the environment', () => {
         {},
         {
           socket: SOCK,
-          hello: { aid: 'a', ports: [], waitTimeoutMs: 0 },
+          hello: { aid: 'a', ports: [], waitTimeoutMs: 0, noPool: false },
           lib: '/nonexistent/libvpm_preload.so',
         },
       ),

@@ -20,8 +20,8 @@
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NetLab, requireRoot } from '../support/netns.js';
-import { jsonLines, type VpmConfigFile, VpmDaemon } from '../support/vpm.js';
-import { clientResult, runClient, spawnClient, startInstance } from './topology.js';
+import { jsonLines, type VpmConfigFile, VpmDaemon, vpmArgv } from '../support/vpm.js';
+import { CLIENT_FIXTURE, clientResult, runClient, spawnClient, startInstance } from './topology.js';
 
 const FORGE = fileURLToPath(new URL('./fixtures/forge.mjs', import.meta.url));
 
@@ -274,4 +274,30 @@ describe('cooperative multiplexing between two vpm daemons', () => {
     }
     expect(ok).toBe(true);
   }, 60_000);
+
+  it("takes the client application's AID from the bind/connect library (vpm exec --aid)", async () => {
+    const child = lab.spawn(client, process.execPath, [
+      ...vpmArgv(),
+      'exec',
+      '--aid',
+      'a2',
+      '-s',
+      vpmC.socket,
+      '--',
+      process.execPath,
+      CLIENT_FIXTURE,
+      JSON.stringify({ mode: 'hello', host: VIP, port: 9000 }),
+    ]);
+    const r = await clientResult(lab, child);
+    expect(r.event, r.output).toBe('done');
+    expect((r as Record<string, unknown>).hello).toMatchObject({ instance: 'a2' });
+    // The library announced the connection (AID a2) before its SYN; no selector covers
+    // this port unless by chance, and the negotiation named a2.
+    const port = (r as Record<string, unknown>).localPort;
+    await new Promise((res) => setTimeout(res, 100));
+    const neg = vpmC
+      .logs()
+      .find((l) => l.event === 'flow_negotiated' && l.client === `198.19.254.1:${port}`);
+    expect(neg, vpmC.output()).toMatchObject({ aid: 'a2', peer: 'server' });
+  });
 });
