@@ -300,4 +300,17 @@ describe('cooperative multiplexing between two vpm daemons', () => {
       .find((l) => l.event === 'flow_negotiated' && l.client === `198.19.254.1:${port}`);
     expect(neg, vpmC.output()).toMatchObject({ aid: 'a2', peer: 'server' });
   });
+
+  it('drops a connection to VIP:p2 that no negotiation announced', async () => {
+    const before = ((await vpmS.stats()) as unknown as { drops: Record<string, number> }).drops
+      .not_negotiated!;
+    // Straight from the router, past the client host's vpm: a SYN to a port of the p2 range.
+    expect(() =>
+      lab.run(router, 'curl', ['-sS', '--max-time', '1', `http://${VIP}:40500/`]),
+    ).toThrow();
+    const after = ((await vpmS.stats()) as unknown as { drops: Record<string, number> }).drops
+      .not_negotiated!;
+    expect(after - before).toBeGreaterThanOrEqual(1);
+    expect((await vpmS.flows()).filter((f) => String(f.service).endsWith(':40500'))).toEqual([]);
+  });
 });
