@@ -11,6 +11,7 @@ import { packageRoot } from '../native/index.js';
 import { registerCheckConfig } from './check-config.js';
 import { registerDaemonCommands, registerDemo } from './daemon-cmds.js';
 import { registerDecode } from './decode.js';
+import { registerDump } from './dump.js';
 import { registerExec } from './exec.js';
 
 function version(): string {
@@ -34,6 +35,7 @@ export function buildProgram(): Command {
   registerDaemonCommands(program);
   registerDemo(program);
   registerExec(program);
+  registerDump(program);
   return program;
 }
 

@@ -75,14 +75,25 @@ export const PCAP_MAX_SNAPLEN = 262144;
 
 /** Link types (tcpdump.org/linktypes.html). */
 export const LINKTYPE_ETHERNET = 1;
+/** BSD loopback: a 4-byte address family in host byte order. */
+export const LINKTYPE_NULL = 0;
 /** Raw IP: the packet begins with an IPv4 or IPv6 header (what a TUN device gives). */
 export const LINKTYPE_RAW = 101;
+/** 802.11 with a radiotap header (a wireless device in monitor mode). */
+export const LINKTYPE_IEEE802_11_RADIOTAP = 127;
 /** Linux "cooked" capture v1 (tcpdump -i any), a 16-byte pseudo-header. */
 export const LINKTYPE_LINUX_SLL = 113;
 /** Raw IPv4 only. */
 export const LINKTYPE_IPV4 = 228;
 /** Linux "cooked" capture v2 (tcpdump -i any -y LINUX_SLL2), a 20-byte pseudo-header. */
 export const LINKTYPE_LINUX_SLL2 = 276;
+
+/**
+ * The snapshot length `vpm dump` captures and writes: a whole IPv4 packet (the
+ * total length field is 16 bits), which is also what the capture binding asks of
+ * libpcap.
+ */
+export const PCAP_SNAPLEN_IP = 65535;
 
 /** Ethernet II: destination, source, EtherType. */
 export const ETH_OFF_ETHERTYPE = 12;

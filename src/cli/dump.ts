@@ -1,0 +1,97 @@
+/**
+ * `vpm dump`: capture on the daemon's TUN device into a pcap file (-w) or as one
+ * line per packet; shortcuts build the filter for one service, AID or flow.
+ * The capture itself lives in src/inspect/; this module only checks the options
+ * (bad values exit 2, naming the value) and resolves the socket and device.
+ */
+
+import type { Command } from 'commander';
+import { loadConfig } from '../config/config.js';
+import { DEFAULT_SOCKET } from './daemon-cmds.js';
+import { UsageError } from './errors.js';
+
+interface DumpFlags {
+  interface?: string;
+  count?: string;
+  seconds?: string;
+  write?: string;
+  pairs?: boolean;
+  service?: string;
+  aid?: string;
+  flow?: string;
+  socket?: string;
+  config?: string;
+}
+
+/** setTimeout's longest delay, in whole seconds. */
+const MAX_SECONDS = Math.floor(0x7fffffff / 1000);
+
+export function positiveInt(flag: string, v: string): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < 1)
+    throw new UsageError(`${flag}: "${v}" is not a positive integer`);
+  return n;
+}
+
+export function positiveSeconds(flag: string, v: string): number {
+  const n = Number(v);
+  if (!/^\d+(\.\d+)?$/.test(v) || !(n > 0) || n > MAX_SECONDS)
+    throw new UsageError(
+      `${flag}: "${v}" is not a number of seconds above 0 (at most ${MAX_SECONDS})`,
+    );
+  return n;
+}
+
+function nonEmpty(flag: string, v: string | undefined): string | null {
+  if (v === undefined) return null;
+  if (v.trim() === '') throw new UsageError(`${flag}: the value is empty`);
+  return v;
+}
+
+export function registerDump(program: Command): void {
+  program
+    .command('dump')
+    .description(
+      "capture packets on the daemon's TUN: to a pcap file (-w) for tcpdump/tshark/Wireshark, or one line each",
+    )
+    .argument('[filter...]', 'a BPF filter, as for tcpdump (e.g. "tcp port 9000")')
+    .option('-i, --interface <name>', "capture on this device (default: the daemon's TUN)")
+    .option('-c, --count <n>', 'stop after n packets')
+    .option('-G, --seconds <s>', 'stop after s seconds')
+    .option('-w, --write <file>', 'write a pcap file; "-" writes it to stdout (for tcpdump -r -)')
+    .option('--pairs', 'print each TCP packet before and after translation on one line')
+    .option('--service <name|vip:port>', 'only this virtual service: its VIP:port and real ports')
+    .option('--aid <aid>', "only this AID: its instances' real ports and its flows' clients")
+    .option('--flow <id>', 'only this flow (an id from vpm flows): both of its connections')
+    .option('-s, --socket <path>', `control socket of the daemon (default ${DEFAULT_SOCKET})`)
+    .option('--config <file>', 'take the control socket and the TUN name from this config file')
+    .action(async (filterWords: string[], f: DumpFlags) => {
+      const count = f.count === undefined ? 0 : positiveInt('-c', f.count);
+      const seconds = f.seconds === undefined ? 0 : positiveSeconds('-G', f.seconds);
+      const flow = f.flow === undefined ? null : Number(f.flow);
+      if (f.flow !== undefined && !/^\d+$/.test(f.flow))
+        throw new UsageError(`--flow: "${f.flow}" is not a flow id (a number from vpm flows)`);
+      const write = nonEmpty('-w', f.write);
+      if (f.pairs && write !== null)
+        throw new UsageError('--pairs prints text; it cannot be combined with -w');
+      const iface = nonEmpty('-i', f.interface);
+      const cfg = f.config ? loadConfig(f.config) : null;
+      const socket = f.socket ?? cfg?.control.socket ?? DEFAULT_SOCKET;
+      const device = iface ?? cfg?.tun.name ?? null;
+      const { runDump } = await import('../inspect/dump.js');
+      const r = await runDump({
+        device,
+        deviceFrom: iface !== null ? 'option' : cfg ? 'config' : 'daemon',
+        socket,
+        count,
+        seconds,
+        write,
+        pairs: f.pairs === true,
+        service: nonEmpty('--service', f.service),
+        aid: nonEmpty('--aid', f.aid),
+        flow,
+        filter: filterWords.join(' ').trim(),
+      });
+      process.exitCode = r.exitCode;
+    });
+}

@@ -1,0 +1,184 @@
+/**
+ * BPF filters for `vpm dump`'s shortcuts (--service, --aid, --flow), built from
+ * what the daemon reports over its control socket.
+ *
+ * Why each filter names two kinds of endpoint: the TUN carries every translated
+ * packet twice, once as the kernel handed it to vpm and once as vpm wrote it back.
+ * A client's packet crosses it addressed to VIP:vport and again addressed to the
+ * instance's real address:port; the reply crosses it from real address:port and
+ * again from VIP:vport. A filter on one side only would show half of each
+ * translation, so every shortcut matches both.
+ *
+ * The daemon's strings are still checked (dotted quad, port 1-65535) before they
+ * go into a filter: text that libpcap compiles should never come from anywhere
+ * unchecked.
+ */
+
+import { parseIpv4 } from '../wire/address.js';
+
+export interface Endpoint {
+  addr: string;
+  port: number;
+}
+
+/** A service as the control command `services` reports it. */
+export interface ServiceView {
+  name: string;
+  address: string;
+  port: number;
+  protocol: string;
+}
+
+/** What a filter needs of a flow (`flows`: docs/control-protocol.md). */
+export interface FlowTuples {
+  id: number;
+  client: string;
+  service: string;
+  aid: string;
+  real: string;
+  nat: string | null;
+}
+
+/** What a filter needs of an instance (`instances`). */
+export interface InstanceEndpoint {
+  aid: string;
+  proto: string;
+  vport: number;
+  address: string;
+  port: number;
+}
+
+export class FilterError extends Error {
+  readonly code = 'ERR_DUMP_FILTER';
+  constructor(message: string) {
+    super(message);
+    this.name = 'FilterError';
+  }
+}
+
+/** "198.19.0.9:9000" → endpoint, or null when it is not an IPv4 address and a port 1-65535. */
+export function parseEndpoint(s: string): Endpoint | null {
+  const i = s.lastIndexOf(':');
+  if (i <= 0) return null;
+  const addr = s.slice(0, i);
+  const portText = s.slice(i + 1);
+  if (parseIpv4(addr) === null || !/^\d{1,5}$/.test(portText)) return null;
+  const port = Number(portText);
+  return port >= 1 && port <= 65535 ? { addr, port } : null;
+}
+
+function endpoint(s: string, what: string): Endpoint {
+  const e = parseEndpoint(s);
+  if (!e) throw new FilterError(`the daemon reported ${what} "${s}", which is not ADDRESS:PORT`);
+  return e;
+}
+
+function checked(e: Endpoint): Endpoint {
+  if (parseIpv4(e.addr) === null || !Number.isInteger(e.port) || e.port < 1 || e.port > 65535)
+    throw new FilterError(`not an IPv4 address and port: ${JSON.stringify(e)}`);
+  return e;
+}
+
+const key = (e: Endpoint) => `${e.addr}:${e.port}`;
+
+function unique(list: Endpoint[]): Endpoint[] {
+  const seen = new Map<string, Endpoint>();
+  for (const e of list) if (!seen.has(key(e))) seen.set(key(e), e);
+  return [...seen.values()];
+}
+
+/** Packets from or to `e`: `(src host A and src port P) or (dst host A and dst port P)`. */
+export function endpointFilter(e: Endpoint): string {
+  const { addr, port } = checked(e);
+  return `(src host ${addr} and src port ${port}) or (dst host ${addr} and dst port ${port})`;
+}
+
+/** Packets of one connection `a` ⇄ `b`, in both directions. */
+export function tupleFilter(a: Endpoint, b: Endpoint): string {
+  checked(a);
+  checked(b);
+  const one = (x: Endpoint, y: Endpoint) =>
+    `(src host ${x.addr} and src port ${x.port} and dst host ${y.addr} and dst port ${y.port})`;
+  return `${one(a, b)} or ${one(b, a)}`;
+}
+
+/** `tcp and (p1 or p2 ...)`, each part parenthesised; the empty list matches nothing. */
+function anyOf(parts: string[]): string {
+  if (parts.length === 0) throw new FilterError('nothing to capture');
+  return `tcp and (${parts.map((p) => `(${p})`).join(' or ')})`;
+}
+
+/**
+ * Combine filters the way tcpdump users write them: `(a) and (b)`. Empty ones are
+ * left out; none at all gives '' (everything).
+ */
+export function andFilters(parts: readonly string[]): string {
+  const live = parts.map((p) => p.trim()).filter((p) => p !== '');
+  if (live.length <= 1) return live[0] ?? '';
+  return live.map((p) => `(${p})`).join(' and ');
+}
+
+/** Find a service by name or by "VIP:PORT"; throws FilterError listing the known ones. */
+export function findService(services: readonly ServiceView[], spec: string): ServiceView {
+  const e = parseEndpoint(spec);
+  const found = services.find((s) =>
+    e ? s.address === e.addr && s.port === e.port : s.name === spec,
+  );
+  if (found) return found;
+  const known = services.map((s) => `${s.name} (${s.address}:${s.port})`).join(', ');
+  throw new FilterError(`--service: no service "${spec}"; the daemon has ${known || 'none'}`);
+}
+
+/**
+ * --service: the virtual endpoint, and every real endpoint that can serve it: the
+ * instances registered for its port (or for any port) and the real side of its
+ * current flows.
+ */
+export function serviceFilter(
+  svc: ServiceView,
+  instances: readonly InstanceEndpoint[],
+  flows: readonly FlowTuples[],
+): string {
+  const vip: Endpoint = { addr: svc.address, port: svc.port };
+  const reals: Endpoint[] = [];
+  for (const i of instances) {
+    if (i.proto === svc.protocol && (i.vport === svc.port || i.vport === 0))
+      reals.push({ addr: i.address, port: i.port });
+  }
+  for (const f of flows) {
+    if (f.service === key(vip)) reals.push(endpoint(f.real, `flow ${f.id} real`));
+  }
+  return anyOf([vip, ...unique(reals)].map(endpointFilter));
+}
+
+/**
+ * --aid: the real endpoints of the AID's instances (both sides of every
+ * connection to them), and the client ⇄ VIP side of its current flows.
+ */
+export function aidFilter(
+  aid: string,
+  instances: readonly InstanceEndpoint[],
+  flows: readonly FlowTuples[],
+): string {
+  const reals: Endpoint[] = [];
+  for (const i of instances) if (i.aid === aid) reals.push({ addr: i.address, port: i.port });
+  const own = flows.filter((f) => f.aid === aid);
+  for (const f of own) reals.push(endpoint(f.real, `flow ${f.id} real`));
+  if (reals.length === 0)
+    throw new FilterError(`--aid: the daemon has no instance and no flow of AID "${aid}"`);
+  const parts = unique(reals).map(endpointFilter);
+  for (const f of own)
+    parts.push(
+      tupleFilter(endpoint(f.client, `flow ${f.id} client`), endpoint(f.service, 'a service')),
+    );
+  return anyOf(parts);
+}
+
+/** --flow: exactly the flow's client ⇄ VIP and nat ⇄ real connections. */
+export function flowFilter(flow: FlowTuples): string {
+  const client = endpoint(flow.client, `flow ${flow.id} client`);
+  const vip = endpoint(flow.service, `flow ${flow.id} service`);
+  const real = endpoint(flow.real, `flow ${flow.id} real`);
+  const nat = flow.nat ? endpoint(flow.nat, `flow ${flow.id} nat`) : client;
+  return anyOf([tupleFilter(client, vip), tupleFilter(nat, real)]);
+}
