@@ -55,6 +55,14 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+// A reader that goes away (`vpm flows | head`) ends the command quietly, unless
+// the command handles it itself (vpm dump reports what it captured first).
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (process.stdout.listenerCount('error') > 1) return;
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
+
 main(process.argv).then((code) => {
   process.exitCode = code;
 });

@@ -17,14 +17,13 @@
  */
 
 import type { ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { formatFlows } from '../cli/daemon-cmds.js';
 import { controlRequest } from '../control/client.js';
 import type { FlowView } from '../daemon/daemon.js';
 import { packageRoot } from '../native/index.js';
-import { Sandbox } from './sandbox.js';
+import { NetLab } from '../sandbox/netlab.js';
 
 const VIP = '198.19.0.9';
 const PORT = 9000;
@@ -52,47 +51,28 @@ function demoConfig(socket: string): object {
   };
 }
 
-/** Resolve when `p` prints a stdout line for which `match` is true; reject on exit or timeout. */
-function waitForLine(
+/** The first stdout line of `p` (spawned by `lab`) for which `match` is true; throws on exit or timeout. */
+async function waitForLine(
+  lab: NetLab,
   p: ChildProcess,
   match: (line: string) => boolean,
   what: string,
   timeoutMs = 15_000,
 ): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let buf = '';
-    let err = '';
-    const timer = setTimeout(
-      () => done(new Error(`${what}: not ready after ${timeoutMs} ms\n${err}`)),
-      timeoutMs,
-    );
-    const onData = (d: Buffer) => {
-      buf += d.toString();
-      let nl = buf.indexOf('\n');
-      while (nl >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        if (match(line)) return done(null, line);
-        nl = buf.indexOf('\n');
-      }
-    };
-    const onErr = (d: Buffer) => {
-      err += d.toString();
-    };
-    const onExit = (code: number | null) =>
-      done(new Error(`${what} exited (code ${code}) before it was ready\n${err}`));
-    function done(e: Error | null, line?: string) {
-      clearTimeout(timer);
-      p.stdout?.off('data', onData);
-      p.stderr?.off('data', onErr);
-      p.off('exit', onExit);
-      if (e) reject(e);
-      else resolve(line!);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { stdout, stderr } = lab.output(p);
+    const line = stdout.split('\n').find(match);
+    if (line !== undefined) return line;
+    if (p.exitCode !== null || p.signalCode !== null) {
+      throw new Error(
+        `${what} exited (${p.exitCode ?? p.signalCode}) before it was ready\n${stderr}`,
+      );
     }
-    p.stdout?.on('data', onData);
-    p.stderr?.on('data', onErr);
-    p.once('exit', onExit);
-  });
+    if (Date.now() > deadline)
+      throw new Error(`${what}: not ready after ${timeoutMs} ms\n${stderr}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 export async function runDemo(
@@ -110,28 +90,34 @@ export async function runDemo(
   const server = join(root, 'dist', 'src', 'demo', 'server.js');
   const client = join(root, 'dist', 'src', 'demo', 'client.js');
   const node = process.execPath;
-  const dir = mkdtempSync(join(tmpdir(), 'vpm-demo-'));
-  const sb = new Sandbox('vpmdemo');
+  const sb = new NetLab('demo');
+  const dir = sb.tempDir();
   let failures = 0;
   try {
     out(
       'vpm demo: two copies of one server program share port 9000 on one host; two tenants connect.',
     );
-    out(`[1/6] building the sandbox: namespaces ${sb.prefix}-{host,tenant-a,tenant-b}`);
-    const host = sb.addNamespace('host');
-    const ta = sb.addNamespace('tenant-a');
-    const tb = sb.addNamespace('tenant-b');
-    sb.link(host, 'to-a', '198.18.1.1/24', ta, 'eth0', '198.18.1.2/24');
-    sb.link(host, 'to-b', '198.18.2.1/24', tb, 'eth0', '198.18.2.2/24');
-    sb.ip(ta, 'route', 'add', 'default', 'via', '198.18.1.1');
-    sb.ip(tb, 'route', 'add', 'default', 'via', '198.18.2.1');
+    out(`[1/6] building the sandbox: namespaces ${sb.id}-demo-{host,a,b}`);
+    const host = sb.namespace('host');
+    const ta = sb.namespace('a', { ipv6: false });
+    const tb = sb.namespace('b', { ipv6: false });
+    sb.veth(
+      { ns: host, dev: 'to-a', cidr: '198.18.1.1/24' },
+      { ns: ta, dev: 'eth0', cidr: '198.18.1.2/24' },
+    );
+    sb.veth(
+      { ns: host, dev: 'to-b', cidr: '198.18.2.1/24' },
+      { ns: tb, dev: 'eth0', cidr: '198.18.2.2/24' },
+    );
+    sb.run(ta, 'ip', ['route', 'add', 'default', 'via', '198.18.1.1']);
+    sb.run(tb, 'ip', ['route', 'add', 'default', 'via', '198.18.2.1']);
 
     out(`[2/6] starting vpm in the host namespace: TUN vpm0, virtual service web = ${VIP}:${PORT}`);
     const socket = join(dir, 'vpm0.sock');
     const cfgFile = join(dir, 'demo.json');
     writeFileSync(cfgFile, JSON.stringify(demoConfig(socket), null, 2));
     const daemon = sb.spawn(host, node, [cli, 'up', '-c', cfgFile]);
-    await waitForLine(daemon, (l) => l.includes('"event":"ready"'), 'vpm up');
+    await waitForLine(sb, daemon, (l) => l.includes('"event":"ready"'), 'vpm up');
 
     out('[3/6] starting two copies of the same server program, both on port 9000, under vpm exec:');
     const exec = (aid: string, name: string) =>
@@ -154,7 +140,7 @@ export async function runDemo(
       [instA, 'tenant-a', 'A'],
       [instB, 'tenant-b', 'B'],
     ] as const) {
-      const line = await waitForLine(inst, (l) => l.includes('listening'), `copy ${name}`);
+      const line = await waitForLine(sb, inst, (l) => l.includes('listening'), `copy ${name}`);
       const seen = (JSON.parse(line) as { port: number }).port;
       out(
         `      vpm exec --aid ${aid} -- node server.js ${name} ${PORT}   → the program says it listens on port ${seen}`,
@@ -165,13 +151,18 @@ export async function runDemo(
       port: number;
     }[];
     out(
-      `      vpm gave them real ports ${registered.map((i) => `${i.port} (${i.aid})`).join(' and ')}`,
+      `      vpm gave them real ports ${[...registered]
+        .sort((a, b) => a.aid.localeCompare(b.aid))
+        .map((i) => `${i.port} (${i.aid})`)
+        .join(' and ')}`,
     );
 
     out(`[4/6] connecting to ${VIP}:${PORT} from tenant A, tenant B and the host itself`);
     const connect = (ns: string): ClientResult => {
       try {
-        return JSON.parse(sb.exec(ns, node, [client, VIP, String(PORT)])) as ClientResult;
+        return JSON.parse(
+          sb.run(ns, node, [client, VIP, String(PORT)], { timeoutMs: 20_000 }),
+        ) as ClientResult;
       } catch (e) {
         const stdout = (e as { stdout?: string }).stdout;
         return stdout
@@ -228,15 +219,14 @@ export async function runDemo(
     };
     out(`  packets in ${stats.packetsIn}, out ${stats.packetsOut}, dropped ${stats.dropsTotal}`);
 
-    const code = await sb.stop(daemon);
-    if (code !== 0) {
+    const exit = await sb.stop(daemon, 'SIGTERM', 5000);
+    if (exit.code !== 0) {
       failures++;
-      out(`  ✘ vpm exited with code ${code} on SIGTERM`);
+      out(`  ✘ vpm exited with ${exit.code ?? exit.signal} on SIGTERM`);
     }
   } finally {
     out('removing the sandbox');
-    sb.destroy();
-    rmSync(dir, { recursive: true, force: true });
+    await sb.cleanup();
   }
   out(`done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   return failures === 0 ? 0 : 1;

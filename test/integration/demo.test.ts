@@ -35,7 +35,7 @@ describe('vpm demo', () => {
       /vpm gave them real ports 200\d\d \(tenant-a\) and 200\d\d \(tenant-b\)/,
     );
     expect(r.stdout).toMatch(/3 flows/);
-    const prefix = r.stdout.match(/namespaces (vpmdemo-\d+-[0-9a-f]+)-/)?.[1];
+    const prefix = r.stdout.match(/namespaces (vpmt-\d+-[0-9a-f]+-demo)-/)?.[1];
     expect(prefix).toBeTruthy();
     const left = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
     expect(left).not.toContain(prefix!);
