@@ -46,8 +46,10 @@ export const Drop = {
   NEGOTIATING: 20,
   /** A SYN to VIP:p2 (a cooperative port) that no negotiation announced. */
   NOT_NEGOTIATED: 21,
+  /** A SYN to a virtual service address on a port that is no service: answered with RST, like a closed port. */
+  REFUSED_NO_SERVICE: 22,
 } as const;
-export const DROP_REASONS = 22;
+export const DROP_REASONS = 23;
 
 export const DROP_NAMES: readonly string[] = [
   'ok',
@@ -72,7 +74,22 @@ export const DROP_NAMES: readonly string[] = [
   'tx_error',
   'negotiating',
   'not_negotiated',
+  'refused_no_service',
 ];
+
+/** Reasons for which vpm answers the dropped SYN with a RST (indexed by reason). */
+export const SENDS_RST: Readonly<Uint8Array> = (() => {
+  const t = new Uint8Array(DROP_REASONS);
+  for (const r of [
+    Drop.REFUSED_NO_SELECTOR,
+    Drop.REFUSED_NO_INSTANCE,
+    Drop.REFUSED_TABLE_FULL,
+    Drop.REFUSED_COLLISION,
+    Drop.REFUSED_NO_SERVICE,
+  ])
+    t[r] = 1;
+  return t;
+})();
 
 /** Histogram buckets for batch sizes: 1, 2-3, 4-7, ..., 128+ (log2). */
 export const BATCH_BUCKETS = 9;
@@ -122,7 +139,8 @@ export class Counters {
       this.drops[Drop.REFUSED_NO_SELECTOR]! +
       this.drops[Drop.REFUSED_NO_INSTANCE]! +
       this.drops[Drop.REFUSED_TABLE_FULL]! +
-      this.drops[Drop.REFUSED_COLLISION]!;
+      this.drops[Drop.REFUSED_COLLISION]! +
+      this.drops[Drop.REFUSED_NO_SERVICE]!;
     const batchSizes: Record<string, number> = {};
     for (let b = 0; b < BATCH_BUCKETS; b++) {
       const lo = 1 << b;

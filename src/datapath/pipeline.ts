@@ -36,7 +36,7 @@ import { CREATE_COLLISION, CREATE_FULL, type FlowKeyArgs, type FlowTable } from 
 import { IPPROTO_TCP } from '../wire/ipv4.js';
 import { Check, checkPacket, PacketInfo } from '../wire/parse.js';
 import { TCP_ACK, TCP_FIN, TCP_SYN } from '../wire/tcp.js';
-import { type Counters, Drop } from './counters.js';
+import { type Counters, Drop, SENDS_RST } from './counters.js';
 import { RST_LEN, writeRst } from './rst.js';
 import type { Rules } from './rules.js';
 
@@ -156,7 +156,7 @@ export class Pipeline {
         out++;
       } else {
         c.drops[r]! += 1;
-        if (r >= Drop.REFUSED_NO_SELECTOR && r <= Drop.REFUSED_COLLISION) {
+        if (SENDS_RST[r] === 1) {
           this.rstOffsets[rsts] = rsts * RST_LEN;
           this.rstLengths[rsts] = writeRst(buf, this.info, this.rstBuf, rsts * RST_LEN);
           rsts++;
@@ -296,9 +296,10 @@ export class Pipeline {
     const rules = this.rules;
     const svc = rules.findService(info.dstAddr, info.dstPort, IPPROTO_TCP);
     if (svc < 0) {
-      return rules.isCoopPort(info.dstAddr, info.dstPort)
-        ? -Drop.NOT_NEGOTIATED
-        : -Drop.NOT_SERVICE;
+      if (rules.isCoopPort(info.dstAddr, info.dstPort)) return -Drop.NOT_NEGOTIATED;
+      // A closed port of a virtual service address answers like a closed port of a host.
+      if (rules.isVip(info.dstAddr)) return this.refused(Drop.REFUSED_NO_SERVICE, info);
+      return -Drop.NOT_SERVICE;
     }
     const local = this.localAddrs.has(info.srcAddr);
     let aid =

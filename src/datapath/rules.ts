@@ -84,6 +84,11 @@ export class Rules {
     return this.serviceIndex.get(serviceKey(addr, port, proto)) ?? -1;
   }
 
+  /** True for the address of a virtual service. */
+  isVip(addr: number): boolean {
+    return this.vips.has(addr);
+  }
+
   /** True for VIP:p2 of a cooperative connection (a service address and a port of the p2 range). */
   isCoopPort(addr: number, port: number): boolean {
     return port >= this.coopLo && port <= this.coopHi && this.coopHi !== 0 && this.vips.has(addr);

@@ -232,7 +232,18 @@ describe('Pipeline', () => {
 
   it('drops what is not a virtual service or belongs to no flow, with reasons', () => {
     const { send, counters, invariant } = setup();
-    expect(send(seg(CLIENT_A, 40000, VIP, 9001, SYN))).toEqual([]);
+    // A closed port of the VIP: RST, as a host answers for a closed port.
+    expect(send(seg(CLIENT_A, 40000, VIP, 9001, SYN, 10))).toEqual([
+      hex(
+        tcp4(
+          { src: VIP, dst: CLIENT_A },
+          { srcPort: 9001, dstPort: 40000, seq: 0, ack: 11, flags: RST | ACK, window: 0 },
+        ),
+      ),
+    ]);
+    expect(counters.drops[Drop.REFUSED_NO_SERVICE]).toBe(1);
+    // Another address that reached the TUN: dropped silently.
+    expect(send(seg(CLIENT_A, 40000, ip4('198.19.0.77'), 9000, SYN))).toEqual([]);
     expect(counters.drops[Drop.NOT_SERVICE]).toBe(1);
     expect(send(seg(CLIENT_A, 40000, VIP, 9000, ACK))).toEqual([]);
     expect(send(seg(HOST, 19001, CLIENT_A, 40000, ACK))).toEqual([]);

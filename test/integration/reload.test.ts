@@ -95,4 +95,14 @@ describe('reload on SIGHUP', () => {
     });
     writeFileSync(vpm.configPath, good);
   });
+
+  it('refuses a connection to a port of the VIP that is no service at once, like a closed port', async () => {
+    const t0 = Date.now();
+    const r = await runClient(lab, topo.tenantA, { mode: 'hello', port: 9001 });
+    expect(r.event, r.output).toBe('error');
+    expect(r.code).toBe('ECONNREFUSED');
+    expect(Date.now() - t0).toBeLessThan(2000);
+    const s = (await vpm.stats()) as unknown as { drops: Record<string, number> };
+    expect(s.drops.refused_no_service).toBe(1);
+  });
 });
