@@ -14,10 +14,10 @@
  * SIGINT/SIGTERM. Exit status: 0 done, 1 failed, 2 bad arguments.
  */
 
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { packageRoot } from '../src/native/index.js';
 import { addDelta, emptyActivity } from './bench/e2e/activity.js';
 import { type E2eOptions, parseArgs, USAGE, UsageError } from './bench/e2e/cli.js';
 import { Lab, type Proc, run, sweepStale } from './bench/e2e/lab.js';
@@ -47,6 +47,7 @@ import {
   vpmStats,
 } from './bench/e2e/topology.js';
 import { iperf, startEchoServer, startIperfServer, tcpbench } from './bench/e2e/workloads.js';
+import { readOrNull, writeAtomic } from './bench/files.js';
 import { machineFacts } from './bench/machine.js';
 import { spliceSection } from './bench/report.js';
 
@@ -67,37 +68,6 @@ const PHASES: readonly {
   { metrics: ['rr', 'crr'], server: 'echo', pinned: false },
   { metrics: ['rrPinned'], server: 'echo', pinned: true },
 ];
-
-function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    const pj = join(dir, 'package.json');
-    if (
-      existsSync(pj) &&
-      (JSON.parse(readFileSync(pj, 'utf8')) as { name?: string }).name === 'vpm'
-    )
-      return dir;
-    const up = dirname(dir);
-    if (up === dir) throw new Error('cannot find the vpm package root');
-    dir = up;
-  }
-}
-
-function writeAtomic(path: string, text: string): void {
-  mkdirSync(dirname(path), { recursive: true });
-  const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, text);
-  renameSync(tmp, path);
-}
-
-function readOrNull(path: string): string | null {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw e;
-  }
-}
 
 /** What must be there before anything is created; each problem says how to fix it. */
 function preflight(root: string): string[] {

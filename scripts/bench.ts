@@ -9,11 +9,12 @@
  * `--quick` makes it a smoke test. Exit status: 0 done, 1 failed, 2 bad arguments.
  */
 
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { loadNative, type NativeAddon, packageRoot } from '../src/native/index.js';
 import { parseArgs, USAGE, UsageError } from './bench/cli.js';
 import type { BenchCase } from './bench/common.js';
+import { readOrNull, writeAtomic } from './bench/files.js';
 import { blackHoleValue, FULL, measure, prime, QUICK } from './bench/harness.js';
 import { incrementalCases } from './bench/incremental.bench.js';
 import { machineFacts } from './bench/machine.js';
@@ -31,23 +32,6 @@ import { sumCases } from './bench/sum.bench.js';
 const DOC = 'docs/benchmarks.md';
 const SVG = 'docs/checksum-throughput.svg';
 const SECTION = 'checksum';
-
-/** Write through a temporary file and a rename, so a reader never sees half a file. */
-function writeAtomic(path: string, text: string): void {
-  mkdirSync(dirname(path), { recursive: true });
-  const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, text);
-  renameSync(tmp, path);
-}
-
-function readOrNull(path: string): string | null {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw e;
-  }
-}
 
 function main(argv: readonly string[]): number {
   let cli: ReturnType<typeof parseArgs>;
