@@ -30,7 +30,6 @@
 
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
-import type { Counters } from '../datapath/counters.js';
 import type { Pipeline } from '../datapath/pipeline.js';
 import type { Rules } from '../datapath/rules.js';
 import type { FlowKeyArgs, FlowTable } from '../flow/table.js';
@@ -66,7 +65,6 @@ interface Held {
 export interface CooperationDeps {
   pipeline: Pipeline;
   table: FlowTable;
-  counters: Counters;
   rules: () => Rules;
   log: Logger;
   /** Monotonic ms, the pipeline's clock. */

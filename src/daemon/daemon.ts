@@ -171,7 +171,6 @@ export class Daemon {
       this.coop = new Cooperation(cfg, {
         pipeline,
         table: this.table,
-        counters: this.counters,
         rules: () => this.rules!,
         log: this.log,
         now: () => performance.now(),
