@@ -73,6 +73,8 @@ export interface TunConfig {
   readonly routeTable: number;
   /** Priority of vpm's `ip rule` entries. Default 100. */
   readonly rulePriority: number;
+  /** Verify every TCP checksum (drop bad ones). Default true. */
+  readonly verifyTcpChecksum: boolean;
 }
 
 export interface ServiceConfig {
@@ -350,6 +352,7 @@ interface RawConfig {
     batchSize: number;
     routeTable: number;
     rulePriority: number;
+    verifyTcpChecksum: boolean;
   };
   services: {
     name: string;
@@ -827,6 +830,7 @@ class Checker {
         batchSize: t.batchSize,
         routeTable: t.routeTable,
         rulePriority: t.rulePriority,
+        verifyTcpChecksum: t.verifyTcpChecksum,
       },
       services,
       applications,

@@ -31,6 +31,7 @@ export function configToJson(c: Config): Record<string, unknown> {
       batchSize: c.tun.batchSize,
       routeTable: c.tun.routeTable,
       rulePriority: c.tun.rulePriority,
+      verifyTcpChecksum: c.tun.verifyTcpChecksum,
     },
     services: c.services.map((s) => ({
       name: s.name,

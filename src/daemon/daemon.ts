@@ -157,7 +157,7 @@ export class Daemon {
         this.rules,
         this.counters,
         {
-          verifyL4Checksum: true,
+          verifyL4Checksum: cfg.tun.verifyTcpChecksum,
           localClientAddr: cfg.tun.localClientAddress,
           localClientAid: (addr, port) => this.registry?.localClientAid(addr, port) ?? -1,
           negotiate: (buf, off, len, info, svc, aid, local) =>

@@ -77,6 +77,7 @@ describe('the example config', () => {
       batchSize: 64,
       routeTable: 100,
       rulePriority: 100,
+      verifyTcpChecksum: true,
     });
     expect(c.services).toEqual([
       { index: 0, name: 'web', address: ip('198.19.0.9'), port: 9000, protocol: 'tcp', peer: null },
@@ -210,6 +211,7 @@ describe('round trip', () => {
         batchSize: 128,
         routeTable: 7,
         rulePriority: 50,
+        verifyTcpChecksum: false,
       },
       services: [
         { name: 'web', address: '198.19.0.9', port: 9000, protocol: 'tcp' },
@@ -558,7 +560,7 @@ describe('errors name the file, the field path and the bad value', () => {
         path: 'tun.colour',
         value: 1,
         message:
-          'unknown field (allowed here: name, address, localClientAddress, mtu, txQueueLen, batchSize, routeTable, rulePriority)',
+          'unknown field (allowed here: name, address, localClientAddress, mtu, txQueueLen, batchSize, routeTable, rulePriority, verifyTcpChecksum)',
       },
       { path: 'services[0].port', value: 70000, message: '70000 is above the maximum 65535' },
       { path: 'services[0].protocol', value: 'sctp', message: '"sctp" is not one of "tcp", "udp"' },

@@ -77,7 +77,14 @@ function makeRules(opts: { instancesB?: InstanceRule[] } = {}): Rules {
   });
 }
 
-function setup(o: { capacity?: number; instancesB?: InstanceRule[]; writeCapacity?: number } = {}) {
+function setup(
+  o: {
+    capacity?: number;
+    instancesB?: InstanceRule[];
+    writeCapacity?: number;
+    verify?: boolean;
+  } = {},
+) {
   const tun = new MemoryTun({
     batchSize: 16,
     ...(o.writeCapacity !== undefined ? { writeCapacity: o.writeCapacity } : {}),
@@ -91,7 +98,7 @@ function setup(o: { capacity?: number; instancesB?: InstanceRule[]; writeCapacit
     makeRules(o),
     counters,
     {
-      verifyL4Checksum: true,
+      verifyL4Checksum: o.verify ?? true,
       localClientAddr: LOCAL_CLIENT,
       onFlowEvent: (e, _s, r) => events.push(`${e}:${r}`),
     },
@@ -341,6 +348,19 @@ describe('Pipeline', () => {
     }
     expect(counters.flowsCreated).toBe(0);
     invariant();
+  });
+
+  it('with TCP checksum verification off, forwards a bad checksum still bad (the receiver drops it)', () => {
+    const { send, counters } = setup({ verify: false });
+    const syn = seg(CLIENT_A, 40000, VIP, 9000, SYN);
+    syn[36] = syn[36]! ^ 0x01; // TCP checksum, high byte
+    const [out] = send(syn);
+    expect(out).toBeDefined();
+    expect(counters.drops[Drop.BAD_L4_CHECKSUM]).toBe(0);
+    // The translated packet equals the good translation but for the same one-bit error.
+    const want = seg(CLIENT_A, 40000, HOST, 19001, SYN);
+    want[36] = want[36]! ^ 0x01;
+    expect(out).toBe(hex(want));
   });
 
   it('counts packets the device does not take as tx_error', () => {
