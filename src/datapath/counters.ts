@@ -9,7 +9,7 @@
  * strings, no objects); names exist only for the control plane.
  */
 
-import { Check } from '../wire/parse.js';
+import { CHECK_NAMES, Check } from '../wire/parse.js';
 
 /** Drop reasons. The first ones mirror `Check` codes of the checked parser. */
 export const Drop = {
@@ -49,17 +49,10 @@ export const Drop = {
   /** A SYN to a virtual service address on a port that is no service: answered with RST, like a closed port. */
   REFUSED_NO_SERVICE: 22,
 } as const;
-export const DROP_REASONS = 23;
 
 export const DROP_NAMES: readonly string[] = [
-  'ok',
-  'truncated',
-  'bad_version',
-  'bad_ihl',
-  'bad_total_len',
-  'l4_truncated',
-  'bad_data_offset',
-  'bad_udp_len',
+  // The checked parser's reasons keep their names and numbers.
+  ...CHECK_NAMES,
   'bad_ip_checksum',
   'bad_l4_checksum',
   'ipv6',
@@ -76,6 +69,7 @@ export const DROP_NAMES: readonly string[] = [
   'not_negotiated',
   'refused_no_service',
 ];
+export const DROP_REASONS = DROP_NAMES.length;
 
 /** Reasons for which vpm answers the dropped SYN with a RST (indexed by reason). */
 export const SENDS_RST: Readonly<Uint8Array> = (() => {

@@ -8,6 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { TunStats } from '../tun/device.js';
 
 export interface NativeAddon {
   sum16(buf: Uint8Array, off: number, len: number, initial?: number): number;
@@ -49,21 +50,7 @@ export interface NativeAddon {
     count: number,
   ): number;
   tunClose(handle: { readonly name: string }): void;
-  tunStats(handle: { readonly name: string }): {
-    polls: number;
-    readPackets: number;
-    readBatches: number;
-    readFullBatches: number;
-    readEagain: number;
-    readErrors: number;
-    readTruncated: number;
-    lastReadErrno: number;
-    writeCalls: number;
-    writePackets: number;
-    writeQueueFull: number;
-    writeErrors: number;
-    lastWriteErrno: number;
-  };
+  tunStats(handle: { readonly name: string }): TunStats;
 }
 
 /** The package root: the first ancestor whose package.json is vpm's. */
