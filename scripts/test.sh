@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The test command (after scripts/setup.sh): type check, lint, then every vitest
-# test. Ends with one plain line "N passed, N failed" counted from this run:
-# the two static checks count as one test each, the rest come from vitest's
+# The test command (after scripts/setup.sh): type check, lint, the layer check,
+# then every vitest test. Ends with one plain line "N passed, N failed" counted
+# from this run: the static checks count as one test each, the rest come from vitest's
 # JSON report. Exits non-zero if anything failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,8 @@ check() {
 
 check typecheck npx tsc -p tsconfig.json --noEmit
 check lint npx biome check .
+# The layers of src/ (docs/architecture.md): every import, type-only and dynamic too.
+check layers npx depcruise src scripts test --config .dependency-cruiser.cjs
 
 report=$(mktemp -d)/vitest.json
 trap 'rm -rf "$(dirname "$report")"' EXIT
@@ -39,5 +41,7 @@ else
   vs=0
 fi
 
-echo "$passed passed, $failed failed, $vs skipped"
+# Nothing is skipped today; should a test ever be, it is said, never hidden.
+[ "${vs:-0}" -gt 0 ] && echo "$vs skipped"
+echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

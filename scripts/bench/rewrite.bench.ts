@@ -6,7 +6,8 @@
  *
  *  - port:      destination port only (covered by the TCP checksum, not the IP one)
  *  - addr+port: destination address (IP header and TCP pseudo-header checksums)
- *               and destination port, the VIP:9000 -> HOST:p2 rewrite of DESIGN.md
+ *               and destination port: the VIP:9000 -> instance addr:port rewrite of every
+ *               packet a client sends (docs/architecture.md, pipeline)
  *
  * Each iteration flips the packet between two destinations, so every rewrite is a
  * real change and the packet stays valid. The twin of addr+port writes both fields
@@ -14,15 +15,6 @@
  */
 
 import { pseudoHeader4 } from '../../src/checksum/pseudo.js';
-import {
-  setDstPortWithChecksumUpdate,
-  setIpv4DstAddrWithChecksumUpdate,
-} from '../../src/checksum/rewrite.js';
-import {
-  recomputeIpv4Checksums,
-  setDstPortReference,
-} from '../../src/checksum/rewrite.reference.js';
-import { Verify, verifyChecksums } from '../../src/checksum/verify.js';
 import { parseIpv4 } from '../../src/wire/address.js';
 import { set16, set32 } from '../../src/wire/bytes.js';
 import {
@@ -34,12 +26,18 @@ import {
 } from '../../src/wire/ipv4.js';
 import { Check, checkPacket, PacketInfo } from '../../src/wire/parse.js';
 import {
+  setDstPortWithChecksumUpdate,
+  setIpv4DstAddrWithChecksumUpdate,
+} from '../../src/wire/rewrite.js';
+import { recomputeIpv4Checksums, setDstPortReference } from '../../src/wire/rewrite.reference.js';
+import {
   TCP_ACK,
   TCP_OFF_CHECKSUM,
   TCP_OFF_DST_PORT,
   TcpRepr,
   TcpSegment,
 } from '../../src/wire/tcp.js';
+import { Verify, verifyChecksums } from '../../src/wire/verify.js';
 import { type BenchCase, fillRandom, fmtNs } from './common.js';
 import type { Loop, Measurement, Stats } from './harness.js';
 

@@ -5,10 +5,10 @@
  */
 
 import type { Command } from 'commander';
-import { Verify, verifyChecksums } from '../checksum/verify.js';
 import { ipv4ToString, ipv6ToString } from '../wire/address.js';
 import { fromHex } from '../wire/bytes.js';
 import { CHECK_NAMES, Check, checkPacket, PacketInfo } from '../wire/parse.js';
+import { Verify, verifyChecksums } from '../wire/verify.js';
 import { UsageError } from './errors.js';
 
 const VERIFY_NAMES = ['ok', 'bad_ip_checksum', 'bad_l4_checksum'];

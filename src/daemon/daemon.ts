@@ -27,6 +27,7 @@ import { FlowTable } from '../flow/table.js';
 import { cleanStale, HostSetup } from '../host/setup.js';
 import type { TunDevice } from '../tun/device.js';
 import { openTun } from '../tun/kernel-tun.js';
+import type { FlowView } from '../view/views.js';
 import { PortPool } from '../virtual/pool.js';
 import { type BindArgs, Registry } from '../virtual/registry.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
@@ -45,23 +46,6 @@ export const stateFileFor = (cfg: Config) =>
 /** Most flows removed per expiry tick; the rest wait for the next tick. */
 const EXPIRE_BUDGET = 20_000;
 const EXPIRE_INTERVAL_MS = 1000;
-
-export interface FlowView {
-  id: number;
-  client: string;
-  service: string;
-  serviceName: string;
-  aid: string;
-  real: string;
-  nat: string | null;
-  state: string;
-  ageMs: number;
-  idleMs: number;
-  packetsIn: number;
-  bytesIn: number;
-  packetsOut: number;
-  bytesOut: number;
-}
 
 /** Addresses assigned on this host (in this network namespace). */
 export function localAddresses(): Set<number> {

@@ -9,17 +9,15 @@
  * strings, no objects); names exist only for the control plane.
  */
 
-import { CHECK_NAMES, Check } from '../wire/parse.js';
+import { enumNames } from '../base/enum.js';
+import { Check } from '../wire/parse.js';
 
-/** Drop reasons. The first ones mirror `Check` codes of the checked parser. */
+/**
+ * Drop reasons. The first ones are the checked parser's `Check` codes, with their
+ * names and numbers (`OK`, 0, is no drop: the pipeline's "forward").
+ */
 export const Drop = {
-  TRUNCATED: Check.TRUNCATED,
-  BAD_VERSION: Check.BAD_VERSION,
-  BAD_IHL: Check.BAD_IHL,
-  BAD_TOTAL_LEN: Check.BAD_TOTAL_LEN,
-  L4_TRUNCATED: Check.L4_TRUNCATED,
-  BAD_DATA_OFFSET: Check.BAD_DATA_OFFSET,
-  BAD_UDP_LEN: Check.BAD_UDP_LEN,
+  ...Check,
   BAD_IP_CHECKSUM: 8,
   BAD_L4_CHECKSUM: 9,
   /** IPv6 reached the TUN (not multiplexed yet). */
@@ -50,25 +48,8 @@ export const Drop = {
   REFUSED_NO_SERVICE: 22,
 } as const;
 
-export const DROP_NAMES: readonly string[] = [
-  // The checked parser's reasons keep their names and numbers.
-  ...CHECK_NAMES,
-  'bad_ip_checksum',
-  'bad_l4_checksum',
-  'ipv6',
-  'not_tcp',
-  'fragment',
-  'no_flow',
-  'not_service',
-  'refused_no_selector',
-  'refused_no_instance',
-  'refused_table_full',
-  'refused_collision',
-  'tx_error',
-  'negotiating',
-  'not_negotiated',
-  'refused_no_service',
-];
+/** Names of the drop reasons, indexed by reason (the parser's first: they keep their names and numbers). */
+export const DROP_NAMES: readonly string[] = enumNames(Drop);
 export const DROP_REASONS = DROP_NAMES.length;
 
 /** Reasons for which vpm answers the dropped SYN with a RST (indexed by reason). */

@@ -23,19 +23,19 @@
  * second write. Per packet nothing is allocated and nothing throws.
  */
 
+import { sum16 } from '../checksum/sum.js';
+import { FIN_FROM_CLIENT, FIN_FROM_SERVER, isReusable, nextState } from '../flow/state.js';
+import { CREATE_COLLISION, CREATE_FULL, type FlowKeyArgs, type FlowTable } from '../flow/table.js';
+import { IPPROTO_TCP } from '../wire/ipv4.js';
+import { Check, checkPacket, PacketInfo } from '../wire/parse.js';
 import {
   setDstPortWithChecksumUpdate,
   setIpv4DstAddrWithChecksumUpdate,
   setIpv4SrcAddrWithChecksumUpdate,
   setSrcPortWithChecksumUpdate,
-} from '../checksum/rewrite.js';
-import { sum16 } from '../checksum/sum.js';
-import { Verify, verifyChecksums } from '../checksum/verify.js';
-import { FIN_FROM_CLIENT, FIN_FROM_SERVER, isReusable, nextState } from '../flow/state.js';
-import { CREATE_COLLISION, CREATE_FULL, type FlowKeyArgs, type FlowTable } from '../flow/table.js';
-import { IPPROTO_TCP } from '../wire/ipv4.js';
-import { Check, checkPacket, PacketInfo } from '../wire/parse.js';
+} from '../wire/rewrite.js';
 import { TCP_ACK, TCP_FIN, TCP_SYN } from '../wire/tcp.js';
+import { Verify, verifyL4Checksum } from '../wire/verify.js';
 import { type Counters, Drop, SENDS_RST } from './counters.js';
 import { RST_LEN, writeRst } from './rst.js';
 import type { Rules } from './rules.js';
@@ -187,7 +187,7 @@ export class Pipeline {
     if (sum16(buf, off, info.ipHeaderLen) !== 0xffff) return Drop.BAD_IP_CHECKSUM;
     if (info.protocol !== IPPROTO_TCP) return Drop.NOT_TCP;
     if (info.isFragment) return Drop.FRAGMENT;
-    if (this.opts.verifyL4Checksum && verifyChecksums(buf, info) !== Verify.OK)
+    if (this.opts.verifyL4Checksum && verifyL4Checksum(buf, info) !== Verify.OK)
       return Drop.BAD_L4_CHECKSUM;
 
     const t = this.table;

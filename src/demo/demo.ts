@@ -19,11 +19,11 @@
 import type { ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { formatFlows } from '../cli/daemon-cmds.js';
 import { controlRequest } from '../control/client.js';
-import type { FlowView } from '../daemon/daemon.js';
 import { packageRoot } from '../native/index.js';
 import { NetLab } from '../sandbox/netlab.js';
+import { formatFlows } from '../view/format.js';
+import type { FlowView } from '../view/views.js';
 
 const VIP = '198.19.0.9';
 const PORT = 9000;

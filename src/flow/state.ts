@@ -21,6 +21,7 @@
  * classified afresh.
  */
 
+import { enumNames } from '../base/enum.js';
 import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../wire/tcp.js';
 
 export const FlowState = {
@@ -34,15 +35,8 @@ export const FlowState = {
 } as const;
 export type FlowStateCode = (typeof FlowState)[keyof typeof FlowState];
 
-export const STATE_NAMES: readonly string[] = [
-  'free',
-  'syn_sent',
-  'syn_received',
-  'established',
-  'fin_wait',
-  'time_wait',
-  'reset',
-];
+/** Names of the states, indexed by state. */
+export const STATE_NAMES: readonly string[] = enumNames(FlowState);
 
 export const TimerClass = {
   EMBRYONIC: 0,

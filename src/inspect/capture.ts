@@ -101,13 +101,6 @@ export function linkTypeFromCap(name: string): number | null {
   return DLT_RAW_VALUES.has(dlt) ? LINKTYPE_RAW : dlt;
 }
 
-/** Names of the devices libpcap can open in this network namespace. */
-export function captureDevices(): string[] {
-  return loadCap()
-    .Cap.deviceList()
-    .map((d) => d.name);
-}
-
 export interface CaptureOptions {
   /** Kernel buffer for packets not yet read; default 8 MiB. */
   bufferSize?: number;

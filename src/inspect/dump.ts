@@ -28,6 +28,7 @@ import { controlRequest } from '../control/client.js';
 import { ControlError } from '../control/protocol.js';
 import { PCAP_SNAPLEN_IP } from '../pcap/format.js';
 import { PcapWriter } from '../pcap/writer.js';
+import type { ServiceView } from '../view/views.js';
 import { LiveCapture } from './capture.js';
 import {
   aidFilter,
@@ -37,7 +38,6 @@ import {
   findService,
   flowFilter,
   type InstanceEndpoint,
-  type ServiceView,
   serviceFilter,
 } from './filter.js';
 import { Pairer } from './pairs.js';

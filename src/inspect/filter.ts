@@ -14,6 +14,7 @@
  * unchecked.
  */
 
+import type { FlowView, InstanceView, ServiceView } from '../view/views.js';
 import { parseIpv4 } from '../wire/address.js';
 
 export interface Endpoint {
@@ -22,31 +23,11 @@ export interface Endpoint {
 }
 
 /** A service as the control command `services` reports it. */
-export interface ServiceView {
-  name: string;
-  address: string;
-  port: number;
-  protocol: string;
-}
-
 /** What a filter needs of a flow (`flows`: docs/control-protocol.md). */
-export interface FlowTuples {
-  id: number;
-  client: string;
-  service: string;
-  aid: string;
-  real: string;
-  nat: string | null;
-}
+export type FlowTuples = Pick<FlowView, 'id' | 'client' | 'service' | 'aid' | 'real' | 'nat'>;
 
 /** What a filter needs of an instance (`instances`). */
-export interface InstanceEndpoint {
-  aid: string;
-  proto: string;
-  vport: number;
-  address: string;
-  port: number;
-}
+export type InstanceEndpoint = Pick<InstanceView, 'aid' | 'proto' | 'vport' | 'address' | 'port'>;
 
 export class FilterError extends Error {
   readonly code = 'ERR_DUMP_FILTER';

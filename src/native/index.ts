@@ -8,7 +8,36 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { TunStats } from '../tun/device.js';
+
+/** Counters of one TUN device since it was opened, as tunStats() returns them (src/tun/device.ts calls them TunStats). */
+export interface NativeTunStats {
+  /** Times the device was found readable. */
+  polls: number;
+  /** Packets delivered to onBatch. */
+  readPackets: number;
+  /** onBatch calls; readPackets / readBatches is the mean batch. */
+  readBatches: number;
+  /** Bursts that filled the whole batch (more may have been waiting). */
+  readFullBatches: number;
+  /** Bursts that ended because the kernel had no more packets (EAGAIN). */
+  readEagain: number;
+  /** Reads that failed (the packet was dropped; a fatal one also stops reading). */
+  readErrors: number;
+  /** Packets that filled a whole slot and so may have been cut: dropped. */
+  readTruncated: number;
+  /** errno of the last failed read, 0 if none. */
+  lastReadErrno: number;
+  /** write() calls. */
+  writeCalls: number;
+  /** Packets the kernel accepted. */
+  writePackets: number;
+  /** Writes that found the queue full (EAGAIN/ENOBUFS); the rest of that batch was not written. */
+  writeQueueFull: number;
+  /** Packets the kernel refused with another errno (e.g. EINVAL): dropped. */
+  writeErrors: number;
+  /** errno of the last failed write, 0 if none. */
+  lastWriteErrno: number;
+}
 
 export interface NativeAddon {
   sum16(buf: Uint8Array, off: number, len: number, initial?: number): number;
@@ -50,7 +79,7 @@ export interface NativeAddon {
     count: number,
   ): number;
   tunClose(handle: { readonly name: string }): void;
-  tunStats(handle: { readonly name: string }): TunStats;
+  tunStats(handle: { readonly name: string }): NativeTunStats;
 }
 
 /** The package root: the first ancestor whose package.json is vpm's. */

@@ -17,90 +17,21 @@
  * With vnet headers (not supported yet) the slot will need 10 + 65535 bytes.
  *
  * Transmit queue. The kernel's default of 500 packets overflows under bulk load
- * (DESIGN.md); the default here is 10,000.
+ * (docs/deployment.md, step 5); the default here is 10,000.
  */
 
 import { loadNative, type NativeAddon } from '../native/index.js';
-import type { TunDevice, TunRx, TunStats } from './device.js';
-import { TunError, toTunError } from './errors.js';
+import {
+  type OpenTunOptions,
+  type ResolvedTunOptions,
+  resolveTunOptions,
+  type TunDevice,
+  type TunRx,
+  type TunStats,
+} from './device.js';
+import { type TunError, toTunError } from './errors.js';
 
 type NativeHandle = ReturnType<NativeAddon['tunOpen']>;
-
-/** Options of `openTun`; every field is optional and says its default. */
-export interface OpenTunOptions {
-  /** Interface name, or a kernel pattern with one %d. Default "vpm%d". */
-  name?: string;
-  /** IFF_MULTI_QUEUE: each openTun of the same name adds a queue. Default false. */
-  multiQueue?: boolean;
-  /** Packets per read burst, fixed for the device's life: 1..4096. Default 64. */
-  batchSize?: number;
-  /** MTU set on the device: 68..65535. Default 1500. */
-  mtu?: number;
-  /** Bytes per rx slot, larger than mtu. Default: mtu + 1 rounded up to 64. */
-  slotSize?: number;
-  /** Transmit queue length (packets the kernel queues for us to read). Default 10,000. */
-  txQueueLen?: number;
-  /** Bring the link up. Default true. */
-  up?: boolean;
-  /** IFF_VNET_HDR with offloads: reserved; true is refused (ERR_TUN_UNSUPPORTED). Default false. */
-  vnetHdr?: boolean;
-}
-
-export const TUN_DEFAULTS = Object.freeze({
-  name: 'vpm%d',
-  multiQueue: false,
-  batchSize: 64,
-  mtu: 1500,
-  txQueueLen: 10_000,
-  up: true,
-  vnetHdr: false,
-});
-
-export const TUN_MAX_BATCH = 4096;
-export const TUN_MIN_MTU = 68;
-export const TUN_MAX_MTU = 65535;
-const SLOT_ALIGN = 64;
-/** Offsets are 32-bit, and one rx buffer this large is already absurd. */
-const MAX_RX_BYTES = 1 << 30;
-
-/** The default slot for an MTU: larger than any packet, a multiple of 64 bytes. */
-export function defaultSlotSize(mtu: number): number {
-  return Math.ceil((mtu + 1) / SLOT_ALIGN) * SLOT_ALIGN;
-}
-
-export type ResolvedTunOptions = Readonly<Required<OpenTunOptions>>;
-
-function intIn(field: string, v: number, lo: number, hi: number): number {
-  if (!Number.isInteger(v) || v < lo || v > hi) {
-    throw new TunError(
-      'ERR_TUN_OPTION',
-      `openTun: ${field} must be an integer ${lo}..${hi}, got ${v}`,
-    );
-  }
-  return v;
-}
-
-/** Fill in defaults and validate; throws ERR_TUN_OPTION naming the bad field and value. */
-export function resolveTunOptions(opts: OpenTunOptions = {}): ResolvedTunOptions {
-  const mtu = intIn('mtu', opts.mtu ?? TUN_DEFAULTS.mtu, TUN_MIN_MTU, TUN_MAX_MTU);
-  const batchSize = intIn('batchSize', opts.batchSize ?? TUN_DEFAULTS.batchSize, 1, TUN_MAX_BATCH);
-  const slotSize = intIn(
-    'slotSize',
-    opts.slotSize ?? defaultSlotSize(mtu),
-    mtu + 1,
-    Math.floor(MAX_RX_BYTES / batchSize),
-  );
-  return Object.freeze({
-    name: opts.name ?? TUN_DEFAULTS.name,
-    multiQueue: opts.multiQueue ?? TUN_DEFAULTS.multiQueue,
-    batchSize,
-    mtu,
-    slotSize,
-    txQueueLen: intIn('txQueueLen', opts.txQueueLen ?? TUN_DEFAULTS.txQueueLen, 1, 0x7fffffff),
-    up: opts.up ?? TUN_DEFAULTS.up,
-    vnetHdr: opts.vnetHdr ?? TUN_DEFAULTS.vnetHdr,
-  });
-}
 
 /** Open a kernel TUN device (needs CAP_NET_ADMIN). Errors are TunErrors with a stable code. */
 export function openTun(opts: OpenTunOptions = {}): KernelTun {

@@ -18,9 +18,16 @@
  * then onError (or, without one, a thrown TunError) with ERR_TUN_IO.
  */
 
-import { emptyTunStats, type TunDevice, type TunRx, type TunStats } from './device.js';
+import {
+  defaultSlotSize,
+  emptyTunStats,
+  TUN_DEFAULTS,
+  TUN_MAX_BATCH,
+  type TunDevice,
+  type TunRx,
+  type TunStats,
+} from './device.js';
 import { TunError } from './errors.js';
-import { defaultSlotSize, TUN_DEFAULTS, TUN_MAX_BATCH } from './kernel-tun.js';
 
 const EAGAIN = 11;
 const EBADFD = 77;

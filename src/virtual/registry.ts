@@ -22,6 +22,7 @@
 import type { Socket } from 'node:net';
 import type { Config } from '../config/config.js';
 import type { InstanceRule, Rules } from '../datapath/rules.js';
+import type { InstanceView } from '../view/views.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
 import type { PortPool } from './pool.js';
 
@@ -52,18 +53,6 @@ interface Group {
   pending: Promise<number> | null;
   regs: Set<Registration>;
   rule: InstanceRule | null;
-}
-
-export interface InstanceView {
-  aid: string;
-  proto: string;
-  vport: number;
-  address: string;
-  port: number;
-  pids: number[];
-  registrations: number;
-  since: string;
-  source: 'static' | 'registered';
 }
 
 export interface BindArgs {

@@ -152,7 +152,7 @@ export class Ipv4Packet {
   setChecksum(v: number): void {
     set16(this.buf, this.off + IPV4_OFF_CHECKSUM, v);
   }
-  /** Raw setters: they leave the checksums alone (see checksum/rewrite.ts for the updating ones). */
+  /** Raw setters: they leave the checksums alone (see wire/rewrite.ts for the updating ones). */
   setSrcAddr(a: number): void {
     set32(this.buf, this.off + IPV4_OFF_SRC, a);
   }

@@ -16,9 +16,10 @@
  * It never throws and never allocates: the result goes into a caller-owned
  * `PacketInfo`, and the return value is a `Check` code (0 = accepted). Bytes after
  * the IP total length (link padding) are ignored. Checksums are not verified here:
- * that costs a full sum and is the caller's choice (checksum/verify.ts).
+ * that costs a full sum and is the caller's choice (verify.ts).
  */
 
+import { enumNames } from '../base/enum.js';
 import { get16, get32 } from './bytes.js';
 import { IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_HEADER_LEN } from './ipv4.js';
 import { IPV6_HEADER_LEN } from './ipv6.js';
@@ -45,16 +46,8 @@ export const Check = {
 } as const;
 export type CheckCode = (typeof Check)[keyof typeof Check];
 
-export const CHECK_NAMES: readonly string[] = [
-  'ok',
-  'truncated',
-  'bad_version',
-  'bad_ihl',
-  'bad_total_len',
-  'l4_truncated',
-  'bad_data_offset',
-  'bad_udp_len',
-];
+/** Names of the Check codes, indexed by code. */
+export const CHECK_NAMES: readonly string[] = enumNames(Check);
 
 /** Filled in place by `checkPacket`; allocate one and reuse it for every packet. */
 export class PacketInfo {

@@ -129,7 +129,7 @@ export class TcpSegment {
     return this.len - this.headerLen();
   }
 
-  /** Raw port setters: they leave the checksum alone (see checksum/rewrite.ts). */
+  /** Raw port setters: they leave the checksum alone (see wire/rewrite.ts). */
   setSrcPort(v: number): void {
     set16(this.buf, this.off + TCP_OFF_SRC_PORT, v);
   }

@@ -122,17 +122,23 @@ describe('FlowTable', () => {
 
   it('reuses freed slots, gives fresh ids, and lists live flows', () => {
     const t = new FlowTable(4, TIMEOUTS, 4);
-    const s1 = t.create(key(1), 0);
+    const slots = [1, 2, 3, 4].map((i) => t.create(key(i), 0));
+    expect(new Set(slots).size).toBe(4);
+    expect(t.create(key(5), 0)).toBe(CREATE_FULL);
+    const s1 = slots[2]!;
     const id1 = t.id[s1];
     t.remove(s1);
-    t.remove(s1); // idempotent
-    const s2 = t.create(key(2), 0);
+    t.remove(s1); // idempotent: the slot is not freed twice
+    expect(t.size).toBe(3);
+    const s2 = t.create(key(6), 0);
+    expect(s2).toBe(s1); // the freed slot, not a new one: there is no other
     expect(t.id[s2]).not.toBe(id1);
+    expect(t.create(key(7), 0)).toBe(CREATE_FULL); // freed once, so reusable once
     const seen: number[] = [];
     t.forEach((s) => {
       seen.push(s);
     });
-    expect(seen).toEqual([s2]);
+    expect(seen.sort()).toEqual([...slots].sort());
   });
 
   it('rejects an impossible capacity with a clear error', () => {

@@ -12,12 +12,12 @@ import {
   flowFilter,
   type InstanceEndpoint,
   parseEndpoint,
-  type ServiceView,
   serviceFilter,
   tupleFilter,
 } from '../../src/inspect/filter.js';
 import { LINKTYPE_RAW } from '../../src/pcap/format.js';
 import { PcapWriter } from '../../src/pcap/writer.js';
+import type { ServiceView } from '../../src/view/views.js';
 import { ip4, tcp4, udp4 } from '../support/builder.js';
 import { runCommand } from '../support/netns.js';
 

@@ -24,11 +24,11 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Verify, verifyChecksums } from '../../src/checksum/verify.js';
 import { LINKTYPE_ETHERNET } from '../../src/pcap/format.js';
 import { ipHeaderOffset, PcapError, type PcapRecord, readPcapFile } from '../../src/pcap/reader.js';
 import { IPPROTO_TCP, IPPROTO_UDP } from '../../src/wire/ipv4.js';
 import { Check, checkPacket, PacketInfo } from '../../src/wire/parse.js';
+import { Verify, verifyChecksums } from '../../src/wire/verify.js';
 import { NetLab, requireCommands, requireRoot, runCommand, waitFor } from '../support/netns.js';
 
 const CLI_ADDR = '198.18.0.1';

@@ -2,7 +2,6 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { Verify, verifyChecksums } from '../../src/checksum/verify.js';
 import {
   LINKTYPE_ETHERNET,
   LINKTYPE_IPV4,
@@ -20,6 +19,7 @@ import {
 import { fromHex, toHex } from '../../src/wire/bytes.js';
 import { IPPROTO_TCP, IPPROTO_UDP } from '../../src/wire/ipv4.js';
 import { Check, checkPacket, PacketInfo } from '../../src/wire/parse.js';
+import { Verify, verifyChecksums } from '../../src/wire/verify.js';
 
 /*
  * Test vectors: written by tcpdump 4.99.3 / libpcap 1.10.3 (x86-64, so little-endian

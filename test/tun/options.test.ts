@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { loadNative } from '../../src/native/index.js';
+import { defaultSlotSize, resolveTunOptions, TUN_DEFAULTS } from '../../src/tun/device.js';
 import { TunError, toTunError } from '../../src/tun/errors.js';
-import { defaultSlotSize, resolveTunOptions, TUN_DEFAULTS } from '../../src/tun/kernel-tun.js';
 
 describe('openTun options', () => {
   it('defaults: vpm%d, batch 64, MTU 1500, 1536-byte slots, txqueuelen 10000, up', () => {

@@ -14,7 +14,6 @@
  */
 
 import { describe, expect, it } from 'vitest';
-import { verifyChecksums } from '../../src/checksum/verify.js';
 import { ipv4ToString, ipv6ToString } from '../../src/wire/address.js';
 import { IcmpPacket, IcmpRepr } from '../../src/wire/icmp.js';
 import { Ipv4Packet, Ipv4Repr } from '../../src/wire/ipv4.js';
@@ -28,6 +27,7 @@ import {
 } from '../../src/wire/parse.js';
 import { TcpRepr, TcpSegment } from '../../src/wire/tcp.js';
 import { UdpDatagram, UdpRepr } from '../../src/wire/udp.js';
+import { verifyChecksums } from '../../src/wire/verify.js';
 import {
   icmp4,
   icmp6,

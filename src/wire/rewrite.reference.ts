@@ -3,17 +3,11 @@
  * that covers it from scratch with the byte-at-a-time reference sum.
  */
 
-import { get16, set16, set32 } from '../wire/bytes.js';
-import {
-  IPPROTO_TCP,
-  IPPROTO_UDP,
-  IPV4_OFF_CHECKSUM,
-  IPV4_OFF_DST,
-  IPV4_OFF_SRC,
-} from '../wire/ipv4.js';
-import { TCP_OFF_CHECKSUM, TCP_OFF_DST_PORT, TCP_OFF_SRC_PORT } from '../wire/tcp.js';
-import { UDP_OFF_CHECKSUM, UDP_OFF_LENGTH } from '../wire/udp.js';
-import { checksumReference, sum16Reference } from './sum.reference.js';
+import { checksumReference, sum16Reference } from '../checksum/sum.reference.js';
+import { get16, set16, set32 } from './bytes.js';
+import { IPPROTO_TCP, IPPROTO_UDP, IPV4_OFF_CHECKSUM, IPV4_OFF_DST, IPV4_OFF_SRC } from './ipv4.js';
+import { TCP_OFF_CHECKSUM, TCP_OFF_DST_PORT, TCP_OFF_SRC_PORT } from './tcp.js';
+import { UDP_OFF_CHECKSUM, UDP_OFF_LENGTH } from './udp.js';
 
 /** Recompute the IPv4 header checksum and, if an L4 header is present, the TCP/UDP checksum. */
 export function recomputeIpv4Checksums(

@@ -1,6 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { Verify, type VerifyCode, verifyChecksums } from '../../src/checksum/verify.js';
 import { Check, checkPacket, PacketInfo } from '../../src/wire/parse.js';
+import {
+  Verify,
+  type VerifyCode,
+  verifyChecksums,
+  verifyL4Checksum,
+} from '../../src/wire/verify.js';
 import {
   icmp4,
   icmp6,
@@ -104,6 +109,20 @@ describe('verifyChecksums on captured packets', () => {
       const b = unhex(V[name]);
       b[8] = 63; // TTL decremented without updating the checksum
       expect(verify(b)).toBe(Verify.BAD_IP_CHECKSUM);
+    }
+  });
+
+  it('verifyL4Checksum checks the L4 checksum alone (the pipeline has checked the IP header)', () => {
+    const info = new PacketInfo();
+    for (const [name, want] of [
+      ['synFixed', Verify.OK],
+      ['synPartial', Verify.BAD_L4_CHECKSUM],
+      ['udp6Fixed', Verify.OK],
+    ] as const) {
+      const b = unhex(V[name]);
+      if (b[0]! >> 4 === 4) b[8] = 63; // a bad IPv4 header checksum it must not look at
+      expect(checkPacket(b, 0, b.length, info)).toBe(Check.OK);
+      expect(verifyL4Checksum(b, info), name).toBe(want);
     }
   });
 

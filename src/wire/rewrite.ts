@@ -15,17 +15,11 @@
  * every checksum from scratch is `rewrite.reference.ts`.
  */
 
-import { get16, get32, set16, set32 } from '../wire/bytes.js';
-import {
-  IPPROTO_TCP,
-  IPPROTO_UDP,
-  IPV4_OFF_CHECKSUM,
-  IPV4_OFF_DST,
-  IPV4_OFF_SRC,
-} from '../wire/ipv4.js';
-import { TCP_OFF_CHECKSUM, TCP_OFF_DST_PORT, TCP_OFF_SRC_PORT } from '../wire/tcp.js';
-import { UDP_OFF_CHECKSUM } from '../wire/udp.js';
-import { update16, update32 } from './incremental.js';
+import { update16, update32 } from '../checksum/incremental.js';
+import { get16, get32, set16, set32 } from './bytes.js';
+import { IPPROTO_TCP, IPPROTO_UDP, IPV4_OFF_CHECKSUM, IPV4_OFF_DST, IPV4_OFF_SRC } from './ipv4.js';
+import { TCP_OFF_CHECKSUM, TCP_OFF_DST_PORT, TCP_OFF_SRC_PORT } from './tcp.js';
+import { UDP_OFF_CHECKSUM } from './udp.js';
 
 /** Offset of the checksum field inside the L4 header, or -1 for a protocol without pseudo-header. */
 export function l4ChecksumOffset(protocol: number): number {

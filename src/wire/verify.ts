@@ -5,12 +5,12 @@
  * does not call it per packet; tests, `vpm dump` and packet builders do.
  */
 
-import { IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP } from '../wire/ipv4.js';
-import { IPV6_OFF_DST, IPV6_OFF_SRC } from '../wire/ipv6.js';
-import type { PacketInfo } from '../wire/parse.js';
-import { UDP_OFF_CHECKSUM } from '../wire/udp.js';
-import { pseudoHeader4, pseudoHeader6 } from './pseudo.js';
-import { sum16 } from './sum.js';
+import { pseudoHeader4, pseudoHeader6 } from '../checksum/pseudo.js';
+import { sum16 } from '../checksum/sum.js';
+import { IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP } from './ipv4.js';
+import { IPV6_OFF_DST, IPV6_OFF_SRC } from './ipv6.js';
+import type { PacketInfo } from './parse.js';
+import { UDP_OFF_CHECKSUM } from './udp.js';
 
 export const Verify = {
   OK: 0,
@@ -19,10 +19,20 @@ export const Verify = {
 } as const;
 export type VerifyCode = (typeof Verify)[keyof typeof Verify];
 
+/** Both checks below: the IPv4 header checksum, then the L4 checksum. */
 export function verifyChecksums(buf: Uint8Array, info: PacketInfo): VerifyCode {
+  if (info.version === 4 && sum16(buf, info.ipOff, info.ipHeaderLen) !== 0xffff)
+    return Verify.BAD_IP_CHECKSUM;
+  return verifyL4Checksum(buf, info);
+}
+
+/**
+ * The TCP, UDP, ICMP or ICMPv6 checksum alone (OK when the packet carries no L4
+ * header), for a caller that has checked the IPv4 header checksum itself.
+ */
+export function verifyL4Checksum(buf: Uint8Array, info: PacketInfo): VerifyCode {
   const off = info.ipOff;
   const v4 = info.version === 4;
-  if (v4 && sum16(buf, off, info.ipHeaderLen) !== 0xffff) return Verify.BAD_IP_CHECKSUM;
   if (info.l4Off < 0) return Verify.OK;
   const p = info.protocol;
   let pseudo = 0;

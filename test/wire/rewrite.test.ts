@@ -1,20 +1,20 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { Check, checkPacket, PacketInfo } from '../../src/wire/parse.js';
 import {
   l4ChecksumOffset,
   setDstPortWithChecksumUpdate,
   setIpv4DstAddrWithChecksumUpdate,
   setIpv4SrcAddrWithChecksumUpdate,
   setSrcPortWithChecksumUpdate,
-} from '../../src/checksum/rewrite.js';
+} from '../../src/wire/rewrite.js';
 import {
   setDstPortReference,
   setIpv4DstAddrReference,
   setIpv4SrcAddrReference,
   setSrcPortReference,
-} from '../../src/checksum/rewrite.reference.js';
-import { Verify, verifyChecksums } from '../../src/checksum/verify.js';
-import { Check, checkPacket, PacketInfo } from '../../src/wire/parse.js';
+} from '../../src/wire/rewrite.reference.js';
+import { Verify, verifyChecksums } from '../../src/wire/verify.js';
 import {
   expectedL4Checksum4,
   hex,

@@ -1,4 +1,0 @@
-export * from './device.js';
-export * from './errors.js';
-export * from './kernel-tun.js';
-export * from './memory-tun.js';

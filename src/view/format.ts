@@ -1,0 +1,86 @@
+/**
+ * Text rendering of what the daemon reports: the tables of `vpm flows` and
+ * `vpm instances` and the summary of `vpm stats` (also used by `vpm demo`).
+ */
+
+import type { FlowView, InstanceView } from './views.js';
+
+export function formatFlows(flows: FlowView[]): string {
+  const head = [
+    'ID',
+    'CLIENT',
+    'SERVICE',
+    'AID',
+    'REAL',
+    'STATE',
+    'AGE',
+    'PKTS IN/OUT',
+    'BYTES IN/OUT',
+  ];
+  const rows = flows.map((f) => [
+    String(f.id),
+    f.nat ? `${f.client} (as ${f.nat})` : f.client,
+    `${f.serviceName} ${f.service}`,
+    f.aid,
+    f.real,
+    f.state,
+    `${(f.ageMs / 1000).toFixed(1)}s`,
+    `${f.packetsIn}/${f.packetsOut}`,
+    `${f.bytesIn}/${f.bytesOut}`,
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (r: string[]) =>
+    r
+      .map((c, i) => c.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd();
+  return [
+    line(head),
+    ...rows.map(line),
+    `${flows.length} flow${flows.length === 1 ? '' : 's'}`,
+  ].join('\n');
+}
+
+export function formatStats(s: Record<string, unknown>): string {
+  const drops = s.drops as Record<string, number>;
+  const nonzero = Object.entries(drops).filter(([, v]) => v > 0);
+  const lines = [
+    `packets in ${s.packetsIn}  out ${s.packetsOut}  dropped ${s.dropsTotal}`,
+    `bytes   in ${s.bytesIn}  out ${s.bytesOut}`,
+    `flows   active ${s.flowsActive}/${s.flowsCapacity}  created ${s.flowsCreated}  expired ${s.flowsExpired}  refused ${s.flowsRefused}  rst sent ${s.rstSent}`,
+    `drops   ${nonzero.length === 0 ? 'none' : nonzero.map(([k, v]) => `${k} ${v}`).join(', ')}`,
+    `batches ${s.batches}  sizes ${Object.entries(s.batchSizes as Record<string, number>)
+      .filter(([, v]) => v > 0)
+      .map(([k, v]) => `${k}:${v}`)
+      .join(' ')}`,
+  ];
+  for (const [aid, b] of Object.entries(
+    s.perAid as Record<string, { bytesIn: number; bytesOut: number }>,
+  )) {
+    lines.push(`aid     ${aid}: bytes in ${b.bytesIn} out ${b.bytesOut}`);
+  }
+  return lines.join('\n');
+}
+
+export function formatInstances(list: InstanceView[]): string {
+  const head = ['AID', 'VPORT', 'REAL', 'PIDS', 'SOURCE', 'SINCE'];
+  const rows = list.map((i) => [
+    i.aid,
+    i.vport === 0 ? 'any' : `${i.proto}/${i.vport}`,
+    `${i.address}:${i.port}`,
+    i.pids.length === 0 ? '-' : i.pids.join(','),
+    i.source === 'static' ? 'config' : `vpm exec (${i.registrations})`,
+    i.since || '-',
+  ]);
+  const widths = head.map((h, k) => Math.max(h.length, ...rows.map((r) => r[k]!.length)));
+  const line = (r: string[]) =>
+    r
+      .map((c, k) => c.padEnd(widths[k]!))
+      .join('  ')
+      .trimEnd();
+  return [
+    line(head),
+    ...rows.map(line),
+    `${list.length} instance${list.length === 1 ? '' : 's'}`,
+  ].join('\n');
+}

@@ -1,0 +1,44 @@
+/**
+ * What the daemon reports over its control socket (docs/control-protocol.md), as
+ * plain records: one definition for the daemon that builds them and for the CLI,
+ * the demo and `vpm dump` that read them.
+ */
+
+/** One flow of `vpm flows` (the control request `flows`). */
+export interface FlowView {
+  id: number;
+  client: string;
+  service: string;
+  serviceName: string;
+  aid: string;
+  real: string;
+  nat: string | null;
+  state: string;
+  ageMs: number;
+  idleMs: number;
+  packetsIn: number;
+  bytesIn: number;
+  packetsOut: number;
+  bytesOut: number;
+}
+
+/** One instance of `vpm instances` (the control request `instances`). */
+export interface InstanceView {
+  aid: string;
+  proto: string;
+  vport: number;
+  address: string;
+  port: number;
+  pids: number[];
+  registrations: number;
+  since: string;
+  source: 'static' | 'registered';
+}
+
+/** One virtual service (the control request `services`). */
+export interface ServiceView {
+  name: string;
+  address: string;
+  port: number;
+  protocol: string;
+}
