@@ -22,7 +22,7 @@ const LAYERS = {
   host: ['base'],
   control: ['view', 'base'],
   config: ['wire', 'base'],
-  datapath: ['flow', 'config', 'wire', 'checksum', 'base'],
+  datapath: ['flow', 'tun', 'config', 'wire', 'checksum', 'base'],
   virtual: ['datapath', 'config', 'view', 'wire', 'base'],
   coop: ['virtual', 'datapath', 'flow', 'config', 'wire', 'checksum', 'base'],
   inspect: ['control', 'pcap', 'view', 'wire', 'checksum', 'base'],

@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "checksum.h"
-#include "tun.h"
+#include "tun_napi.h"
 
 #define THROW(env, kind, ...)                                   \
   do {                                                          \
@@ -107,7 +107,7 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"sum16", NULL, js_sum16, NULL, NULL, NULL, napi_default, NULL},
       {"sum16Batch", NULL, js_sum16_batch, NULL, NULL, NULL, napi_default, NULL},
-      /* TUN device (tun.c) */
+      /* TUN device (tun_napi.c over tun_dev.c) */
       {"tunOpen", NULL, vpm_js_tun_open, NULL, NULL, NULL, napi_default, NULL},
       {"tunSetMtu", NULL, vpm_js_tun_set_mtu, NULL, NULL, NULL, napi_default, NULL},
       {"tunSetTxQueueLen", NULL, vpm_js_tun_set_txqueuelen, NULL, NULL, NULL, napi_default, NULL},
@@ -117,6 +117,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"tunWriteBatch", NULL, vpm_js_tun_write_batch, NULL, NULL, NULL, napi_default, NULL},
       {"tunClose", NULL, vpm_js_tun_close, NULL, NULL, NULL, napi_default, NULL},
       {"tunStats", NULL, vpm_js_tun_stats, NULL, NULL, NULL, napi_default, NULL},
+      {"tunSetOffload", NULL, vpm_js_tun_set_offload, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -22,3 +22,13 @@ export function update32Reference(check: number, old: number, now: number): numb
   const hiNew = Math.floor(now / 0x10000) & 0xffff;
   return update16Reference(update16Reference(check, hiOld, hiNew), old & 0xffff, now & 0xffff);
 }
+
+/** Twin of updatePartial32: S + ~old + new with the explicit adder, one 16-bit operand at a time. */
+export function updatePartial32Reference(sum: number, old: number, now: number): number {
+  const hiOld = Math.floor(old / 0x10000) & 0xffff;
+  const hiNew = Math.floor(now / 0x10000) & 0xffff;
+  let s = onesAdd(sum & 0xffff, not16(hiOld));
+  s = onesAdd(s, not16(old & 0xffff));
+  s = onesAdd(s, hiNew);
+  return onesAdd(s, now & 0xffff);
+}

@@ -9,6 +9,21 @@
  * A 32-bit field (an IPv4 address) is two 16-bit fields.
  *
  * These are pure functions on numbers; the caller reads and writes the field.
+ *
+ * Partial checksums. A packet whose checksum the kernel will finish (Linux
+ * CHECKSUM_PARTIAL; virtio-net NEEDS_CSUM on a TUN with offloads) carries in its
+ * L4 checksum field not a checksum but the folded, *uncomplemented* sum S of the
+ * pseudo-header alone. Whoever sends it on sums [csum_start, end) — the L4 header
+ * with S in it, and the payload — and stores the complement. Hence, for a rewrite:
+ *  - a port lies inside [csum_start, end): the final sum will see the new one, so
+ *    the field is left alone;
+ *  - an address is only in the pseudo-header, i.e. only in S: S has to follow it,
+ *        S' = S + ~m + m'              (one's complement; no complement of S)
+ *    which is Linux's inet_proto_csum_replace4(sum, skb, from, to, pseudohdr=true)
+ *    on a CHECKSUM_PARTIAL skb (`~csum_fold(csum_add(csum_sub(csum_unfold(*sum),
+ *    from), to))`) and gVisor's rewritePacket on a partial packet;
+ *  - the IPv4 header checksum is always a complete one: update16/update32.
+ * The same holds for a UDP partial sum, which is never 0 (no "no checksum" case).
  */
 
 import { fold } from './sum.js';
@@ -28,5 +43,17 @@ export function update32(check: number, old: number, now: number): number {
         (now >>> 16) +
         (now & 0xffff),
     ) & 0xffff
+  );
+}
+
+/** New partial (pseudo-header) sum after a 16-bit word of the pseudo-header went from `old` to `now`. */
+export function updatePartial16(sum: number, old: number, now: number): number {
+  return fold((sum & 0xffff) + (~old & 0xffff) + (now & 0xffff));
+}
+
+/** New partial (pseudo-header) sum after a 32-bit word (an IPv4 address) went from `old` to `now`. */
+export function updatePartial32(sum: number, old: number, now: number): number {
+  return fold(
+    (sum & 0xffff) + (~(old >>> 16) & 0xffff) + (~old & 0xffff) + (now >>> 16) + (now & 0xffff),
   );
 }

@@ -46,7 +46,26 @@ export const Drop = {
   NOT_NEGOTIATED: 21,
   /** A SYN to a virtual service address on a port that is no service: answered with RST, like a closed port. */
   REFUSED_NO_SERVICE: 22,
+  /** Virtio-net header: flag bits other than NEEDS_CSUM/DATA_VALID, or both. */
+  VNET_BAD_FLAGS: 23,
+  /** Virtio-net header: a gso_type vpm does not know (UFO, or ECN without TCP). */
+  VNET_BAD_GSO_TYPE: 24,
+  /** Virtio-net header: a super-packet that does not fit its gso_type, has gso_size 0, or no NEEDS_CSUM. */
+  VNET_BAD_GSO: 25,
+  /** Virtio-net header: csum_start/csum_offset are not the packet's TCP/UDP checksum field. */
+  VNET_BAD_CSUM: 26,
+  /** The kernel refused the packet on write (EINVAL): not delivered. */
+  TX_REFUSED: 27,
 } as const;
+
+/** Drop reason of each VnetCheck code (indexed by code; 0, OK, is no drop). */
+export const VNET_DROP: Readonly<Uint8Array> = Uint8Array.of(
+  0,
+  Drop.VNET_BAD_FLAGS,
+  Drop.VNET_BAD_GSO_TYPE,
+  Drop.VNET_BAD_GSO,
+  Drop.VNET_BAD_CSUM,
+);
 
 /** Names of the drop reasons, indexed by reason (the parser's first: they keep their names and numbers). */
 export const DROP_NAMES: readonly string[] = enumNames(Drop);
@@ -84,6 +103,17 @@ export class Counters {
   synInjected = 0;
   /** Negotiations that failed (refused, mismatch, timeout, peer unreachable). */
   negotiationsFailed = 0;
+  /** Offloads: super-packets (GSO) read and the segments they stood for. */
+  superPacketsIn = 0;
+  segmentsIn = 0;
+  /** Super-packets written back whole, and the segments they stand for. */
+  superPacketsOut = 0;
+  segmentsOut = 0;
+  /** Super-packets the kernel refused on write. */
+  gsoRefused = 0;
+  /** Super-packets vpm segmented itself (after a refusal), and the segments it wrote. */
+  softwareSegmented = 0;
+  softwareSegments = 0;
   /** Per AID index: bytes client → server and server → client. */
   readonly aidBytesIn: Float64Array;
   readonly aidBytesOut: Float64Array;
@@ -144,6 +174,15 @@ export class Counters {
       rstSent: this.rstSent,
       synInjected: this.synInjected,
       negotiationsFailed: this.negotiationsFailed,
+      offload: {
+        superPacketsIn: this.superPacketsIn,
+        segmentsIn: this.segmentsIn,
+        superPacketsOut: this.superPacketsOut,
+        segmentsOut: this.segmentsOut,
+        gsoRefused: this.gsoRefused,
+        softwareSegmented: this.softwareSegmented,
+        softwareSegments: this.softwareSegments,
+      },
       batches: this.batches,
       batchSizes,
       perAid,

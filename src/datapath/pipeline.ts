@@ -21,11 +21,28 @@
  * a second pair of offset/length arrays over the same buffer, written back to the
  * device in one call. Generated RSTs go into their own preallocated buffer and a
  * second write. Per packet nothing is allocated and nothing throws.
+ *
+ * Offloads. On a device with virtio-net headers (`dev.headroom` > 0) each packet's
+ * header, in the bytes before it, is checked against the packet (a mismatch is a
+ * counted drop) and says how its checksum stands: NEEDS_CSUM, the L4 field holds
+ * a partial pseudo-header sum (rewritten by the partial rules, never verified);
+ * DATA_VALID, the kernel verified it (not verified again); neither, a complete
+ * checksum (verified if configured, RFC 1624 updates). A super-packet (gso_type
+ * TCPV4 with gso_size) is rewritten like any packet: its headers stand for every
+ * segment, so one rewrite serves ~45 segments. The header goes back with the
+ * packet, hdr_len recomputed. Should the kernel refuse a super-packet on write
+ * (some kernels had such bugs), that packet is segmented in software
+ * (wire/segment.ts) and sent as plain packets, the device's segmentation
+ * offloads are turned off so that the kernel stops making super-packets, and
+ * super-packets still queued are segmented before they are written: counted,
+ * reported through onDeviceEvent, never a silent drop.
  */
 
 import { sum16 } from '../checksum/sum.js';
 import { FIN_FROM_CLIENT, FIN_FROM_SERVER, isReusable, nextState } from '../flow/state.js';
 import { CREATE_COLLISION, CREATE_FULL, type FlowKeyArgs, type FlowTable } from '../flow/table.js';
+import { TUN_OFFLOAD_SEGMENTATION, type TunDevice } from '../tun/device.js';
+import { get16le, set16le } from '../wire/bytes.js';
 import { IPPROTO_TCP } from '../wire/ipv4.js';
 import { Check, checkPacket, PacketInfo } from '../wire/parse.js';
 import {
@@ -34,22 +51,44 @@ import {
   setIpv4SrcAddrWithChecksumUpdate,
   setSrcPortWithChecksumUpdate,
 } from '../wire/rewrite.js';
+import { SEGMENT_NOT_GSO, segmentSuperPacket } from '../wire/segment.js';
 import { TCP_ACK, TCP_FIN, TCP_SYN } from '../wire/tcp.js';
 import { Verify, verifyL4Checksum } from '../wire/verify.js';
-import { type Counters, Drop, SENDS_RST } from './counters.js';
+import {
+  checkVnetHdr,
+  headerLength,
+  segmentCount,
+  VirtioNetHdr,
+  VNET_F_DATA_VALID,
+  VNET_F_NEEDS_CSUM,
+  VNET_GSO_NONE,
+  VNET_OFF_FLAGS,
+  VNET_OFF_GSO_SIZE,
+  VNET_OFF_GSO_TYPE,
+  VNET_OFF_HDR_LEN,
+  VnetCheck,
+} from '../wire/virtio.js';
+import { type Counters, Drop, SENDS_RST, VNET_DROP } from './counters.js';
 import { RST_LEN, writeRst } from './rst.js';
 import type { Rules } from './rules.js';
 
 /** What the pipeline needs of a device: the batched interface of src/tun. */
-export interface PacketDevice {
-  readonly batchSize: number;
-  readonly rx: {
-    readonly buf: Uint8Array;
-    readonly offsets: Uint32Array;
-    readonly lengths: Uint32Array;
-  };
-  write(buf: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, count: number): number;
-}
+export type PacketDevice = Pick<
+  TunDevice,
+  | 'batchSize'
+  | 'headroom'
+  | 'offload'
+  | 'lastWriteRefused'
+  | 'txErrnos'
+  | 'rx'
+  | 'write'
+  | 'setOffload'
+>;
+
+/** Room for the segments of one super-packet on the software path (128 segments of 1448 bytes fit). */
+const SEGMENT_SCRATCH = 256 * 1024;
+const MAX_SEGMENTS = 1024;
+const EINVAL = 22;
 
 export interface PipelineOptions {
   /** Verify TCP checksums of every packet (a full sum); the IPv4 header checksum is always verified. */
@@ -81,6 +120,12 @@ export interface PipelineOptions {
    * nor a selector gave, so that the owner of its socket can be looked up.
    */
   holdUnknownLocal?: boolean;
+  /**
+   * The device refused a super-packet (errno): vpm segments in software from now
+   * on and has turned the device's segmentation offloads off. Control plane
+   * (logs); must not throw.
+   */
+  onDeviceEvent?: (event: 'gso_refused', errno: number) => void;
   /** Called when a flow is created or refused (control plane: logs). Must not throw. */
   onFlowEvent?: (
     event: 'created' | 'refused',
@@ -116,6 +161,17 @@ export class Pipeline {
   private readonly rstLengths: Uint32Array;
   private readonly oneOffsets = new Uint32Array(1);
   private readonly oneLengths = new Uint32Array(1);
+  /** Virtio-net header bytes before each packet on the device (0: none). */
+  private readonly hr: number;
+  /** Of the packet being handled: its checksum is partial (NEEDS_CSUM). */
+  private partial = false;
+  /** The kernel refused a super-packet: segment every one in software from now on. */
+  private gsoOff = false;
+  private readonly vnet = new VirtioNetHdr();
+  private readonly segInfo = new PacketInfo();
+  private readonly segBuf: Uint8Array;
+  private readonly segOffsets = new Uint32Array(MAX_SEGMENTS);
+  private readonly segLengths = new Uint32Array(MAX_SEGMENTS);
 
   constructor(
     private readonly dev: PacketDevice,
@@ -128,17 +184,27 @@ export class Pipeline {
     this.rules = rules;
     this.localAddrs = localAddrs;
     const n = dev.batchSize;
+    this.hr = dev.headroom;
     this.txOffsets = new Uint32Array(n);
     this.txLengths = new Uint32Array(n);
-    this.rstBuf = new Uint8Array(n * RST_LEN);
+    // Each RST behind an all-zero virtio-net header (when the device has them): a
+    // plain packet with a complete checksum. Nothing else writes those bytes.
+    this.rstBuf = new Uint8Array(n * (this.hr + RST_LEN));
     this.rstOffsets = new Uint32Array(n);
     this.rstLengths = new Uint32Array(n);
+    this.segBuf = new Uint8Array(this.hr > 0 ? SEGMENT_SCRATCH : 0);
+  }
+
+  /** True once a refused super-packet turned segmentation over to vpm. */
+  get segmentingInSoftware(): boolean {
+    return this.gsoOff;
   }
 
   /** Process the `count` packets now in the device's receive buffer. */
   processBatch(count: number, now: number): void {
     const { buf, offsets, lengths } = this.dev.rx;
     const c = this.counters;
+    const hr = this.hr;
     c.recordBatch(count);
     let out = 0;
     let rsts = 0;
@@ -150,6 +216,18 @@ export class Pipeline {
       c.bytesIn += len;
       const r = this.handle(buf, off, len, now);
       if (r === 0) {
+        if (hr > 0 && buf[off - hr + VNET_OFF_GSO_TYPE] !== VNET_GSO_NONE) {
+          if (this.gsoOff) {
+            // The kernel refused a super-packet before: segment this one here.
+            if (this.sendSegmented(buf, off)) {
+              c.packetsOut++;
+              c.bytesOut += this.info.ipTotalLen;
+            }
+            continue;
+          }
+          c.superPacketsOut++;
+          c.segmentsOut += segmentCount(this.info, this.vnet.attach(buf, off - hr).gsoSize());
+        }
         this.txOffsets[out] = off;
         this.txLengths[out] = this.info.ipTotalLen;
         outBytes += this.info.ipTotalLen;
@@ -157,15 +235,19 @@ export class Pipeline {
       } else {
         c.drops[r]! += 1;
         if (SENDS_RST[r] === 1) {
-          this.rstOffsets[rsts] = rsts * RST_LEN;
-          this.rstLengths[rsts] = writeRst(buf, this.info, this.rstBuf, rsts * RST_LEN);
+          const at = rsts * (hr + RST_LEN) + hr;
+          this.rstOffsets[rsts] = at;
+          this.rstLengths[rsts] = writeRst(buf, this.info, this.rstBuf, at);
           rsts++;
         }
       }
     }
     if (out > 0) {
-      const written = this.dev.write(buf, this.txOffsets, this.txLengths, out);
-      c.packetsOut += written;
+      const dev = this.dev;
+      const written = dev.write(buf, this.txOffsets, this.txLengths, out);
+      let taken = written;
+      if (dev.lastWriteRefused > 0) taken -= this.rescueRefused(buf, written);
+      c.packetsOut += taken;
       if (written < out) {
         c.drops[Drop.TX_ERROR]! += out - written;
         // Bytes of the packets not taken are not counted as out.
@@ -178,6 +260,83 @@ export class Pipeline {
     }
   }
 
+  /**
+   * Packets of the last write the kernel refused (their errno in txErrnos): a
+   * super-packet is segmented and sent as plain packets, and segmentation goes
+   * over to vpm; any other refused packet is a drop. Returns how many of the
+   * `written` were not delivered after all. The rare path: it may take its time.
+   */
+  private rescueRefused(buf: Uint8Array, written: number): number {
+    const dev = this.dev;
+    const c = this.counters;
+    const hr = this.hr;
+    let lost = 0;
+    for (let i = 0; i < written; i++) {
+      const errno = dev.txErrnos[i]!;
+      if (errno === 0) continue;
+      const off = this.txOffsets[i]!;
+      if (hr > 0 && buf[off - hr + VNET_OFF_GSO_TYPE] !== VNET_GSO_NONE) {
+        c.gsoRefused++;
+        c.superPacketsOut--;
+        if (!this.gsoOff) {
+          this.gsoOff = true;
+          // Stop the kernel from making super-packets; those queued are segmented here.
+          try {
+            dev.setOffload(dev.offload & ~TUN_OFFLOAD_SEGMENTATION);
+          } catch {
+            // the device may be going away; segmenting here still works
+          }
+          this.opts.onDeviceEvent?.('gso_refused', errno);
+        }
+        if (this.sendSegmented(buf, off)) continue;
+      } else {
+        c.drops[errno === EINVAL ? Drop.TX_REFUSED : Drop.TX_ERROR]! += 1;
+      }
+      lost++;
+      c.bytesOut -= this.txLengths[i]!;
+    }
+    return lost;
+  }
+
+  /**
+   * Segment the (already rewritten) super-packet at buf[off] in software and
+   * write the segments. True when all were taken (the caller counts one packet
+   * out); false, with the drop counted, when it cannot be segmented or the
+   * segments are not all taken.
+   */
+  private sendSegmented(buf: Uint8Array, off: number): boolean {
+    const c = this.counters;
+    const info = this.segInfo;
+    const hr = this.hr;
+    const gsoSize = this.vnet.attach(buf, off - hr).gsoSize();
+    let n = SEGMENT_NOT_GSO;
+    if (checkPacket(buf, off, buf.length - off, info) === Check.OK) {
+      n = segmentSuperPacket(
+        buf,
+        info,
+        gsoSize,
+        this.segBuf,
+        0,
+        hr,
+        this.segOffsets,
+        this.segLengths,
+      );
+    }
+    if (n < 0) {
+      c.drops[Drop.TX_ERROR]! += 1;
+      return false;
+    }
+    const written = this.dev.write(this.segBuf, this.segOffsets, this.segLengths, n);
+    const taken = written - this.dev.lastWriteRefused;
+    c.softwareSegmented++;
+    c.softwareSegments += taken;
+    if (taken < n) {
+      c.drops[Drop.TX_ERROR]! += 1;
+      return false;
+    }
+    return true;
+  }
+
   /** 0 = forward (rewritten in place), otherwise a Drop reason. */
   private handle(buf: Uint8Array, off: number, len: number, now: number): number {
     const info = this.info;
@@ -187,7 +346,25 @@ export class Pipeline {
     if (sum16(buf, off, info.ipHeaderLen) !== 0xffff) return Drop.BAD_IP_CHECKSUM;
     if (info.protocol !== IPPROTO_TCP) return Drop.NOT_TCP;
     if (info.isFragment) return Drop.FRAGMENT;
-    if (this.opts.verifyL4Checksum && verifyL4Checksum(buf, info) !== Verify.OK)
+    let complete = true;
+    this.partial = false;
+    const hr = this.hr;
+    if (hr > 0) {
+      const h = off - hr;
+      const v = checkVnetHdr(buf, h, info);
+      if (v !== VnetCheck.OK) return VNET_DROP[v]!;
+      const f = buf[h + VNET_OFF_FLAGS]!;
+      this.partial = (f & VNET_F_NEEDS_CSUM) !== 0;
+      // A partial checksum cannot be verified; a DATA_VALID one the kernel has verified.
+      complete = (f & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID)) === 0;
+      if (buf[h + VNET_OFF_GSO_TYPE] !== VNET_GSO_NONE) {
+        this.counters.superPacketsIn++;
+        this.counters.segmentsIn += segmentCount(info, get16le(buf, h + VNET_OFF_GSO_SIZE));
+      }
+      // hdr_len is a hint of the kernel's that is never trusted: vpm's own goes back.
+      set16le(buf, h + VNET_OFF_HDR_LEN, headerLength(info));
+    }
+    if (complete && this.opts.verifyL4Checksum && verifyL4Checksum(buf, info) !== Verify.OK)
       return Drop.BAD_L4_CHECKSUM;
 
     const t = this.table;
@@ -216,13 +393,14 @@ export class Pipeline {
     const t = this.table;
     const l4 = info.l4Off;
     const flags = info.tcpFlags;
+    const p = this.partial;
     if (t.natAddr[s] !== t.clientAddr[s])
-      setIpv4SrcAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.natAddr[s]!);
+      setIpv4SrcAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.natAddr[s]!, p);
     if (t.natPort[s] !== t.clientPort[s])
-      setSrcPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.natPort[s]!);
+      setSrcPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.natPort[s]!, p);
     if (t.realAddr[s] !== t.vipAddr[s])
-      setIpv4DstAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.realAddr[s]!);
-    setDstPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.realPort[s]!);
+      setIpv4DstAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.realAddr[s]!, p);
+    setDstPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.realPort[s]!, p);
     t.pktsIn[s]! += 1;
     t.bytesIn[s]! += info.ipTotalLen;
     this.counters.aidBytesIn[t.aid[s]!]! += info.ipTotalLen;
@@ -235,13 +413,14 @@ export class Pipeline {
     const t = this.table;
     const l4 = info.l4Off;
     const flags = info.tcpFlags;
+    const p = this.partial;
     if (t.realAddr[s] !== t.vipAddr[s])
-      setIpv4SrcAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.vipAddr[s]!);
-    setSrcPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.vport[s]!);
+      setIpv4SrcAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.vipAddr[s]!, p);
+    setSrcPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.vport[s]!, p);
     if (t.natAddr[s] !== t.clientAddr[s])
-      setIpv4DstAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.clientAddr[s]!);
+      setIpv4DstAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.clientAddr[s]!, p);
     if (t.natPort[s] !== t.clientPort[s])
-      setDstPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.clientPort[s]!);
+      setDstPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.clientPort[s]!, p);
     t.pktsOut[s]! += 1;
     t.bytesOut[s]! += info.ipTotalLen;
     this.counters.aidBytesOut[t.aid[s]!]! += info.ipTotalLen;

@@ -25,6 +25,8 @@ export interface NativeTunStats {
   readErrors: number;
   /** Packets that filled a whole slot and so may have been cut: dropped. */
   readTruncated: number;
+  /** Reads shorter than the virtio-net header: dropped. */
+  readShort: number;
   /** errno of the last failed read, 0 if none. */
   lastReadErrno: number;
   /** write() calls. */
@@ -49,13 +51,22 @@ export interface NativeAddon {
     out: Uint32Array,
   ): void;
 
-  // TUN device (native/src/tun.c; the typed wrapper is src/tun/kernel-tun.ts).
+  // TUN device (native/src/tun_napi.c over tun_dev.c; the typed wrapper is src/tun/kernel-tun.ts).
   // Errors carry a stable `code` (ERR_TUN_*), and `errno`/`syscall` when a call failed.
-  /** Open /dev/net/tun (IFF_TUN | IFF_NO_PI, O_NONBLOCK | O_CLOEXEC); name may be a pattern like "vpm%d". */
-  tunOpen(opts?: { name?: string; multiQueue?: boolean; vnetHdr?: boolean }): {
+  /**
+   * Open /dev/net/tun (IFF_TUN | IFF_NO_PI, O_NONBLOCK | O_CLOEXEC); name may be a
+   * pattern like "vpm%d". With vnetHdr (IFF_VNET_HDR, 10-byte little-endian
+   * headers) the offloads of `offload` that the kernel accepts are set, without
+   * it the mask is set to 0; `offload` of the handle says which.
+   */
+  tunOpen(opts?: { name?: string; multiQueue?: boolean; vnetHdr?: boolean; offload?: number }): {
     readonly name: string;
     readonly multiQueue: boolean;
+    readonly vnetHdr: boolean;
+    readonly offload: number;
   };
+  /** TUNSETOFFLOAD with exactly `mask` (nonzero only with vnetHdr). */
+  tunSetOffload(handle: { readonly name: string }, mask: number): void;
   tunSetMtu(name: string, mtu: number): void;
   tunSetTxQueueLen(name: string, len: number): void;
   tunSetUp(name: string, up: boolean): void;
@@ -70,13 +81,18 @@ export interface NativeAddon {
     onError?: (err: Error & { code: string; errno?: number; syscall?: string }) => void,
   ): void;
   tunStop(handle: { readonly name: string }): void;
-  /** Returns n: packets [0, n) were written or refused one by one (stats), [n, count) not tried (queue full). */
+  /**
+   * Packet i is lengths[i] bytes at offsets[i], its header (with vnetHdr) the 10
+   * bytes before. Returns n + 65536 * refused: packets [0, n) were written or
+   * refused one by one (errnos[i], 0 when written), [n, count) not tried (queue full).
+   */
   tunWriteBatch(
     handle: { readonly name: string },
     buf: Uint8Array,
     offsets: Uint32Array,
     lengths: Uint32Array,
     count: number,
+    errnos?: Int32Array,
   ): number;
   tunClose(handle: { readonly name: string }): void;
   tunStats(handle: { readonly name: string }): NativeTunStats;

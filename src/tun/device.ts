@@ -25,9 +25,10 @@
  */
 
 import type { NativeTunStats } from '../native/index.js';
+import { VNET_HDR_LEN } from '../wire/virtio.js';
 import { TunError } from './errors.js';
 
-/** Counters of one device since it was opened (kept by the addon, native/src/tun.c). */
+/** Counters of one device since it was opened (kept by the addon, native/src/tun_dev.c). */
 export type TunStats = NativeTunStats;
 
 /** The receive side: filled before each onBatch, valid until it returns. */
@@ -42,10 +43,25 @@ export interface TunDevice {
   readonly name: string;
   /** Most packets per onBatch; also the length of rx.offsets and rx.lengths. */
   readonly batchSize: number;
-  /** Bytes per rx slot; packet i of a burst starts at i * slotSize. Larger than any packet. */
+  /** Bytes per rx slot; packet i of a burst lies in slot i. Larger than any packet and its header. */
   readonly slotSize: number;
-  /** The device's MTU: the largest packet it reads or should be written. */
+  /** The device's MTU: without offloads, the largest packet it reads or should be written. */
   readonly mtu: number;
+  /**
+   * Bytes in front of every packet that hold its virtio-net header: VNET_HDR_LEN
+   * (10) on a device opened with vnetHdr, else 0. rx offsets point at the IP
+   * packet, its header is the `headroom` bytes before; a packet written must have
+   * its header in the same place (src/wire/virtio.ts).
+   */
+  readonly headroom: number;
+  /** The TUN_F_* offload mask in effect (0 without virtio-net headers). */
+  readonly offload: number;
+  /**
+   * After each write(): how many of the packets it took the kernel refused, with
+   * the errno of packet i in txErrnos[i] (0: written) for i below write()'s result.
+   */
+  readonly lastWriteRefused: number;
+  readonly txErrnos: Int32Array;
   readonly rx: TunRx;
   /** Start reading; onBatch(count) once per burst. Throws ERR_TUN_STARTED if already started. */
   start(onBatch: (count: number) => void, onError?: (err: TunError) => void): void;
@@ -53,9 +69,47 @@ export interface TunDevice {
   stop(): void;
   /** Write packets [0, count) of buf; returns how many were taken (see the module comment). */
   write(buf: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, count: number): number;
+  /**
+   * Set the TUN_F_* offload mask (device-wide). The data plane drops the
+   * segmentation offloads with it when the kernel refuses a super-packet it wrote.
+   */
+  setOffload(mask: number): void;
   /** Close the device (idempotent). */
   close(): void;
   stats(): TunStats;
+}
+
+/** Length of struct virtio_net_hdr (src/wire/virtio.ts), set with TUNSETVNETHDRSZ. */
+export { VNET_HDR_LEN };
+
+/** TUNSETOFFLOAD bits (include/uapi/linux/if_tun.h). USO4/USO6 exist since Linux 6.2 and go together. */
+export const TunOffload = {
+  CSUM: 0x01,
+  TSO4: 0x02,
+  TSO6: 0x04,
+  TSO_ECN: 0x08,
+  USO4: 0x20,
+  USO6: 0x40,
+} as const;
+
+/** Everything vpm can use; openTun settles for what the kernel accepts. */
+export const TUN_OFFLOAD_ALL =
+  TunOffload.CSUM |
+  TunOffload.TSO4 |
+  TunOffload.TSO6 |
+  TunOffload.TSO_ECN |
+  TunOffload.USO4 |
+  TunOffload.USO6;
+
+/** The segmentation bits: the kernel hands over and takes back super-packets. */
+export const TUN_OFFLOAD_SEGMENTATION =
+  TunOffload.TSO4 | TunOffload.TSO6 | TunOffload.TSO_ECN | TunOffload.USO4 | TunOffload.USO6;
+
+/** Names of the bits in `mask`, e.g. ["csum", "tso4", "tso6"] (for logs and stats). */
+export function offloadNames(mask: number): string[] {
+  const out: string[] = [];
+  for (const [k, v] of Object.entries(TunOffload)) if (mask & v) out.push(k.toLowerCase());
+  return out;
 }
 
 /** All-zero counters. */
@@ -68,6 +122,7 @@ export function emptyTunStats(): TunStats {
     readEagain: 0,
     readErrors: 0,
     readTruncated: 0,
+    readShort: 0,
     lastReadErrno: 0,
     writeCalls: 0,
     writePackets: 0,
@@ -87,14 +142,23 @@ export interface OpenTunOptions {
   batchSize?: number;
   /** MTU set on the device: 68..65535. Default 1500. */
   mtu?: number;
-  /** Bytes per rx slot, larger than mtu. Default: mtu + 1 rounded up to 64. */
+  /**
+   * Bytes per rx slot, larger than any packet plus its header. Default: mtu + 1
+   * rounded up to 64; with vnetHdr, 10 + 65536 rounded up to 64 (a super-packet).
+   */
   slotSize?: number;
   /** Transmit queue length (packets the kernel queues for us to read). Default 10,000. */
   txQueueLen?: number;
   /** Bring the link up. Default true. */
   up?: boolean;
-  /** IFF_VNET_HDR with offloads: reserved; true is refused (ERR_TUN_UNSUPPORTED). Default false. */
+  /**
+   * IFF_VNET_HDR: every packet carries a virtio-net header, and the kernel may
+   * hand over and take back checksum-offloaded packets and 64 KiB super-packets
+   * (the offloads it accepts of `offload`). Default false.
+   */
   vnetHdr?: boolean;
+  /** With vnetHdr: the TUN_F_* mask to ask for. Default TUN_OFFLOAD_ALL. */
+  offload?: number;
 }
 
 export const TUN_DEFAULTS = Object.freeze({
@@ -105,6 +169,7 @@ export const TUN_DEFAULTS = Object.freeze({
   txQueueLen: 10_000,
   up: true,
   vnetHdr: false,
+  offload: TUN_OFFLOAD_ALL,
 });
 
 export const TUN_MAX_BATCH = 4096;
@@ -114,9 +179,17 @@ const SLOT_ALIGN = 64;
 /** Offsets are 32-bit, and one rx buffer this large is already absurd. */
 const MAX_RX_BYTES = 1 << 30;
 
-/** The default slot for an MTU: larger than any packet, a multiple of 64 bytes. */
-export function defaultSlotSize(mtu: number): number {
-  return Math.ceil((mtu + 1) / SLOT_ALIGN) * SLOT_ALIGN;
+/** The largest IPv4/IPv6 packet (a super-packet's length fits the 16-bit length field). */
+export const MAX_PACKET = 65535;
+
+/**
+ * The default slot: larger than any packet (so that a full slot means "cut"), a
+ * multiple of 64 bytes. Without headers that is the MTU plus one; with them a
+ * whole super-packet plus its header.
+ */
+export function defaultSlotSize(mtu: number, vnetHdr = false): number {
+  const largest = vnetHdr ? VNET_HDR_LEN + MAX_PACKET : mtu;
+  return Math.ceil((largest + 1) / SLOT_ALIGN) * SLOT_ALIGN;
 }
 
 export type ResolvedTunOptions = Readonly<Required<OpenTunOptions>>;
@@ -135,10 +208,11 @@ function intIn(field: string, v: number, lo: number, hi: number): number {
 export function resolveTunOptions(opts: OpenTunOptions = {}): ResolvedTunOptions {
   const mtu = intIn('mtu', opts.mtu ?? TUN_DEFAULTS.mtu, TUN_MIN_MTU, TUN_MAX_MTU);
   const batchSize = intIn('batchSize', opts.batchSize ?? TUN_DEFAULTS.batchSize, 1, TUN_MAX_BATCH);
+  const vnetHdr = opts.vnetHdr ?? TUN_DEFAULTS.vnetHdr;
   const slotSize = intIn(
     'slotSize',
-    opts.slotSize ?? defaultSlotSize(mtu),
-    mtu + 1,
+    opts.slotSize ?? defaultSlotSize(mtu, vnetHdr),
+    vnetHdr ? VNET_HDR_LEN + MAX_PACKET + 1 : mtu + 1,
     Math.floor(MAX_RX_BYTES / batchSize),
   );
   return Object.freeze({
@@ -149,6 +223,7 @@ export function resolveTunOptions(opts: OpenTunOptions = {}): ResolvedTunOptions
     slotSize,
     txQueueLen: intIn('txQueueLen', opts.txQueueLen ?? TUN_DEFAULTS.txQueueLen, 1, 0x7fffffff),
     up: opts.up ?? TUN_DEFAULTS.up,
-    vnetHdr: opts.vnetHdr ?? TUN_DEFAULTS.vnetHdr,
+    vnetHdr,
+    offload: intIn('offload', opts.offload ?? TUN_DEFAULTS.offload, 0, 0xff),
   });
 }

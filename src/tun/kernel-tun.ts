@@ -1,20 +1,30 @@
 /**
- * The kernel TUN device: /dev/net/tun through the native addon (native/src/tun.c).
+ * The kernel TUN device: /dev/net/tun through the native addon
+ * (native/src/tun_napi.c, over the plain C of native/src/tun_dev.c).
  *
- * `openTun` opens the device (IFF_TUN | IFF_NO_PI, non-blocking), sets its MTU and
- * transmit queue length, brings the link up, and allocates the receive buffers
- * once: `batchSize` slots of `slotSize` bytes in one Buffer, plus the offsets and
- * lengths arrays. Nothing is allocated per packet or per batch after that. Reads
- * are driven by a uv_poll handle on Node's own event loop (no thread pool), so a
- * started device keeps the process alive until `close()` or `stop()`, and
- * process.exit() is never held up by it.
+ * `openTun` opens the device (IFF_TUN | IFF_NO_PI, non-blocking; IFF_VNET_HDR with
+ * `vnetHdr`), sets its offloads, MTU and transmit queue length, brings the link
+ * up, and allocates the receive buffers once: `batchSize` slots of `slotSize`
+ * bytes in one Buffer, plus the offsets and lengths arrays. Nothing is allocated
+ * per packet or per batch after that. Reads are driven by a uv_poll handle on
+ * Node's own event loop (no thread pool), so a started device keeps the process
+ * alive until `close()` or `stop()`, and process.exit() is never held up by it.
+ *
+ * Offloads. With `vnetHdr`, every packet read or written starts with a 10-byte
+ * virtio-net header (src/wire/virtio.ts) in the `headroom` before its offset, and
+ * the device asks for TUN_F_CSUM | TSO4 | TSO6 | TSO_ECN | USO4 | USO6 and keeps
+ * what the kernel accepts (`offload`): the kernel then hands over TCP super-packets
+ * of up to 64 KiB with a partial checksum, and takes them back unsplit. Without
+ * it the offload mask is set to 0 explicitly, because the mask is device-wide and
+ * outlives the fd that set it.
  *
  * Slot size. Without IFF_VNET_HDR the kernel hands over packets no larger than the
  * MTU (it segments before the TUN). A read into a too small buffer is cut without
  * an error, so a slot must be larger than any packet: the default is the MTU plus
  * one, rounded up to 64 bytes (1536 for MTU 1500), which keeps slots aligned. A
  * read that fills a whole slot is taken as cut and dropped (`readTruncated`).
- * With vnet headers (not supported yet) the slot will need 10 + 65535 bytes.
+ * With vnet headers a slot holds a whole super-packet and its header: 10 + 65535
+ * bytes, plus one, rounded up (65600), so 64 slots take 4 MiB.
  *
  * Transmit queue. The kernel's default of 500 packets overflows under bulk load
  * (docs/deployment.md, step 5); the default here is 10,000.
@@ -25,9 +35,11 @@ import {
   type OpenTunOptions,
   type ResolvedTunOptions,
   resolveTunOptions,
+  TUN_MAX_BATCH,
   type TunDevice,
   type TunRx,
   type TunStats,
+  VNET_HDR_LEN,
 } from './device.js';
 import { type TunError, toTunError } from './errors.js';
 
@@ -39,7 +51,12 @@ export function openTun(opts: OpenTunOptions = {}): KernelTun {
   const native = loadNative();
   let handle: NativeHandle;
   try {
-    handle = native.tunOpen({ name: o.name, multiQueue: o.multiQueue, vnetHdr: o.vnetHdr });
+    handle = native.tunOpen({
+      name: o.name,
+      multiQueue: o.multiQueue,
+      vnetHdr: o.vnetHdr,
+      offload: o.offload,
+    });
   } catch (e) {
     throw toTunError(e);
   }
@@ -60,6 +77,10 @@ export class KernelTun implements TunDevice {
   readonly batchSize: number;
   readonly slotSize: number;
   readonly mtu: number;
+  readonly headroom: number;
+  offload: number;
+  lastWriteRefused = 0;
+  readonly txErrnos = new Int32Array(TUN_MAX_BATCH);
   readonly rx: TunRx;
   readonly #native: NativeAddon;
   readonly #handle: NativeHandle;
@@ -72,6 +93,8 @@ export class KernelTun implements TunDevice {
     this.batchSize = o.batchSize;
     this.slotSize = o.slotSize;
     this.mtu = o.mtu;
+    this.headroom = handle.vnetHdr ? VNET_HDR_LEN : 0;
+    this.offload = handle.offload;
     this.rx = Object.freeze({
       buf: Buffer.alloc(o.batchSize * o.slotSize),
       offsets: new Uint32Array(o.batchSize),
@@ -100,11 +123,24 @@ export class KernelTun implements TunDevice {
   }
 
   write(buf: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, count: number): number {
+    let r: number;
     try {
-      return this.#native.tunWriteBatch(this.#handle, buf, offsets, lengths, count);
+      r = this.#native.tunWriteBatch(this.#handle, buf, offsets, lengths, count, this.txErrnos);
     } catch (e) {
       throw toTunError(e);
     }
+    // n + 65536 * refused (both at most TUN_MAX_BATCH): one number, no object per call.
+    this.lastWriteRefused = Math.floor(r / 65536);
+    return r % 65536;
+  }
+
+  setOffload(mask: number): void {
+    try {
+      this.#native.tunSetOffload(this.#handle, mask);
+    } catch (e) {
+      throw toTunError(e);
+    }
+    this.offload = mask;
   }
 
   close(): void {

@@ -9,6 +9,13 @@
  * device makes it an uncaught exception instead). inject from inside onBatch
  * queues; the packets follow in a later batch of the same delivery.
  *
+ * With `vnetHdr`, each injected packet is what a read() of the kernel device
+ * returns: a 10-byte virtio-net header, then the IP packet; rx offsets point at
+ * the IP packet (headroom 10), and `written` holds header and packet as write()
+ * got them. `refuse(frame)` (settable) plays the kernel's per-packet refusal: it
+ * returns an errno to refuse that packet (counted in writeErrors, reported in
+ * txErrnos and lastWriteRefused), 0 to take it.
+ *
  * `write` copies each packet into `written` (test-only allocation) until
  * `writeCapacity` runs out; then it stops as a full kernel queue does (EAGAIN,
  * counted in writeQueueFull) and returns how many it took. Set writeCapacity
@@ -23,9 +30,11 @@ import {
   emptyTunStats,
   TUN_DEFAULTS,
   TUN_MAX_BATCH,
+  TUN_OFFLOAD_ALL,
   type TunDevice,
   type TunRx,
   type TunStats,
+  VNET_HDR_LEN,
 } from './device.js';
 import { TunError } from './errors.js';
 
@@ -43,6 +52,10 @@ export interface MemoryTunOptions {
   slotSize?: number;
   /** Packets write() accepts before it reports a full queue. Default Infinity. */
   writeCapacity?: number;
+  /** Packets carry a virtio-net header (headroom 10). Default false. */
+  vnetHdr?: boolean;
+  /** The offload mask it reports (with vnetHdr). Default TUN_OFFLOAD_ALL. */
+  offload?: number;
 }
 
 export class MemoryTun implements TunDevice {
@@ -50,11 +63,19 @@ export class MemoryTun implements TunDevice {
   readonly batchSize: number;
   readonly slotSize: number;
   readonly mtu: number;
+  readonly headroom: number;
+  offload: number;
+  lastWriteRefused = 0;
+  readonly txErrnos = new Int32Array(TUN_MAX_BATCH);
   readonly rx: TunRx;
-  /** Copies of the packets written, in order. */
+  /** Copies of the packets written (with their header, if any), in order. */
   readonly written: Uint8Array[] = [];
   /** Packets write() still accepts before it reports a full queue (EAGAIN). */
   writeCapacity: number;
+  /** The kernel's verdict on one packet written (header and packet): an errno to refuse it, or 0. */
+  refuse: ((frame: Uint8Array) => number) | null = null;
+  /** Every setOffload() mask, in order. */
+  readonly offloadHistory: number[] = [];
 
   #queue: Uint8Array[] = [];
   #head = 0;
@@ -68,7 +89,10 @@ export class MemoryTun implements TunDevice {
     this.name = opts.name ?? 'mem0';
     this.batchSize = opts.batchSize ?? TUN_DEFAULTS.batchSize;
     this.mtu = opts.mtu ?? TUN_DEFAULTS.mtu;
-    this.slotSize = opts.slotSize ?? defaultSlotSize(this.mtu);
+    const vnet = opts.vnetHdr ?? false;
+    this.headroom = vnet ? VNET_HDR_LEN : 0;
+    this.offload = vnet ? (opts.offload ?? TUN_OFFLOAD_ALL) : 0;
+    this.slotSize = opts.slotSize ?? defaultSlotSize(this.mtu, vnet);
     this.writeCapacity = opts.writeCapacity ?? Number.POSITIVE_INFINITY;
     if (!Number.isInteger(this.batchSize) || this.batchSize < 1 || this.batchSize > TUN_MAX_BATCH) {
       throw new TunError(
@@ -153,15 +177,16 @@ export class MemoryTun implements TunDevice {
 
   write(buf: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, count: number): number {
     this.#checkOpen('write');
+    this.lastWriteRefused = 0;
     if (!Number.isInteger(count) || count < 0 || count > offsets.length || count > lengths.length) {
       throw new RangeError(
         `MemoryTun.write: count ${count} exceeds offsets (${offsets.length}) or lengths (${lengths.length})`,
       );
     }
     for (let i = 0; i < count; i++) {
-      if (offsets[i]! + lengths[i]! > buf.length) {
+      if (offsets[i]! < this.headroom || offsets[i]! + lengths[i]! > buf.length) {
         throw new RangeError(
-          `MemoryTun.write: packet ${i} (off ${offsets[i]} len ${lengths[i]}) beyond buffer of ${buf.length} bytes`,
+          `MemoryTun.write: packet ${i} (off ${offsets[i]} len ${lengths[i]}) beyond buffer of ${buf.length} bytes or without its ${this.headroom}-byte header room`,
         );
       }
     }
@@ -173,14 +198,30 @@ export class MemoryTun implements TunDevice {
         this.#st.lastWriteErrno = EAGAIN;
         break;
       }
-      const off = offsets[i]!;
-      const copy = new Uint8Array(lengths[i]!);
+      const off = offsets[i]! - this.headroom;
+      const copy = new Uint8Array(lengths[i]! + this.headroom);
       copy.set(buf.subarray(off, off + copy.length));
+      const errno = this.refuse?.(copy) ?? 0;
+      this.txErrnos[i] = errno;
+      if (errno !== 0) {
+        this.#st.writeErrors++;
+        this.#st.lastWriteErrno = errno;
+        this.lastWriteRefused++;
+        continue;
+      }
       this.written.push(copy);
       this.writeCapacity--;
       this.#st.writePackets++;
     }
     return i;
+  }
+
+  setOffload(mask: number): void {
+    this.#checkOpen('setOffload');
+    if (mask !== 0 && this.headroom === 0)
+      throw new TunError('ERR_TUN_OPTION', `MemoryTun.setOffload: ${this.name} has no headers`);
+    this.offload = mask;
+    this.offloadHistory.push(mask);
   }
 
   close(): void {
@@ -208,16 +249,21 @@ export class MemoryTun implements TunDevice {
         let n = 0;
         while (n < this.batchSize && this.#head < this.#queue.length) {
           const p = this.#queue[this.#head++]!;
+          if (p.length < this.headroom) {
+            this.#st.readShort++; // as the kernel device: shorter than its header, dropped
+            continue;
+          }
           const at = n * this.slotSize;
           buf.set(p, at);
-          offsets[n] = at;
-          lengths[n] = p.length;
+          offsets[n] = at + this.headroom;
+          lengths[n] = p.length - this.headroom;
           n++;
         }
         if (this.#head === this.#queue.length) {
           this.#queue = [];
           this.#head = 0;
         }
+        if (n === 0) continue; // only short packets: nothing to deliver
         this.#st.polls++;
         this.#st.readPackets += n;
         this.#st.readBatches++;

@@ -23,6 +23,16 @@ export function set32(b: Uint8Array, i: number, v: number): void {
   b[i + 3] = v;
 }
 
+/** Little-endian 16-bit access (the virtio-net header): the only little-endian fields vpm reads. */
+export function get16le(b: Uint8Array, i: number): number {
+  return b[i]! | (b[i + 1]! << 8);
+}
+
+export function set16le(b: Uint8Array, i: number, v: number): void {
+  b[i] = v;
+  b[i + 1] = v >>> 8;
+}
+
 /** Parse a hex string (whitespace ignored) into bytes: for test vectors and the CLI. */
 export function fromHex(hex: string): Uint8Array {
   const clean = hex.replace(/\s+/g, '');

@@ -8,6 +8,11 @@
  *    pseudo-header, by the TCP and UDP checksums (not by ICMP's).
  *  - UDP over IPv4: a checksum field of 0 means "none was computed" and stays 0;
  *    an updated checksum that comes out as 0 is sent as 0xffff (RFC 768).
+ *  - `partial` (a packet the kernel handed over with a partial checksum, virtio
+ *    NEEDS_CSUM): the L4 field holds the uncomplemented pseudo-header sum, so a
+ *    port change leaves it alone and an address change adds ~old + new to it
+ *    (checksum/incremental.ts says why); the IPv4 header checksum is complete
+ *    either way.
  *
  * TCP and UDP share these functions; `protocol` picks the checksum field. Pass
  * `l4Off` = -1 when the packet carries no L4 header (a non-first fragment). The
@@ -15,7 +20,7 @@
  * every checksum from scratch is `rewrite.reference.ts`.
  */
 
-import { update16, update32 } from '../checksum/incremental.js';
+import { update16, update32, updatePartial32 } from '../checksum/incremental.js';
 import { get16, get32, set16, set32 } from './bytes.js';
 import { IPPROTO_TCP, IPPROTO_UDP, IPV4_OFF_CHECKSUM, IPV4_OFF_DST, IPV4_OFF_SRC } from './ipv4.js';
 import { TCP_OFF_CHECKSUM, TCP_OFF_DST_PORT, TCP_OFF_SRC_PORT } from './tcp.js';
@@ -55,10 +60,12 @@ function setPort(
   protocol: number,
   field: number,
   port: number,
+  partial: boolean,
 ): void {
   const old = get16(buf, l4Off + field);
   set16(buf, l4Off + field, port);
-  fixL4(buf, l4Off, protocol, old, port, false);
+  // A partial sum covers the pseudo-header only; the port is summed later with the rest.
+  if (!partial) fixL4(buf, l4Off, protocol, old, port, false);
 }
 
 /** Set the TCP/UDP source port and update the L4 checksum. Both protocols keep ports at 0 and 2. */
@@ -67,8 +74,9 @@ export function setSrcPortWithChecksumUpdate(
   l4Off: number,
   protocol: number,
   port: number,
+  partial = false,
 ): void {
-  setPort(buf, l4Off, protocol, TCP_OFF_SRC_PORT, port);
+  setPort(buf, l4Off, protocol, TCP_OFF_SRC_PORT, port, partial);
 }
 
 export function setDstPortWithChecksumUpdate(
@@ -76,8 +84,9 @@ export function setDstPortWithChecksumUpdate(
   l4Off: number,
   protocol: number,
   port: number,
+  partial = false,
 ): void {
-  setPort(buf, l4Off, protocol, TCP_OFF_DST_PORT, port);
+  setPort(buf, l4Off, protocol, TCP_OFF_DST_PORT, port, partial);
 }
 
 function setAddr(
@@ -87,13 +96,21 @@ function setAddr(
   protocol: number,
   field: number,
   addr: number,
+  partial: boolean,
 ): void {
   const at = ipOff + field;
   const old = get32(buf, at);
-  set32(buf, at, addr);
+  const now = addr >>> 0;
+  set32(buf, at, now);
   const ipc = ipOff + IPV4_OFF_CHECKSUM;
-  set16(buf, ipc, update32(get16(buf, ipc), old, addr >>> 0));
-  fixL4(buf, l4Off, protocol, old, addr >>> 0, true);
+  set16(buf, ipc, update32(get16(buf, ipc), old, now));
+  if (!partial) {
+    fixL4(buf, l4Off, protocol, old, now, true);
+    return;
+  }
+  const co = l4ChecksumOffset(protocol);
+  if (l4Off < 0 || co < 0) return;
+  set16(buf, l4Off + co, updatePartial32(get16(buf, l4Off + co), old, now));
 }
 
 /** Set the IPv4 source address; update the header checksum and the TCP/UDP pseudo-header sum. */
@@ -103,8 +120,9 @@ export function setIpv4SrcAddrWithChecksumUpdate(
   l4Off: number,
   protocol: number,
   addr: number,
+  partial = false,
 ): void {
-  setAddr(buf, ipOff, l4Off, protocol, IPV4_OFF_SRC, addr);
+  setAddr(buf, ipOff, l4Off, protocol, IPV4_OFF_SRC, addr, partial);
 }
 
 export function setIpv4DstAddrWithChecksumUpdate(
@@ -113,6 +131,7 @@ export function setIpv4DstAddrWithChecksumUpdate(
   l4Off: number,
   protocol: number,
   addr: number,
+  partial = false,
 ): void {
-  setAddr(buf, ipOff, l4Off, protocol, IPV4_OFF_DST, addr);
+  setAddr(buf, ipOff, l4Off, protocol, IPV4_OFF_DST, addr, partial);
 }

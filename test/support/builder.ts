@@ -403,3 +403,72 @@ export function randomUdp(rng: Rng, payloadLen: number): UdpSpec {
     payload: randomBytes(rng, payloadLen),
   };
 }
+
+// ---------------------------------------------------------------- virtio-net header and super-packets
+
+/** struct virtio_net_hdr as bytes (little-endian 16-bit fields), for packets on a TUN with IFF_VNET_HDR. */
+export interface VnetSpec {
+  flags?: number;
+  gsoType?: number;
+  hdrLen?: number;
+  gsoSize?: number;
+  csumStart?: number;
+  csumOffset?: number;
+}
+
+export function vnetHdr(s: VnetSpec = {}): Uint8Array {
+  const b = new Uint8Array(10);
+  const le = (i: number, v: number) => {
+    b[i] = v & 0xff;
+    b[i + 1] = (v >> 8) & 0xff;
+  };
+  b[0] = s.flags ?? 0;
+  b[1] = s.gsoType ?? 0;
+  le(2, s.hdrLen ?? 0);
+  le(4, s.gsoSize ?? 0);
+  le(6, s.csumStart ?? 0);
+  le(8, s.csumOffset ?? 0);
+  return b;
+}
+
+/**
+ * A TCP/IPv4 packet as the kernel hands it over with a partial checksum
+ * (CHECKSUM_PARTIAL): the checksum field holds the folded, uncomplemented
+ * pseudo-header sum over the whole L4 length.
+ */
+export function tcp4Partial(ip: Omit<Ipv4Spec, 'protocol'>, t: TcpSpec): Uint8Array {
+  const seg = tcp(t, null);
+  put16(seg, 16, pseudoSum({ v: 4, src: ip.src, dst: ip.dst }, PROTO_TCP, seg.length));
+  return ipv4({ ...ip, protocol: PROTO_TCP }, seg);
+}
+
+/**
+ * The segments the kernel makes of a TCP/IPv4 super-packet (tcp_gso_segment):
+ * built here from the specs, independently of src/wire/segment.ts.
+ */
+export function tcp4Segments(
+  ip: Omit<Ipv4Spec, 'protocol'>,
+  t: TcpSpec,
+  gsoSize: number,
+): Uint8Array[] {
+  const payload = t.payload ?? new Uint8Array(0);
+  const n = Math.max(1, Math.ceil(payload.length / gsoSize));
+  const out: Uint8Array[] = [];
+  for (let k = 0; k < n; k++) {
+    let flags = t.flags ?? 0x10;
+    if (k < n - 1) flags &= ~(0x01 | 0x08); // FIN, PSH only on the last
+    if (k > 0) flags &= ~0x80; // CWR only on the first
+    out.push(
+      tcp4(
+        { ...ip, ident: ((ip.ident ?? 0) + k) & 0xffff },
+        {
+          ...t,
+          seq: ((t.seq ?? 0) + k * gsoSize) >>> 0,
+          flags,
+          payload: payload.subarray(k * gsoSize, Math.min(payload.length, (k + 1) * gsoSize)),
+        },
+      ),
+    );
+  }
+  return out;
+}

@@ -14,6 +14,7 @@ describe('openTun options', () => {
       txQueueLen: 10_000,
       up: true,
       vnetHdr: false,
+      offload: 0x6f,
     });
     expect(Object.isFrozen(resolveTunOptions())).toBe(true);
     expect(Object.isFrozen(TUN_DEFAULTS)).toBe(true);
@@ -31,6 +32,17 @@ describe('openTun options', () => {
     ] as const) {
       expect(defaultSlotSize(mtu), `mtu ${mtu}`).toBe(slot);
     }
+  });
+
+  it('with vnetHdr a default slot holds a whole super-packet and its header', () => {
+    expect(defaultSlotSize(1500, true)).toBe(65600);
+    expect(resolveTunOptions({ vnetHdr: true }).slotSize).toBe(65600);
+    expect(() => resolveTunOptions({ vnetHdr: true, slotSize: 65545 })).toThrow(
+      /slotSize must be an integer 65546\.\./,
+    );
+    expect(() => resolveTunOptions({ offload: 256 })).toThrow(
+      /offload must be an integer 0\.\.255/,
+    );
   });
 
   it('derives the slot from the MTU unless given', () => {

@@ -1,12 +1,13 @@
 /*
- * TUN device entry points of the vpm native addon (see tun.c for the theory of
- * operation). Registered by addon.c:
+ * TUN device entry points of the vpm native addon (see tun_napi.c for the theory of
+ * operation; tun_dev.c does the device work). Registered by addon.c:
  *
- *   tunOpen({ name?, multiQueue?, vnetHdr? }) -> handle { name }
+ *   tunOpen({ name?, multiQueue?, vnetHdr?, offload? }) -> handle { name, multiQueue, vnetHdr, offload }
+ *   tunSetOffload(handle, mask)
  *   tunSetMtu(name, mtu) / tunSetTxQueueLen(name, len) / tunSetUp(name, up)
  *   tunStart(handle, rxBuf, slotSize, offsets, lengths, onBatch[, onError])
  *   tunStop(handle)
- *   tunWriteBatch(handle, buf, offsets, lengths, count) -> packets handled
+ *   tunWriteBatch(handle, buf, offsets, lengths, count[, errnos]) -> n + 65536 * refused
  *   tunClose(handle)
  *   tunStats(handle) -> { counters }
  */
@@ -22,6 +23,7 @@ napi_value vpm_js_tun_set_up(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_start(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_stop(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_write_batch(napi_env env, napi_callback_info info);
+napi_value vpm_js_tun_set_offload(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_close(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_stats(napi_env env, napi_callback_info info);
 

@@ -1,6 +1,7 @@
 /*
- * TUN device for the vpm data plane: open (TUNSETIFF), link set-up ioctls, and
- * batched non-blocking I/O on Node's own event loop.
+ * N-API glue of the TUN device (tun_dev.c does the fd, ioctl, read and write
+ * work in plain C): argument marshalling, the JS handle's lifetime, errors with
+ * stable codes, and batched non-blocking I/O on Node's own event loop.
  *
  * Theory of operation
  * -------------------
@@ -40,39 +41,21 @@
  * ('uncaughtException' handlers see it; without one, Node prints it and exits).
  */
 #define _GNU_SOURCE
-#include "tun.h"
+#include "tun_napi.h"
 
 #include <ctype.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <net/if.h>
-#include <linux/if_tun.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
-#include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 
-typedef struct {
-  uint64_t polls;             /* poll callbacks */
-  uint64_t read_packets;      /* packets read */
-  uint64_t read_batches;      /* onBatch calls (bursts with >= 1 packet) */
-  uint64_t read_full_batches; /* bursts that filled the batch */
-  uint64_t read_eagain;       /* reads that ended a burst with EAGAIN */
-  uint64_t read_errors;       /* other read errors (packet dropped, or fatal) */
-  uint64_t read_truncated;    /* packets that filled a whole slot: possibly cut, dropped */
-  uint64_t write_calls;       /* writeBatch calls */
-  uint64_t write_packets;     /* packets written */
-  uint64_t write_queue_full;  /* writes refused with EAGAIN/ENOBUFS (batch stopped there) */
-  uint64_t write_errors;      /* writes refused with another errno (that packet dropped) */
-  int last_read_errno;
-  int last_write_errno;
-} vpm_tun_stats;
+#include "tun_dev.h"
 
 enum { POLL_NONE = 0, POLL_INIT, POLL_CLOSING, POLL_CLOSED };
 
@@ -81,6 +64,8 @@ typedef struct {
   int fd;
   char name[IFNAMSIZ];
   bool multi_queue;
+  uint32_t headroom; /* VPM_VNET_HDR_LEN with IFF_VNET_HDR, else 0 */
+  unsigned offload;  /* the TUNSETOFFLOAD mask in effect */
 
   uv_poll_t poll;
   int poll_state;
@@ -422,23 +407,28 @@ napi_value vpm_js_tun_open(napi_env env, napi_callback_info info) {
     if (v && !is_nullish(env, v) && !get_bool(env, v, &vnet))
       THROW_TYPE(env, "tunOpen: opts.vnetHdr must be a boolean");
   }
-  if (vnet) {
-    throw_code(
-        env, "ERR_TUN_UNSUPPORTED", 0, "",
-        "tunOpen: vnetHdr (IFF_VNET_HDR with offloads) is not supported yet; open without it");
-    return NULL;
+  uint32_t want = VPM_TUN_F_CSUM | VPM_TUN_F_TSO4 | VPM_TUN_F_TSO6 | VPM_TUN_F_TSO_ECN |
+                  VPM_TUN_F_USO4 | VPM_TUN_F_USO6;
+  if (argc >= 1 && !is_nullish(env, argv[0])) {
+    napi_value v = get_prop(env, argv[0], "offload");
+    if (v && !is_nullish(env, v) && (!get_u32(env, v, &want) || want > 0xff))
+      THROW_RANGE(env, "tunOpen: opts.offload must be a TUN_F_* mask 0..255");
   }
 
-  int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) return open_error(env, errno, "open", name);
-  struct ifreq ifr;
-  memset(&ifr, 0, sizeof ifr);
-  ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (mq ? IFF_MULTI_QUEUE : 0);
-  memcpy(ifr.ifr_name, name, sizeof name);
-  if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
-    int err = errno;
+  char kname[IFNAMSIZ];
+  const char *syscall = "";
+  int fd = vpm_tun_open(name, (mq ? VPM_TUN_MULTI_QUEUE : 0) | (vnet ? VPM_TUN_VNET_HDR : 0), kname,
+                        &syscall);
+  if (fd < 0) return open_error(env, -fd, syscall, name);
+  /* The mask is device-wide and outlives this fd: always set it, to 0 without headers. */
+  unsigned offload = 0;
+  int rc = vnet ? vpm_tun_negotiate_offload(fd, want, &offload) : vpm_tun_set_offload(fd, 0);
+  if (rc < 0) {
     close(fd);
-    return open_error(env, err, "ioctl(TUNSETIFF)", name);
+    throw_code(env, "ERR_TUN_OPEN", -rc, "ioctl(TUNSETOFFLOAD)",
+               "cannot set offloads 0x%x on TUN device %s: %s", vnet ? want : 0, kname,
+               strerror(-rc));
+    return NULL;
   }
 
   vpm_tun *t = calloc(1, sizeof *t);
@@ -450,19 +440,24 @@ napi_value vpm_js_tun_open(napi_env env, napi_callback_info info) {
   t->env = env;
   t->fd = fd;
   t->multi_queue = mq;
-  memcpy(t->name, ifr.ifr_name, IFNAMSIZ);
-  t->name[IFNAMSIZ - 1] = '\0';
+  t->headroom = vnet ? VPM_VNET_HDR_LEN : 0;
+  t->offload = offload;
+  memcpy(t->name, kname, IFNAMSIZ);
   t->poll.data = t;
 
-  napi_value obj, nm, mqv;
+  napi_value obj, nm, mqv, vnv, ofv;
   napi_create_object(env, &obj);
   napi_create_string_utf8(env, t->name, NAPI_AUTO_LENGTH, &nm);
   napi_get_boolean(env, mq, &mqv);
+  napi_get_boolean(env, vnet, &vnv);
+  napi_create_uint32(env, offload, &ofv);
   napi_property_descriptor props[] = {
       {"name", NULL, NULL, NULL, NULL, nm, napi_enumerable, NULL},
       {"multiQueue", NULL, NULL, NULL, NULL, mqv, napi_enumerable, NULL},
+      {"vnetHdr", NULL, NULL, NULL, NULL, vnv, napi_enumerable, NULL},
+      {"offload", NULL, NULL, NULL, NULL, ofv, napi_enumerable, NULL},
   };
-  napi_define_properties(env, obj, 2, props);
+  napi_define_properties(env, obj, 4, props);
   napi_type_tag_object(env, obj, &TUN_TAG);
   if (napi_wrap(env, obj, t, on_finalize, NULL, NULL) != napi_ok) {
     close(fd);
@@ -475,21 +470,38 @@ napi_value vpm_js_tun_open(napi_env env, napi_callback_info info) {
   return obj;
 }
 
+napi_value vpm_js_tun_set_offload(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) THROW_TYPE(env, "tunSetOffload(handle, mask): expected 2 arguments");
+  vpm_tun *t = get_open_tun(env, argv[0], "tunSetOffload");
+  if (!t) return NULL;
+  uint32_t mask;
+  if (!get_u32(env, argv[1], &mask) || mask > 0xff)
+    THROW_RANGE(env, "tunSetOffload: mask must be a TUN_F_* mask 0..255");
+  if (mask != 0 && t->headroom == 0) {
+    throw_code(env, "ERR_TUN_OPTION", 0, "",
+               "tunSetOffload: TUN device %s has no virtio-net header; only 0 is possible",
+               t->name);
+    return NULL;
+  }
+  int rc = vpm_tun_set_offload(t->fd, mask);
+  if (rc < 0) {
+    throw_code(env, "ERR_TUN_IO", -rc, "ioctl(TUNSETOFFLOAD)",
+               "cannot set offloads 0x%x on TUN device %s: %s", mask, t->name, strerror(-rc));
+    return NULL;
+  }
+  t->offload = mask;
+  return NULL;
+}
+
 /* ---------- link settings (socket ioctls by interface name) ---------- */
 
-/* One ioctl on an AF_INET socket (the calling thread's netns). false after throwing. */
-static bool link_ioctl(napi_env env, unsigned long req, const char *reqname, struct ifreq *ifr,
-                       const char *what) {
-  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (s < 0) {
-    int err = errno;
-    throw_code(env, "ERR_TUN_LINK", err, "socket", "%s: socket() failed: %s", what, strerror(err));
-    return false;
-  }
-  int rc = ioctl(s, req, ifr);
-  int err = errno;
-  close(s);
+/* Turn a -errno of tun_dev.c's link calls into an exception. false after throwing. */
+static bool link_result(napi_env env, int rc, const char *reqname, const char *what) {
   if (rc == 0) return true;
+  int err = -rc;
   if (err == EPERM || err == EACCES) {
     throw_code(env, "ERR_TUN_PERMISSION", err, reqname,
                "%s: needs CAP_NET_ADMIN (run as root) (%s)", what, strerror(err));
@@ -504,17 +516,15 @@ napi_value vpm_js_tun_set_mtu(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  struct ifreq ifr;
-  memset(&ifr, 0, sizeof ifr);
+  char name[IFNAMSIZ];
   uint32_t mtu;
   if (argc < 2) THROW_TYPE(env, "tunSetMtu(name, mtu): expected 2 arguments");
-  if (!get_ifname(env, argv[0], "tunSetMtu", ifr.ifr_name)) return NULL;
+  if (!get_ifname(env, argv[0], "tunSetMtu", name)) return NULL;
   if (!get_u32(env, argv[1], &mtu) || mtu > 65535)
     THROW_RANGE(env, "tunSetMtu: mtu must be an integer 0..65535");
-  ifr.ifr_mtu = (int)mtu;
   char what[64];
-  snprintf(what, sizeof what, "set MTU %u on %s", mtu, ifr.ifr_name);
-  link_ioctl(env, SIOCSIFMTU, "ioctl(SIOCSIFMTU)", &ifr, what);
+  snprintf(what, sizeof what, "set MTU %u on %s", mtu, name);
+  link_result(env, vpm_link_set_mtu(name, mtu), "ioctl(SIOCSIFMTU)", what);
   return NULL;
 }
 
@@ -522,17 +532,15 @@ napi_value vpm_js_tun_set_txqueuelen(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  struct ifreq ifr;
-  memset(&ifr, 0, sizeof ifr);
+  char name[IFNAMSIZ];
   uint32_t len;
   if (argc < 2) THROW_TYPE(env, "tunSetTxQueueLen(name, len): expected 2 arguments");
-  if (!get_ifname(env, argv[0], "tunSetTxQueueLen", ifr.ifr_name)) return NULL;
+  if (!get_ifname(env, argv[0], "tunSetTxQueueLen", name)) return NULL;
   if (!get_u32(env, argv[1], &len) || len > 0x7fffffff)
     THROW_RANGE(env, "tunSetTxQueueLen: len must be a non-negative 32-bit integer");
-  ifr.ifr_qlen = (int)len;
   char what[64];
-  snprintf(what, sizeof what, "set txqueuelen %u on %s", len, ifr.ifr_name);
-  link_ioctl(env, SIOCSIFTXQLEN, "ioctl(SIOCSIFTXQLEN)", &ifr, what);
+  snprintf(what, sizeof what, "set txqueuelen %u on %s", len, name);
+  link_result(env, vpm_link_set_txqueuelen(name, len), "ioctl(SIOCSIFTXQLEN)", what);
   return NULL;
 }
 
@@ -540,30 +548,18 @@ napi_value vpm_js_tun_set_up(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  struct ifreq ifr;
-  memset(&ifr, 0, sizeof ifr);
+  char name[IFNAMSIZ];
   bool up;
   if (argc < 2) THROW_TYPE(env, "tunSetUp(name, up): expected 2 arguments");
-  if (!get_ifname(env, argv[0], "tunSetUp", ifr.ifr_name)) return NULL;
+  if (!get_ifname(env, argv[0], "tunSetUp", name)) return NULL;
   if (!get_bool(env, argv[1], &up)) THROW_TYPE(env, "tunSetUp: up must be a boolean");
   char what[64];
-  snprintf(what, sizeof what, "set %s %s", ifr.ifr_name, up ? "up" : "down");
-  if (!link_ioctl(env, SIOCGIFFLAGS, "ioctl(SIOCGIFFLAGS)", &ifr, what)) return NULL;
-  if (up)
-    ifr.ifr_flags |= IFF_UP;
-  else
-    ifr.ifr_flags &= ~IFF_UP;
-  link_ioctl(env, SIOCSIFFLAGS, "ioctl(SIOCSIFFLAGS)", &ifr, what);
+  snprintf(what, sizeof what, "set %s %s", name, up ? "up" : "down");
+  link_result(env, vpm_link_set_up(name, up), "ioctl(SIOCSIFFLAGS)", what);
   return NULL;
 }
 
 /* ---------- reading: one bounded burst per poll callback ---------- */
-
-/* Read errors after which the fd is of no further use: the device was deleted or detached. */
-static bool fatal_read_errno(int err) {
-  return err == EBADF || err == EBADFD || err == EIO || err == ENXIO || err == ENODEV ||
-         err == EPIPE;
-}
 
 static napi_value ref_value(napi_env env, napi_ref r) {
   napi_value v = NULL;
@@ -629,40 +625,10 @@ static void on_poll(uv_poll_t *p, int status, int events) {
         err = EFAULT;
         syscall = "rx buffers";
       }
-      uint8_t *buf = rxp;
-      uint32_t *offsets = offp, *lengths = lenp;
-      /* At most `batch` read() calls: packets, or per-packet errors (each consumes its packet). */
-      for (uint32_t tries = 0; tries < batch && n < batch; tries++) {
-        size_t at = (size_t)n * t->slot;
-        ssize_t r = read(t->fd, buf + at, t->slot);
-        if (r >= 0 && (size_t)r >= t->slot) {
-          /* The kernel cuts a packet to the read size without telling: a full slot may be a
-             truncated packet, so slots are larger than any packet and a full one is dropped. */
-          t->st.read_truncated++;
-          continue;
-        }
-        if (r >= 0) {
-          offsets[n] = (uint32_t)at;
-          lengths[n] = (uint32_t)r;
-          n++;
-          continue;
-        }
-        int e = errno;
-        if (e == EAGAIN || e == EWOULDBLOCK) {
-          t->st.read_eagain++;
-          break;
-        }
-        if (e == EINTR) continue;
-        t->st.read_errors++;
-        t->st.last_read_errno = e;
-        if (fatal_read_errno(e)) {
-          err = e;
-          break;
-        }
+      if (batch > 0) {
+        n = vpm_tun_read_burst(t->fd, rxp, t->slot, batch, t->headroom, offp, lenp, &t->st, &err);
+        syscall = "read";
       }
-      t->st.read_packets += n;
-      if (n > 0) t->st.read_batches++;
-      if (n > 0 && n == batch) t->st.read_full_batches++;
     }
   }
 
@@ -720,8 +686,8 @@ napi_value vpm_js_tun_start(napi_env env, napi_callback_info info) {
   uint32_t slot;
   if (!get_typed(env, argv[1], napi_uint8_array, &rxp, &rxlen))
     THROW_TYPE(env, "tunStart: rxBuf must be a Buffer/Uint8Array");
-  if (!get_u32(env, argv[2], &slot) || slot == 0)
-    THROW_RANGE(env, "tunStart: slotSize must be a positive integer");
+  if (!get_u32(env, argv[2], &slot) || slot <= t->headroom)
+    THROW_RANGE(env, "tunStart: slotSize must be an integer above the header room (%u)", t->headroom);
   if (!get_typed(env, argv[3], napi_uint32_array, &offp, &noffs))
     THROW_TYPE(env, "tunStart: offsets must be a Uint32Array");
   if (!get_typed(env, argv[4], napi_uint32_array, &lenp, &nlens))
@@ -803,11 +769,11 @@ napi_value vpm_js_tun_close(napi_env env, napi_callback_info info) {
 /* ---------- writing ---------- */
 
 napi_value vpm_js_tun_write_batch(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
+  size_t argc = 6;
+  napi_value argv[6];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc < 5)
-    THROW_TYPE(env, "tunWriteBatch(handle, buf, offsets, lengths, count): expected 5 arguments");
+    THROW_TYPE(env, "tunWriteBatch(handle, buf, offsets, lengths, count[, errnos]): expected 5 or 6 arguments");
   vpm_tun *t = get_open_tun(env, argv[0], "tunWriteBatch");
   if (!t) return NULL;
   void *bufp, *offp, *lenp;
@@ -824,34 +790,29 @@ napi_value vpm_js_tun_write_batch(napi_env env, napi_callback_info info) {
   if (count > noffs || count > nlens)
     THROW_RANGE(env, "tunWriteBatch: count %u exceeds offsets (%zu) or lengths (%zu)", count, noffs,
                 nlens);
-  const uint8_t *buf = bufp;
+  int32_t *errs = NULL;
+  size_t nerrs = 0;
+  if (argc >= 6 && !is_nullish(env, argv[5])) {
+    void *ep;
+    if (!get_typed(env, argv[5], napi_int32_array, &ep, &nerrs))
+      THROW_TYPE(env, "tunWriteBatch: errnos must be an Int32Array");
+    if (nerrs < count) THROW_RANGE(env, "tunWriteBatch: errnos (%zu) shorter than count %u", nerrs, count);
+    errs = ep;
+  }
   const uint32_t *offsets = offp, *lengths = lenp;
   for (uint32_t i = 0; i < count; i++) {
-    if ((uint64_t)offsets[i] + lengths[i] > blen)
-      THROW_RANGE(env, "tunWriteBatch: packet %u (off %u len %u) beyond buffer of %zu bytes", i,
-                  offsets[i], lengths[i], blen);
+    if (offsets[i] < t->headroom || (uint64_t)offsets[i] + lengths[i] > blen)
+      THROW_RANGE(env,
+                  "tunWriteBatch: packet %u (off %u len %u) beyond buffer of %zu bytes or without "
+                  "its %u-byte header room",
+                  i, offsets[i], lengths[i], blen, t->headroom);
   }
-  t->st.write_calls++;
-  uint32_t i = 0;
-  while (i < count) {
-    ssize_t r = write(t->fd, buf + offsets[i], lengths[i]);
-    if (r >= 0) {
-      t->st.write_packets++;
-      i++;
-      continue;
-    }
-    int e = errno;
-    if (e == EINTR) continue;
-    t->st.last_write_errno = e;
-    if (e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS) {
-      t->st.write_queue_full++;
-      break; /* queue full: [i, count) not written; the caller counts them */
-    }
-    t->st.write_errors++; /* the kernel refused this packet (e.g. EINVAL): dropped, go on */
-    i++;
-  }
+  uint32_t refused = 0;
+  uint32_t n = vpm_tun_write_batch(t->fd, bufp, offsets, lengths, count, t->headroom, errs,
+                                   &refused, &t->st);
+  /* n and refused are at most 4096 (the batch limit): one number carries both. */
   napi_value r;
-  napi_create_uint32(env, i, &r);
+  napi_create_double(env, (double)n + (double)refused * 65536.0, &r);
   return r;
 }
 
@@ -878,6 +839,7 @@ napi_value vpm_js_tun_stats(napi_env env, napi_callback_info info) {
   set_num(env, o, "readEagain", (double)t->st.read_eagain);
   set_num(env, o, "readErrors", (double)t->st.read_errors);
   set_num(env, o, "readTruncated", (double)t->st.read_truncated);
+  set_num(env, o, "readShort", (double)t->st.read_short);
   set_num(env, o, "lastReadErrno", t->st.last_read_errno);
   set_num(env, o, "writeCalls", (double)t->st.write_calls);
   set_num(env, o, "writePackets", (double)t->st.write_packets);
