@@ -193,8 +193,13 @@ export class Cooperation {
   ): void {
     const key = info.srcAddr * 0x10000 + info.srcPort;
     if (this.held.has(key)) return; // a retransmission of a SYN already held
+    // A copy, never a view: `buf` is the device's receive buffer, which the next
+    // batch overwrites while the negotiation runs. (It is a Node Buffer, whose
+    // slice() is a view despite the Uint8Array type it is passed as.)
+    const pkt = new Uint8Array(len);
+    pkt.set(buf.subarray(off, off + len));
     const h: Held = {
-      pkt: buf.slice(off, off + len),
+      pkt,
       srcAddr: info.srcAddr,
       srcPort: info.srcPort,
       dstAddr: info.dstAddr,
