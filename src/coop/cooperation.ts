@@ -30,9 +30,9 @@
 
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
-import type { Pipeline } from '../datapath/pipeline.js';
+import { type HeldKind, INJECT_MALFORMED, type Pipeline } from '../datapath/pipeline.js';
 import type { Rules } from '../datapath/rules.js';
-import type { FlowKeyArgs, FlowTable } from '../flow/table.js';
+import { CREATE_COLLISION, CREATE_FULL, type FlowKeyArgs, type FlowTable } from '../flow/table.js';
 import { PortPool } from '../virtual/pool.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
 import { IPPROTO_TCP } from '../wire/ipv4.js';
@@ -51,7 +51,9 @@ import type { Message } from './protocol.js';
 import { ReplayCache } from './replay.js';
 
 interface Held {
+  /** The holder's own copy of the SYN. */
   pkt: Uint8Array;
+  kind: HeldKind;
   srcAddr: number;
   srcPort: number;
   dstAddr: number;
@@ -75,6 +77,14 @@ export interface CooperationDeps {
 
 function hexKey(hex: string): Buffer {
   return Buffer.from(hex, 'hex');
+}
+
+/** The reason logged when `injectHeld` could not place a held SYN, by its result. */
+function injectFailure(code: number): string {
+  if (code === CREATE_FULL) return 'refused_table_full';
+  if (code === CREATE_COLLISION) return 'refused_collision';
+  if (code === INJECT_MALFORMED) return 'malformed_held_packet';
+  return `inject_failed_${code}`;
 }
 
 export class Cooperation {
@@ -200,6 +210,7 @@ export class Cooperation {
     pkt.set(buf.subarray(off, off + len));
     const h: Held = {
       pkt,
+      kind: this.d.rules().services[svc]?.peer === -1 ? 'local_client' : 'negotiation',
       srcAddr: info.srcAddr,
       srcPort: info.srcPort,
       dstAddr: info.dstAddr,
@@ -221,13 +232,22 @@ export class Cooperation {
     const svcRule = rules.services[h.svc];
     const client = `${ipv4ToString(h.srcAddr)}:${h.srcPort}`;
     const service = `${ipv4ToString(h.dstAddr)}:${h.dstPort}`;
+    // The one place a held SYN is refused: one RST (where one can be built from
+    // the held copy), one count, one log line with the reason.
     const fail = (reason: string, extra: Record<string, unknown> = {}) => {
       this.refused++;
-      this.d.pipeline.refuseHeld(h.pkt);
-      this.d.log.info(
-        { event: 'flow_refused', reason, client, service, ...extra },
-        'connection refused',
-      );
+      const rst = this.d.pipeline.refuseHeld(h.pkt, h.kind);
+      const line = { event: 'flow_refused', reason, client, service, rst, ...extra };
+      // A held copy that does not parse is vpm's own fault: make it stand out.
+      if (reason === 'malformed_held_packet') this.d.log.error(line, 'connection refused');
+      else this.d.log.info(line, 'connection refused');
+    };
+    /** Record the flow and send the SYN on; false (after refusing) if it cannot be recorded. */
+    const place = (k: FlowKeyArgs, aid: string): boolean => {
+      const s = this.d.pipeline.injectHeld(h.pkt, k, this.d.now());
+      if (s >= 0) return true;
+      fail(injectFailure(s), { aid });
+      return false;
     };
     if (!svcRule) return fail('no_service');
     let aid = h.aid;
@@ -270,8 +290,7 @@ export class Cooperation {
       k.realAddr = target.addr;
       k.realPort = target.port;
       k.instance = inst;
-      if (this.d.pipeline.injectHeld(h.pkt, k, this.d.now()) < 0)
-        return fail('refused_table_full', { aid: aidName });
+      if (!place(k, aidName)) return;
       this.resolved++;
       this.d.log.info(
         {
@@ -307,8 +326,7 @@ export class Cooperation {
       }
       k.realAddr = h.dstAddr; // the wire keeps the VIP ...
       k.realPort = r.port; // ... on the negotiated port p2
-      if (this.d.pipeline.injectHeld(h.pkt, k, this.d.now()) < 0)
-        return fail('refused_table_full', { aid: aidName });
+      if (!place(k, aidName)) return;
       this.resolved++;
       this.d.log.info(
         {
@@ -435,8 +453,13 @@ export class Cooperation {
       },
       this.d.now(),
     );
-    if (s < 0)
-      return { type: 'refuse', body: { reason: 'busy', message: 'the translation table is full' } };
+    if (s < 0) {
+      const message =
+        s === CREATE_FULL
+          ? 'the translation table is full'
+          : `a flow of ${neg.request.client} to ${ipv4ToString(target.addr)}:${target.port} already exists`;
+      return { type: 'refuse', body: { reason: 'busy', message } };
+    }
     this.p2OfSlot.set(s, neg.offer.port);
     this.slotOfNeg.set(`${peer.connection}/${neg.id}`, s);
     // The confirm is written right after this returns, or abandon() removes the flow.
