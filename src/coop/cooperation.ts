@@ -99,6 +99,7 @@ export class Cooperation {
   private readonly replay = new ReplayCache();
   private resolved = 0;
   private refused = 0;
+  private readonly stopListening: () => void;
 
   constructor(
     private cfg: Config,
@@ -109,16 +110,22 @@ export class Cooperation {
       co?.listen != null
         ? new PortPool(co.portRange.lo, co.portRange.hi, cfg.timeouts.timeWaitMs, 0)
         : null;
-    d.table.onRemove = (slot) => {
-      const p2 = this.p2OfSlot.get(slot);
-      if (p2 === undefined) return;
-      this.p2OfSlot.delete(slot);
-      try {
-        this.p2Pool?.release(p2);
-      } catch (e) {
-        d.log.error({ event: 'internal_error', err: (e as Error).message }, 'releasing p2 failed');
-      }
-    };
+    this.stopListening = d.table.addRemoveListener((slot) => this.flowRemoved(slot));
+  }
+
+  /** Server side: a negotiated flow's p2 goes back to its pool when the flow goes. */
+  private flowRemoved(slot: number): void {
+    const p2 = this.p2OfSlot.get(slot);
+    if (p2 === undefined) return;
+    this.p2OfSlot.delete(slot);
+    try {
+      this.p2Pool?.release(p2);
+    } catch (e) {
+      this.d.log.error(
+        { event: 'internal_error', err: (e as Error).message },
+        'releasing p2 failed',
+      );
+    }
   }
 
   /** A reloaded configuration (its cooperative section is kept: changing it needs a restart). */
@@ -186,6 +193,7 @@ export class Cooperation {
     this.clients.clear();
     await this.server?.close();
     this.server = null;
+    this.stopListening();
     this.p2Pool?.close();
   }
 
@@ -485,7 +493,7 @@ export class Cooperation {
     const s = this.slotOfNeg.get(`${peer.connection}/${neg.id}`);
     if (s !== undefined) {
       this.slotOfNeg.delete(`${peer.connection}/${neg.id}`);
-      this.d.table.remove(s); // releases p2 through onRemove
+      this.d.table.remove(s); // releases p2 through flowRemoved
     } else {
       this.p2Pool?.release(neg.offer.port);
     }

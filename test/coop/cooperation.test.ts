@@ -75,7 +75,7 @@ class FakePeer {
   };
 }
 
-async function setup(o: { capacity?: number } = {}) {
+async function setup(o: { capacity?: number; beforeCooperation?: (t: FlowTable) => void } = {}) {
   const peer = new FakePeer();
   const server = new PeerServer({
     host: '127.0.0.1',
@@ -141,6 +141,7 @@ async function setup(o: { capacity?: number } = {}) {
     new Set([TUN_ADDR]),
   );
   let clock = 1000;
+  o.beforeCooperation?.(table);
   coop = new Cooperation(cfg, {
     pipeline,
     table,
@@ -296,5 +297,19 @@ describe('Cooperation, local clients whose AID is looked up (FIG. 8)', () => {
     expect(await settle(0)).toEqual([hex(rstFor(TUN_ADDR, 52003, LOCAL_VIP, 9000, 100))]);
     expect(counters).toMatchObject({ localClientsRefused: 1, negotiationsFailed: 0, rstSent: 1 });
     expect(refusals()).toEqual([['refused_table_full', INFO, true]]);
+  });
+});
+
+describe('Cooperation and the translation table', () => {
+  it("listens to flow removals beside the table's other users, never instead of them", async () => {
+    const removed: number[] = [];
+    const { table } = await setup({
+      beforeCooperation: (t) => {
+        t.addRemoveListener((s) => removed.push(s));
+      },
+    });
+    const s = table.create(blocker({}), 1000);
+    table.remove(s);
+    expect(removed).toEqual([s]);
   });
 });
