@@ -133,11 +133,6 @@ export class Cooperation {
     this.cfg = { ...cfg, cooperative: this.cfg.cooperative };
   }
 
-  /** Whether a SYN from a local client without a known AID must be held for an owner lookup. */
-  get ownerLookup(): boolean {
-    return this.cfg.applications.some((a) => a.executables.length > 0);
-  }
-
   async start(): Promise<void> {
     const co = this.cfg.cooperative;
     if (!co) return;
