@@ -37,18 +37,18 @@ import { PortPool } from '../virtual/pool.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
 import { IPPROTO_TCP } from '../wire/ipv4.js';
 import type { PacketInfo } from '../wire/parse.js';
+import { PeerClient } from './client.js';
+import { ownerExecutable } from './owner.js';
+import type { Message } from './protocol.js';
+import { ReplayCache } from './replay.js';
 import {
   type AbandonReason,
   type AckAnswer,
   type Negotiation,
   type OfferAnswer,
-  PeerClient,
   type PeerInfo,
   PeerServer,
-} from './channel.js';
-import { ownerExecutable } from './owner.js';
-import type { Message } from './protocol.js';
-import { ReplayCache } from './replay.js';
+} from './server.js';
 
 interface Held {
   /** The holder's own copy of the SYN. */

@@ -13,9 +13,9 @@
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Config, parseConfig } from '../../src/config/config.js';
-import { type AckAnswer, type OfferAnswer, PeerServer } from '../../src/coop/channel.js';
 import { Cooperation } from '../../src/coop/cooperation.js';
 import type { Message } from '../../src/coop/protocol.js';
+import { type AckAnswer, type OfferAnswer, PeerServer } from '../../src/coop/server.js';
 import { rulesFromConfig } from '../../src/daemon/rules-from-config.js';
 import { Counters, Drop } from '../../src/datapath/counters.js';
 import { Pipeline } from '../../src/datapath/pipeline.js';
@@ -23,6 +23,7 @@ import { type FlowKeyArgs, FlowTable } from '../../src/flow/table.js';
 import { MemoryTun } from '../../src/tun/memory-tun.js';
 import { Check, checkPacket, PacketInfo } from '../../src/wire/parse.js';
 import { hex, ip4, tcp4 } from '../support/builder.js';
+import { cleanup, runCleanup, waitFor } from './support.js';
 
 const KEY_HEX = 'c0'.repeat(32);
 const TUN_ADDR = ip4('198.19.254.1');
@@ -46,18 +47,7 @@ const rstFor = (src: number, sp: number, dst: number, dp: number, seq: number) =
     { srcPort: dp, dstPort: sp, seq: 0, ack: seq + 1, flags: RST | ACK, window: 0 },
   );
 
-const cleanup: (() => unknown)[] = [];
-afterEach(async () => {
-  while (cleanup.length > 0) await cleanup.pop()!();
-});
-
-async function waitFor(cond: () => boolean, ms = 2000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
+afterEach(runCleanup);
 
 /** What the peer does with a request: offer (after `gate`, if set), or refuse. */
 class FakePeer {
