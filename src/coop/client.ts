@@ -5,11 +5,18 @@
  * connection's (src/coop/framed.ts); this is what the client side decides.
  *
  * Theory of operation. One connection, opened on demand by the first call and
- * after any loss; concurrent calls share one connection attempt, and a failed
- * attempt makes calls fail fast (ERR_PEER_UNREACHABLE) for retryAfterMs instead
- * of hammering a dead peer. Every call has one deadline: if the connection is not
- * up by then it fails with ERR_PEER_UNREACHABLE, if the reply is not in by then
- * with ERR_PEER_TIMEOUT. Replies are matched to calls by id and must be of an
+ * after any loss; concurrent calls share one connection attempt. Every call has
+ * one deadline (timeoutMs, connecting included): if the connection is not up by
+ * then it fails with ERR_PEER_UNREACHABLE, if the reply is not in by then with
+ * ERR_PEER_TIMEOUT. Connecting is bounded by the calls' deadlines, not by a
+ * shorter timer of its own: an attempt gives up after connectTimeoutMs (by
+ * default the call timeout), and a call that still has time left then starts a
+ * new one, because a slow attempt says nothing about the peer — a lost first SYN
+ * is retransmitted after the kernel's initial RTO of 1 s, and a loaded host may
+ * not run this event loop for as long. Only an attempt the network refuses
+ * (ECONNREFUSED, EHOSTUNREACH, ...) fails the calls waiting on it at once, and
+ * makes calls fail fast (ERR_PEER_UNREACHABLE) for retryAfterMs instead of
+ * hammering a dead peer. Replies are matched to calls by id and must be of an
  * expected type (request -> offer|refuse, ack -> confirm|refuse). A lost
  * connection fails the calls sent on it (ERR_PEER_DISCONNECTED; ERR_PEER_PROTOCOL
  * when this side closed it because the peer broke the protocol). An offer that
@@ -50,9 +57,12 @@ export interface PeerClientOptions extends ChannelOptions {
   key: Uint8Array;
   /** Deadline of one call (request or ack), connecting included. Default 1000. */
   timeoutMs?: number;
-  /** Longest a connection attempt may take. Default 1000. */
+  /**
+   * Longest one connection attempt may take; calls with time left then try again.
+   * Default: timeoutMs.
+   */
   connectTimeoutMs?: number;
-  /** After a failed connection attempt, calls fail at once for this long. Default 100. */
+  /** After a connection attempt was refused, calls fail at once for this long. Default 100. */
   retryAfterMs?: number;
   /** Calls in flight; more fail with ERR_PEER_BUSY. Default 1024. */
   maxPending?: number;
@@ -94,7 +104,8 @@ interface Pending {
 
 export class PeerClient {
   private conn: FramedConnection | null = null;
-  private connecting: Promise<FramedConnection> | null = null;
+  /** The attempt in progress: resolves with the connection, or null when it ran out of time. */
+  private connecting: Promise<FramedConnection | null> | null = null;
   private failedAt = -Infinity;
   private failure = '';
   private closed = false;
@@ -113,7 +124,7 @@ export class PeerClient {
   constructor(private readonly opts: PeerClientOptions) {
     this.end = new ChannelEnd(opts, new Map([[opts.peer, opts.key]]));
     this.timeoutMs = opts.timeoutMs ?? 1000;
-    this.connectTimeoutMs = opts.connectTimeoutMs ?? 1000;
+    this.connectTimeoutMs = opts.connectTimeoutMs ?? this.timeoutMs;
     this.retryAfterMs = opts.retryAfterMs ?? 100;
     this.maxPending = opts.maxPending ?? 1024;
   }
@@ -285,29 +296,39 @@ export class PeerClient {
           );
         }
       }, timeoutMs);
-      this.connect().then(
-        (conn) => {
-          if (this.pending.get(id) !== p) return; // timed out or closed meanwhile
-          p.conn = conn;
-          if (!conn.put(out))
-            this.settle(
-              id,
-              p,
-              new CoopError(
-                'ERR_PEER_DISCONNECTED',
-                `${this.where}: connection lost while sending ${type} ${id}`,
-              ),
-            );
-        },
-        (e: CoopError) => {
-          if (this.pending.get(id) === p && e.code === 'ERR_PEER_UNREACHABLE') this.unreachable++;
-          this.settle(id, p, e);
-        },
-      );
+      const attempt = (): void => {
+        this.connect().then(
+          (conn) => {
+            if (this.pending.get(id) !== p) return; // timed out or closed meanwhile
+            // The attempt ran out of time, this call has not (its timer settles it): again.
+            if (conn === null) return attempt();
+            p.conn = conn;
+            if (!conn.put(out))
+              this.settle(
+                id,
+                p,
+                new CoopError(
+                  'ERR_PEER_DISCONNECTED',
+                  `${this.where}: connection lost while sending ${type} ${id}`,
+                ),
+              );
+          },
+          (e: CoopError) => {
+            if (this.pending.get(id) === p && e.code === 'ERR_PEER_UNREACHABLE') this.unreachable++;
+            this.settle(id, p, e);
+          },
+        );
+      };
+      attempt();
     });
   }
 
-  private connect(): Promise<FramedConnection> {
+  /**
+   * The connection, once up; null if this attempt ran out of connectTimeoutMs
+   * (the caller may try again within its own deadline). Rejects when the attempt
+   * was refused, or within retryAfterMs of that.
+   */
+  private connect(): Promise<FramedConnection | null> {
     if (this.closed)
       return Promise.reject(new CoopError('ERR_PEER_CLOSED', `${this.where}: client closed`));
     if (this.conn) return Promise.resolve(this.conn);
@@ -320,30 +341,32 @@ export class PeerClient {
           `${this.where}: unreachable ${Math.round(since)} ms ago (${this.failure}); not retrying yet`,
         ),
       );
-    this.connecting = new Promise<FramedConnection>((resolve, reject) => {
+    this.connecting = new Promise<FramedConnection | null>((resolve, reject) => {
       const s = connect({ host: this.opts.host, port: this.opts.port });
       let done = false;
-      const fail = (why: string) => {
-        if (done) return;
+      const end = (): void => {
         done = true;
         clearTimeout(timer);
-        s.destroy();
         this.connecting = null;
-        this.failedAt = this.end.now();
-        this.failure = why;
-        reject(new CoopError('ERR_PEER_UNREACHABLE', `${this.where}: ${why}`));
       };
-      const timer = setTimeout(
-        () => fail(`no connection within ${this.connectTimeoutMs} ms`),
-        this.connectTimeoutMs,
-      );
-      s.once('error', (e: NodeJS.ErrnoException) => fail(e.code ?? e.message));
+      const timer = setTimeout(() => {
+        if (done) return;
+        end();
+        s.destroy();
+        resolve(null); // slow, not refused: no fail-fast
+      }, this.connectTimeoutMs);
+      s.once('error', (e: NodeJS.ErrnoException) => {
+        if (done) return;
+        end();
+        s.destroy();
+        this.failedAt = this.end.now();
+        this.failure = e.code ?? e.message;
+        reject(new CoopError('ERR_PEER_UNREACHABLE', `${this.where}: ${this.failure}`));
+      });
       s.once('connect', () => {
         if (done) return;
-        done = true;
-        clearTimeout(timer);
+        end();
         s.removeAllListeners('error');
-        this.connecting = null;
         if (this.closed) {
           s.destroy();
           reject(new CoopError('ERR_PEER_CLOSED', `${this.where}: client closed`));

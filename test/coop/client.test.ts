@@ -23,6 +23,14 @@ import {
 
 afterEach(runCleanup);
 
+/** Keep the event loop from running for `ms` (a loaded host). */
+function stall(ms: number): void {
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    // busy
+  }
+}
+
 describe('PeerClient failures', () => {
   it('a peer that never answers: ERR_PEER_TIMEOUT within the timeout', async () => {
     const silent: Server = createServer((s) => {
@@ -58,6 +66,30 @@ describe('PeerClient failures', () => {
     expect(await codeOf(c.request(REQ))).toBe('ERR_PEER_UNREACHABLE');
     expect(Date.now() - t0).toBeLessThan(500);
     expect(c.stats()).toMatchObject({ unreachable: 2, connects: 0, pending: 0 });
+  });
+
+  it('a connection slower than connectTimeoutMs would allow by default still serves calls within their own deadline', async () => {
+    const { port } = await startServer();
+    const c = client(port, { timeoutMs: 3000, retryAfterMs: 10_000 });
+    const r = c.negotiate(REQ);
+    // A busy host: the daemon's event loop does not run for longer than 1 s, the
+    // initial TCP retransmission timeout (a lost first SYN) takes about as long.
+    stall(1100);
+    expect(await r).toMatchObject({ ok: true, port: 40000 });
+    // And a call right after it is not failed fast for a "failure" that was none.
+    expect(await c.negotiate(REQ)).toMatchObject({ ok: true, port: 40001 });
+    expect(c.stats()).toMatchObject({ connects: 1, unreachable: 0 });
+  });
+
+  it("an attempt that runs out of connectTimeoutMs is retried within the call's deadline, not failed fast", async () => {
+    const { port } = await startServer();
+    const c = client(port, { timeoutMs: 3000, connectTimeoutMs: 200, retryAfterMs: 10_000 });
+    const first = c.negotiate(REQ);
+    stall(300); // the first attempt's timer is due before its connection is seen
+    const second = c.negotiate(REQ);
+    expect(await first).toMatchObject({ ok: true });
+    expect(await second).toMatchObject({ ok: true });
+    expect(c.stats()).toMatchObject({ connects: 1, unreachable: 0 });
   });
 
   it('the server stops: calls in flight fail; when it is back, the next call reconnects', async () => {
