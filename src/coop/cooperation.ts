@@ -16,8 +16,11 @@
  *      checked against the offered ones → ack → confirm), within the timeout; for a
  *      local service: pick the AID's instance;
  *   3. success: the pipeline records the flow and sends the held SYN on, rewritten
- *      (to VIP:p2 for a peer); failure: the client gets a RST, and the refusal is
- *      logged with both AIDs where there are two.
+ *      (to VIP:p2 for a peer); failure — at any step, recording the flow included
+ *      (the pipeline's injectHeld only reports why it could not) — is decided
+ *      here, once: one RST (where the held copy allows one), one count
+ *      (negotiationsFailed or localClientsRefused), one log line with the reason
+ *      and both AIDs where there are two.
  *
  * Server side. A PeerServer accepts negotiations from the configured peers. A
  * request is answered with the AIDs that have a live instance for the service and
