@@ -19,7 +19,7 @@ import {
   REQ,
   raw,
   runCleanup,
-  sealRaw,
+  seal,
   startServer,
   WRONG_KEY,
   waitFor,
@@ -272,9 +272,9 @@ describe('the server keeps serving whatever a peer sends', () => {
       from: 'vpm-a',
       body: { ...REQ, client: '198.18.0.300:1' },
     });
-    p.s.write(sealRaw('vpm-a', body));
+    p.s.write(seal('vpm-a', body));
     const v2 = JSON.stringify({ v: 2, id: 10, type: 'hello' });
-    p.s.write(sealRaw('vpm-a', v2));
+    p.s.write(seal('vpm-a', v2));
     p.s.write(frame('request', 11, REQ, KEY, Date.now() - 31_000));
     p.s.write(frame('offer', 12, { aids: ['x'], port: 1 }));
     p.s.write(frame('request', 13, REQ));

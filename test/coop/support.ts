@@ -175,10 +175,14 @@ export async function fakeServer(reply: (m: AnyMessage) => Buffer): Promise<numb
   return (fake.address() as { port: number }).port;
 }
 
-/** Independent sealer for hand-written JSON (see protocol.test.ts). */
-export function sealRaw(sender: string, json: string, key: Uint8Array = KEY): Buffer {
+/**
+ * Independent frame builder (not the code under test): the layout of
+ * docs/cooperative.md, written out with Buffer.concat and node:crypto, for
+ * hand-written JSON.
+ */
+export function seal(sender: string, json: string | Buffer, key: Uint8Array = KEY): Buffer {
   const s = Buffer.from(sender, 'latin1');
-  const j = Buffer.from(json, 'utf8');
+  const j = typeof json === 'string' ? Buffer.from(json, 'utf8') : json;
   const head = Buffer.alloc(5);
   head.writeUInt32BE(1 + s.length + j.length + 32, 0);
   head[4] = s.length;
