@@ -16,8 +16,11 @@
  *      checked against the offered ones → ack → confirm), within the timeout; for a
  *      local service: pick the AID's instance;
  *   3. success: the pipeline records the flow and sends the held SYN on, rewritten
- *      (to VIP:p2 for a peer); failure: the client gets a RST, and the refusal is
- *      logged with both AIDs where there are two.
+ *      (to VIP:p2 for a peer); failure — at any step, recording the flow included
+ *      (the pipeline's injectHeld only reports why it could not) — is decided
+ *      here, once: one RST (where the held copy allows one), one count
+ *      (negotiationsFailed or localClientsRefused), one log line with the reason
+ *      and both AIDs where there are two.
  *
  * Server side. A PeerServer accepts negotiations from the configured peers. A
  * request is answered with the AIDs that have a live instance for the service and
@@ -30,28 +33,30 @@
 
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
-import type { Pipeline } from '../datapath/pipeline.js';
+import { type HeldKind, INJECT_MALFORMED, type Pipeline } from '../datapath/pipeline.js';
 import type { Rules } from '../datapath/rules.js';
-import type { FlowKeyArgs, FlowTable } from '../flow/table.js';
+import { CREATE_COLLISION, CREATE_FULL, type FlowKeyArgs, type FlowTable } from '../flow/table.js';
 import { PortPool } from '../virtual/pool.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
 import { IPPROTO_TCP } from '../wire/ipv4.js';
 import type { PacketInfo } from '../wire/parse.js';
+import { PeerClient } from './client.js';
+import { ownerExecutable } from './owner.js';
+import type { Message } from './protocol.js';
+import { ReplayCache } from './replay.js';
 import {
   type AbandonReason,
   type AckAnswer,
   type Negotiation,
   type OfferAnswer,
-  PeerClient,
   type PeerInfo,
   PeerServer,
-} from './channel.js';
-import { ownerExecutable } from './owner.js';
-import type { Message } from './protocol.js';
-import { ReplayCache } from './replay.js';
+} from './server.js';
 
 interface Held {
+  /** The holder's own copy of the SYN. */
   pkt: Uint8Array;
+  kind: HeldKind;
   srcAddr: number;
   srcPort: number;
   dstAddr: number;
@@ -77,6 +82,14 @@ function hexKey(hex: string): Buffer {
   return Buffer.from(hex, 'hex');
 }
 
+/** The reason logged when `injectHeld` could not place a held SYN, by its result. */
+function injectFailure(code: number): string {
+  if (code === CREATE_FULL) return 'refused_table_full';
+  if (code === CREATE_COLLISION) return 'refused_collision';
+  if (code === INJECT_MALFORMED) return 'malformed_held_packet';
+  return `inject_failed_${code}`;
+}
+
 export class Cooperation {
   private readonly held = new Map<number, Held>();
   private readonly clients = new Map<number, PeerClient>();
@@ -89,6 +102,7 @@ export class Cooperation {
   private readonly replay = new ReplayCache();
   private resolved = 0;
   private refused = 0;
+  private readonly stopListening: () => void;
 
   constructor(
     private cfg: Config,
@@ -99,26 +113,27 @@ export class Cooperation {
       co?.listen != null
         ? new PortPool(co.portRange.lo, co.portRange.hi, cfg.timeouts.timeWaitMs, 0)
         : null;
-    d.table.onRemove = (slot) => {
-      const p2 = this.p2OfSlot.get(slot);
-      if (p2 === undefined) return;
-      this.p2OfSlot.delete(slot);
-      try {
-        this.p2Pool?.release(p2);
-      } catch (e) {
-        d.log.error({ event: 'internal_error', err: (e as Error).message }, 'releasing p2 failed');
-      }
-    };
+    this.stopListening = d.table.addRemoveListener((slot) => this.flowRemoved(slot));
+  }
+
+  /** Server side: a negotiated flow's p2 goes back to its pool when the flow goes. */
+  private flowRemoved(slot: number): void {
+    const p2 = this.p2OfSlot.get(slot);
+    if (p2 === undefined) return;
+    this.p2OfSlot.delete(slot);
+    try {
+      this.p2Pool?.release(p2);
+    } catch (e) {
+      this.d.log.error(
+        { event: 'internal_error', err: (e as Error).message },
+        'releasing p2 failed',
+      );
+    }
   }
 
   /** A reloaded configuration (its cooperative section is kept: changing it needs a restart). */
   update(cfg: Config): void {
     this.cfg = { ...cfg, cooperative: this.cfg.cooperative };
-  }
-
-  /** Whether a SYN from a local client without a known AID must be held for an owner lookup. */
-  get ownerLookup(): boolean {
-    return this.cfg.applications.some((a) => a.executables.length > 0);
   }
 
   async start(): Promise<void> {
@@ -176,6 +191,7 @@ export class Cooperation {
     this.clients.clear();
     await this.server?.close();
     this.server = null;
+    this.stopListening();
     this.p2Pool?.close();
   }
 
@@ -193,8 +209,14 @@ export class Cooperation {
   ): void {
     const key = info.srcAddr * 0x10000 + info.srcPort;
     if (this.held.has(key)) return; // a retransmission of a SYN already held
+    // A copy, never a view: `buf` is the device's receive buffer, which the next
+    // batch overwrites while the negotiation runs. (It is a Node Buffer, whose
+    // slice() is a view despite the Uint8Array type it is passed as.)
+    const pkt = new Uint8Array(len);
+    pkt.set(buf.subarray(off, off + len));
     const h: Held = {
-      pkt: buf.slice(off, off + len),
+      pkt,
+      kind: this.d.rules().services[svc]?.peer === -1 ? 'local_client' : 'negotiation',
       srcAddr: info.srcAddr,
       srcPort: info.srcPort,
       dstAddr: info.dstAddr,
@@ -216,13 +238,22 @@ export class Cooperation {
     const svcRule = rules.services[h.svc];
     const client = `${ipv4ToString(h.srcAddr)}:${h.srcPort}`;
     const service = `${ipv4ToString(h.dstAddr)}:${h.dstPort}`;
+    // The one place a held SYN is refused: one RST (where one can be built from
+    // the held copy), one count, one log line with the reason.
     const fail = (reason: string, extra: Record<string, unknown> = {}) => {
       this.refused++;
-      this.d.pipeline.refuseHeld(h.pkt);
-      this.d.log.info(
-        { event: 'flow_refused', reason, client, service, ...extra },
-        'connection refused',
-      );
+      const rst = this.d.pipeline.refuseHeld(h.pkt, h.kind);
+      const line = { event: 'flow_refused', reason, client, service, rst, ...extra };
+      // A held copy that does not parse is vpm's own fault: make it stand out.
+      if (reason === 'malformed_held_packet') this.d.log.error(line, 'connection refused');
+      else this.d.log.info(line, 'connection refused');
+    };
+    /** Record the flow and send the SYN on; false (after refusing) if it cannot be recorded. */
+    const place = (k: FlowKeyArgs, aid: string): boolean => {
+      const s = this.d.pipeline.injectHeld(h.pkt, k, this.d.now());
+      if (s >= 0) return true;
+      fail(injectFailure(s), { aid });
+      return false;
     };
     if (!svcRule) return fail('no_service');
     let aid = h.aid;
@@ -265,8 +296,7 @@ export class Cooperation {
       k.realAddr = target.addr;
       k.realPort = target.port;
       k.instance = inst;
-      if (this.d.pipeline.injectHeld(h.pkt, k, this.d.now()) < 0)
-        return fail('refused_table_full', { aid: aidName });
+      if (!place(k, aidName)) return;
       this.resolved++;
       this.d.log.info(
         {
@@ -302,8 +332,7 @@ export class Cooperation {
       }
       k.realAddr = h.dstAddr; // the wire keeps the VIP ...
       k.realPort = r.port; // ... on the negotiated port p2
-      if (this.d.pipeline.injectHeld(h.pkt, k, this.d.now()) < 0)
-        return fail('refused_table_full', { aid: aidName });
+      if (!place(k, aidName)) return;
       this.resolved++;
       this.d.log.info(
         {
@@ -430,8 +459,13 @@ export class Cooperation {
       },
       this.d.now(),
     );
-    if (s < 0)
-      return { type: 'refuse', body: { reason: 'busy', message: 'the translation table is full' } };
+    if (s < 0) {
+      const message =
+        s === CREATE_FULL
+          ? 'the translation table is full'
+          : `a flow of ${neg.request.client} to ${ipv4ToString(target.addr)}:${target.port} already exists`;
+      return { type: 'refuse', body: { reason: 'busy', message } };
+    }
     this.p2OfSlot.set(s, neg.offer.port);
     this.slotOfNeg.set(`${peer.connection}/${neg.id}`, s);
     // The confirm is written right after this returns, or abandon() removes the flow.
@@ -457,7 +491,7 @@ export class Cooperation {
     const s = this.slotOfNeg.get(`${peer.connection}/${neg.id}`);
     if (s !== undefined) {
       this.slotOfNeg.delete(`${peer.connection}/${neg.id}`);
-      this.d.table.remove(s); // releases p2 through onRemove
+      this.d.table.remove(s); // releases p2 through flowRemoved
     } else {
       this.p2Pool?.release(neg.offer.port);
     }

@@ -182,7 +182,6 @@ export type KeyLookup = Uint8Array | ReadonlyMap<string, Uint8Array>;
 // Field grammar
 
 export const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
-export const AID_RE = NAME_RE;
 export const NONCE_RE = /^[0-9a-f]{32}$/;
 export const REFUSE_REASON_RE = /^[a-z][a-z0-9_]{0,31}$/;
 // Printable text only: a refusal message ends up in logs and on terminals.

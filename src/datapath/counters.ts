@@ -101,8 +101,16 @@ export class Counters {
   rstSent = 0;
   /** Held SYNs sent on after a successful negotiation (cooperative client side). */
   synInjected = 0;
-  /** Negotiations that failed (refused, mismatch, timeout, peer unreachable). */
+  /**
+   * Held SYNs to a peer's service answered with a RST: the negotiation failed
+   * (refused, AID mismatch, timeout, peer unreachable) or its flow could not be recorded.
+   */
   negotiationsFailed = 0;
+  /**
+   * Held SYNs of local clients whose AID was looked up (FIG. 8: the socket's
+   * owner) answered with a RST: no AID, no instance, or no flow recorded.
+   */
+  localClientsRefused = 0;
   /** Offloads: super-packets (GSO) read and the segments they stood for. */
   superPacketsIn = 0;
   segmentsIn = 0;
@@ -174,6 +182,7 @@ export class Counters {
       rstSent: this.rstSent,
       synInjected: this.synInjected,
       negotiationsFailed: this.negotiationsFailed,
+      localClientsRefused: this.localClientsRefused,
       offload: {
         superPacketsIn: this.superPacketsIn,
         segmentsIn: this.segmentsIn,

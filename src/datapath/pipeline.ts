@@ -102,9 +102,10 @@ export interface PipelineOptions {
   localClientAid?: (addr: number, port: number) => number;
   /**
    * Cooperative client side: a SYN to a service a peer serves. The callee copies
-   * the packet (it is only valid during this call) and negotiates; later it calls
-   * `injectHeld` or `refuseHeld`. `aid` is the AID known so far (-1: none yet).
-   * Must not throw.
+   * the packet (it is only valid during this call; `buf` is the device's receive
+   * buffer) and negotiates; later it calls `injectHeld`, and `refuseHeld` if
+   * that fails or the negotiation does. `aid` is the AID known so far (-1: none
+   * yet). Must not throw.
    */
   negotiate?: (
     buf: Uint8Array,
@@ -134,6 +135,15 @@ export interface PipelineOptions {
     info: PacketInfo,
   ) => void;
 }
+
+/** `injectHeld`: the held copy is no whole TCP segment (CREATE_* are the table's results). */
+export const INJECT_MALFORMED = -3;
+
+/**
+ * Why a SYN was held: a negotiation with the peer serving its service, or a
+ * local client whose AID only its socket's owner can tell (FIG. 8).
+ */
+export type HeldKind = 'negotiation' | 'local_client';
 
 export class Pipeline {
   rules: Rules;
@@ -439,20 +449,18 @@ export class Pipeline {
   }
 
   /**
-   * Cooperative client side, negotiation succeeded: record the flow `k` and send
-   * the held SYN on, rewritten towards VIP:p2. A copy of the SYN (`pkt`, from
-   * offset 0) was taken by the negotiator. Returns the slot, or a negative
-   * CREATE_* code after answering the client with a RST.
+   * A held SYN (see `negotiate`) that is allowed through: record the flow `k`
+   * and send the SYN on, rewritten (towards VIP:p2 for a peer's service, to the
+   * instance for a local client placed by its looked-up AID). `pkt` is the
+   * holder's own copy of the SYN, from offset 0. Returns the slot, or
+   * CREATE_FULL, CREATE_COLLISION or INJECT_MALFORMED. It never answers the
+   * client: on failure the holder decides, and calls `refuseHeld` once.
    */
   injectHeld(pkt: Uint8Array, k: FlowKeyArgs, now: number): number {
     const info = this.info;
-    if (checkPacket(pkt, 0, pkt.length, info) !== Check.OK || info.l4Off < 0)
-      return CREATE_COLLISION;
+    if (!this.parseHeld(pkt)) return INJECT_MALFORMED;
     const s = this.createFlow(k, now);
-    if (s < 0) {
-      this.refuseHeld(pkt);
-      return s;
-    }
+    if (s < 0) return s;
     this.forward(pkt, 0, info, s, now);
     this.oneOffsets[0] = 0;
     this.oneLengths[0] = info.ipTotalLen;
@@ -460,14 +468,33 @@ export class Pipeline {
     return s;
   }
 
-  /** Cooperative client side, negotiation failed: answer the held SYN with a RST. */
-  refuseHeld(pkt: Uint8Array): void {
+  /**
+   * A held SYN that will not go through: count it (`negotiationsFailed` for a
+   * peer's service, `localClientsRefused` for a local client held for an owner
+   * lookup) and answer the client with a RST, if one can be built from `pkt`.
+   * Returns whether the RST was written. The holder calls it once per held SYN.
+   */
+  refuseHeld(pkt: Uint8Array, kind: HeldKind): boolean {
     const info = this.info;
-    this.counters.negotiationsFailed++;
-    if (checkPacket(pkt, 0, pkt.length, info) !== Check.OK || info.l4Off < 0) return;
+    if (kind === 'negotiation') this.counters.negotiationsFailed++;
+    else this.counters.localClientsRefused++;
+    if (!this.parseHeld(pkt)) return false;
     this.oneOffsets[0] = 0;
     this.oneLengths[0] = writeRst(pkt, info, this.rstBuf, 0);
-    this.counters.rstSent += this.dev.write(this.rstBuf, this.oneOffsets, this.oneLengths, 1);
+    const sent = this.dev.write(this.rstBuf, this.oneOffsets, this.oneLengths, 1);
+    this.counters.rstSent += sent;
+    return sent === 1;
+  }
+
+  /** Parse a held copy into `this.info`: true for a whole, unfragmented TCP segment. */
+  private parseHeld(pkt: Uint8Array): boolean {
+    const info = this.info;
+    return (
+      checkPacket(pkt, 0, pkt.length, info) === Check.OK &&
+      info.protocol === IPPROTO_TCP &&
+      !info.isFragment &&
+      info.l4Off >= 0
+    );
   }
 
   /** New connection: returns the new slot, or -(drop reason). */

@@ -27,7 +27,8 @@
  * expire: `expire(now)` pops heads until one is still fresh. No scan of the table,
  * no work per packet beyond a few array writes.
  *
- * Nothing here allocates or throws after construction.
+ * Nothing here allocates or throws after construction (adding a remove listener
+ * aside: that is control-plane wiring, done at start-up).
  */
 
 import { FlowState, STATE_TIMER, TIMER_CLASSES } from './state.js';
@@ -52,6 +53,9 @@ export interface FlowKeyArgs {
 /** Results of `create` below zero. */
 export const CREATE_FULL = -1;
 export const CREATE_COLLISION = -2;
+
+/** Most remove listeners one table takes (see `addRemoveListener`). */
+export const MAX_REMOVE_LISTENERS = 4;
 
 function nextPow2(n: number): number {
   let p = 1;
@@ -104,8 +108,8 @@ export class FlowTable {
   private nextId = 1;
   /** Live flows. */
   size = 0;
-  /** Called with the slot just before a flow is removed (expiry or replacement); must not throw. */
-  onRemove: ((slot: number) => void) | null = null;
+  /** See addRemoveListener. */
+  private readonly removeListeners: ((slot: number) => void)[] = [];
 
   constructor(
     capacity: number,
@@ -280,10 +284,28 @@ export class FlowTable {
     return s;
   }
 
+  /**
+   * Call `fn(slot)` just before each flow is removed (by `remove`, expiry or
+   * replacement), while its columns still hold it. Listeners add up, called in
+   * the order they were added: none can replace another. At most
+   * MAX_REMOVE_LISTENERS (a control-plane hook, not a growing list). `fn` must
+   * not throw. Returns the function that takes this listener off again.
+   */
+  addRemoveListener(fn: (slot: number) => void): () => void {
+    if (this.removeListeners.length >= MAX_REMOVE_LISTENERS)
+      throw new RangeError(`a flow table takes at most ${MAX_REMOVE_LISTENERS} remove listeners`);
+    this.removeListeners.push(fn);
+    return () => {
+      const i = this.removeListeners.indexOf(fn);
+      if (i >= 0) this.removeListeners.splice(i, 1);
+    };
+  }
+
   /** Remove a live flow; its slot goes back to the free stack. */
   remove(s: number): void {
     if (this.state[s] === FlowState.FREE) return;
-    this.onRemove?.(s);
+    const ls = this.removeListeners;
+    for (let i = 0; i < ls.length; i++) ls[i]!(s);
     this.unindex(s * 2);
     this.unindex(s * 2 + 1);
     this.unlink(s, this.timerClass[s]!);

@@ -7,10 +7,10 @@
 
 import { describe, expect, it } from 'vitest';
 import { Counters, DROP_REASONS, Drop } from '../../src/datapath/counters.js';
-import { Pipeline } from '../../src/datapath/pipeline.js';
+import { INJECT_MALFORMED, Pipeline } from '../../src/datapath/pipeline.js';
 import { type InstanceRule, Rules } from '../../src/datapath/rules.js';
 import { FlowState } from '../../src/flow/state.js';
-import { FlowTable } from '../../src/flow/table.js';
+import { CREATE_COLLISION, FlowTable } from '../../src/flow/table.js';
 import { MemoryTun } from '../../src/tun/memory-tun.js';
 import {
   hex,
@@ -462,8 +462,9 @@ describe('Pipeline, cooperative mode (FIG. 6/7)', () => {
         verifyL4Checksum: true,
         localClientAddr: CA,
         localClientAid: (a, port) => (a === TA && port === 33000 ? 1 : -1),
+        // A copy: `buf` is the receive buffer, a Buffer, whose slice() is only a view.
         negotiate: (buf, off, len, _info, svc, aid) =>
-          held.push({ pkt: buf.slice(off, off + len), svc, aid }),
+          held.push({ pkt: Uint8Array.prototype.slice.call(buf, off, off + len), svc, aid }),
       },
       new Set([TA]),
     );
@@ -513,7 +514,8 @@ describe('Pipeline, cooperative mode (FIG. 6/7)', () => {
     const { send, held, p, counters, tun } = coopSetup('client');
     send(seg(TA, 33001, VIP, 9000, SYN, 41));
     const n = tun.written.length;
-    p.refuseHeld(held[0]!.pkt);
+    expect(p.refuseHeld(held[0]!.pkt, 'negotiation')).toBe(true);
+    expect(tun.written).toHaveLength(n + 1);
     expect(hex(tun.written[n]!)).toBe(
       hex(
         tcp4(
@@ -523,7 +525,41 @@ describe('Pipeline, cooperative mode (FIG. 6/7)', () => {
       ),
     );
     expect(counters.negotiationsFailed).toBe(1);
+    expect(counters.localClientsRefused).toBe(0);
     expect(counters.rstSent).toBe(1);
+  });
+
+  it('client side: a held SYN that cannot be placed is reported, never answered, by injectHeld', () => {
+    const { send, held, p, counters, table, tun } = coopSetup('client');
+    send(seg(TA, 33002, VIP, 9000, SYN, 41));
+    const k = {
+      proto: 6,
+      clientAddr: TA,
+      clientPort: 33002,
+      vipAddr: VIP,
+      vport: 9000,
+      natAddr: CA,
+      natPort: 33002,
+      realAddr: VIP,
+      realPort: P2,
+      service: 0,
+      aid: 1,
+      instance: 0,
+    };
+    const n = tun.written.length;
+    // Collision: a flow of that client to VIP:9000 exists already.
+    const other = table.create({ ...k, realPort: P2 + 1, natPort: 1 }, 1000);
+    expect(other).toBeGreaterThanOrEqual(0);
+    expect(p.injectHeld(held[0]!.pkt, k, 1001)).toBe(CREATE_COLLISION);
+    table.remove(other);
+    // Malformed: the copy is cut short of its IPv4 total length.
+    expect(p.injectHeld(held[0]!.pkt.subarray(0, 30), k, 1001)).toBe(INJECT_MALFORMED);
+    expect(tun.written).toHaveLength(n);
+    expect(counters).toMatchObject({ rstSent: 0, negotiationsFailed: 0, synInjected: 0 });
+    // Refusing a malformed copy counts it but can build no RST.
+    expect(p.refuseHeld(held[0]!.pkt.subarray(0, 30), 'local_client')).toBe(false);
+    expect(tun.written).toHaveLength(n);
+    expect(counters).toMatchObject({ rstSent: 0, localClientsRefused: 1, negotiationsFailed: 0 });
   });
 
   it('server side: a negotiated flow takes VIP:p2 to the instance; an unannounced VIP:p2 is dropped', () => {

@@ -6,6 +6,7 @@ import {
   CREATE_FULL,
   type FlowKeyArgs,
   FlowTable,
+  MAX_REMOVE_LISTENERS,
 } from '../../src/flow/table.js';
 
 const TIMEOUTS = [10_000, 3_600_000, 60_000, 10_000];
@@ -144,5 +145,47 @@ describe('FlowTable', () => {
   it('rejects an impossible capacity with a clear error', () => {
     expect(() => new FlowTable(0, TIMEOUTS)).toThrow(/capacity 0/);
     expect(() => new FlowTable(1.5, TIMEOUTS)).toThrow(/capacity 1.5/);
+  });
+});
+
+describe('FlowTable remove listeners', () => {
+  it('tells every listener, in order, before a flow goes (remove or expiry), while it is still there', () => {
+    const t = new FlowTable(8, TIMEOUTS, 3);
+    const seen: string[] = [];
+    t.addRemoveListener((s) => seen.push(`first ${s} port ${t.clientPort[s]} state ${t.state[s]}`));
+    t.addRemoveListener((s) => seen.push(`second ${s}`));
+    const a = t.create(key(1), 0);
+    t.remove(a);
+    t.remove(a); // already free: nobody is told twice
+    const b = t.create(key(2), 0);
+    expect(t.expire(TIMEOUTS[TimerClass.EMBRYONIC]! + 1, 10)).toBe(1);
+    expect(seen).toEqual([
+      `first ${a} port 1025 state ${FlowState.SYN_SENT}`,
+      `second ${a}`,
+      `first ${b} port 1026 state ${FlowState.SYN_SENT}`,
+      `second ${b}`,
+    ]);
+  });
+
+  it('a second user cannot replace the first; each can take only its own listener off', () => {
+    const t = new FlowTable(8, TIMEOUTS, 3);
+    const calls: string[] = [];
+    const offA = t.addRemoveListener(() => calls.push('a'));
+    const offB = t.addRemoveListener(() => calls.push('b'));
+    offA();
+    offA(); // twice is harmless, and does not take b's off
+    t.remove(t.create(key(1), 0));
+    expect(calls).toEqual(['b']);
+    offB();
+    t.remove(t.create(key(2), 0));
+    expect(calls).toEqual(['b']);
+  });
+
+  it('takes a small fixed number of listeners', () => {
+    const t = new FlowTable(8, TIMEOUTS, 3);
+    for (let i = 0; i < MAX_REMOVE_LISTENERS; i++) t.addRemoveListener(() => {});
+    expect(() => t.addRemoveListener(() => {})).toThrow(
+      new RangeError(`a flow table takes at most ${MAX_REMOVE_LISTENERS} remove listeners`),
+    );
   });
 });

@@ -1,164 +1,31 @@
 /**
- * PeerClient <-> PeerServer over loopback TCP (127.0.0.1, ephemeral ports).
- *
- *   client side "vpm-a"                         server side "vpm-b"
- *   PeerClient ---- TCP 127.0.0.1:<ephemeral> ---> PeerServer --> handler (test double:
- *   (or a raw socket playing a hostile peer)                      offers p2 from 40000 up)
+ * PeerServer, driven by a PeerClient and by raw sockets playing a hostile or
+ * broken client side, over loopback TCP (127.0.0.1, ephemeral ports; see
+ * support.ts for the topology and the scripted daemon).
  */
 
-import { createHmac } from 'node:crypto';
-import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
+import { encode, makeMessage } from '../../src/coop/protocol.js';
+import { PeerServer } from '../../src/coop/server.js';
 import {
-  type AbandonReason,
-  type AckAnswer,
-  type Negotiation,
-  type OfferAnswer,
-  PeerClient,
-  type PeerClientOptions,
-  PeerServer,
-  type PeerServerOptions,
-  type PeerServerStats,
-} from '../../src/coop/channel.js';
-import {
-  type AnyMessage,
-  type CoopError,
-  encode,
-  type Message,
-  makeMessage,
-  type RequestBody,
-} from '../../src/coop/protocol.js';
+  client,
+  codeOf,
+  expectBalanced,
+  FakeDaemon,
+  frame,
+  HOST,
+  KEY,
+  peek,
+  REQ,
+  raw,
+  runCleanup,
+  seal,
+  startServer,
+  WRONG_KEY,
+  waitFor,
+} from './support.js';
 
-const KEY = Buffer.alloc(32, 0x11);
-const WRONG_KEY = Buffer.alloc(32, 0x22);
-const HOST = '127.0.0.1';
-const SERVICE = '198.19.0.9:9000';
-const REQ: RequestBody = { client: '198.18.0.10:40123', service: SERVICE, aid: 'web' };
-
-const cleanup: (() => unknown)[] = [];
-afterEach(async () => {
-  while (cleanup.length > 0) await cleanup.pop()!();
-});
-
-async function waitFor(cond: () => boolean, ms = 2000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
-function codeOf(p: Promise<unknown>): Promise<string> {
-  return p.then(
-    (v) => `resolved ${JSON.stringify(v)}`,
-    (e: CoopError) => e.code ?? String(e),
-  );
-}
-
-/** The server side's daemon, as a test double that records what it is told. */
-class FakeDaemon {
-  nextPort = 40000;
-  aids = ['web', 'api'];
-  translations = new Map<number, Negotiation>();
-  abandoned: [number, AbandonReason][] = [];
-  requests: Message<'request'>[] = [];
-  requestDelayMs = 0;
-  hangRequests = false;
-  declineAcks = false;
-  handler = {
-    request: async (msg: Message<'request'>): Promise<OfferAnswer> => {
-      this.requests.push(msg);
-      if (this.hangRequests) await new Promise(() => {});
-      if (this.requestDelayMs) await new Promise((r) => setTimeout(r, this.requestDelayMs));
-      if (msg.body.service !== SERVICE)
-        return {
-          type: 'refuse',
-          body: { reason: 'no_service', message: `${msg.body.service} is not served here` },
-        };
-      return { type: 'offer', body: { aids: this.aids, port: this.nextPort++ } };
-    },
-    ack: (_msg: Message<'ack'>, neg: Negotiation): AckAnswer => {
-      if (this.declineAcks)
-        return { type: 'refuse', body: { reason: 'ports_exhausted', message: 'no' } };
-      this.translations.set(neg.offer.port, neg);
-      return { type: 'confirm' };
-    },
-    abandon: (neg: Negotiation, why: AbandonReason) => {
-      this.abandoned.push([neg.offer.port, why]);
-    },
-  };
-}
-
-async function startServer(
-  over: Partial<PeerServerOptions> = {},
-  daemon = new FakeDaemon(),
-): Promise<{ server: PeerServer; daemon: FakeDaemon; port: number }> {
-  const server = new PeerServer({
-    host: HOST,
-    port: 0,
-    name: 'vpm-b',
-    keys: new Map([['vpm-a', KEY]]),
-    handler: daemon.handler,
-    ...over,
-  });
-  const { port } = await server.listen();
-  cleanup.push(() => server.close());
-  return { server, daemon, port };
-}
-
-function client(port: number, over: Partial<PeerClientOptions> = {}): PeerClient {
-  const c = new PeerClient({ host: HOST, port, name: 'vpm-a', peer: 'vpm-b', key: KEY, ...over });
-  cleanup.push(() => c.close());
-  return c;
-}
-
-/** A raw TCP peer: writes whatever it is told, splits what comes back into frames by itself. */
-async function raw(port: number): Promise<{ s: Socket; frames: Buffer[]; closed: () => boolean }> {
-  const s = netConnect({ host: HOST, port });
-  cleanup.push(() => s.destroy());
-  await new Promise<void>((resolve, reject) => {
-    s.once('connect', resolve);
-    s.once('error', reject);
-  });
-  s.on('error', () => {});
-  const frames: Buffer[] = [];
-  let buf = Buffer.alloc(0);
-  let isClosed = false;
-  s.on('data', (d: Buffer) => {
-    buf = Buffer.concat([buf, d]);
-    while (buf.length >= 4 && buf.length >= 4 + buf.readUInt32BE(0)) {
-      const n = 4 + buf.readUInt32BE(0);
-      frames.push(buf.subarray(0, n));
-      buf = buf.subarray(n);
-    }
-  });
-  s.on('close', () => {
-    isClosed = true;
-  });
-  return { s, frames, closed: () => isClosed };
-}
-
-/** The JSON of a frame, read without the code under test (and without checking the tag). */
-function peek(frame: Buffer): AnyMessage {
-  const json = frame.subarray(5 + frame[4]!, frame.length - 32).toString('utf8');
-  return JSON.parse(json) as AnyMessage;
-}
-
-function frame<T extends AnyMessage['type']>(
-  type: T,
-  id: number,
-  body: Message<T>['body'],
-  key = KEY,
-  ts = Date.now(),
-) {
-  return encode(makeMessage(type, id, 'vpm-a', body, ts) as AnyMessage, key);
-}
-
-/** Every offer the handler made is confirmed, abandoned, or still open: nothing leaks. */
-function expectBalanced(st: PeerServerStats, open = 0): void {
-  const abandoned = Object.values(st.abandoned).reduce((a, b) => a + b, 0);
-  expect(st.offered).toBe(st.confirmed + abandoned + open);
-}
+afterEach(runCleanup);
 
 describe('a negotiation between PeerClient and PeerServer', () => {
   it('request -> offer -> ack -> confirm: both sides agree on p2', async () => {
@@ -405,9 +272,9 @@ describe('the server keeps serving whatever a peer sends', () => {
       from: 'vpm-a',
       body: { ...REQ, client: '198.18.0.300:1' },
     });
-    p.s.write(sealRaw('vpm-a', body));
+    p.s.write(seal('vpm-a', body));
     const v2 = JSON.stringify({ v: 2, id: 10, type: 'hello' });
-    p.s.write(sealRaw('vpm-a', v2));
+    p.s.write(seal('vpm-a', v2));
     p.s.write(frame('request', 11, REQ, KEY, Date.now() - 31_000));
     p.s.write(frame('offer', 12, { aids: ['x'], port: 1 }));
     p.s.write(frame('request', 13, REQ));
@@ -455,106 +322,6 @@ describe('the server keeps serving whatever a peer sends', () => {
     await waitFor(second.closed);
     expect(server.stats()).toMatchObject({ open: 1, rejectedConnections: 1 });
   });
-});
-
-describe('PeerClient failures', () => {
-  it('a peer that never answers: ERR_PEER_TIMEOUT within the timeout', async () => {
-    const silent: Server = createServer((s) => {
-      s.on('error', () => {});
-      s.resume(); // reads and discards everything, answers nothing
-    });
-    await new Promise<void>((r) => silent.listen(0, HOST, r));
-    cleanup.push(() => new Promise((r) => silent.close(r)));
-    const port = (silent.address() as { port: number }).port;
-    const c = client(port, { timeoutMs: 200 });
-    const t0 = Date.now();
-    expect(await codeOf(c.negotiate(REQ))).toBe('ERR_PEER_TIMEOUT');
-    const took = Date.now() - t0;
-    expect(took).toBeGreaterThanOrEqual(190);
-    expect(took).toBeLessThan(600);
-    expect(c.stats()).toMatchObject({ timeouts: 1, pending: 0, connected: true });
-    // Default timeout is 1000 ms.
-    const d = client(port);
-    expect(d.timeoutMs).toBe(1000);
-    const t1 = Date.now();
-    expect(await codeOf(d.request(REQ))).toBe('ERR_PEER_TIMEOUT');
-    expect(Date.now() - t1).toBeLessThan(1500);
-  });
-
-  it('nothing listening: ERR_PEER_UNREACHABLE at once, and fast again while backing off', async () => {
-    const probe = createServer();
-    await new Promise<void>((r) => probe.listen(0, HOST, r));
-    const port = (probe.address() as { port: number }).port;
-    await new Promise((r) => probe.close(r));
-    const c = client(port, { timeoutMs: 5000, retryAfterMs: 10_000 });
-    const t0 = Date.now();
-    expect(await codeOf(c.negotiate(REQ))).toBe('ERR_PEER_UNREACHABLE');
-    expect(await codeOf(c.request(REQ))).toBe('ERR_PEER_UNREACHABLE');
-    expect(Date.now() - t0).toBeLessThan(500);
-    expect(c.stats()).toMatchObject({ unreachable: 2, connects: 0, pending: 0 });
-  });
-
-  it('the server stops: calls in flight fail; when it is back, the next call reconnects', async () => {
-    const daemon = new FakeDaemon();
-    daemon.hangRequests = true;
-    const { server, port } = await startServer({}, daemon);
-    const c = client(port, { retryAfterMs: 50 });
-    const inFlight = [codeOf(c.request(REQ)), codeOf(c.request(REQ))];
-    await waitFor(() => daemon.requests.length === 2);
-    await server.close();
-    expect(await Promise.all(inFlight)).toEqual(['ERR_PEER_DISCONNECTED', 'ERR_PEER_DISCONNECTED']);
-    expect(c.stats()).toMatchObject({ connected: false, disconnects: 1, pending: 0 });
-    expect(await codeOf(c.request(REQ))).toBe('ERR_PEER_UNREACHABLE');
-
-    const { port: again } = await startServer({ port });
-    expect(again).toBe(port);
-    await new Promise((r) => setTimeout(r, 60)); // past retryAfterMs
-    const r = await c.negotiate(REQ);
-    expect(r).toMatchObject({ ok: true, port: 40000 });
-    expect(c.stats()).toMatchObject({ connects: 2, connected: true });
-  });
-
-  it('a server that does not know our name drops us: the call fails, the server counts it', async () => {
-    const { server, port } = await startServer({ keys: new Map([['someone-else', KEY]]) });
-    const c = client(port);
-    expect(await codeOf(c.request(REQ))).toBe('ERR_PEER_DISCONNECTED');
-    expect(server.stats().refused.unknown_peer).toBe(1);
-  });
-
-  it('a client with the wrong key is dropped; a reply made with the wrong key is refused by the client', async () => {
-    const { server, port } = await startServer();
-    expect(await codeOf(client(port, { key: WRONG_KEY }).request(REQ))).toBe(
-      'ERR_PEER_DISCONNECTED',
-    );
-    expect(server.stats().refused.bad_mac).toBe(1);
-
-    const fake = await fakeServer((m) =>
-      encode(makeMessage('offer', m.id, 'vpm-b', { aids: ['web'], port: 1 }), WRONG_KEY),
-    );
-    const c = client(fake);
-    expect(await codeOf(c.request(REQ))).toBe('ERR_PEER_PROTOCOL');
-    expect(c.stats()).toMatchObject({ connected: false, disconnects: 1 });
-    expect(c.stats().refused.bad_mac).toBe(1);
-  });
-
-  it('a client whose clock is 31 s off: the server refuses stale, the client cannot read the answer either', async () => {
-    const { server, port } = await startServer();
-    const c = client(port, { now: () => Date.now() - 31_000 });
-    const err = await c.request(REQ).catch((e: CoopError) => e);
-    expect(err).toMatchObject({
-      code: 'ERR_PEER_PROTOCOL',
-      message: expect.stringMatching(/stale/),
-    });
-    expect(server.stats().refused.stale).toBe(1);
-    expect(c.stats().refused.stale).toBe(1);
-  });
-
-  it('an invalid message of ours fails at once with ERR_COOP_BAD_MESSAGE, reachable or not', async () => {
-    const c = client(1, { timeoutMs: 5000 }); // nothing is ever contacted
-    expect(await codeOf(c.request({ ...REQ, aid: 'not an AID' }))).toBe('ERR_COOP_BAD_MESSAGE');
-    expect(await codeOf(c.ack(1, { aid: 'web', port: 0 }))).toBe('ERR_COOP_BAD_MESSAGE');
-    expect(c.stats()).toMatchObject({ unreachable: 0, pending: 0, connects: 0 });
-  });
 
   it('a port in use: listen fails with ERR_PEER_LISTEN naming it', async () => {
     const { port } = await startServer();
@@ -570,49 +337,4 @@ describe('PeerClient failures', () => {
       message: expect.stringContaining(`127.0.0.1:${port}: EADDRINUSE`),
     });
   });
-
-  it('close() fails calls in flight and later calls with ERR_PEER_CLOSED', async () => {
-    const daemon = new FakeDaemon();
-    daemon.hangRequests = true;
-    const { port } = await startServer({}, daemon);
-    const c = client(port);
-    const p = codeOf(c.request(REQ));
-    await waitFor(() => daemon.requests.length === 1);
-    c.close();
-    expect(await p).toBe('ERR_PEER_CLOSED');
-    expect(await codeOf(c.negotiate(REQ))).toBe('ERR_PEER_CLOSED');
-  });
-
-  it('a reply of the wrong type fails the call with ERR_PEER_PROTOCOL', async () => {
-    const fake = await fakeServer((m) =>
-      encode(makeMessage('confirm', m.id, 'vpm-b', { port: 1 }), KEY),
-    );
-    const c = client(fake);
-    expect(await codeOf(c.request(REQ))).toBe('ERR_PEER_PROTOCOL');
-    expect(c.stats().refused.unexpected).toBe(1);
-    expect(c.stats().connected).toBe(true); // authenticated, only wrong: the connection stays
-  });
 });
-
-/** A fake server side that answers each frame it gets with `reply(message)`. */
-async function fakeServer(reply: (m: AnyMessage) => Buffer): Promise<number> {
-  const fake = createServer((s) => {
-    s.on('error', () => {});
-    s.on('data', (d: Buffer) => s.write(reply(peek(d))));
-  });
-  await new Promise<void>((r) => fake.listen(0, HOST, r));
-  cleanup.push(() => new Promise((r) => fake.close(r)));
-  return (fake.address() as { port: number }).port;
-}
-
-/** Independent sealer for hand-written JSON (see protocol.test.ts). */
-function sealRaw(sender: string, json: string, key: Uint8Array = KEY): Buffer {
-  const s = Buffer.from(sender, 'latin1');
-  const j = Buffer.from(json, 'utf8');
-  const head = Buffer.alloc(5);
-  head.writeUInt32BE(1 + s.length + j.length + 32, 0);
-  head[4] = s.length;
-  const covered = Buffer.concat([head, s, j]);
-  const tag = createHmac('sha256', key).update('vpm-coop\0', 'latin1').update(covered).digest();
-  return Buffer.concat([covered, tag]);
-}
