@@ -53,7 +53,7 @@ import {
 } from '../wire/rewrite.js';
 import { SEGMENT_NOT_GSO, segmentSuperPacket } from '../wire/segment.js';
 import { TCP_ACK, TCP_FIN, TCP_SYN } from '../wire/tcp.js';
-import { Verify, verifyL4Checksum } from '../wire/verify.js';
+import { completePartialChecksum, Verify, verifyL4Checksum } from '../wire/verify.js';
 import {
   checkVnetHdr,
   headerLength,
@@ -88,6 +88,8 @@ export type PacketDevice = Pick<
 /** Room for the segments of one super-packet on the software path (128 segments of 1448 bytes fit). */
 const SEGMENT_SCRATCH = 256 * 1024;
 const MAX_SEGMENTS = 1024;
+/** The largest held SYN: one IPv4 packet. */
+const MAX_HELD = 65535;
 const EINVAL = 22;
 
 export interface PipelineOptions {
@@ -181,6 +183,8 @@ export class Pipeline {
   private readonly segInfo = new PacketInfo();
   private readonly segBuf: Uint8Array;
   private readonly segOffsets = new Uint32Array(MAX_SEGMENTS);
+  /** A held SYN on its way out, behind its header room (injectHeld). */
+  private readonly heldBuf: Uint8Array;
   private readonly segLengths = new Uint32Array(MAX_SEGMENTS);
 
   constructor(
@@ -203,6 +207,7 @@ export class Pipeline {
     this.rstOffsets = new Uint32Array(n);
     this.rstLengths = new Uint32Array(n);
     this.segBuf = new Uint8Array(this.hr > 0 ? SEGMENT_SCRATCH : 0);
+    this.heldBuf = new Uint8Array(this.hr + MAX_HELD);
   }
 
   /** True once a refused super-packet turned segmentation over to vpm. */
@@ -458,13 +463,21 @@ export class Pipeline {
    */
   injectHeld(pkt: Uint8Array, k: FlowKeyArgs, now: number): number {
     const info = this.info;
-    if (!this.parseHeld(pkt)) return INJECT_MALFORMED;
+    const hr = this.hr;
+    // Behind an all-zero virtio-net header (when the device has them): a plain packet.
+    if (pkt.length > this.heldBuf.length - hr) return INJECT_MALFORMED;
+    this.heldBuf.fill(0, 0, hr);
+    this.heldBuf.set(pkt, hr);
+    const held = this.heldBuf.subarray(0, hr + pkt.length);
+    if (checkPacket(held, hr, pkt.length, info) !== Check.OK || !this.isTcpSegment())
+      return INJECT_MALFORMED;
     const s = this.createFlow(k, now);
     if (s < 0) return s;
-    this.forward(pkt, 0, info, s, now);
-    this.oneOffsets[0] = 0;
+    this.partial = false; // the holder's copy has a complete checksum (see hold)
+    this.forward(held, hr, info, s, now);
+    this.oneOffsets[0] = hr;
     this.oneLengths[0] = info.ipTotalLen;
-    this.counters.synInjected += this.dev.write(pkt, this.oneOffsets, this.oneLengths, 1);
+    this.counters.synInjected += this.dev.write(held, this.oneOffsets, this.oneLengths, 1);
     return s;
   }
 
@@ -478,23 +491,35 @@ export class Pipeline {
     const info = this.info;
     if (kind === 'negotiation') this.counters.negotiationsFailed++;
     else this.counters.localClientsRefused++;
-    if (!this.parseHeld(pkt)) return false;
-    this.oneOffsets[0] = 0;
-    this.oneLengths[0] = writeRst(pkt, info, this.rstBuf, 0);
+    if (checkPacket(pkt, 0, pkt.length, info) !== Check.OK || !this.isTcpSegment()) return false;
+    this.oneOffsets[0] = this.hr;
+    this.oneLengths[0] = writeRst(pkt, info, this.rstBuf, this.hr);
     const sent = this.dev.write(this.rstBuf, this.oneOffsets, this.oneLengths, 1);
     this.counters.rstSent += sent;
     return sent === 1;
   }
 
-  /** Parse a held copy into `this.info`: true for a whole, unfragmented TCP segment. */
-  private parseHeld(pkt: Uint8Array): boolean {
+  /** After checkPacket into `this.info`: true for a whole, unfragmented TCP segment. */
+  private isTcpSegment(): boolean {
     const info = this.info;
-    return (
-      checkPacket(pkt, 0, pkt.length, info) === Check.OK &&
-      info.protocol === IPPROTO_TCP &&
-      !info.isFragment &&
-      info.l4Off >= 0
-    );
+    return info.protocol === IPPROTO_TCP && !info.isFragment && info.l4Off >= 0;
+  }
+
+  /**
+   * Hand a SYN to the holder (`negotiate`). A held SYN outlives the batch and its
+   * virtio-net header: a partial checksum is completed here (the packet leaves
+   * the batch anyway), so the holder keeps a plain packet.
+   */
+  private hold(
+    buf: Uint8Array,
+    off: number,
+    info: PacketInfo,
+    svc: number,
+    aid: number,
+    local: boolean,
+  ): void {
+    if (this.partial) completePartialChecksum(buf, info);
+    this.opts.negotiate!(buf, off, info.ipTotalLen, info, svc, aid, local);
   }
 
   /** New connection: returns the new slot, or -(drop reason). */
@@ -514,12 +539,12 @@ export class Pipeline {
     if (rules.services[svc]!.peer >= 0) {
       // Served by a peer: hold the SYN while the two daemons negotiate (FIG. 6/7).
       if (!this.opts.negotiate) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
-      this.opts.negotiate(buf, off, info.ipTotalLen, info, svc, aid, local);
+      this.hold(buf, off, info, svc, aid, local);
       return -Drop.NEGOTIATING;
     }
     if (aid < 0 && local && this.opts.holdUnknownLocal && this.opts.negotiate) {
       // A local client nobody vouched for: its socket's owner may tell (FIG. 8).
-      this.opts.negotiate(buf, off, info.ipTotalLen, info, svc, -1, true);
+      this.hold(buf, off, info, svc, -1, true);
       return -Drop.NEGOTIATING;
     }
     if (aid < 0) return this.refused(Drop.REFUSED_NO_SELECTOR, info);

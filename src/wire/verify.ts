@@ -10,6 +10,7 @@ import { sum16 } from '../checksum/sum.js';
 import { IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP } from './ipv4.js';
 import { IPV6_OFF_DST, IPV6_OFF_SRC } from './ipv6.js';
 import type { PacketInfo } from './parse.js';
+import { TCP_OFF_CHECKSUM } from './tcp.js';
 import { UDP_OFF_CHECKSUM } from './udp.js';
 
 export const Verify = {
@@ -57,4 +58,21 @@ export function verifyL4Checksum(buf: Uint8Array, info: PacketInfo): VerifyCode 
     return Verify.OK;
   }
   return sum16(buf, info.l4Off, info.l4Len, pseudo) === 0xffff ? Verify.OK : Verify.BAD_L4_CHECKSUM;
+}
+
+/**
+ * Turn a partial TCP/UDP checksum (the pseudo-header sum a kernel leaves for the
+ * NIC, virtio NEEDS_CSUM) into a complete one, as the NIC would: the field is
+ * taken as part of the sum, and the complement stored (UDP's 0 as 0xffff). For a
+ * packet vpm keeps beyond the batch (a held SYN), which then travels as a plain
+ * packet. A no-op without a TCP/UDP header.
+ */
+export function completePartialChecksum(buf: Uint8Array, info: PacketInfo): void {
+  const p = info.protocol;
+  if (info.l4Off < 0 || (p !== IPPROTO_TCP && p !== IPPROTO_UDP)) return;
+  const at = info.l4Off + (p === IPPROTO_TCP ? TCP_OFF_CHECKSUM : UDP_OFF_CHECKSUM);
+  const c = ~sum16(buf, info.l4Off, info.l4Len) & 0xffff;
+  const v = p === IPPROTO_UDP && c === 0 ? 0xffff : c;
+  buf[at] = v >>> 8;
+  buf[at + 1] = v & 0xff;
 }

@@ -292,6 +292,57 @@ describe('checksums by header flag', () => {
   });
 });
 
+describe('a held SYN (cooperative mode, local clients) on a device with headers', () => {
+  it('is handed over with its partial checksum completed, and injected behind a zero header', () => {
+    const tun = new MemoryTun({ batchSize: 4, vnetHdr: true });
+    const table = new FlowTable(8, [10_000, 3_600_000, 60_000, 10_000], 3);
+    const counters = new Counters(1);
+    const held: Uint8Array[] = [];
+    const r = new Rules({
+      services: [{ name: 'web', addr: VIP, port: 9000, proto: PROTO_TCP, peer: 0 }],
+      selectors: [],
+      aidNames: ['a'],
+      instances: [[]],
+      defaultAid: 0,
+    });
+    const p = new Pipeline(tun, table, r, counters, {
+      verifyL4Checksum: true,
+      localClientAddr: LOCAL_CLIENT,
+      negotiate: (buf, off, len) => held.push(buf.slice(off, off + len)),
+    });
+    tun.start((n) => p.processBatch(n, 1000));
+    const t = { srcPort: 4444, dstPort: 9000, flags: SYN, seq: 1 };
+    tun.inject([withHdr(partialHdr(), tcp4Partial({ src: CLIENT, dst: VIP }, t))]);
+    expect(held).toHaveLength(1);
+    expect(hex(held[0]!)).toBe(hex(tcp4({ src: CLIENT, dst: VIP }, t)));
+    const k = {
+      proto: PROTO_TCP,
+      clientAddr: CLIENT,
+      clientPort: 4444,
+      vipAddr: VIP,
+      vport: 9000,
+      natAddr: CLIENT,
+      natPort: 4444,
+      realAddr: VIP,
+      realPort: 40001,
+      service: 0,
+      aid: 0,
+      instance: 0,
+    };
+    expect(p.injectHeld(held[0]!, k, 1000)).toBeGreaterThanOrEqual(0);
+    const out = tun.written.at(-1)!;
+    expect([...out.subarray(0, 10)]).toEqual(new Array(10).fill(0));
+    expect(hex(out.subarray(10))).toBe(
+      hex(tcp4({ src: CLIENT, dst: VIP }, { ...t, dstPort: 40001 })),
+    );
+    // A refusal's RST goes out behind a zero header too.
+    expect(p.refuseHeld(held[0]!, 'negotiation')).toBe(true);
+    const rst = tun.written.at(-1)!;
+    expect([...rst.subarray(0, 10)]).toEqual(new Array(10).fill(0));
+    expect(verifies(rst.subarray(10))).toBe(true);
+  });
+});
+
 describe('headers that do not fit the packet are counted drops', () => {
   const syn = tcp4({ src: CLIENT, dst: VIP }, { srcPort: 5, dstPort: 9000, flags: SYN });
   const udp = udp4({ src: CLIENT, dst: VIP }, { srcPort: 5, dstPort: 9000 });
