@@ -33,6 +33,14 @@ export function set16le(b: Uint8Array, i: number, v: number): void {
   b[i + 1] = v >>> 8;
 }
 
+/**
+ * A copy of buf[start, end). Not `buf.slice`: on a Node Buffer that is a view of
+ * the same memory, which a record must not keep (the device reuses its buffer).
+ */
+export function copyOf(buf: Uint8Array, start: number, end: number): Uint8Array {
+  return Uint8Array.prototype.slice.call(buf, start, end);
+}
+
 /** Parse a hex string (whitespace ignored) into bytes: for test vectors and the CLI. */
 export function fromHex(hex: string): Uint8Array {
   const clean = hex.replace(/\s+/g, '');

@@ -17,7 +17,7 @@
  */
 
 import { checksum, sum16 } from '../checksum/sum.js';
-import { get16, get32, set16, set32 } from './bytes.js';
+import { copyOf, get16, get32, set16, set32 } from './bytes.js';
 import { WireError } from './error.js';
 
 export const ICMP_OFF_TYPE = 0;
@@ -115,7 +115,7 @@ export const IcmpRepr = {
       msgType: v.msgType(),
       code: v.code(),
       restOfHeader: v.restOfHeader(),
-      data: v.buf.slice(v.dataOff(), v.off + v.len),
+      data: copyOf(v.buf, v.dataOff(), v.off + v.len),
     };
   },
 

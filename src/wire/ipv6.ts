@@ -14,7 +14,7 @@
  *    +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
  */
 
-import { get16, get32, set16, set32 } from './bytes.js';
+import { copyOf, get16, get32, set16, set32 } from './bytes.js';
 import { WireError } from './error.js';
 
 export const IPV6_OFF_VER_TC_FLOW = 0;
@@ -102,8 +102,8 @@ export const Ipv6Repr = {
     if (v.version() !== 6)
       throw new WireError('ERR_IP_VERSION', `not IPv6: version ${v.version()}`);
     return {
-      srcAddr: v.buf.slice(v.srcAddrOff(), v.srcAddrOff() + 16),
-      dstAddr: v.buf.slice(v.dstAddrOff(), v.dstAddrOff() + 16),
+      srcAddr: copyOf(v.buf, v.srcAddrOff(), v.srcAddrOff() + 16),
+      dstAddr: copyOf(v.buf, v.dstAddrOff(), v.dstAddrOff() + 16),
       nextHeader: v.nextHeader(),
       payloadLen: v.payloadLen(),
       hopLimit: v.hopLimit(),

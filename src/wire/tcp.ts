@@ -24,7 +24,7 @@
  */
 
 import { checksum, sum16 } from '../checksum/sum.js';
-import { get16, get32, set16, set32 } from './bytes.js';
+import { copyOf, get16, get32, set16, set32 } from './bytes.js';
 import { WireError } from './error.js';
 
 export const TCP_OFF_SRC_PORT = 0;
@@ -214,8 +214,8 @@ export const TcpRepr = {
       flags: v.flags(),
       window: v.window(),
       urgent: v.urgentPointer(),
-      options: v.buf.slice(v.optionsOff(), v.optionsOff() + v.optionsLen()),
-      payload: v.buf.slice(v.payloadOff(), v.off + v.len),
+      options: copyOf(v.buf, v.optionsOff(), v.optionsOff() + v.optionsLen()),
+      payload: copyOf(v.buf, v.payloadOff(), v.off + v.len),
     };
   },
 

@@ -13,7 +13,7 @@
  */
 
 import { checksum, sum16 } from '../checksum/sum.js';
-import { get16, set16 } from './bytes.js';
+import { copyOf, get16, set16 } from './bytes.js';
 import { WireError } from './error.js';
 
 export const UDP_OFF_SRC_PORT = 0;
@@ -99,7 +99,7 @@ export const UdpRepr = {
     return {
       srcPort: v.srcPort(),
       dstPort: v.dstPort(),
-      payload: v.buf.slice(v.payloadOff(), v.off + v.length()),
+      payload: copyOf(v.buf, v.payloadOff(), v.off + v.length()),
     };
   },
 

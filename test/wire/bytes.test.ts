@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { fromHex, get16, get32, set16, set32, toHex } from '../../src/wire/bytes.js';
+import { copyOf, fromHex, get16, get32, set16, set32, toHex } from '../../src/wire/bytes.js';
 import { hex, unhex } from '../support/builder.js';
 import { Rng } from '../support/rng.js';
 
@@ -79,5 +79,15 @@ describe('fromHex / toHex', () => {
       expect(toHex(b)).toBe(hex(b));
       expect(fromHex(toHex(b))).toEqual(b);
     }
+  });
+});
+
+describe('copyOf', () => {
+  it('copies a Node Buffer, whose own slice() would be a view of the same memory', () => {
+    const b = Buffer.from([1, 2, 3, 4]);
+    const c = copyOf(b, 1, 3);
+    b[1] = 9;
+    expect([...c]).toEqual([2, 3]);
+    expect(c).toBeInstanceOf(Uint8Array);
   });
 });
