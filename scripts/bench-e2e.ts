@@ -2,9 +2,10 @@
  * `npm run bench:e2e`: vpm end to end, against the kernel and nftables.
  *
  * Builds two network namespaces (client — veth — host, see bench/e2e/topology.ts),
- * starts `vpm up` in the host namespace, and measures the same client/server pair
- * three ways in one run, interleaved: kernel direct, nftables DNAT, and through
- * vpm. Metrics: TCP bulk throughput with iperf3 (1 and 4 streams), 64-byte
+ * starts two `vpm up` in the host namespace (one with `tun.offloads: "off"`, one
+ * with the default), and measures the same client/server pair four ways in one
+ * run, interleaved: kernel direct, nftables DNAT, vpm with offloads off, and vpm.
+ * Metrics: TCP bulk throughput with iperf3 (1 and 4 streams), 64-byte
  * request/response rate with p50/p99 latency (unpinned, and pinned to CPU 0), and
  * connections per second. vpm's own counters are read around each of its
  * measurements. Prints a table to stdout with progress on stderr, and writes the
@@ -23,6 +24,7 @@ import { type E2eOptions, parseArgs, USAGE, UsageError } from './bench/e2e/cli.j
 import { Lab, type Proc, run, sweepStale } from './bench/e2e/lab.js';
 import {
   type E2eReport,
+  isVpmPath,
   METRIC_SPECS,
   METRICS,
   type MetricId,
@@ -30,9 +32,11 @@ import {
   PATHS,
   type PathId,
   type Sample,
+  VPM_PATHS,
   type VpmActivity,
+  type VpmPathId,
 } from './bench/e2e/model.js';
-import { buildRows, markdownSection, textReport } from './bench/e2e/report.js';
+import { buildRows, markdownSection, ratioChartSvg, textReport } from './bench/e2e/report.js';
 import {
   allowedCpus,
   buildTcpbench,
@@ -52,6 +56,7 @@ import { machineFacts } from './bench/machine.js';
 import { spliceSection } from './bench/report.js';
 
 const DOC = 'docs/benchmarks.md';
+const CHART = 'docs/e2e-ratios.svg';
 const SECTION = 'e2e';
 /** Payload of one request and of one response. */
 const MESSAGE_BYTES = 64;
@@ -105,15 +110,18 @@ interface RunState {
   lab: Lab;
   topo: Topology;
   root: string;
-  vpm: Vpm;
+  daemons: Record<VpmPathId, Vpm>;
   bin: string;
   warmup: number;
   samples: Sample[];
-  activity: Map<MetricId, VpmActivity>;
-  /** The latest `vpm stats` snapshot, taken after the last vpm measurement. */
-  lastStats: Record<string, unknown> | null;
+  /** Keyed by `${path}/${metric}`. */
+  activity: Map<string, VpmActivity>;
+  /** The latest `vpm stats` snapshot of each daemon, taken after its last measurement. */
+  lastStats: Record<VpmPathId, Record<string, unknown> | null>;
   total: number;
 }
+
+const activityKey = (path: VpmPathId, metric: MetricId) => `${path}/${metric}`;
 
 function summary(s: Sample): string {
   if (s.error !== undefined) return `FAILED: ${s.error.split('\n')[0]}`;
@@ -134,20 +142,21 @@ function summary(s: Sample): string {
 
 /** One measurement of `metric` over `path`; a failure is recorded, not thrown (unless vpm died). */
 async function measure(st: RunState, metric: MetricId, path: PathId, rep: number): Promise<Sample> {
-  const { lab, topo, opts, vpm } = st;
+  const { lab, topo, opts } = st;
   const seq = st.samples.length + 1;
   const spec = METRIC_SPECS[metric];
   process.stderr.write(
     `[${String(seq).padStart(String(st.total).length)}/${st.total}] rep ${rep}/${opts.reps}  ${spec.label}  ${PATH_NAMES[path]} ... `,
   );
-  if (vpm.proc.exit !== null)
-    throw new Error(`vpm exited during the run: ${lab.describe(vpm.proc)}`);
+  for (const d of Object.values(st.daemons))
+    if (d.proc.exit !== null)
+      throw new Error(`vpm (${PATH_NAMES[d.path]}) exited during the run: ${lab.describe(d.proc)}`);
   const t = TARGETS[path];
-  const isVpm = path === 'vpm';
-  // Only the vpm path reaches the daemon, so the snapshot after its previous
+  const vpm = isVpmPath(path) ? st.daemons[path] : null;
+  // Only this path reaches its daemon, so the snapshot after its previous
   // measurement still holds before this one.
-  const before = isVpm ? (st.lastStats ?? vpmStats(st.root, vpm.socket)) : null;
-  const cpu0 = isVpm ? cpuSeconds(vpm.proc.pid) : 0;
+  const before = vpm ? (st.lastStats[vpm.path] ?? vpmStats(st.root, vpm.socket)) : null;
+  const cpu0 = vpm ? cpuSeconds(vpm.proc.pid) : 0;
   const t0 = process.hrtime.bigint();
   const sample: Sample = { metric, path, rep, seq, value: Number.NaN, seconds: opts.duration };
   try {
@@ -176,13 +185,14 @@ async function measure(st: RunState, metric: MetricId, path: PathId, rep: number
   } catch (e) {
     sample.error = (e as Error).message;
   }
-  if (isVpm && before) {
+  if (vpm && before) {
     const wall = Number(process.hrtime.bigint() - t0) / 1e9;
     const cpu = cpuSeconds(vpm.proc.pid) - cpu0;
     sample.daemonCpuSec = cpu;
     sample.wallSec = wall;
-    st.lastStats = vpmStats(st.root, vpm.socket);
-    addDelta(st.activity.get(metric)!, before, st.lastStats, wall, cpu);
+    const after = vpmStats(st.root, vpm.socket);
+    st.lastStats[vpm.path] = after;
+    addDelta(st.activity.get(activityKey(vpm.path, metric))!, before, after, wall, cpu);
   }
   process.stderr.write(`${summary(sample)}\n`);
   st.samples.push(sample);
@@ -190,7 +200,8 @@ async function measure(st: RunState, metric: MetricId, path: PathId, rep: number
 }
 
 async function runPhases(st: RunState): Promise<void> {
-  const { lab, topo, vpm } = st;
+  const { lab, topo } = st;
+  const daemons = Object.values(st.daemons);
   const allCpus = allowedCpus();
   for (const phase of PHASES) {
     let server: Proc | null = null;
@@ -202,7 +213,7 @@ async function runPhases(st: RunState): Promise<void> {
           : await startEchoServer(lab, topo.host, st.bin);
       if (cpus) {
         pin(server.pid, cpus);
-        pin(vpm.proc.pid, cpus);
+        for (const d of daemons) pin(d.proc.pid, cpus);
       }
       for (let rep = 1; rep <= st.opts.reps; rep++) {
         for (const [mi, metric] of phase.metrics.entries()) {
@@ -210,7 +221,7 @@ async function runPhases(st: RunState): Promise<void> {
         }
       }
     } finally {
-      if (phase.pinned && vpm.proc.exit === null) pin(vpm.proc.pid, allCpus);
+      if (phase.pinned) for (const d of daemons) if (d.proc.exit === null) pin(d.proc.pid, allCpus);
       if (server) await lab.stop(server);
     }
   }
@@ -246,7 +257,10 @@ async function main(argv: readonly string[]): Promise<number> {
 
   const lab = new Lab();
   let st: RunState | null = null;
-  let vpmStatsEnd: Record<string, unknown> | null = null;
+  const vpmStatsEnd: Record<VpmPathId, Record<string, unknown> | null> = {
+    vpm: null,
+    vpmOff: null,
+  };
   let cc = '';
   let failure: Error | null = null;
   try {
@@ -254,28 +268,38 @@ async function main(argv: readonly string[]): Promise<number> {
     const topo = buildTopology(lab);
     const built = buildTcpbench(lab, root);
     cc = built.cc;
-    const vpm = await startVpm(lab, topo, root);
-    process.stderr.write(`bench:e2e: vpm up (pid ${vpm.proc.pid})\n`);
+    const daemons = {} as Record<VpmPathId, Vpm>;
+    for (const path of VPM_PATHS) {
+      daemons[path] = await startVpm(lab, topo, root, path);
+      process.stderr.write(
+        `bench:e2e: vpm up for "${PATH_NAMES[path]}" (pid ${daemons[path].proc.pid})\n`,
+      );
+    }
     st = {
       opts,
       lab,
       topo,
       root,
-      vpm,
+      daemons,
       bin: built.bin,
       warmup,
       samples: [],
-      activity: new Map(METRICS.map((m) => [m, emptyActivity(m)])),
-      lastStats: null,
+      activity: new Map(
+        VPM_PATHS.flatMap((p) => METRICS.map((m) => [activityKey(p, m), emptyActivity(m, p)])),
+      ),
+      lastStats: { vpm: null, vpmOff: null },
       total,
     };
     await runPhases(st);
-    vpmStatsEnd = vpmStats(root, vpm.socket);
-    const exit = await lab.stop(vpm.proc, 'SIGTERM', 10_000);
-    if (exit.code !== 0)
-      throw new Error(
-        `vpm did not stop cleanly (${exit.code ?? exit.signal}): ${lab.describe(vpm.proc)}`,
-      );
+    for (const path of VPM_PATHS) {
+      const d = daemons[path];
+      vpmStatsEnd[path] = vpmStats(root, d.socket);
+      const exit = await lab.stop(d.proc, 'SIGTERM', 10_000);
+      if (exit.code !== 0)
+        throw new Error(
+          `vpm (${PATH_NAMES[path]}) did not stop cleanly (${exit.code ?? exit.signal}): ${lab.describe(d.proc)}`,
+        );
+    }
   } catch (e) {
     failure = e as Error;
   } finally {
@@ -294,7 +318,7 @@ async function main(argv: readonly string[]): Promise<number> {
   }
 
   const report: E2eReport = {
-    schema: 'vpm-bench-e2e/1',
+    schema: 'vpm-bench-e2e/2',
     mode: opts.quick ? 'quick' : 'full',
     options: {
       duration: opts.duration,
@@ -311,9 +335,9 @@ async function main(argv: readonly string[]): Promise<number> {
     loadAvgEnd: os.loadavg()[0] ?? 0,
     rows: buildRows(st.samples),
     samples: st.samples,
-    vpmActivity: METRICS.map((m) => st.activity.get(m)!),
+    vpmActivity: VPM_PATHS.flatMap((p) => METRICS.map((m) => st.activity.get(activityKey(p, m))!)),
     vpmStatsEnd,
-    vpmConfig: st.vpm.config,
+    vpmConfig: { vpm: st.daemons.vpm.config, vpmOff: st.daemons.vpmOff.config },
     durationSec: Number(process.hrtime.bigint() - t0) / 1e9,
   };
 
@@ -336,11 +360,12 @@ async function main(argv: readonly string[]): Promise<number> {
   const docPath = join(root, DOC);
   try {
     writeAtomic(docPath, spliceSection(readOrNull(docPath), SECTION, markdownSection(report)));
+    writeAtomic(join(root, CHART), ratioChartSvg(report));
   } catch (e) {
     process.stderr.write(`bench:e2e: cannot update ${docPath}: ${(e as Error).message}\n`);
     return 1;
   }
-  process.stderr.write(`bench:e2e: wrote ${DOC} (section "${SECTION}")\n`);
+  process.stderr.write(`bench:e2e: wrote ${DOC} (section "${SECTION}") and ${CHART}\n`);
   if (status !== 0) process.stderr.write('bench:e2e: some measurements failed (see "problems")\n');
   return status;
 }

@@ -192,3 +192,139 @@ export function lineChartSvg(spec: ChartSpec): string {
   );
   return out.join('\n');
 }
+
+export interface BarSeries {
+  label: string;
+  color: string;
+  /** One value per category (NaN: none), with its whisker. */
+  values: { y: number; lo: number; hi: number }[];
+}
+
+export interface BarChartSpec {
+  title: string;
+  subtitle: string;
+  yLabel: string;
+  categories: string[];
+  series: BarSeries[];
+  /** A horizontal reference line (e.g. 1 for "same as the baseline"), with its label. */
+  reference?: { y: number; label: string };
+  /** Short horizontal marks per category (e.g. goals), with a legend label. */
+  marks?: { label: string; values: number[] };
+  footnote: string;
+}
+
+/** A grouped bar chart on a linear y axis from 0, with min–max whiskers. */
+export function barChartSvg(spec: BarChartSpec): string {
+  const all = spec.series.flatMap((s) => s.values.flatMap((v) => [v.y, v.hi]));
+  const finite = [...all, spec.reference?.y ?? 0, ...(spec.marks?.values ?? [])].filter((v) =>
+    Number.isFinite(v),
+  );
+  const top = Math.max(0.1, ...finite) * 1.12;
+  const step = top > 2 ? 0.5 : top > 1 ? 0.2 : 0.1;
+  const yMax = Math.ceil(top / step) * step;
+  const py = (y: number) => M.top + PH - (y / yMax) * PH;
+  const groupW = PW / spec.categories.length;
+  const barW = Math.min(34, (groupW * 0.78) / spec.series.length);
+  const out: string[] = [];
+  out.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(spec.title)}">`,
+    `<title>${esc(spec.title)}</title>`,
+    `<rect width="${W}" height="${H}" fill="#ffffff"/>`,
+    `<g ${FONT} fill="#222">`,
+    `<text x="${M.left}" y="30" font-size="18" font-weight="600">${esc(spec.title)}</text>`,
+    `<text x="${M.left}" y="52" font-size="12" fill="#555">${esc(spec.subtitle)}</text>`,
+    '<g font-size="12" text-anchor="end">',
+  );
+  for (let t = 0; t <= yMax + 1e-9; t += step) {
+    const y = py(t);
+    out.push(
+      `<line x1="${M.left}" y1="${n(y)}" x2="${M.left + PW}" y2="${n(y)}" stroke="#ececec" stroke-width="1"/>`,
+      `<text x="${M.left - 8}" y="${n(y + 4)}">${Number(t.toFixed(2))}</text>`,
+    );
+  }
+  out.push('</g>', '<g font-size="12" text-anchor="middle">');
+  spec.categories.forEach((c, i) => {
+    const cx = M.left + groupW * (i + 0.5);
+    const words = c.split(' ');
+    const mid = Math.ceil(words.length / 2);
+    const lines =
+      words.length > 2 ? [words.slice(0, mid).join(' '), words.slice(mid).join(' ')] : [c];
+    lines.forEach((l, k) => {
+      out.push(`<text x="${n(cx)}" y="${M.top + PH + 20 + 15 * k}">${esc(l)}</text>`);
+    });
+  });
+  out.push('</g>');
+  spec.series.forEach((s, si) => {
+    out.push('<g>');
+    s.values.forEach((v, i) => {
+      if (!Number.isFinite(v.y)) return;
+      const x0 = M.left + groupW * (i + 0.5) - (barW * spec.series.length) / 2 + barW * si;
+      out.push(
+        `<rect x="${n(x0 + 1)}" y="${n(py(v.y))}" width="${n(barW - 2)}" height="${n(py(0) - py(v.y))}" fill="${s.color}"/>`,
+      );
+      if (Number.isFinite(v.lo) && Number.isFinite(v.hi) && v.hi > v.lo) {
+        const cx = x0 + barW / 2;
+        out.push(
+          `<line x1="${n(cx)}" y1="${n(py(v.lo))}" x2="${n(cx)}" y2="${n(py(v.hi))}" stroke="#333" stroke-width="1.2"/>`,
+        );
+      }
+      out.push(
+        `<text x="${n(x0 + barW / 2)}" y="${n(py(Math.max(v.y, Number.isFinite(v.hi) ? v.hi : v.y)) - 5)}" font-size="10.5" text-anchor="middle">${v.y.toFixed(2)}</text>`,
+      );
+    });
+    out.push('</g>');
+  });
+  if (spec.marks) {
+    spec.marks.values.forEach((v, i) => {
+      if (!Number.isFinite(v)) return;
+      const cx = M.left + groupW * (i + 0.5);
+      const half = (barW * spec.series.length) / 2 + 4;
+      out.push(
+        `<line x1="${n(cx - half)}" y1="${n(py(v))}" x2="${n(cx + half)}" y2="${n(py(v))}" stroke="#c0392b" stroke-width="2" stroke-dasharray="5 3"/>`,
+      );
+    });
+  }
+  if (spec.reference) {
+    const y = py(spec.reference.y);
+    out.push(
+      `<line x1="${M.left}" y1="${n(y)}" x2="${M.left + PW}" y2="${n(y)}" stroke="#444" stroke-width="1.5"/>`,
+    );
+  }
+  out.push(
+    `<rect x="${M.left}" y="${M.top}" width="${PW}" height="${PH}" fill="none" stroke="#444" stroke-width="1"/>`,
+    `<text transform="translate(22 ${n(M.top + PH / 2)}) rotate(-90)" font-size="13" text-anchor="middle">${esc(spec.yLabel)}</text>`,
+  );
+  const lx = M.left + PW + 18;
+  let ly = M.top + 8;
+  out.push('<g font-size="12.5">');
+  for (const s of spec.series) {
+    out.push(
+      `<rect x="${lx}" y="${ly - 7}" width="22" height="14" fill="${s.color}"/>`,
+      `<text x="${lx + 30}" y="${ly + 4}">${esc(s.label)}</text>`,
+    );
+    ly += 24;
+  }
+  if (spec.reference) {
+    out.push(
+      `<line x1="${lx}" y1="${ly}" x2="${lx + 22}" y2="${ly}" stroke="#444" stroke-width="1.5"/>`,
+      `<text x="${lx + 30}" y="${ly + 4}">${esc(spec.reference.label)}</text>`,
+    );
+    ly += 24;
+  }
+  if (spec.marks) {
+    out.push(
+      `<line x1="${lx}" y1="${ly}" x2="${lx + 22}" y2="${ly}" stroke="#c0392b" stroke-width="2" stroke-dasharray="5 3"/>`,
+      `<text x="${lx + 30}" y="${ly + 4}">${esc(spec.marks.label)}</text>`,
+    );
+    ly += 24;
+  }
+  out.push(
+    `<text x="${lx}" y="${ly + 6}" font-size="11" fill="#555">whiskers: min–max over the runs</text>`,
+    '</g>',
+    `<text x="${M.left}" y="${H - 14}" font-size="11" fill="#666">${esc(spec.footnote)}</text>`,
+    '</g>',
+    '</svg>',
+    '',
+  );
+  return out.join('\n');
+}

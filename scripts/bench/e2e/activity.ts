@@ -1,11 +1,11 @@
 /**
  * vpm's own view of the benchmark: differences of `vpm stats --json` snapshots
- * taken around each vpm measurement, summed per metric, with the daemon's CPU time.
- * Only the vpm path's traffic reaches the daemon, so a difference taken around a
- * vpm measurement is that measurement's traffic alone.
+ * taken around each measurement of a vpm path, summed per metric and path, with
+ * the daemon's CPU time. Only that path's traffic reaches its daemon, so a
+ * difference taken around one of its measurements is that measurement's alone.
  */
 
-import type { MetricId, VpmActivity } from './model.js';
+import type { MetricId, VpmActivity, VpmPathId } from './model.js';
 
 type Json = Record<string, unknown>;
 
@@ -22,14 +22,17 @@ function numMap(o: unknown, key: string): Record<string, number> {
   return out;
 }
 
-export function emptyActivity(metric: MetricId): VpmActivity {
+export function emptyActivity(metric: MetricId, path: VpmPathId): VpmActivity {
   return {
     metric,
+    path,
     wallSec: 0,
     cpuSec: 0,
     packetsIn: 0,
     packetsOut: 0,
     bytesIn: 0,
+    superPacketsIn: 0,
+    segmentsIn: 0,
     batches: 0,
     batchSizes: {},
     drops: {},
@@ -54,6 +57,9 @@ export function addDelta(
   acc.packetsIn += d('packetsIn');
   acc.packetsOut += d('packetsOut');
   acc.bytesIn += d('bytesIn');
+  acc.superPacketsIn +=
+    num(after.offload, 'superPacketsIn') - num(before.offload, 'superPacketsIn');
+  acc.segmentsIn += num(after.offload, 'segmentsIn') - num(before.offload, 'segmentsIn');
   acc.batches += d('batches');
   acc.flowsCreated += d('flowsCreated');
   acc.flowsRefused += d('flowsRefused');

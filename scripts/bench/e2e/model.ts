@@ -2,13 +2,26 @@
 
 import type { MachineFacts } from '../machine.js';
 
-/** The three ways the same client reaches the same server. */
-export const PATHS = ['direct', 'dnat', 'vpm'] as const;
+/**
+ * The four ways the same client reaches the same server: directly, through the
+ * kernel's NAT, and through vpm twice — one daemon with `tun.offloads: "off"`
+ * and one with the default ("auto": virtio-net headers and super-packets).
+ */
+export const PATHS = ['direct', 'dnat', 'vpmOff', 'vpm'] as const;
 export type PathId = (typeof PATHS)[number];
+
+/** The paths that run through a vpm daemon. */
+export const VPM_PATHS = ['vpmOff', 'vpm'] as const;
+export type VpmPathId = (typeof VPM_PATHS)[number];
+
+export function isVpmPath(p: PathId): p is VpmPathId {
+  return p === 'vpmOff' || p === 'vpm';
+}
 
 export const PATH_NAMES: Readonly<Record<PathId, string>> = {
   direct: 'kernel direct',
   dnat: 'nftables DNAT',
+  vpmOff: 'vpm, offloads off',
   vpm: 'vpm',
 };
 
@@ -64,7 +77,7 @@ export interface Sample {
   retransmits?: number;
   /** tcpbench: failed transactions or connections. */
   errors?: number;
-  /** vpm only: CPU seconds the daemon used while the client ran (and its stats were read). */
+  /** vpm paths only: CPU seconds the daemon used while the client ran (and its stats were read). */
   daemonCpuSec?: number;
   /** vpm only: wall-clock seconds of the same span. */
   wallSec?: number;
@@ -101,14 +114,16 @@ export interface Cell {
 export interface Row {
   metric: MetricId;
   cells: Record<PathId, Cell>;
-  /** Median of the path over the median of kernel direct. */
+  /** Median of nftables DNAT over the median of kernel direct. */
   dnatOverDirect: number;
-  vpmOverDirect: number;
+  /** Median of each path over the median of nftables DNAT (the goals are ratios to DNAT). */
+  overDnat: Record<PathId, number>;
 }
 
-/** vpm's counters over the vpm measurements of one metric (differences of snapshots). */
+/** vpm's counters over the measurements of one metric on one vpm path (differences of snapshots). */
 export interface VpmActivity {
   metric: MetricId;
+  path: VpmPathId;
   /** Wall-clock seconds of the vpm measurements (client run time, warm-up included). */
   wallSec: number;
   /** CPU seconds (user + system) of the daemon over the same time. */
@@ -116,6 +131,9 @@ export interface VpmActivity {
   packetsIn: number;
   packetsOut: number;
   bytesIn: number;
+  /** Super-packets read (offloads) and the segments they stood for. */
+  superPacketsIn: number;
+  segmentsIn: number;
   batches: number;
   /** Batch-size histogram buckets ("1", "2-3", ..., "256+") → count of batches. */
   batchSizes: Record<string, number>;
@@ -129,7 +147,7 @@ export interface VpmActivity {
 }
 
 export interface E2eReport {
-  schema: 'vpm-bench-e2e/1';
+  schema: 'vpm-bench-e2e/2';
   mode: 'full' | 'quick';
   options: { duration: number; reps: number; warmupSec: number; messageBytes: number };
   machine: MachineFacts;
@@ -139,9 +157,9 @@ export interface E2eReport {
   rows: Row[];
   samples: Sample[];
   vpmActivity: VpmActivity[];
-  /** `vpm stats --json` at the end of the run. */
-  vpmStatsEnd: Record<string, unknown> | null;
-  /** The configuration vpm ran with. */
-  vpmConfig: Record<string, unknown>;
+  /** `vpm stats --json` of each daemon at the end of the run. */
+  vpmStatsEnd: Record<VpmPathId, Record<string, unknown> | null>;
+  /** The configuration each daemon ran with. */
+  vpmConfig: Record<VpmPathId, Record<string, unknown>>;
   durationSec: number;
 }

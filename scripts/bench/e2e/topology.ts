@@ -1,23 +1,31 @@
 /**
- * The network `npm run bench:e2e` measures in, and the vpm daemon inside it.
+ * The network `npm run bench:e2e` measures in, and the two vpm daemons inside it.
  *
  *   client namespace                      host namespace
- *  ┌───────────────────────────┐  veth  ┌──────────────────────────────────────────────────┐
- *  │ vc0 198.18.1.2  (direct)  ├────────┤ vh0 198.18.1.1                                   │
- *  │     198.18.1.3  (DNAT)    │        │ server listens on 0.0.0.0:19001                  │
- *  │     198.18.1.4  (vpm)     │        │ nft: from .3 to 198.19.0.9:9000 → dnat .1.1:19001│
- *  │ 198.19.0.9/32 via .1.1    │        │ vpm up: 198.19.0.9/32 → vpm0 → 198.19.255.1:19001│
- *  └───────────────────────────┘        └──────────────────────────────────────────────────┘
+ *  ┌────────────────────────────────┐  veth  ┌─────────────────────────────────────────────────────┐
+ *  │ vc0 198.18.1.2  (direct)       ├────────┤ vh0 198.18.1.1                                      │
+ *  │     198.18.1.3  (DNAT)         │        │ server listens on 0.0.0.0:19001                     │
+ *  │     198.18.1.4  (vpm, off)     │        │ nft: from .3 to 198.19.0.9:9000 → dnat .1.1:19001   │
+ *  │     198.18.1.5  (vpm)          │        │ vpm up (offloads off): 198.19.0.10/32 → vpm1        │
+ *  │ 198.19.0.9/32, .10/32 via .1.1 │        │                        → 198.19.254.1:19001         │
+ *  └────────────────────────────────┘        │ vpm up (offloads auto): 198.19.0.9/32 → vpm0        │
+ *                                             │                        → 198.19.255.1:19001         │
+ *                                             └─────────────────────────────────────────────────────┘
  *
  * One server process, one client namespace; the client's source address picks the
  * path. Kernel direct: from .2 to the host's real address and real port. nftables
- * DNAT: from .3 to the virtual service, rewritten in prerouting. vpm: from .4 to
- * the same virtual service, which vpm routes into its TUN and rewrites to the
- * instance (the TUN's address, port 19001); replies from that port are steered back
- * into the TUN by vpm's policy rule. DNAT needs connection tracking, which would
- * then apply to every packet of the host namespace; a `notrack` rule at raw
- * priority keeps it to the DNAT client's packets, so that the direct and vpm paths
- * run as on a host without nftables (one cheap rule evaluation aside).
+ * DNAT: from .3 to the virtual service, rewritten in prerouting. vpm: from .5 to
+ * the same virtual service, which the daemon with offloads routes into its TUN
+ * (vpm0) and rewrites to its instance (the TUN's address, port 19001); replies
+ * from that address and port are steered back into the TUN by its policy rule.
+ * vpm with offloads off: from .4 to a second virtual service, 198.19.0.10:9000,
+ * which a second daemon on a second TUN (vpm1, its own address, route table and
+ * rule priority) rewrites to 198.19.254.1:19001. Both daemons run for the whole
+ * run, so the paths interleave without restarts; an idle daemon costs nothing
+ * (it sleeps in epoll). DNAT needs connection tracking, which would then apply
+ * to every packet of the host namespace; a `notrack` rule at raw priority keeps
+ * it to the DNAT client's packets, so that the direct and vpm paths run as on a
+ * host without nftables (one cheap rule evaluation aside).
  *
  * Every address is in 198.18.0.0/15 and lives only in these namespaces; every
  * sysctl and nft rule is set inside them.
@@ -27,13 +35,42 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Lab, type Proc, run, runWithInput } from './lab.js';
-import type { PathId } from './model.js';
+import type { PathId, VpmPathId } from './model.js';
 
 export const HOST_ADDR = '198.18.1.1';
 export const VIP = '198.19.0.9';
 export const VPORT = 9000;
 export const TUN_ADDR = '198.19.255.1';
 export const REAL_PORT = 19001;
+
+/** What tells the two daemons apart. */
+interface DaemonSpec {
+  offloads: 'auto' | 'off';
+  tun: string;
+  vip: string;
+  tunAddr: string;
+  localClientAddr: string;
+  table: number;
+}
+
+export const DAEMONS: Readonly<Record<VpmPathId, DaemonSpec>> = {
+  vpm: {
+    offloads: 'auto',
+    tun: 'vpm0',
+    vip: VIP,
+    tunAddr: TUN_ADDR,
+    localClientAddr: '198.19.255.2',
+    table: 100,
+  },
+  vpmOff: {
+    offloads: 'off',
+    tun: 'vpm1',
+    vip: '198.19.0.10',
+    tunAddr: '198.19.254.1',
+    localClientAddr: '198.19.254.2',
+    table: 101,
+  },
+};
 
 /** Where each path's client connects from and to. */
 export interface Target {
@@ -45,7 +82,8 @@ export interface Target {
 export const TARGETS: Readonly<Record<PathId, Target>> = {
   direct: { src: '198.18.1.2', dst: HOST_ADDR, port: REAL_PORT },
   dnat: { src: '198.18.1.3', dst: VIP, port: VPORT },
-  vpm: { src: '198.18.1.4', dst: VIP, port: VPORT },
+  vpmOff: { src: '198.18.1.4', dst: DAEMONS.vpmOff.vip, port: VPORT },
+  vpm: { src: '198.18.1.5', dst: VIP, port: VPORT },
 };
 
 export interface Topology {
@@ -80,7 +118,8 @@ export function buildTopology(lab: Lab): Topology {
   for (const t of Object.values(TARGETS))
     run('ip', ['-n', client, 'addr', 'add', `${t.src}/24`, 'dev', 'vc0']);
   run('ip', ['-n', host, 'addr', 'add', `${HOST_ADDR}/24`, 'dev', 'vh0']);
-  run('ip', ['-n', client, 'route', 'add', `${VIP}/32`, 'via', HOST_ADDR]);
+  for (const d of Object.values(DAEMONS))
+    run('ip', ['-n', client, 'route', 'add', `${d.vip}/32`, 'via', HOST_ADDR]);
   // Connections per second: ~60k ports, and TIME_WAIT ports reused after 1 s
   // (the client closes first, so TIME_WAIT is on its side).
   lab.sysctl(client, 'net.ipv4.ip_local_port_range', '1024 65535');
@@ -91,23 +130,28 @@ export function buildTopology(lab: Lab): Topology {
 
 export { nftRuleset };
 
-/** The daemon's configuration: docs/examples/two-tenants.json with the socket in `dir`. */
-export function vpmConfig(dir: string): Record<string, unknown> {
+/**
+ * A daemon's configuration: docs/examples/two-tenants.json with the socket in
+ * `dir`, and the TUN, addresses, route table and offloads of `path`'s daemon.
+ */
+export function vpmConfig(dir: string, path: VpmPathId): Record<string, unknown> {
+  const d = DAEMONS[path];
   return {
     tun: {
-      name: 'vpm0',
-      address: TUN_ADDR,
-      localClientAddress: '198.19.255.2',
+      name: d.tun,
+      address: d.tunAddr,
+      localClientAddress: d.localClientAddr,
       mtu: 1500,
       txQueueLen: 10000,
       batchSize: 64,
-      routeTable: 100,
-      rulePriority: 100,
+      routeTable: d.table,
+      rulePriority: d.table,
+      offloads: d.offloads,
     },
-    services: [{ name: 'web', address: VIP, port: VPORT, protocol: 'tcp' }],
+    services: [{ name: 'web', address: d.vip, port: VPORT, protocol: 'tcp' }],
     applications: [
       { aid: 'tenant-a', instances: [{ port: REAL_PORT }] },
-      { aid: 'tenant-b', instances: [{ address: TUN_ADDR, port: REAL_PORT + 1 }] },
+      { aid: 'tenant-b', instances: [{ address: d.tunAddr, port: REAL_PORT + 1 }] },
     ],
     selectors: [
       {
@@ -128,22 +172,28 @@ export function vpmConfig(dir: string): Record<string, unknown> {
       closingMs: 60000,
       timeWaitMs: 10000,
     },
-    control: { socket: join(dir, 'vpm.sock') },
+    control: { socket: join(dir, `${d.tun}.sock`) },
     metrics: { listen: null },
     log: { level: 'info' },
   };
 }
 
 export interface Vpm {
+  path: VpmPathId;
   proc: Proc;
   socket: string;
   config: Record<string, unknown>;
 }
 
-/** Start `vpm up` in the host namespace and wait for its "ready" log line. */
-export async function startVpm(lab: Lab, topo: Topology, root: string): Promise<Vpm> {
-  const config = vpmConfig(lab.dir);
-  const file = join(lab.dir, 'vpm.json');
+/** Start `vpm up` for `path` in the host namespace and wait for its "ready" log line. */
+export async function startVpm(
+  lab: Lab,
+  topo: Topology,
+  root: string,
+  path: VpmPathId,
+): Promise<Vpm> {
+  const config = vpmConfig(lab.dir, path);
+  const file = join(lab.dir, `${DAEMONS[path].tun}.json`);
   writeFileSync(file, `${JSON.stringify(config, null, 2)}\n`);
   const proc = lab.spawn(topo.host, process.execPath, [
     join(root, 'dist/src/cli/main.js'),
@@ -162,7 +212,7 @@ export async function startVpm(lab: Lab, topo: Topology, root: string): Promise<
   }
   if (proc.exit !== null)
     throw new Error(`vpm up exited before it was ready: ${lab.describe(proc)}`);
-  return { proc, socket: (config.control as { socket: string }).socket, config };
+  return { path, proc, socket: (config.control as { socket: string }).socket, config };
 }
 
 /** `vpm stats --json` over the control socket (a unix socket: reachable from any namespace). */
