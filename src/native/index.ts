@@ -1,13 +1,13 @@
 /**
  * Loads the native addon (native/build/Release/vpm_native.node) built by
  * `npm run build:native`. Works from the TypeScript sources (tests) and from the
- * compiled dist/ tree alike, by walking up to the package root.
+ * compiled dist/ tree alike (the package root comes from src/paths.ts).
  */
 
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { packageRoot } from '../paths.js';
 import type { TunStats } from '../tun/device.js';
 
 export interface NativeAddon {
@@ -53,24 +53,8 @@ export interface NativeAddon {
   tunStats(handle: { readonly name: string }): TunStats;
 }
 
-/** The package root: the first ancestor whose package.json is vpm's. */
-export function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    const pj = join(dir, 'package.json');
-    if (existsSync(pj)) {
-      try {
-        if (JSON.parse(readFileSync(pj, 'utf8')).name === 'vpm') return dir;
-      } catch {
-        // not ours; keep walking
-      }
-    }
-    const up = dirname(dir);
-    if (up === dir)
-      throw new Error(`cannot find the vpm package root above ${fileURLToPath(import.meta.url)}`);
-    dir = up;
-  }
-}
+// The package root moved to a leaf module; re-exported here for the existing importers.
+export { packageRoot };
 
 let addon: NativeAddon | null = null;
 
