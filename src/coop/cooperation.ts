@@ -29,7 +29,7 @@
  */
 
 import type { Logger } from 'pino';
-import type { Config } from '../config/config.js';
+import type { Config } from '../config/types.js';
 import type { Pipeline } from '../datapath/pipeline.js';
 import type { Rules } from '../datapath/rules.js';
 import type { FlowKeyArgs, FlowTable } from '../flow/table.js';

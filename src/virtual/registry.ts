@@ -20,7 +20,7 @@
  */
 
 import type { Socket } from 'node:net';
-import type { Config } from '../config/config.js';
+import type { Config } from '../config/types.js';
 import type { InstanceRule, Rules } from '../datapath/rules.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
 import type { PortPool } from './pool.js';
