@@ -29,7 +29,7 @@ import { cleanStale, HostSetup } from '../host/setup.js';
 import type { TunDevice } from '../tun/device.js';
 import { openTun } from '../tun/kernel-tun.js';
 import { PortPool } from '../virtual/pool.js';
-import { type BindArgs, Registry } from '../virtual/registry.js';
+import { Registry } from '../virtual/registry.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
 import type { PacketInfo } from '../wire/parse.js';
 import { createLogger } from './log.js';
@@ -362,7 +362,7 @@ export class Daemon {
     );
     c.on('bind', async (a, conn) => {
       try {
-        const r = await reg().bind(conn, a as unknown as BindArgs);
+        const r = await reg().bind(conn, a);
         this.log.info(
           {
             event: 'instance_bind',
