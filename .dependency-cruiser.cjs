@@ -20,10 +20,10 @@ const LAYERS = {
   flow: ['wire', 'base'],
   tun: ['native', 'wire', 'base'],
   host: ['base'],
-  control: ['view', 'base'],
+  control: ['config', 'view', 'base'],
   config: ['wire', 'base'],
   datapath: ['flow', 'tun', 'config', 'wire', 'checksum', 'base'],
-  virtual: ['datapath', 'config', 'view', 'wire', 'base'],
+  virtual: ['datapath', 'control', 'config', 'view', 'wire', 'base'],
   coop: ['virtual', 'datapath', 'flow', 'config', 'wire', 'checksum', 'base'],
   inspect: ['control', 'pcap', 'view', 'wire', 'checksum', 'base'],
   daemon: [

@@ -18,7 +18,7 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import { packageRoot } from '../src/native/index.js';
+import { packageRoot } from '../src/base/paths.js';
 import { addDelta, emptyActivity } from './bench/e2e/activity.js';
 import { type E2eOptions, parseArgs, USAGE, UsageError } from './bench/e2e/cli.js';
 import { Lab, type Proc, run, sweepStale } from './bench/e2e/lab.js';

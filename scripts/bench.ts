@@ -11,7 +11,8 @@
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadNative, type NativeAddon, packageRoot } from '../src/native/index.js';
+import { packageRoot } from '../src/base/paths.js';
+import { loadNative, type NativeAddon } from '../src/native/index.js';
 import { parseArgs, USAGE, UsageError } from './bench/cli.js';
 import type { BenchCase } from './bench/common.js';
 import { readOrNull, writeAtomic } from './bench/files.js';

@@ -6,8 +6,10 @@
  */
 
 import type { Command } from 'commander';
-import { type Config, ConfigError, loadConfig } from '../config/config.js';
+import { ConfigError } from '../config/errors.js';
+import { loadConfig } from '../config/load.js';
 import { configToJson, configWarnings, summarizeConfig } from '../config/summary.js';
+import type { Config } from '../config/types.js';
 
 export function registerCheckConfig(program: Command): void {
   program

@@ -4,7 +4,7 @@
  */
 
 import type { Command } from 'commander';
-import { loadConfig } from '../config/config.js';
+import { loadConfig } from '../config/load.js';
 import { controlRequest } from '../control/client.js';
 import { Daemon, stateFileFor } from '../daemon/daemon.js';
 import { cleanStale, journalOwnerAlive, pidAlive, readJournal } from '../host/setup.js';

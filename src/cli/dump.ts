@@ -6,7 +6,7 @@
  */
 
 import type { Command } from 'commander';
-import { loadConfig } from '../config/config.js';
+import { loadConfig } from '../config/load.js';
 import { DEFAULT_SOCKET } from './daemon-cmds.js';
 import { UsageError } from './errors.js';
 

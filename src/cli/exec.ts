@@ -13,7 +13,7 @@
 
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { loadConfig } from '../config/config.js';
+import { loadConfig } from '../config/load.js';
 import { controlRequest } from '../control/client.js';
 import { endLikeChild, runChild } from '../exec/child.js';
 import {

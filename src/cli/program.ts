@@ -7,7 +7,7 @@
 
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
-import { packageRoot } from '../native/index.js';
+import { packageRoot } from '../base/paths.js';
 import { registerCheckConfig } from './check-config.js';
 import { registerDaemonCommands, registerDemo } from './daemon-cmds.js';
 import { registerDecode } from './decode.js';

@@ -11,7 +11,7 @@
  * the stack; the config is five levels deep.
  */
 
-import type { PathSegment } from './schema-validate.js';
+import type { PathSegment } from './validator.js';
 
 export const MAX_DEPTH = 64;
 

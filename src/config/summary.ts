@@ -6,7 +6,7 @@
  */
 
 import { ipv4ToString } from '../wire/address.js';
-import type { Cidr, Config, PortRange, SelectorConfig } from './config.js';
+import type { Cidr, Config, PortRange, SelectorConfig } from './types.js';
 
 function cidrText(c: Cidr): string {
   return `${ipv4ToString(c.base)}/${c.prefix}`;

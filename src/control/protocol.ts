@@ -8,24 +8,27 @@
  * A request with `"oneway": true` gets no response at all (the bind library's
  * release and connect reports: the sender never reads).
  *
- * `v` is the protocol version; a request with another major version is refused
- * with ERR_CONTROL_VERSION. A line longer than MAX_LINE bytes, invalid JSON or a
- * request without a string `cmd` is refused with ERR_CONTROL_BAD_REQUEST and the
- * connection stays usable. Several requests may be in flight; responses carry the
- * request's id. docs/control-protocol.md lists the commands.
+ * `v` is the protocol version; a request with another version is refused with
+ * ERR_CONTROL_VERSION. A line longer than MAX_LINE bytes, invalid JSON, or a
+ * request or `args` that its schema (requests.ts) refuses gets
+ * ERR_CONTROL_BAD_REQUEST naming the field and the value, and the connection
+ * stays usable. Several requests may be in flight; responses carry the request's
+ * id. docs/control-protocol.md lists the commands.
  */
 
-export const PROTOCOL_VERSION = 1;
-export const MAX_LINE = 64 * 1024;
+import type { JSONSchema } from 'json-schema-to-ts';
+import { compileSchema, formatPath, type SchemaProblem } from '../config/validator.js';
+import {
+  COMMANDS,
+  type Command,
+  type ControlRequest,
+  PROTOCOL_VERSION,
+  requestSchema,
+} from './requests.js';
 
-export interface ControlRequest {
-  v: number;
-  id: number | string;
-  cmd: string;
-  args?: Record<string, unknown>;
-  /** No response wanted. */
-  oneway?: boolean;
-}
+export { type ControlRequest, PROTOCOL_VERSION } from './requests.js';
+
+export const MAX_LINE = 64 * 1024;
 
 export interface ControlErrorBody {
   code: string;
@@ -47,35 +50,53 @@ export class ControlError extends Error {
   }
 }
 
-/** Validate one parsed request line; returns an error body or null. */
-export function checkRequest(x: unknown): ControlErrorBody | null {
-  if (typeof x !== 'object' || x === null || Array.isArray(x)) {
-    return { code: 'ERR_CONTROL_BAD_REQUEST', message: 'request must be a JSON object' };
-  }
-  const r = x as Partial<ControlRequest>;
-  if (r.v !== PROTOCOL_VERSION) {
+/** `args.vport: "x" is a string, expected an integer; ...` (paths from the request). */
+function describe(problems: readonly SchemaProblem[], base: readonly string[]): string {
+  return problems
+    .map((p) => {
+      const path = [...base, ...p.path];
+      return path.length === 0 ? p.message : `${formatPath(path)}: ${p.message}`;
+    })
+    .join('; ');
+}
+
+/** Validates one parsed request line (the envelope, not yet its `args`). */
+export function checkRequest(
+  x: unknown,
+): { ok: true; request: ControlRequest } | { ok: false; error: ControlErrorBody } {
+  const r = compileSchema(requestSchema).validate(x);
+  if (r.ok) return { ok: true, request: r.value };
+  if (r.problems.some((p) => p.path[0] === 'v')) {
+    const v = (x as { v?: unknown }).v;
     return {
-      code: 'ERR_CONTROL_VERSION',
-      message: `protocol version ${JSON.stringify(r.v)} not supported (want ${PROTOCOL_VERSION})`,
+      ok: false,
+      error: {
+        code: 'ERR_CONTROL_VERSION',
+        message: `protocol version ${JSON.stringify(v)} not supported (want ${PROTOCOL_VERSION})`,
+      },
     };
   }
-  if (typeof r.cmd !== 'string' || r.cmd.length === 0 || r.cmd.length > 64) {
-    return {
+  return {
+    ok: false,
+    error: { code: 'ERR_CONTROL_BAD_REQUEST', message: `bad request: ${describe(r.problems, [])}` },
+  };
+}
+
+/**
+ * Validates a command's `args` against its schema. On success, `args` is a copy
+ * with the shape `CommandArgs<cmd>` (the server passes it to the handler).
+ */
+export function checkArgs(
+  cmd: Command,
+  args: unknown,
+): { ok: true; args: unknown } | { ok: false; error: ControlErrorBody } {
+  const r = compileSchema(COMMANDS[cmd] as JSONSchema).validate(args);
+  if (r.ok) return { ok: true, args: r.value };
+  return {
+    ok: false,
+    error: {
       code: 'ERR_CONTROL_BAD_REQUEST',
-      message: `"cmd" must be a non-empty string, got ${JSON.stringify(r.cmd)}`,
-    };
-  }
-  if (typeof r.id !== 'number' && typeof r.id !== 'string') {
-    return {
-      code: 'ERR_CONTROL_BAD_REQUEST',
-      message: `"id" must be a number or string, got ${JSON.stringify(r.id)}`,
-    };
-  }
-  if (
-    r.args !== undefined &&
-    (typeof r.args !== 'object' || r.args === null || Array.isArray(r.args))
-  ) {
-    return { code: 'ERR_CONTROL_BAD_REQUEST', message: '"args" must be an object' };
-  }
-  return null;
+      message: `bad "${cmd}" request: ${describe(r.problems, ['args'])}`,
+    },
+  };
 }

@@ -2,29 +2,51 @@
  * Control socket server. Root-only: the socket file is created with mode 0600 in
  * a directory of mode 0700, and each connecting peer's uid is not trusted beyond
  * that (file permissions are the access control, as for other daemons' sockets).
- * Handlers are async functions by command name; a handler's thrown error becomes
- * an error response with its `code` (ERR_INTERNAL if it has none). The server
- * never lets a client's input crash the daemon.
+ * Handlers are async functions by command name (one of the protocol's commands,
+ * requests.ts). Every request is validated once, here, before its handler runs:
+ * the envelope, then its `args` against the command's schema; the handler gets
+ * the validated args, typed from that schema. A handler's thrown error becomes an
+ * error response with its `code` (ERR_INTERNAL if it has none). The server never
+ * lets a client's input crash the daemon.
  */
 
 import { chmodSync, existsSync, lstatSync, mkdirSync, rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
-import { type ControlResponse, checkRequest, MAX_LINE, PROTOCOL_VERSION } from './protocol.js';
+import {
+  type ControlResponse,
+  checkArgs,
+  checkRequest,
+  MAX_LINE,
+  PROTOCOL_VERSION,
+} from './protocol.js';
+import type { Command, CommandArgs } from './requests.js';
 
-export type Handler = (args: Record<string, unknown>, conn: Socket) => Promise<unknown> | unknown;
+export type Handler<C extends Command> = (
+  args: CommandArgs<C>,
+  conn: Socket,
+) => Promise<unknown> | unknown;
+
+/**
+ * A handler as stored, its argument type erased: dispatch() gives it only args
+ * that passed its command's schema. (A method signature, so that any Handler<C>
+ * is one without the type checker expanding CommandArgs<C>.)
+ */
+type StoredHandler = {
+  handle(args: unknown, conn: Socket): Promise<unknown> | unknown;
+}['handle'];
 
 export class ControlServer {
   private server: Server | null = null;
   private readonly conns = new Set<Socket>();
-  readonly handlers = new Map<string, Handler>();
+  private readonly handlers = new Map<string, StoredHandler>();
   /** Called when a connection closes (the virtual layer ties registrations to it). */
   onClose?: (conn: Socket) => void;
 
   constructor(readonly path: string) {}
 
-  on(cmd: string, h: Handler): this {
-    this.handlers.set(cmd, h);
+  on<C extends Command>(cmd: C, h: Handler<C>): this {
+    this.handlers.set(cmd, h as StoredHandler);
     return this;
   }
 
@@ -51,6 +73,16 @@ export class ControlServer {
     this.conns.add(c);
     let buf = '';
     c.setEncoding('utf8');
+    const tooLong = () =>
+      this.reply(c, {
+        v: PROTOCOL_VERSION,
+        id: null,
+        ok: false,
+        error: {
+          code: 'ERR_CONTROL_BAD_REQUEST',
+          message: `request line longer than ${MAX_LINE} bytes`,
+        },
+      });
     c.on('data', (chunk: string) => {
       buf += chunk;
       for (;;) {
@@ -58,19 +90,13 @@ export class ControlServer {
         if (nl < 0) break;
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
-        if (line.trim().length > 0) void this.dispatch(c, line);
+        // Also a whole line that came in one piece with its newline.
+        if (line.length > MAX_LINE) tooLong();
+        else if (line.trim().length > 0) void this.dispatch(c, line);
       }
       if (buf.length > MAX_LINE) {
         buf = '';
-        this.reply(c, {
-          v: PROTOCOL_VERSION,
-          id: null,
-          ok: false,
-          error: {
-            code: 'ERR_CONTROL_BAD_REQUEST',
-            message: `request line longer than ${MAX_LINE} bytes`,
-          },
-        });
+        tooLong();
       }
     });
     c.on('error', () => {});
@@ -101,42 +127,43 @@ export class ControlServer {
       });
       return;
     }
-    const bad = checkRequest(req);
-    const id = (req as { id?: unknown }).id;
+    const id = typeof req === 'object' && req !== null ? (req as { id?: unknown }).id : undefined;
     const rid = typeof id === 'number' || typeof id === 'string' ? id : null;
-    if (bad) {
-      this.reply(c, { v: PROTOCOL_VERSION, id: rid, ok: false, error: bad });
+    const checked = checkRequest(req);
+    if (!checked.ok) {
+      this.reply(c, { v: PROTOCOL_VERSION, id: rid, ok: false, error: checked.error });
       return;
     }
-    const { cmd, args, oneway } = req as {
-      cmd: string;
-      args?: Record<string, unknown>;
-      oneway?: unknown;
-    };
+    const { cmd, oneway } = checked.request;
+    // Fire-and-forget requests get no response, not even an error (the sender does not read).
+    const h = this.handlers.get(cmd);
+    if (!h) {
+      if (oneway !== true)
+        this.reply(c, {
+          v: PROTOCOL_VERSION,
+          id: rid,
+          ok: false,
+          error: { code: 'ERR_CONTROL_UNKNOWN_COMMAND', message: `unknown command "${cmd}"` },
+        });
+      return;
+    }
+    // A command with a handler is one of the protocol's (on() takes only those).
+    const args = checkArgs(cmd as Command, checked.request.args ?? {});
+    if (!args.ok) {
+      if (oneway !== true)
+        this.reply(c, { v: PROTOCOL_VERSION, id: rid, ok: false, error: args.error });
+      return;
+    }
     if (oneway === true) {
-      // Fire-and-forget: no response, not even an error (the sender does not read).
-      const h = this.handlers.get(cmd);
-      if (h) {
-        try {
-          await h(args ?? {}, c);
-        } catch {
-          // nothing to report to
-        }
+      try {
+        await h(args.args, c);
+      } catch {
+        // nothing to report to
       }
       return;
     }
-    const h = this.handlers.get(cmd);
-    if (!h) {
-      this.reply(c, {
-        v: PROTOCOL_VERSION,
-        id: rid,
-        ok: false,
-        error: { code: 'ERR_CONTROL_UNKNOWN_COMMAND', message: `unknown command "${cmd}"` },
-      });
-      return;
-    }
     try {
-      const result = await h(args ?? {}, c);
+      const result = await h(args.args, c);
       this.reply(c, { v: PROTOCOL_VERSION, id: rid, ok: true, result: result ?? null });
     } catch (e) {
       const err = e as { code?: unknown; message?: string };

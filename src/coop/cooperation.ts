@@ -32,7 +32,7 @@
  */
 
 import type { Logger } from 'pino';
-import type { Config } from '../config/config.js';
+import type { Config } from '../config/types.js';
 import { type HeldKind, INJECT_MALFORMED, type Pipeline } from '../datapath/pipeline.js';
 import type { Rules } from '../datapath/rules.js';
 import { CREATE_COLLISION, CREATE_FULL, type FlowKeyArgs, type FlowTable } from '../flow/table.js';

@@ -16,7 +16,8 @@ import type { Server } from 'node:http';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
-import { type Config, loadConfig } from '../config/config.js';
+import { loadConfig } from '../config/load.js';
+import type { Config } from '../config/types.js';
 import { ControlServer } from '../control/server.js';
 import { Cooperation } from '../coop/cooperation.js';
 import { Counters, DROP_NAMES } from '../datapath/counters.js';
@@ -29,7 +30,7 @@ import type { TunDevice } from '../tun/device.js';
 import { openTun } from '../tun/kernel-tun.js';
 import type { FlowView } from '../view/views.js';
 import { PortPool } from '../virtual/pool.js';
-import { type BindArgs, Registry } from '../virtual/registry.js';
+import { Registry } from '../virtual/registry.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
 import type { PacketInfo } from '../wire/parse.js';
 import { createLogger } from './log.js';
@@ -345,7 +346,7 @@ export class Daemon {
     );
     c.on('bind', async (a, conn) => {
       try {
-        const r = await reg().bind(conn, a as unknown as BindArgs);
+        const r = await reg().bind(conn, a);
         this.log.info(
           {
             event: 'instance_bind',

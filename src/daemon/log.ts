@@ -5,7 +5,7 @@
  */
 
 import { type DestinationStream, type Logger, pino } from 'pino';
-import type { LogLevel } from '../config/config.js';
+import type { LogLevel } from '../config/types.js';
 
 const LEVELS: Record<number, string> = {
   10: 'TRACE',

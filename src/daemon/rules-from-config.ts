@@ -1,6 +1,6 @@
 /** Build the data plane's numeric `Rules` and the host plan from a validated Config. */
 
-import type { Config } from '../config/config.js';
+import type { Config } from '../config/types.js';
 import { Rules } from '../datapath/rules.js';
 import type { HostPlan } from '../host/setup.js';
 import { ipv4ToString } from '../wire/address.js';

@@ -19,8 +19,8 @@
 import type { ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { packageRoot } from '../base/paths.js';
 import { controlRequest } from '../control/client.js';
-import { packageRoot } from '../native/index.js';
 import { NetLab } from '../sandbox/netlab.js';
 import { formatFlows } from '../view/format.js';
 import type { FlowView } from '../view/views.js';

@@ -6,7 +6,7 @@
 
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { packageRoot } from '../native/index.js';
+import { packageRoot } from '../base/paths.js';
 
 /** How long the library waits for the daemon, on top of the pool's own wait. */
 export const DEFAULT_TIMEOUT_MS = 3000;

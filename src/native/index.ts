@@ -1,13 +1,13 @@
 /**
  * Loads the native addon (native/build/Release/vpm_native.node) built by
  * `npm run build:native`. Works from the TypeScript sources (tests) and from the
- * compiled dist/ tree alike, by walking up to the package root.
+ * compiled dist/ tree alike (the package root comes from src/paths.ts).
  */
 
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { packageRoot } from '../base/paths.js';
 
 /** Counters of one TUN device since it was opened, as tunStats() returns them (src/tun/device.ts calls them TunStats). */
 export interface NativeTunStats {
@@ -96,25 +96,6 @@ export interface NativeAddon {
   ): number;
   tunClose(handle: { readonly name: string }): void;
   tunStats(handle: { readonly name: string }): NativeTunStats;
-}
-
-/** The package root: the first ancestor whose package.json is vpm's. */
-export function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    const pj = join(dir, 'package.json');
-    if (existsSync(pj)) {
-      try {
-        if (JSON.parse(readFileSync(pj, 'utf8')).name === 'vpm') return dir;
-      } catch {
-        // not ours; keep walking
-      }
-    }
-    const up = dirname(dir);
-    if (up === dir)
-      throw new Error(`cannot find the vpm package root above ${fileURLToPath(import.meta.url)}`);
-    dir = up;
-  }
 }
 
 let addon: NativeAddon | null = null;

@@ -20,7 +20,8 @@
  */
 
 import type { Socket } from 'node:net';
-import type { Config } from '../config/config.js';
+import type { Config } from '../config/types.js';
+import type { BindArgs, ConnectArgs, HelloArgs, ReleaseArgs } from '../control/requests.js';
 import type { InstanceRule, Rules } from '../datapath/rules.js';
 import type { InstanceView } from '../view/views.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
@@ -55,25 +56,6 @@ interface Group {
   rule: InstanceRule | null;
 }
 
-export interface BindArgs {
-  aid: unknown;
-  proto: unknown;
-  vport: unknown;
-  addr: unknown;
-  pid: unknown;
-  fd: unknown;
-}
-
-function int(v: unknown, name: string, lo: number, hi: number): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) {
-    throw new RegistryError(
-      'ERR_CONTROL_BAD_REQUEST',
-      `"${name}" must be an integer ${lo}-${hi}, got ${JSON.stringify(v)}`,
-    );
-  }
-  return v;
-}
-
 const MAX_LOCAL_CLIENTS = 65536;
 
 function splitHostPort(s: string): { addr: number; port: number } | null {
@@ -101,12 +83,7 @@ export class Registry {
     private readonly pool: PortPool | null,
   ) {}
 
-  private aidIndex(aid: unknown): number {
-    if (typeof aid !== 'string')
-      throw new RegistryError(
-        'ERR_CONTROL_BAD_REQUEST',
-        `"aid" must be a string, got ${JSON.stringify(aid)}`,
-      );
+  private aidIndex(aid: string): number {
     const i = this.cfg.applications.findIndex((a) => a.aid === aid);
     if (i < 0) {
       throw new RegistryError(
@@ -131,7 +108,7 @@ export class Registry {
     return out;
   }
 
-  hello(args: { aid?: unknown }): Record<string, unknown> {
+  hello(args: HelloArgs): Record<string, unknown> {
     const aid = this.aidIndex(args.aid);
     return {
       aid: this.cfg.applications[aid]!.aid,
@@ -142,19 +119,13 @@ export class Registry {
     };
   }
 
-  /** Register a bind; resolves to the real port the program must bind. */
+  /**
+   * Register a bind; resolves to the real port the program must bind. The
+   * arguments have passed their schema (src/control/requests.ts).
+   */
   async bind(conn: Socket, a: BindArgs): Promise<{ port: number }> {
     const aid = this.aidIndex(a.aid);
-    if (a.proto !== 'tcp' && a.proto !== 'udp') {
-      throw new RegistryError(
-        'ERR_CONTROL_BAD_REQUEST',
-        `"proto" must be "tcp" or "udp", got ${JSON.stringify(a.proto)}`,
-      );
-    }
-    const proto = a.proto;
-    const vport = int(a.vport, 'vport', 1, 65535);
-    const pid = int(a.pid, 'pid', 1, 0x7fffffff);
-    const fd = int(a.fd, 'fd', 0, 0x7fffffff);
+    const { proto, vport, pid, fd } = a;
     if (!this.cfg.services.some((s) => s.protocol === proto && s.port === vport)) {
       throw new RegistryError(
         'ERR_NOT_MULTIPLEXED',
@@ -210,13 +181,8 @@ export class Registry {
     return { port: g.port };
   }
 
-  private instanceAddress(addr: unknown): number {
+  private instanceAddress(addr: string | undefined): number {
     if (addr === '0.0.0.0' || addr === '::' || addr === undefined) return this.cfg.tun.address;
-    if (typeof addr !== 'string')
-      throw new RegistryError(
-        'ERR_CONTROL_BAD_REQUEST',
-        `"addr" must be a string, got ${JSON.stringify(addr)}`,
-      );
     const a = parseIpv4(addr);
     if (a === null)
       throw new RegistryError(
@@ -233,7 +199,7 @@ export class Registry {
   }
 
   /** The program closed a socket it bound through vpm. */
-  release(conn: Socket, a: { pid?: unknown; fd?: unknown; port?: unknown }): { released: number } {
+  release(conn: Socket, a: ReleaseArgs): { released: number } {
     const regs = this.byConn.get(conn);
     let n = 0;
     if (!regs) return { released: 0 };
@@ -298,11 +264,10 @@ export class Registry {
    * is not chosen yet; the port alone then identifies it. Bounded: the oldest entry
    * goes first.
    */
-  connectReport(a: { aid?: unknown; local?: unknown; remote?: unknown; pid?: unknown }): {
-    aid: string;
-  } {
+  connectReport(a: ConnectArgs): { aid: string } {
     const aid = this.aidIndex(a.aid);
-    const local = typeof a.local === 'string' ? splitHostPort(a.local) : null;
+    // The schema checked the form "a.b.c.d:port"; the numbers are checked here.
+    const local = splitHostPort(a.local);
     if (local === null) {
       throw new RegistryError(
         'ERR_CONTROL_BAD_REQUEST',
@@ -317,8 +282,8 @@ export class Registry {
     this.localClients.delete(key);
     this.localClients.set(key, {
       aid,
-      pid: typeof a.pid === 'number' ? a.pid : 0,
-      remote: typeof a.remote === 'string' ? a.remote : '',
+      pid: a.pid ?? 0,
+      remote: a.remote ?? '',
       at: Date.now(),
     });
     return { aid: this.cfg.applications[aid]!.aid };

@@ -38,7 +38,9 @@ export function set16le(b: Uint8Array, i: number, v: number): void {
  * the same memory, which a record must not keep (the device reuses its buffer).
  */
 export function copyOf(buf: Uint8Array, start: number, end: number): Uint8Array {
-  return Uint8Array.prototype.slice.call(buf, start, end);
+  const out = new Uint8Array(Math.max(0, end - start));
+  out.set(buf.subarray(start, end));
+  return out;
 }
 
 /** Parse a hex string (whitespace ignored) into bytes: for test vectors and the CLI. */

@@ -1,43 +1,33 @@
 /**
- * `vpm check-config`, run as the real CLI: the tree is compiled with tsc into a
- * private directory under tmp/ (ignored by git), so that this test neither races
- * with other builds of dist/ nor depends on one.
+ * `vpm check-config`, run as the real CLI: the build in dist/ that
+ * scripts/setup.sh made (`npm test` runs it first). A missing build fails this
+ * file at once, naming what to run.
  */
 
-import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { packageRoot } from '../../src/native/index.js';
+import { packageRoot } from '../../src/base/paths.js';
 
 const root = packageRoot();
+const CLI = join(root, 'dist', 'src', 'cli', 'main.js');
 const EXAMPLE = 'docs/examples/two-tenants.json';
-let outDir = '';
 let work = '';
 
 beforeAll(() => {
-  mkdirSync(join(root, 'tmp'), { recursive: true });
-  outDir = mkdtempSync(join(root, 'tmp', 'check-config-build-'));
-  work = mkdtempSync(join(root, 'tmp', 'check-config-files-'));
-  try {
-    execFileSync('npx', ['tsc', '-p', 'tsconfig.json', '--outDir', outDir], {
-      cwd: root,
-      stdio: 'pipe',
-    });
-  } catch {
-    // Type errors elsewhere in the tree do not stop tsc from emitting; the
-    // existence check below is what matters to this test.
-  }
-  if (!existsSync(join(outDir, 'src', 'cli', 'main.js')))
-    throw new Error('tsc did not emit src/cli/main.js');
-}, 120_000);
+  if (!existsSync(CLI))
+    throw new Error(`${CLI} is missing: build first (bash scripts/setup.sh, or npm run build)`);
+  work = mkdtempSync(join(tmpdir(), 'vpm-check-config-'));
+});
 
 afterAll(() => {
-  for (const d of [outDir, work]) if (d !== '') rmSync(d, { recursive: true, force: true });
+  if (work !== '') rmSync(work, { recursive: true, force: true });
 });
 
 function vpm(...args: string[]) {
-  const r = spawnSync(process.execPath, [join(outDir, 'src', 'cli', 'main.js'), ...args], {
+  const r = spawnSync(process.execPath, [CLI, ...args], {
     cwd: root,
     encoding: 'utf8',
   });

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
+import { packageRoot } from '../../src/base/paths.js';
 import {
   type Config,
   ConfigError,
@@ -12,7 +13,6 @@ import {
   parseConfigText,
 } from '../../src/config/config.js';
 import { configToJson, configWarnings, summarizeConfig } from '../../src/config/summary.js';
-import { packageRoot } from '../../src/native/index.js';
 import { parseIpv4 } from '../../src/wire/address.js';
 
 const EXAMPLE = join(packageRoot(), 'docs', 'examples', 'two-tenants.json');

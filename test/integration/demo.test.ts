@@ -9,7 +9,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { packageRoot } from '../../src/native/index.js';
+import { packageRoot } from '../../src/base/paths.js';
 
 describe('vpm demo', () => {
   it('shows each tenant reaching its own instance on port 9000 and cleans up', () => {

@@ -1,15 +1,19 @@
-import { describe, expect, it } from 'vitest';
-import {
-  compileSchema,
-  formatPath,
-  type SchemaProblem,
-  showValue,
-} from '../../src/config/schema-validate.js';
+/**
+ * The validator (src/config/validator.ts): ajv with strict schemas, and the
+ * formatter that turns ajv's errors into messages naming the path, the bad value
+ * and what was expected, in the order of the document.
+ */
 
-function problems(schema: unknown, value: unknown): string[] {
-  return compileSchema(schema)
-    .validate(value)
-    .problems.map((p: SchemaProblem) => `${formatPath(p.path)}: ${p.message}`);
+import type { JSONSchema } from 'json-schema-to-ts';
+import { describe, expect, it } from 'vitest';
+import { compileSchema, formatPath, showValue } from '../../src/config/validator.js';
+
+/** `compileSchema` wants a JSON Schema type; the schemas here are small literals. */
+const compile = (schema: object) => compileSchema(schema as JSONSchema);
+
+function problems(schema: object, value: unknown): string[] {
+  const r = compile(schema).validate(value);
+  return r.ok ? [] : r.problems.map((p) => `${formatPath(p.path)}: ${p.message}`);
 }
 
 describe('formatPath', () => {
@@ -32,25 +36,30 @@ describe('showValue', () => {
 });
 
 describe('compileSchema', () => {
-  it('refuses a schema keyword it does not implement (it would be silently ignored)', () => {
-    expect(() => compileSchema({ type: 'string', format: 'ipv4' })).toThrow(/"format"/);
-    expect(() =>
-      compileSchema({ type: 'object', properties: { a: { exclusiveMinimum: 0 } } }),
-    ).toThrow(/#\/properties\/a uses "exclusiveMinimum"/);
-  });
-
-  it('refuses a default that its own subschema rejects', () => {
-    expect(() =>
-      compileSchema({
-        type: 'object',
-        properties: { n: { type: 'integer', maximum: 5, default: 9 } },
-      }),
-    ).toThrow(/default 9 is invalid: 9 is above the maximum 5/);
+  it('refuses a keyword or format ajv does not know (it would be silently ignored)', () => {
+    expect(() => compile({ type: 'string', colour: 'red' })).toThrow(/unknown keyword: "colour"/);
+    expect(() => compile({ type: 'string', format: 'ipv4' })).toThrow(/unknown format "ipv4"/);
   });
 
   it('refuses an unresolvable $ref and an unknown type', () => {
-    expect(() => compileSchema({ $ref: '#/$defs/nope' })).toThrow(/cannot resolve/);
-    expect(() => compileSchema({ type: 'float' })).toThrow(/unknown type "float"/);
+    expect(() => compile({ $ref: '#/$defs/nope' })).toThrow(
+      /can't resolve reference #\/\$defs\/nope/,
+    );
+    expect(() => compile({ type: 'float' })).toThrow(/schema is invalid/);
+  });
+
+  it('refuses what its messages could not explain: oneOf beside $ref, oneOf in a oneOf', () => {
+    expect(() =>
+      compile({ $defs: { a: { type: 'string' } }, $ref: '#/$defs/a', oneOf: [{ minLength: 1 }] }),
+    ).toThrow(/# combines oneOf\/anyOf with \$ref or allOf/);
+    expect(() =>
+      compile({ oneOf: [{ anyOf: [{ type: 'string' }, { type: 'null' }] }, { type: 'integer' }] }),
+    ).toThrow(/#\/oneOf\/0 nests a oneOf\/anyOf/);
+  });
+
+  it('compiles a schema once', () => {
+    const s = { type: 'integer' };
+    expect(compile(s)).toBe(compile(s));
   });
 });
 
@@ -69,6 +78,15 @@ describe('validate', () => {
       '(root): [] is an array, expected an object',
     ]);
     expect(problems({ type: 'number' }, Number.NaN)).toHaveLength(1);
+  });
+
+  it('gives a value of the wrong type, or not in its enum, that one problem', () => {
+    expect(problems({ type: 'string', enum: ['a', 'b'], minLength: 2 }, 3)).toEqual([
+      '(root): 3 is an integer, expected a string',
+    ]);
+    expect(
+      problems({ type: 'object', required: ['x'], properties: { x: { type: 'string' } } }, 'o'),
+    ).toEqual(['(root): "o" is a string, expected an object']);
   });
 
   it('checks numbers, strings and arrays against their bounds', () => {
@@ -95,6 +113,16 @@ describe('validate', () => {
     expect(problems(s, { s: '😀😀' })).toEqual([]);
   });
 
+  it('names every repeat in a list, not only the first (ajv stops there)', () => {
+    const s = { type: 'array', uniqueItems: true, items: { type: 'integer', maximum: 5 } };
+    expect(problems(s, [1, 2, 1, 9, 2, 1])).toEqual([
+      '[2]: 1 repeats [0]',
+      '[4]: 2 repeats [1]',
+      '[5]: 1 repeats [0]',
+      '[3]: 9 is above the maximum 5',
+    ]);
+  });
+
   it('checks enum, const and pattern (naming the title when there is one)', () => {
     expect(problems({ enum: ['tcp', 'udp'] }, 'sctp')).toEqual([
       '(root): "sctp" is not one of "tcp", "udp"',
@@ -107,6 +135,12 @@ describe('validate', () => {
     ]);
     expect(problems({ type: 'string', pattern: '^a+$', title: 'only a' }, 'b')).toEqual([
       '(root): "b" is not valid here: expected only a',
+    ]);
+  });
+
+  it("falls back on ajv's own words for a keyword it has no message for", () => {
+    expect(problems({ type: 'integer', multipleOf: 3 }, 4)).toEqual([
+      '(root): 4 must be multiple of 3',
     ]);
   });
 
@@ -126,7 +160,7 @@ describe('validate', () => {
     ]);
   });
 
-  it('collects every problem, nested in arrays and objects', () => {
+  it('collects every problem, nested in arrays and objects, in the order of the document', () => {
     const s = {
       type: 'array',
       items: {
@@ -138,6 +172,17 @@ describe('validate', () => {
       '[0].p: 6 is above the maximum 5',
       '[2].p: "x" is a string, expected an integer',
       '[3]: 3 is an integer, expected an object',
+    ]);
+    // ajv itself reports unknown fields before known ones, and by schema order.
+    const o = {
+      type: 'object',
+      additionalProperties: false,
+      properties: { a: { type: 'integer' }, b: { type: 'integer' } },
+    };
+    expect(problems(o, { b: 'x', zz: 1, a: 'y' })).toEqual([
+      'b: "x" is a string, expected an integer',
+      'zz: unknown field (allowed here: a, b)',
+      'a: "y" is a string, expected an integer',
     ]);
   });
 
@@ -154,14 +199,14 @@ describe('validate', () => {
       },
     };
     const input = { b: 'k' };
-    const r = compileSchema(s).validate(input);
+    const r = compile(s).validate(input);
     expect(r.problems).toEqual([]);
-    expect(r.value).toEqual({ a: { x: 1, y: [] }, b: 'k' });
+    expect(r.ok && r.value).toEqual({ a: { x: 1, y: [] }, b: 'k' });
     expect(input).toEqual({ b: 'k' });
     // Each default is a fresh copy.
-    const r2 = compileSchema(s).validate({});
-    expect((r2.value as { a: { y: unknown } }).a.y).not.toBe(
-      (r.value as { a: { y: unknown } }).a.y,
+    const r2 = compile(s).validate({});
+    expect(r2.ok && (r2.value as { a: { y: unknown } }).a.y).not.toBe(
+      r.ok && (r.value as { a: { y: unknown } }).a.y,
     );
   });
 
@@ -172,7 +217,8 @@ describe('validate', () => {
       $defs: { port: { type: 'integer', minimum: 1, maximum: 65535 } },
     };
     expect(problems(s, { p: 0 })).toEqual(['p: 0 is below the minimum 1']);
-    expect(compileSchema(s).validate({}).value).toEqual({ p: 80 });
+    const r = compile(s).validate({});
+    expect(r.ok && r.value).toEqual({ p: 80 });
   });
 
   it('reports the closest oneOf branch, or the allowed forms when none is closest', () => {
@@ -205,13 +251,39 @@ describe('validate', () => {
       '(root): 1 is ambiguous: it matches more than one of form 1, form 2',
     ]);
     expect(problems({ anyOf: [{ type: 'integer' }, { type: 'number' }] }, 1)).toEqual([]);
+    expect(problems({ anyOf: [{ type: 'integer' }, { type: 'null' }] }, 'x')).toEqual([
+      '(root): "x" matches none of the allowed forms: form 1, form 2',
+    ]);
+  });
+
+  it('explains a oneOf deep in the document and leaves its neighbours alone', () => {
+    const branch = (k: string) => ({
+      type: 'object',
+      additionalProperties: false,
+      required: [k],
+      properties: { [k]: { type: 'integer', maximum: 9 } },
+    });
+    const s = {
+      type: 'object',
+      properties: {
+        list: { type: 'array', items: { oneOf: [branch('a'), branch('b')] } },
+        n: { type: 'integer' },
+      },
+    };
+    expect(problems(s, { n: 'x', list: [{ a: 1 }, { b: 10 }, {}] })).toEqual([
+      'n: "x" is a string, expected an integer',
+      'list[1].b: 10 is above the maximum 9',
+      'list[2]: {} matches none of the allowed forms: form 1, form 2',
+    ]);
   });
 
   it('treats "__proto__" as an ordinary (unknown) key', () => {
     const value = JSON.parse('{"__proto__": {"x": 1}}');
     const s = { type: 'object', additionalProperties: false, properties: {} };
     expect(problems(s, value)).toEqual(['__proto__: unknown field (allowed here: )']);
-    const open = compileSchema({ type: 'object', properties: {} }).validate(value);
+    const open = compile({ type: 'object', properties: {} }).validate(value);
+    expect(open.ok).toBe(true);
+    if (!open.ok) return;
     expect(Object.getPrototypeOf(open.value)).toBe(Object.prototype);
     expect(Object.keys(open.value as object)).toEqual(['__proto__']);
   });

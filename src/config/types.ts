@@ -1,0 +1,174 @@
+/**
+ * The resolved configuration: what the rest of vpm reads, one deeply frozen
+ * object with numeric forms ready for the data plane (addresses as u32, CIDRs as
+ * base/mask, port ranges as lo/hi, AIDs and services by index). Defaults are
+ * those of the schema (schema.ts), written here beside each field; load.ts
+ * produces it, summary.ts shows it.
+ */
+
+import type { RawConfig } from './schema.js';
+
+/** The schema's log levels (pino's). */
+export type LogLevel = RawConfig['log']['level'];
+
+/** An IPv4 network: `(addr & mask) >>> 0 === base`. */
+export interface Cidr {
+  /** Network address, u32, host bits zero. */
+  readonly base: number;
+  /** Netmask, u32 (0 for /0, 0xffffffff for /32). */
+  readonly mask: number;
+  /** Prefix length, 0-32. */
+  readonly prefix: number;
+}
+
+/** Inclusive port range; a single port has lo === hi. */
+export interface PortRange {
+  readonly lo: number;
+  readonly hi: number;
+}
+
+export interface TunConfig {
+  /** Interface name. Default "vpm0". */
+  readonly name: string;
+  /** Address assigned to the TUN device (u32); instances listen here by default. Default 198.19.255.1. */
+  readonly address: number;
+  /** Address local clients are translated to (u32); routed to the TUN, never assigned. Default 198.19.255.2. */
+  readonly localClientAddress: number;
+  /** Default 1500. */
+  readonly mtu: number;
+  /** Transmit queue length in packets. Default 10000. */
+  readonly txQueueLen: number;
+  /** Packets per native read/write call. Default 64. */
+  readonly batchSize: number;
+  /** Policy routing table for instance replies. Default 100. */
+  readonly routeTable: number;
+  /** Priority of vpm's `ip rule` entries. Default 100. */
+  readonly rulePriority: number;
+  /** Verify every TCP checksum (drop bad ones). Default true. */
+  readonly verifyTcpChecksum: boolean;
+}
+
+export interface ServiceConfig {
+  /** Position in `services`. */
+  readonly index: number;
+  readonly name: string;
+  /** The virtual service address (VIP), u32. */
+  readonly address: number;
+  readonly port: number;
+  /** Default "tcp" (the only one supported yet). */
+  readonly protocol: 'tcp';
+  /** Cooperative client side: index into cooperative.peers of the peer serving it, or null. */
+  readonly peer: number | null;
+}
+
+export interface InstanceConfig {
+  /** Local address the instance listens on, u32. Default tun.address. */
+  readonly address: number;
+  /** The real port. */
+  readonly port: number;
+  /** Index into `services` of the one service it serves, or null for every service. */
+  readonly serviceIndex: number | null;
+}
+
+/** The port pool for instances registered at run time (`vpm exec`). */
+export interface PoolConfig {
+  readonly range: PortRange;
+  /** A released port stays out of use this long. Default 2000. */
+  readonly quarantineMs: number;
+  /** A request waits this long for a free port before it fails. Default 5000. */
+  readonly waitTimeoutMs: number;
+}
+
+export interface ApplicationConfig {
+  /** Position in `applications`: the AID's number on the data plane. */
+  readonly index: number;
+  readonly aid: string;
+  /** Empty: no live instance. Default []. */
+  readonly instances: readonly InstanceConfig[];
+  /** Programs (absolute paths) whose local client connections belong to this AID. Default []. */
+  readonly executables: readonly string[];
+}
+
+export interface PeerConfig {
+  readonly name: string;
+  /** Address of the peer's negotiation endpoint (u32), or null if it only connects to us. */
+  readonly address: number | null;
+  readonly port: number;
+  /** Shared HMAC key, hex. */
+  readonly key: string;
+}
+
+/** Cooperative multiplexing (FIG. 6/7). */
+export interface CooperativeConfig {
+  /** This daemon's name towards its peers. Default "vpm". */
+  readonly name: string;
+  /** Where peers negotiate with us, or null. Default null. */
+  readonly listen: { readonly address: number; readonly port: number } | null;
+  /** Ports p2 for negotiated connections. Default 40000-40999. */
+  readonly portRange: PortRange;
+  /** Negotiation timeout. Default 1000. */
+  readonly timeoutMs: number;
+  readonly peers: readonly PeerConfig[];
+}
+
+export interface SelectorConfig {
+  /** Position in `selectors` (evaluation order). */
+  readonly index: number;
+  /** Service name, or null for any service. */
+  readonly service: string | null;
+  /** Index into `services`, or null for any service. */
+  readonly serviceIndex: number | null;
+  /** Client networks, or null for any client. */
+  readonly clients: readonly Cidr[] | null;
+  /** Client source ports, or null for any port. */
+  readonly clientPorts: PortRange | null;
+  readonly aid: string;
+  /** Index into `applications`. */
+  readonly aidIndex: number;
+}
+
+/** What to do when no selector matches. Default: refuse. */
+export type DefaultConfig =
+  | { readonly refuse: true }
+  | { readonly refuse: false; readonly aid: string; readonly aidIndex: number };
+
+export interface Config {
+  /** The file this came from, as given (for messages and reload). */
+  readonly source: string;
+  readonly tun: TunConfig;
+  readonly services: readonly ServiceConfig[];
+  readonly applications: readonly ApplicationConfig[];
+  /** In evaluation order; the first match wins. Default []. */
+  readonly selectors: readonly SelectorConfig[];
+  readonly default: DefaultConfig;
+  /** Default null: no pool, only static instances. */
+  readonly pool: PoolConfig | null;
+  /** Default null: no cooperative multiplexing. */
+  readonly cooperative: CooperativeConfig | null;
+  readonly limits: {
+    /** Translation table capacity. Default 65536. */
+    readonly maxFlows: number;
+  };
+  readonly timeouts: {
+    /** Handshake not complete. Default 10000. */
+    readonly embryonicMs: number;
+    /** Established and idle. Default 3600000. */
+    readonly establishedIdleMs: number;
+    /** After the first FIN. Default 60000. */
+    readonly closingMs: number;
+    /** After both FINs or a RST. Default 10000. */
+    readonly timeWaitMs: number;
+  };
+  readonly control: {
+    /** Control socket path. Default /run/vpm/<tun.name>.sock. */
+    readonly socket: string;
+  };
+  readonly metrics: {
+    /** Loopback address and port of /metrics, or null (default) for none. */
+    readonly listen: { readonly address: number; readonly port: number } | null;
+  };
+  readonly log: {
+    /** Default "info". */
+    readonly level: LogLevel;
+  };
+}
