@@ -84,7 +84,7 @@ function resolveChecked(obj: unknown, file: string, earlier: ConfigProblem[]): C
   const problems = [...earlier, ...result.problems.map(fromSchemaProblem)];
   if (!result.ok || problems.length > 0)
     throw new ConfigError('ERR_CONFIG_INVALID', file, problems);
-  const resolved = resolveConfig(result.value, file);
+  const resolved = resolveConfig(result.value, file, obj);
   if (resolved.problems.length > 0)
     throw new ConfigError('ERR_CONFIG_INVALID', file, resolved.problems);
   return deepFreeze(resolved.config);

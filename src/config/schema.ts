@@ -124,11 +124,23 @@ export const configSchema = {
           maximum: 32765,
           default: 100,
         },
-        verifyTcpChecksum: {
+        offloads: {
           description:
-            'Verify the TCP checksum of every packet and drop a bad one (counted as bad_l4_checksum). Costs a full sum per packet (about 0.1-0.2 us at 1500 bytes); with false, a bad checksum is forwarded as it is (the incremental rewrite keeps it bad) and the receiving host drops it.',
+            'Kernel offloads on the TUN. "auto": open it with virtio-net headers (IFF_VNET_HDR) and take the offloads the kernel accepts (checksum offload, TCP segmentation TSO4/TSO6, UDP segmentation USO4/USO6): the kernel then hands over and takes back super-packets of up to 64 KiB, one read and one rewrite for ~45 segments. "off": no headers, every packet at most the MTU (a switch for kernels with offload bugs).',
+          enum: ['auto', 'off'],
+          default: 'auto',
+        },
+        verifyChecksums: {
+          description:
+            'Verify the L4 checksum (TCP, UDP, ICMP) of every packet that carries a complete one and drop a bad one (counted as bad_l4_checksum). Packets whose checksum the kernel leaves partial (offloads) or has verified already are not summed again. Costs a full sum per such packet (about 0.1-0.2 us at 1500 bytes); with false, a bad checksum is forwarded as it is (the incremental rewrite keeps it bad) and the receiving host drops it.',
           type: 'boolean',
           default: true,
+        },
+        verifyTcpChecksum: {
+          description:
+            'Deprecated: the old name of verifyChecksums (which also covers UDP and ICMP). Still accepted, with a warning; giving both with different values is an error.',
+          type: 'boolean',
+          deprecated: true,
         },
       },
     },

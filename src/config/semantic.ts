@@ -66,13 +66,16 @@ function listNames(names: readonly string[]): string {
 /**
  * Checks the meaning of a config that passed the schema (defaults filled in) and
  * resolves it; `problems` lists everything wrong, and the returned Config is only
- * meaningful without problems. Not frozen yet.
+ * meaningful without problems. Not frozen yet. `given` is the value as it was
+ * before the defaults, for the few checks that must know what the file itself
+ * says (a deprecated field beside its new name).
  */
 export function resolveConfig(
   raw: RawConfig,
   source: string,
+  given: unknown = raw,
 ): { config: Config; problems: readonly ConfigProblem[] } {
-  const checker = new Checker(raw);
+  const checker = new Checker(raw, given);
   const config = checker.resolve(source);
   return { config, problems: checker.problems };
 }
@@ -80,7 +83,16 @@ export function resolveConfig(
 class Checker {
   readonly problems: ConfigProblem[] = [];
 
-  constructor(private readonly raw: RawConfig) {}
+  constructor(
+    private readonly raw: RawConfig,
+    private readonly given: unknown,
+  ) {}
+
+  /** Whether the file itself (not a default) sets tun.<key>. */
+  private givenTun(key: string): boolean {
+    const tun = (this.given as { tun?: unknown } | null)?.tun;
+    return typeof tun === 'object' && tun !== null && Object.hasOwn(tun, key);
+  }
 
   private bad(path: readonly PathSegment[], value: unknown, message: string): void {
     this.problems.push({ path: formatPath(path), value, message });
@@ -181,6 +193,22 @@ class Checker {
         t.routeTable,
         `${t.routeTable} is ${reserved}; choose another table (e.g. 100)`,
       );
+    // The old name of verifyChecksums is still taken; both at once must agree.
+    const deprecated: string[] = [];
+    let verifyChecksums = t.verifyChecksums;
+    if (t.verifyTcpChecksum !== undefined) {
+      const given = this.givenTun('verifyChecksums');
+      if (given && t.verifyTcpChecksum !== t.verifyChecksums)
+        this.bad(
+          ['tun', 'verifyTcpChecksum'],
+          t.verifyTcpChecksum,
+          `${showValue(t.verifyTcpChecksum)} contradicts tun.verifyChecksums ${showValue(t.verifyChecksums)}; verifyTcpChecksum is the deprecated name of verifyChecksums: keep only that`,
+        );
+      verifyChecksums = t.verifyTcpChecksum;
+      deprecated.push(
+        'tun.verifyTcpChecksum is deprecated: it is now tun.verifyChecksums (which also covers UDP and ICMP)',
+      );
+    }
 
     // Cooperative peers (services refer to them).
     const peerByName = new Map<string, number>();
@@ -504,8 +532,10 @@ class Checker {
         batchSize: t.batchSize,
         routeTable: t.routeTable,
         rulePriority: t.rulePriority,
-        verifyTcpChecksum: t.verifyTcpChecksum,
+        offloads: t.offloads,
+        verifyChecksums,
       },
+      deprecated,
       services,
       applications,
       selectors,

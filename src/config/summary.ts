@@ -31,7 +31,8 @@ export function configToJson(c: Config): Record<string, unknown> {
       batchSize: c.tun.batchSize,
       routeTable: c.tun.routeTable,
       rulePriority: c.tun.rulePriority,
-      verifyTcpChecksum: c.tun.verifyTcpChecksum,
+      offloads: c.tun.offloads,
+      verifyChecksums: c.tun.verifyChecksums,
     },
     services: c.services.map((s) => ({
       name: s.name,
@@ -148,7 +149,7 @@ function covers(a: SelectorConfig, b: SelectorConfig): boolean {
 
 /** Things that are valid but probably mistakes. */
 export function configWarnings(c: Config): string[] {
-  const out: string[] = [];
+  const out: string[] = [...c.deprecated];
   for (const b of c.selectors) {
     const a = c.selectors.find((x) => x.index < b.index && covers(x, b));
     if (a !== undefined)

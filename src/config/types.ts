@@ -44,8 +44,10 @@ export interface TunConfig {
   readonly routeTable: number;
   /** Priority of vpm's `ip rule` entries. Default 100. */
   readonly rulePriority: number;
-  /** Verify every TCP checksum (drop bad ones). Default true. */
-  readonly verifyTcpChecksum: boolean;
+  /** Virtio-net headers and the kernel's offloads ("auto"), or none ("off"). Default "auto". */
+  readonly offloads: 'auto' | 'off';
+  /** Verify every complete L4 checksum (drop bad ones). Default true (also set by the deprecated verifyTcpChecksum). */
+  readonly verifyChecksums: boolean;
 }
 
 export interface ServiceConfig {
@@ -135,6 +137,8 @@ export type DefaultConfig =
 export interface Config {
   /** The file this came from, as given (for messages and reload). */
   readonly source: string;
+  /** Deprecated fields the file used, one sentence each (check-config warns, `vpm up` logs them). */
+  readonly deprecated: readonly string[];
   readonly tun: TunConfig;
   readonly services: readonly ServiceConfig[];
   readonly applications: readonly ApplicationConfig[];

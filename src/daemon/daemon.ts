@@ -26,7 +26,7 @@ import type { Rules } from '../datapath/rules.js';
 import { STATE_NAMES } from '../flow/state.js';
 import { FlowTable } from '../flow/table.js';
 import { cleanStale, HostSetup } from '../host/setup.js';
-import type { TunDevice } from '../tun/device.js';
+import { offloadNames, type TunDevice } from '../tun/device.js';
 import { openTun } from '../tun/kernel-tun.js';
 import type { FlowView } from '../view/views.js';
 import { PortPool } from '../virtual/pool.js';
@@ -104,14 +104,29 @@ export class Daemon {
         );
 
       // Down until the host plan has turned IPv6 off on it, so no router chatter reaches us.
+      for (const d of cfg.deprecated)
+        this.log.warn({ event: 'config_deprecated', detail: d, file: cfg.source }, d);
       const tun = openTun({
         name: cfg.tun.name,
         batchSize: cfg.tun.batchSize,
         mtu: cfg.tun.mtu,
         txQueueLen: cfg.tun.txQueueLen,
         up: false,
+        vnetHdr: cfg.tun.offloads === 'auto',
       });
       this.tun = tun;
+      this.log.info(
+        {
+          event: 'tun_offloads',
+          tun: tun.name,
+          mode: cfg.tun.offloads,
+          offloads: offloadNames(tun.offload),
+          vnetHdr: tun.headroom > 0,
+        },
+        tun.headroom > 0
+          ? `TUN offloads: ${offloadNames(tun.offload).join(', ') || 'none accepted'}`
+          : 'TUN offloads off (tun.offloads "off")',
+      );
       const host = new HostSetup(stateFile, tun.name);
       this.host = host;
       host.apply(hostPlanFromConfig(cfg, tun.name));
@@ -142,13 +157,22 @@ export class Daemon {
         this.rules,
         this.counters,
         {
-          verifyL4Checksum: cfg.tun.verifyTcpChecksum,
+          verifyL4Checksum: cfg.tun.verifyChecksums,
           localClientAddr: cfg.tun.localClientAddress,
           localClientAid: (addr, port) => this.registry?.localClientAid(addr, port) ?? -1,
           negotiate: (buf, off, len, info, svc, aid, local) =>
             this.coop?.hold(buf, off, len, info, svc, aid, local),
           holdUnknownLocal: cfg.applications.some((a) => a.executables.length > 0),
           onFlowEvent: (ev, slot, reason, info) => this.flowEvent(ev, slot, reason, info),
+          onDeviceEvent: (ev, errno) =>
+            this.log.warn(
+              {
+                event: ev,
+                errno,
+                offloads: offloadNames(tun.offload),
+              },
+              'the kernel refused a super-packet: vpm segments in software from now on, and has turned the TUN segmentation offloads off',
+            ),
         },
         locals,
       );
@@ -276,7 +300,12 @@ export class Daemon {
       flowsActive: this.table!.size,
       flowsCapacity: this.table!.capacity,
       uptimeMs: Date.now() - this.startedAt,
-      tun: { name: this.tun?.name, ...this.tun?.stats() },
+      tun: {
+        name: this.tun?.name,
+        offloads: offloadNames(this.tun?.offload ?? 0),
+        segmentingInSoftware: this.pipeline?.segmentingInSoftware ?? false,
+        ...this.tun?.stats(),
+      },
       pool: this.pool?.stats() ?? null,
       cooperative: this.cfg.cooperative ? this.coop?.stats() : null,
     };

@@ -29,6 +29,16 @@ interface Snapshot {
   perAid: Record<string, { bytesIn: number; bytesOut: number }>;
   pool: { inUse: number; free: number; quarantined: number; waiting: number } | null;
   uptimeMs: number;
+  offload: {
+    superPacketsIn: number;
+    segmentsIn: number;
+    superPacketsOut: number;
+    segmentsOut: number;
+    gsoRefused: number;
+    softwareSegmented: number;
+    softwareSegments: number;
+  };
+  tun: { offloads: string[] };
 }
 
 /** Build a registry whose metrics are filled from `stats()` on every scrape. */
@@ -141,6 +151,44 @@ export function buildMetrics(stats: StatsSource): Registry {
   });
   g('vpm_pool_waiting', 'Port requests waiting for a free port.', [], (m, s) =>
     m({}, s.pool?.waiting ?? 0),
+  );
+  g(
+    'vpm_super_packets_total',
+    'Offloads: super-packets (64 KiB GSO packets) read from (in) and written to (out) the TUN whole.',
+    ['direction'],
+    (m, s) => {
+      m({ direction: 'in' }, s.offload.superPacketsIn);
+      m({ direction: 'out' }, s.offload.superPacketsOut);
+    },
+  );
+  g(
+    'vpm_super_packet_segments_total',
+    'Offloads: the wire segments the super-packets stood for, read (in) and written (out).',
+    ['direction'],
+    (m, s) => {
+      m({ direction: 'in' }, s.offload.segmentsIn);
+      m({ direction: 'out' }, s.offload.segmentsOut);
+    },
+  );
+  g(
+    'vpm_gso_refused_total',
+    'Super-packets the kernel refused on write (vpm then segments in software).',
+    [],
+    (m, s) => m({}, s.offload.gsoRefused),
+  );
+  g(
+    'vpm_software_segmented_total',
+    'Super-packets vpm segmented itself after a refusal.',
+    [],
+    (m, s) => m({}, s.offload.softwareSegmented),
+  );
+  g(
+    'vpm_tun_offload',
+    'The TUN offloads in effect (1 per TUN_F_* name), none without virtio-net headers.',
+    ['offload'],
+    (m, s) => {
+      for (const o of s.tun.offloads) m({ offload: o }, 1);
+    },
   );
   g('vpm_uptime_seconds', 'Seconds since the daemon started.', [], (m, s) =>
     m({}, s.uptimeMs / 1000),

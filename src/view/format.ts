@@ -49,6 +49,7 @@ export function formatStats(s: Record<string, unknown>): string {
     `bytes   in ${s.bytesIn}  out ${s.bytesOut}`,
     `flows   active ${s.flowsActive}/${s.flowsCapacity}  created ${s.flowsCreated}  expired ${s.flowsExpired}  refused ${s.flowsRefused}  rst sent ${s.rstSent}`,
     `drops   ${nonzero.length === 0 ? 'none' : nonzero.map(([k, v]) => `${k} ${v}`).join(', ')}`,
+    offloadLine(s),
     `batches ${s.batches}  sizes ${Object.entries(s.batchSizes as Record<string, number>)
       .filter(([, v]) => v > 0)
       .map(([k, v]) => `${k}:${v}`)
@@ -83,4 +84,18 @@ export function formatInstances(list: InstanceView[]): string {
     ...rows.map(line),
     `${list.length} instance${list.length === 1 ? '' : 's'}`,
   ].join('\n');
+}
+
+/** "offload csum, tso4, ...  super-packets in 12 (540 segments) out 12 (540)", or "offload off". */
+function offloadLine(s: Record<string, unknown>): string {
+  const tun = (s.tun ?? {}) as { offloads?: string[]; segmentingInSoftware?: boolean };
+  const o = (s.offload ?? {}) as Record<string, number>;
+  const names = tun.offloads ?? [];
+  if (names.length === 0) return 'offload off (no virtio-net headers)';
+  let line =
+    `offload ${names.join(', ')}  super-packets in ${o.superPacketsIn ?? 0} (${o.segmentsIn ?? 0} segments)` +
+    `  out ${o.superPacketsOut ?? 0} (${o.segmentsOut ?? 0} segments)`;
+  if ((o.gsoRefused ?? 0) > 0 || tun.segmentingInSoftware)
+    line += `  refused by the kernel ${o.gsoRefused ?? 0}, segmented by vpm ${o.softwareSegmented ?? 0} (${o.softwareSegments ?? 0} segments)`;
+  return line;
 }

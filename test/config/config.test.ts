@@ -77,8 +77,10 @@ describe('the example config', () => {
       batchSize: 64,
       routeTable: 100,
       rulePriority: 100,
-      verifyTcpChecksum: true,
+      offloads: 'auto',
+      verifyChecksums: true,
     });
+    expect(c.deprecated).toEqual([]);
     expect(c.services).toEqual([
       { index: 0, name: 'web', address: ip('198.19.0.9'), port: 9000, protocol: 'tcp', peer: null },
     ]);
@@ -199,6 +201,36 @@ describe('defaults', () => {
   });
 });
 
+describe('tun.verifyTcpChecksum, the deprecated name of tun.verifyChecksums', () => {
+  const withTun = (tun: Record<string, unknown>) => {
+    const o = JSON.parse(readFileSync(EXAMPLE, 'utf8')) as Record<string, Record<string, unknown>>;
+    o.tun = { ...o.tun, ...tun };
+    delete o.tun.verifyChecksums;
+    return { ...o, tun: { ...o.tun, ...tun } };
+  };
+
+  it('alone, sets verifyChecksums and is reported as deprecated', () => {
+    const c = parseConfig(withTun({ verifyTcpChecksum: false }), 'c.json');
+    expect(c.tun.verifyChecksums).toBe(false);
+    expect(c.deprecated).toEqual([
+      'tun.verifyTcpChecksum is deprecated: it is now tun.verifyChecksums (which also covers UDP and ICMP)',
+    ]);
+    expect(configWarnings(c)).toContain(c.deprecated[0]);
+  });
+
+  it('beside verifyChecksums: the same value is taken, a different one is an error', () => {
+    expect(
+      parseConfig(withTun({ verifyTcpChecksum: false, verifyChecksums: false }), 'c.json').tun
+        .verifyChecksums,
+    ).toBe(false);
+    expect(() =>
+      parseConfig(withTun({ verifyTcpChecksum: false, verifyChecksums: true }), 'c.json'),
+    ).toThrow(
+      'c.json: tun.verifyTcpChecksum: false contradicts tun.verifyChecksums true; verifyTcpChecksum is the deprecated name of verifyChecksums: keep only that',
+    );
+  });
+});
+
 describe('round trip', () => {
   it('configToJson gives a file that parses back to an equal Config (every field set)', () => {
     const o = {
@@ -211,7 +243,8 @@ describe('round trip', () => {
         batchSize: 128,
         routeTable: 7,
         rulePriority: 50,
-        verifyTcpChecksum: false,
+        offloads: 'off',
+        verifyChecksums: false,
       },
       services: [
         { name: 'web', address: '198.19.0.9', port: 9000, protocol: 'tcp' },
@@ -560,7 +593,7 @@ describe('errors name the file, the field path and the bad value', () => {
         path: 'tun.colour',
         value: 1,
         message:
-          'unknown field (allowed here: name, address, localClientAddress, mtu, txQueueLen, batchSize, routeTable, rulePriority, verifyTcpChecksum)',
+          'unknown field (allowed here: name, address, localClientAddress, mtu, txQueueLen, batchSize, routeTable, rulePriority, offloads, verifyChecksums, verifyTcpChecksum)',
       },
       { path: 'services[0].port', value: 70000, message: '70000 is above the maximum 65535' },
       { path: 'services[0].protocol', value: 'sctp', message: '"sctp" is not one of "tcp", "udp"' },

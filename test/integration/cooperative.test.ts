@@ -19,7 +19,7 @@
 
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NetLab, requireRoot } from '../support/netns.js';
+import { NetLab, requireRoot, waitFor } from '../support/netns.js';
 import { jsonLines, type VpmConfigFile, VpmDaemon, vpmArgv } from '../support/vpm.js';
 import { CLIENT_FIXTURE, clientResult, runClient, spawnClient, startInstance } from './topology.js';
 
@@ -126,6 +126,7 @@ describe('cooperative multiplexing between two vpm daemons', () => {
     const dump = lab.spawn(router, 'tcpdump', [
       '-i',
       'r1',
+      '--immediate-mode',
       '-nn',
       '-U',
       '-s',
@@ -137,7 +138,9 @@ describe('cooperative multiplexing between two vpm daemons', () => {
       '-Z',
       'root',
     ]);
-    await new Promise((r) => setTimeout(r, 800));
+    // tcpdump says "listening on r1" once its capture is open: not a fixed sleep,
+    // which a loaded machine overruns (then the capture misses the connections).
+    await lab.waitForOutput(dump, /listening on r1/, { stream: 'stderr', timeoutMs: 10_000 });
     const xfer = {
       mode: 'xfer' as const,
       host: VIP,
@@ -150,6 +153,17 @@ describe('cooperative multiplexing between two vpm daemons', () => {
       clientResult(lab, spawnClient(lab, client, { ...xfer, localPort: 50001 }), 90_000),
       clientResult(lab, spawnClient(lab, client, { ...xfer, localPort: 51001 }), 90_000),
     ]);
+    // tcpdump may not have read everything yet (libpcap hands packets over in
+    // blocks, and a loaded machine starves it); on SIGINT it drops what it has not
+    // read ("N packets received by filter", fewer "captured"). So wait until the
+    // capture holds the connections before stopping it.
+    await waitFor(
+      () => {
+        const w = wirePorts(pcap);
+        return w.toVip.size >= 2 && w.fromVip.size >= 2;
+      },
+      { what: 'the capture on r1 to hold both connections both ways', timeoutMs: 15_000 },
+    ).catch(() => {}); // the assertions below say what is missing
     await lab.stop(dump, 'SIGINT', 3000);
     for (const [r, aid] of [
       [r1, 'a1'],

@@ -144,6 +144,7 @@ describe('datapath: two tenants, one virtual port, through the real daemon', () 
       const child = lab.spawn(ns, 'tcpdump', [
         '-i',
         dev,
+        '--immediate-mode', // nothing left in a ring block when it is stopped
         '-nn',
         '-U',
         '-s',
