@@ -110,303 +110,323 @@ function expectBalanced(s: VpmStats): void {
   expect(s.dropsTotal).toBe(Object.values(s.drops).reduce((a, b) => a + b, 0));
 }
 
-describe('datapath: two tenants, one virtual port, through the real daemon', () => {
-  let lab: NetLab;
-  let topo: Topology;
-  let vpm: VpmDaemon;
-  let filesDir: string;
+// The whole suite runs twice: with the default offloads (virtio-net headers,
+// super-packets) and with tun.offloads "off" (plain packets, as before offloads).
+describe.each([['auto'], ['off']] as const)(
+  'datapath (tun.offloads %s): two tenants, one virtual port, through the real daemon',
+  (offloads) => {
+    let lab: NetLab;
+    let topo: Topology;
+    let vpm: VpmDaemon;
+    let filesDir: string;
 
-  beforeAll(async () => {
-    requireRoot();
-    requireCommands('ip', 'python3', 'tcpdump', 'curl', 'sysctl');
-    lab = new NetLab('datapath');
-    topo = twoTenants(lab, { extraA: [`${GHOST_CLIENT}/24`, `${UNMATCHED_CLIENT}/24`] });
-    vpm = await VpmDaemon.start(lab, topo.host, CONFIG);
-    await Promise.all([
-      startInstance(lab, topo.host, 'tenant-a', 19001),
-      startInstance(lab, topo.host, 'tenant-b', 19002),
-      startInstance(lab, topo.host, 'host-local', 19003),
-    ]);
-    filesDir = lab.tempDir();
-  });
-
-  afterAll(async () => {
-    // Stop the daemon first with SIGTERM (so it undoes its host changes), then the rest.
-    if (vpm?.alive) await vpm.stop().catch(() => undefined);
-    await lab?.cleanup();
-  });
-
-  it('sends each client network to its own instance: 16 MiB each way byte-identical, real client address, client sees only VIP:9000', async () => {
-    // Capture the tenants' side of the wire: nothing there may show an instance port.
-    const caps = [topo.tenantA, topo.tenantB].map((ns, i) => {
-      const file = join(lab.tempDir(), `tenant-${i}.pcap`);
-      const dev = i === 0 ? 'a0' : 'b0';
-      const child = lab.spawn(ns, 'tcpdump', [
-        '-i',
-        dev,
-        '--immediate-mode', // nothing left in a ring block when it is stopped
-        '-nn',
-        '-U',
-        '-s',
-        '128',
-        '-w',
-        file,
-        'tcp',
+    beforeAll(async () => {
+      requireRoot();
+      requireCommands('ip', 'python3', 'tcpdump', 'curl', 'sysctl');
+      lab = new NetLab('datapath');
+      topo = twoTenants(lab, { extraA: [`${GHOST_CLIENT}/24`, `${UNMATCHED_CLIENT}/24`] });
+      vpm = await VpmDaemon.start(lab, topo.host, { ...CONFIG, tun: { offloads } });
+      await Promise.all([
+        startInstance(lab, topo.host, 'tenant-a', 19001),
+        startInstance(lab, topo.host, 'tenant-b', 19002),
+        startInstance(lab, topo.host, 'host-local', 19003),
       ]);
-      return { file, child };
+      filesDir = lab.tempDir();
     });
-    for (const c of caps)
-      await lab.waitForOutput(c.child, /listening on/, { stream: 'stderr', timeoutMs: 10_000 });
 
-    const t0 = performance.now();
-    const [a, b] = await Promise.all([
-      runClient(lab, topo.tenantA, { mode: 'xfer', localAddress: CLIENT_A, up: BULK, down: BULK }),
-      runClient(lab, topo.tenantB, { mode: 'xfer', up: BULK, down: BULK }),
-    ]);
-    const seconds = (performance.now() - t0) / 1000;
-    for (const c of caps) await lab.stop(c.child, 'SIGTERM', 5000);
+    afterAll(async () => {
+      // Stop the daemon first with SIGTERM (so it undoes its host changes), then the rest.
+      if (vpm?.alive) await vpm.stop().catch(() => undefined);
+      await lab?.cleanup();
+    });
 
-    for (const [r, instance, addr] of [
-      [a, 'tenant-a', CLIENT_A],
-      [b, 'tenant-b', CLIENT_B],
-    ] as const) {
+    it('sends each client network to its own instance: 16 MiB each way byte-identical, real client address, client sees only VIP:9000', async () => {
+      // Capture the tenants' side of the wire: nothing there may show an instance port.
+      const caps = [topo.tenantA, topo.tenantB].map((ns, i) => {
+        const file = join(lab.tempDir(), `tenant-${i}.pcap`);
+        const dev = i === 0 ? 'a0' : 'b0';
+        const child = lab.spawn(ns, 'tcpdump', [
+          '-i',
+          dev,
+          '--immediate-mode', // nothing left in a ring block when it is stopped
+          '-nn',
+          '-U',
+          '-s',
+          '128',
+          '-w',
+          file,
+          'tcp',
+        ]);
+        return { file, child };
+      });
+      for (const c of caps)
+        await lab.waitForOutput(c.child, /listening on/, { stream: 'stderr', timeoutMs: 10_000 });
+
+      const t0 = performance.now();
+      const [a, b] = await Promise.all([
+        runClient(lab, topo.tenantA, {
+          mode: 'xfer',
+          localAddress: CLIENT_A,
+          up: BULK,
+          down: BULK,
+        }),
+        runClient(lab, topo.tenantB, { mode: 'xfer', up: BULK, down: BULK }),
+      ]);
+      const seconds = (performance.now() - t0) / 1000;
+      for (const c of caps) await lab.stop(c.child, 'SIGTERM', 5000);
+
+      for (const [r, instance, addr] of [
+        [a, 'tenant-a', CLIENT_A],
+        [b, 'tenant-b', CLIENT_B],
+      ] as const) {
+        expect(r.event, r.output).toBe('done');
+        const hello = r.hello as Record<string, unknown>;
+        const trailer = r.trailer as Record<string, unknown>;
+        // The right instance, and it saw the client's own address.
+        expect(hello.instance).toBe(instance);
+        expect(hello.remoteAddress).toBe(addr);
+        expect(hello.remotePort).toBe(r.localPort);
+        expect(hello.localPort).toBe(instance === 'tenant-a' ? 19001 : 19002);
+        // The client only ever talks to the virtual service.
+        expect(r.remoteAddress).toBe(VIP);
+        expect(r.remotePort).toBe(VPORT);
+        // Byte-identical both ways: each end hashed what it sent and what it received.
+        expect(trailer.recvBytes).toBe(BULK);
+        expect(trailer.recvSha).toBe(r.sentSha);
+        expect(r.recvBytes).toBe(BULK);
+        expect(r.recvSha).toBe(trailer.sentSha);
+      }
+      const mbps = (4 * BULK * 8) / seconds / 1e6;
+      console.log(
+        `bulk: 2 tenants x ${BULK / MiB} MiB each way in ${seconds.toFixed(2)} s (${mbps.toFixed(0)} Mbit/s aggregate)`,
+      );
+
+      // On the tenants' wire: only client ⇄ VIP:9000, never 198.19.255.1 or an instance port.
+      for (const [i, cap] of caps.entries()) {
+        const client = i === 0 ? a : b;
+        const reader = readPcapFile(cap.file);
+        const seen = new Set<string>();
+        let tcp = 0;
+        for (const rec of reader) {
+          const d = rec.data;
+          const ip = ipHeaderOffset(reader.header.linkType, d);
+          if (ip < 0 || d[ip]! >> 4 !== 4 || d[ip + 9] !== 6) continue;
+          const l4 = ip + (d[ip]! & 0x0f) * 4;
+          const dv = new DataView(d.buffer, d.byteOffset, d.byteLength);
+          const src = `${d.subarray(ip + 12, ip + 16).join('.')}:${dv.getUint16(l4)}`;
+          const dst = `${d.subarray(ip + 16, ip + 20).join('.')}:${dv.getUint16(l4 + 2)}`;
+          seen.add(src < dst ? `${src} ${dst}` : `${dst} ${src}`);
+          tcp++;
+        }
+        expect(tcp).toBeGreaterThan(100);
+        const ends = [`${client.localAddress}:${client.localPort}`, `${VIP}:${VPORT}`].sort();
+        expect([...seen]).toEqual([ends.join(' ')]);
+      }
+
+      // The daemon's view of the same two flows.
+      const flows = await vpm.flows();
+      for (const [r, aid, port] of [
+        [a, 'tenant-a', 19001],
+        [b, 'tenant-b', 19002],
+      ] as const) {
+        const f = flows.find((x) => x.client === `${r.localAddress}:${r.localPort}`);
+        expect(f, JSON.stringify(flows)).toBeDefined();
+        expect(f!.aid).toBe(aid);
+        expect(f!.service).toBe(`${VIP}:${VPORT}`);
+        expect(f!.real).toBe(`${TUN_ADDR}:${port}`);
+        expect(f!.nat).toBeNull();
+        expect(f!.bytesIn).toBeGreaterThan(BULK);
+        expect(f!.bytesOut).toBeGreaterThan(BULK);
+      }
+      const s = await vpm.stats();
+      expect(s.perAid['tenant-a']!.bytesIn).toBeGreaterThan(BULK);
+      expect(s.perAid['tenant-b']!.bytesOut).toBeGreaterThan(BULK);
+      expectBalanced(s);
+    });
+
+    it('survives malformed packets injected during a transfer, and counts each by its reason', async () => {
+      const before = await vpm.stats();
+      const xfer = spawnClient(lab, topo.tenantA, {
+        mode: 'xfer',
+        localAddress: CLIENT_A,
+        up: 8 * MiB,
+        down: 8 * MiB,
+        paceMs: 1500,
+      });
+      await waitJsonEvent(lab, xfer, 'connected', 10_000);
+      const sent = await injectMalformed(lab, topo.tenantA, CLIENT_A, INJECT_EACH);
+      const injectedWhileRunning = xfer.exitCode === null;
+      const r = await clientResult(lab, xfer);
+      expect(r.event, r.output).toBe('done');
+      expect(injectedWhileRunning).toBe(true);
+      expect(r.recvSha).toBe((r.trailer as Record<string, unknown>).sentSha);
+      expect((r.trailer as Record<string, unknown>).recvSha).toBe(r.sentSha);
+      expect(vpm.alive).toBe(true);
+
+      for (const v of Object.values(sent)) expect(v).toBe(INJECT_EACH);
+      // The kernel may still be forwarding the last of them: wait until all are counted.
+      const expected = {
+        bad_l4_checksum: sent.bad_l4_checksum!,
+        bad_data_offset: sent.doff_low! + sent.doff_high!,
+        l4_truncated: sent.l4_truncated!,
+        fragment: sent.frag_first! + sent.frag_later!,
+        not_tcp: sent.udp! + sent.icmp!,
+      };
+      let after = before;
+      await waitFor(
+        async () => {
+          after = await vpm.stats();
+          return after.dropsTotal - before.dropsTotal >= 8 * INJECT_EACH;
+        },
+        { what: 'the injected packets to be counted', timeoutMs: 5000 },
+      );
+      expect(dropDelta(before, after)).toEqual(expected);
+      expectBalanced(after);
+      console.log(
+        `malformed: drops ${JSON.stringify(dropDelta(before, after))}; packetsIn ${after.packetsIn} = out ${after.packetsOut} + drops ${after.dropsTotal}`,
+      );
+    });
+
+    it('serves a local client on the vpm host (FIG. 8): the instance sees the local-client address', async () => {
+      const r = await runClient(lab, topo.host, { mode: 'xfer', up: MiB, down: MiB });
       expect(r.event, r.output).toBe('done');
       const hello = r.hello as Record<string, unknown>;
-      const trailer = r.trailer as Record<string, unknown>;
-      // The right instance, and it saw the client's own address.
-      expect(hello.instance).toBe(instance);
-      expect(hello.remoteAddress).toBe(addr);
+      expect(hello.instance).toBe('host-local');
+      expect(hello.remoteAddress).toBe(LOCAL_CLIENT_ADDR);
       expect(hello.remotePort).toBe(r.localPort);
-      expect(hello.localPort).toBe(instance === 'tenant-a' ? 19001 : 19002);
-      // The client only ever talks to the virtual service.
+      expect(r.localAddress).toBe(TUN_ADDR);
       expect(r.remoteAddress).toBe(VIP);
       expect(r.remotePort).toBe(VPORT);
-      // Byte-identical both ways: each end hashed what it sent and what it received.
-      expect(trailer.recvBytes).toBe(BULK);
-      expect(trailer.recvSha).toBe(r.sentSha);
-      expect(r.recvBytes).toBe(BULK);
-      expect(r.recvSha).toBe(trailer.sentSha);
-    }
-    const mbps = (4 * BULK * 8) / seconds / 1e6;
-    console.log(
-      `bulk: 2 tenants x ${BULK / MiB} MiB each way in ${seconds.toFixed(2)} s (${mbps.toFixed(0)} Mbit/s aggregate)`,
-    );
-
-    // On the tenants' wire: only client ⇄ VIP:9000, never 198.19.255.1 or an instance port.
-    for (const [i, cap] of caps.entries()) {
-      const client = i === 0 ? a : b;
-      const reader = readPcapFile(cap.file);
-      const seen = new Set<string>();
-      let tcp = 0;
-      for (const rec of reader) {
-        const d = rec.data;
-        const ip = ipHeaderOffset(reader.header.linkType, d);
-        if (ip < 0 || d[ip]! >> 4 !== 4 || d[ip + 9] !== 6) continue;
-        const l4 = ip + (d[ip]! & 0x0f) * 4;
-        const dv = new DataView(d.buffer, d.byteOffset, d.byteLength);
-        const src = `${d.subarray(ip + 12, ip + 16).join('.')}:${dv.getUint16(l4)}`;
-        const dst = `${d.subarray(ip + 16, ip + 20).join('.')}:${dv.getUint16(l4 + 2)}`;
-        seen.add(src < dst ? `${src} ${dst}` : `${dst} ${src}`);
-        tcp++;
-      }
-      expect(tcp).toBeGreaterThan(100);
-      const ends = [`${client.localAddress}:${client.localPort}`, `${VIP}:${VPORT}`].sort();
-      expect([...seen]).toEqual([ends.join(' ')]);
-    }
-
-    // The daemon's view of the same two flows.
-    const flows = await vpm.flows();
-    for (const [r, aid, port] of [
-      [a, 'tenant-a', 19001],
-      [b, 'tenant-b', 19002],
-    ] as const) {
-      const f = flows.find((x) => x.client === `${r.localAddress}:${r.localPort}`);
-      expect(f, JSON.stringify(flows)).toBeDefined();
-      expect(f!.aid).toBe(aid);
-      expect(f!.service).toBe(`${VIP}:${VPORT}`);
-      expect(f!.real).toBe(`${TUN_ADDR}:${port}`);
-      expect(f!.nat).toBeNull();
-      expect(f!.bytesIn).toBeGreaterThan(BULK);
-      expect(f!.bytesOut).toBeGreaterThan(BULK);
-    }
-    const s = await vpm.stats();
-    expect(s.perAid['tenant-a']!.bytesIn).toBeGreaterThan(BULK);
-    expect(s.perAid['tenant-b']!.bytesOut).toBeGreaterThan(BULK);
-    expectBalanced(s);
-  });
-
-  it('survives malformed packets injected during a transfer, and counts each by its reason', async () => {
-    const before = await vpm.stats();
-    const xfer = spawnClient(lab, topo.tenantA, {
-      mode: 'xfer',
-      localAddress: CLIENT_A,
-      up: 8 * MiB,
-      down: 8 * MiB,
-      paceMs: 1500,
+      expect(r.recvSha).toBe((r.trailer as Record<string, unknown>).sentSha);
+      expect((r.trailer as Record<string, unknown>).recvSha).toBe(r.sentSha);
+      const f = (await vpm.flows()).find((x) => x.client === `${TUN_ADDR}:${r.localPort}`);
+      expect(f?.aid).toBe('host-local');
+      expect(f?.nat).toBe(`${LOCAL_CLIENT_ADDR}:${r.localPort}`);
     });
-    await waitJsonEvent(lab, xfer, 'connected', 10_000);
-    const sent = await injectMalformed(lab, topo.tenantA, CLIENT_A, INJECT_EACH);
-    const injectedWhileRunning = xfer.exitCode === null;
-    const r = await clientResult(lab, xfer);
-    expect(r.event, r.output).toBe('done');
-    expect(injectedWhileRunning).toBe(true);
-    expect(r.recvSha).toBe((r.trailer as Record<string, unknown>).sentSha);
-    expect((r.trailer as Record<string, unknown>).recvSha).toBe(r.sentSha);
-    expect(vpm.alive).toBe(true);
 
-    for (const v of Object.values(sent)) expect(v).toBe(INJECT_EACH);
-    // The kernel may still be forwarding the last of them: wait until all are counted.
-    const expected = {
-      bad_l4_checksum: sent.bad_l4_checksum!,
-      bad_data_offset: sent.doff_low! + sent.doff_high!,
-      l4_truncated: sent.l4_truncated!,
-      fragment: sent.frag_first! + sent.frag_later!,
-      not_tcp: sent.udp! + sent.icmp!,
-    };
-    let after = before;
-    await waitFor(
-      async () => {
-        after = await vpm.stats();
-        return after.dropsTotal - before.dropsTotal >= 8 * INJECT_EACH;
-      },
-      { what: 'the injected packets to be counted', timeoutMs: 5000 },
-    );
-    expect(dropDelta(before, after)).toEqual(expected);
-    expectBalanced(after);
-    console.log(
-      `malformed: drops ${JSON.stringify(dropDelta(before, after))}; packetsIn ${after.packetsIn} = out ${after.packetsOut} + drops ${after.dropsTotal}`,
-    );
-  });
+    it('serves curl from python3 -m http.server on a second virtual port', async () => {
+      const blob = randomBytes(2 * MiB + 1);
+      writeFileSync(join(filesDir, 'blob.bin'), blob);
+      const http = lab.spawn(topo.host, 'python3', [
+        '-u',
+        '-m',
+        'http.server',
+        '19080',
+        '--bind',
+        TUN_ADDR,
+        '--directory',
+        filesDir,
+      ]);
+      await lab.waitForOutput(http, /Serving HTTP/, { timeoutMs: 10_000 });
+      const out = join(lab.tempDir(), 'blob.out');
+      const w = lab.run(topo.tenantB, 'curl', [
+        '-sS',
+        '--max-time',
+        '10',
+        '-o',
+        out,
+        '-w',
+        '%{http_code} %{remote_ip} %{remote_port} %{size_download}',
+        `http://${VIP}:${FILES_PORT}/blob.bin`,
+      ]);
+      expect(w).toBe(`200 ${VIP} ${FILES_PORT} ${blob.length}`);
+      const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+      expect(sha(readFileSync(out))).toBe(sha(blob));
+      // The server's access log names the real client.
+      await lab.waitForOutput(http, /"GET \/blob\.bin HTTP\/1\.1" 200/, { timeoutMs: 5000 });
+      expect(lab.output(http).stderr).toMatch(
+        new RegExp(`^${CLIENT_B.replace(/\./g, '\\.')} - - `, 'm'),
+      );
+      await lab.stop(http);
+    });
 
-  it('serves a local client on the vpm host (FIG. 8): the instance sees the local-client address', async () => {
-    const r = await runClient(lab, topo.host, { mode: 'xfer', up: MiB, down: MiB });
-    expect(r.event, r.output).toBe('done');
-    const hello = r.hello as Record<string, unknown>;
-    expect(hello.instance).toBe('host-local');
-    expect(hello.remoteAddress).toBe(LOCAL_CLIENT_ADDR);
-    expect(hello.remotePort).toBe(r.localPort);
-    expect(r.localAddress).toBe(TUN_ADDR);
-    expect(r.remoteAddress).toBe(VIP);
-    expect(r.remotePort).toBe(VPORT);
-    expect(r.recvSha).toBe((r.trailer as Record<string, unknown>).sentSha);
-    expect((r.trailer as Record<string, unknown>).recvSha).toBe(r.sentSha);
-    const f = (await vpm.flows()).find((x) => x.client === `${TUN_ADDR}:${r.localPort}`);
-    expect(f?.aid).toBe('host-local');
-    expect(f?.nat).toBe(`${LOCAL_CLIENT_ADDR}:${r.localPort}`);
-  });
+    it('refuses promptly when the instance does not listen: the kernel RST travels back as VIP:9000', async () => {
+      const before = await vpm.stats();
+      const r = await runClient(lab, topo.tenantA, { mode: 'hello', localAddress: GHOST_CLIENT });
+      expect(r.event, r.output).toBe('error');
+      expect(r.code).toBe('ECONNREFUSED');
+      expect(r.ms as number).toBeLessThan(2000);
+      const after = await vpm.stats();
+      // vpm did not refuse it: it forwarded the SYN and the instance host's RST.
+      expect(dropDelta(before, after)).toEqual({});
+      expect(after.rstSent).toBe(before.rstSent);
+      const f = (await vpm.flows()).find((x) => x.client.startsWith(`${GHOST_CLIENT}:`));
+      expect(f?.aid).toBe('ghost');
+      expect(f?.real).toBe(`${TUN_ADDR}:19004`);
+      expect(f?.state).toBe('reset');
+    });
 
-  it('serves curl from python3 -m http.server on a second virtual port', async () => {
-    const blob = randomBytes(2 * MiB + 1);
-    writeFileSync(join(filesDir, 'blob.bin'), blob);
-    const http = lab.spawn(topo.host, 'python3', [
-      '-u',
-      '-m',
-      'http.server',
-      '19080',
-      '--bind',
-      TUN_ADDR,
-      '--directory',
-      filesDir,
-    ]);
-    await lab.waitForOutput(http, /Serving HTTP/, { timeoutMs: 10_000 });
-    const out = join(lab.tempDir(), 'blob.out');
-    const w = lab.run(topo.tenantB, 'curl', [
-      '-sS',
-      '--max-time',
-      '10',
-      '-o',
-      out,
-      '-w',
-      '%{http_code} %{remote_ip} %{remote_port} %{size_download}',
-      `http://${VIP}:${FILES_PORT}/blob.bin`,
-    ]);
-    expect(w).toBe(`200 ${VIP} ${FILES_PORT} ${blob.length}`);
-    const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
-    expect(sha(readFileSync(out))).toBe(sha(blob));
-    // The server's access log names the real client.
-    await lab.waitForOutput(http, /"GET \/blob\.bin HTTP\/1\.1" 200/, { timeoutMs: 5000 });
-    expect(lab.output(http).stderr).toMatch(
-      new RegExp(`^${CLIENT_B.replace(/\./g, '\\.')} - - `, 'm'),
-    );
-    await lab.stop(http);
-  });
+    it('refuses promptly with its own RST when no selector matches and the default refuses', async () => {
+      const before = (await vpm.cliJson('stats')) as VpmStats;
+      const r = await runClient(lab, topo.tenantA, {
+        mode: 'hello',
+        localAddress: UNMATCHED_CLIENT,
+      });
+      expect(r.event, r.output).toBe('error');
+      expect(r.code).toBe('ECONNREFUSED');
+      expect(r.ms as number).toBeLessThan(2000);
+      // Through the real CLI: `vpm stats --json -s SOCK`.
+      const after = (await vpm.cliJson('stats')) as VpmStats;
+      expect(dropDelta(before, after)).toEqual({ refused_no_selector: 1 });
+      expect(after.rstSent - before.rstSent).toBe(1);
+      expect(after.flowsRefused - before.flowsRefused).toBe(1);
+      expect(after.flowsCreated).toBe(before.flowsCreated);
+      const log = vpm.logs().find((l) => l.event === 'flow_refused');
+      expect(log?.reason).toBe('refused_no_selector');
+      expect(String(log?.client)).toMatch(
+        new RegExp(`^${UNMATCHED_CLIENT.replace(/\./g, '\\.')}:`),
+      );
+      expect(log?.service).toBe(`${VIP}:${VPORT}`);
+    });
 
-  it('refuses promptly when the instance does not listen: the kernel RST travels back as VIP:9000', async () => {
-    const before = await vpm.stats();
-    const r = await runClient(lab, topo.tenantA, { mode: 'hello', localAddress: GHOST_CLIENT });
-    expect(r.event, r.output).toBe('error');
-    expect(r.code).toBe('ECONNREFUSED');
-    expect(r.ms as number).toBeLessThan(2000);
-    const after = await vpm.stats();
-    // vpm did not refuse it: it forwarded the SYN and the instance host's RST.
-    expect(dropDelta(before, after)).toEqual({});
-    expect(after.rstSent).toBe(before.rstSent);
-    const f = (await vpm.flows()).find((x) => x.client.startsWith(`${GHOST_CLIENT}:`));
-    expect(f?.aid).toBe('ghost');
-    expect(f?.real).toBe(`${TUN_ADDR}:19004`);
-    expect(f?.state).toBe('reset');
-  });
+    it(`answers ${MANY} concurrent connections from both tenants, each by the right instance`, async () => {
+      const before = await vpm.stats();
+      const half = MANY / 2;
+      const t0 = performance.now();
+      const [a, b] = await withTimeout(
+        Promise.all([
+          runClient(
+            lab,
+            topo.tenantA,
+            { mode: 'many', localAddress: CLIENT_A, count: half },
+            40_000,
+          ),
+          runClient(lab, topo.tenantB, { mode: 'many', count: half }, 40_000),
+        ]),
+        45_000,
+        `${MANY} connections`,
+      );
+      const ms = Math.round(performance.now() - t0);
+      for (const [r, instance, addr] of [
+        [a, 'tenant-a', CLIENT_A],
+        [b, 'tenant-b', CLIENT_B],
+      ] as const) {
+        expect(r.event, r.output).toBe('done');
+        expect(r.errors).toEqual({});
+        expect(r.badEcho).toBe(0);
+        expect(r.answered).toBe(half);
+        expect(r.instances).toEqual({ [instance]: half });
+        expect(r.serverSaw).toEqual({ [addr]: half });
+        expect(r.clientSaw).toEqual({ [`${VIP}:${VPORT}`]: half });
+      }
+      const after = await vpm.stats();
+      expect(after.flowsCreated - before.flowsCreated).toBe(MANY);
+      expect(dropDelta(before, after)).toEqual({});
+      expectBalanced(after);
+      console.log(
+        `many: ${MANY} connections opened, echoed and closed in ${ms} ms (tenant-a ${a.ms} ms, tenant-b ${b.ms} ms); flows active ${after.flowsActive}`,
+      );
+    });
 
-  it('refuses promptly with its own RST when no selector matches and the default refuses', async () => {
-    const before = (await vpm.cliJson('stats')) as VpmStats;
-    const r = await runClient(lab, topo.tenantA, { mode: 'hello', localAddress: UNMATCHED_CLIENT });
-    expect(r.event, r.output).toBe('error');
-    expect(r.code).toBe('ECONNREFUSED');
-    expect(r.ms as number).toBeLessThan(2000);
-    // Through the real CLI: `vpm stats --json -s SOCK`.
-    const after = (await vpm.cliJson('stats')) as VpmStats;
-    expect(dropDelta(before, after)).toEqual({ refused_no_selector: 1 });
-    expect(after.rstSent - before.rstSent).toBe(1);
-    expect(after.flowsRefused - before.flowsRefused).toBe(1);
-    expect(after.flowsCreated).toBe(before.flowsCreated);
-    const log = vpm.logs().find((l) => l.event === 'flow_refused');
-    expect(log?.reason).toBe('refused_no_selector');
-    expect(String(log?.client)).toMatch(new RegExp(`^${UNMATCHED_CLIENT.replace(/\./g, '\\.')}:`));
-    expect(log?.service).toBe(`${VIP}:${VPORT}`);
-  });
-
-  it(`answers ${MANY} concurrent connections from both tenants, each by the right instance`, async () => {
-    const before = await vpm.stats();
-    const half = MANY / 2;
-    const t0 = performance.now();
-    const [a, b] = await withTimeout(
-      Promise.all([
-        runClient(lab, topo.tenantA, { mode: 'many', localAddress: CLIENT_A, count: half }, 40_000),
-        runClient(lab, topo.tenantB, { mode: 'many', count: half }, 40_000),
-      ]),
-      45_000,
-      `${MANY} connections`,
-    );
-    const ms = Math.round(performance.now() - t0);
-    for (const [r, instance, addr] of [
-      [a, 'tenant-a', CLIENT_A],
-      [b, 'tenant-b', CLIENT_B],
-    ] as const) {
-      expect(r.event, r.output).toBe('done');
-      expect(r.errors).toEqual({});
-      expect(r.badEcho).toBe(0);
-      expect(r.answered).toBe(half);
-      expect(r.instances).toEqual({ [instance]: half });
-      expect(r.serverSaw).toEqual({ [addr]: half });
-      expect(r.clientSaw).toEqual({ [`${VIP}:${VPORT}`]: half });
-    }
-    const after = await vpm.stats();
-    expect(after.flowsCreated - before.flowsCreated).toBe(MANY);
-    expect(dropDelta(before, after)).toEqual({});
-    expectBalanced(after);
-    console.log(
-      `many: ${MANY} connections opened, echoed and closed in ${ms} ms (tenant-a ${a.ms} ms, tenant-b ${b.ms} ms); flows active ${after.flowsActive}`,
-    );
-  });
-
-  it('keeps its books balanced at the end: packetsIn = packetsOut + drops', async () => {
-    const s = await vpm.stats();
-    expectBalanced(s);
-    expect(vpm.alive).toBe(true);
-    console.log(
-      `totals: packetsIn ${s.packetsIn}, packetsOut ${s.packetsOut}, dropsTotal ${s.dropsTotal}, flowsCreated ${s.flowsCreated}, rstSent ${s.rstSent}, drops ${JSON.stringify(
-        Object.fromEntries(Object.entries(s.drops).filter(([, v]) => v > 0)),
-      )}`,
-    );
-  });
-});
+    it('keeps its books balanced at the end: packetsIn = packetsOut + drops', async () => {
+      const s = await vpm.stats();
+      expectBalanced(s);
+      expect(vpm.alive).toBe(true);
+      console.log(
+        `totals: packetsIn ${s.packetsIn}, packetsOut ${s.packetsOut}, dropsTotal ${s.dropsTotal}, flowsCreated ${s.flowsCreated}, rstSent ${s.rstSent}, drops ${JSON.stringify(
+          Object.fromEntries(Object.entries(s.drops).filter(([, v]) => v > 0)),
+        )}`,
+      );
+    });
+  },
+);
