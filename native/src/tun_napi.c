@@ -6,7 +6,11 @@
  * Theory of operation
  * -------------------
  * A device is a `vpm_tun` owned by a JS handle object (napi_wrap, type-tagged so
- * a foreign object is refused). Its fd is O_NONBLOCK: no call here ever blocks,
+ * a foreign object is refused). Its buffers (tunBuffers: the rx slots and the
+ * rx/tx offset, length and errno arrays) are one C allocation that JS sees as one
+ * external ArrayBuffer, so neither a read burst nor a tunWriteTx looks up or
+ * checks a typed array per call (the typed-array introspection showed up at ~4%
+ * of the daemon's CPU per 64-byte transaction when JS passed them in). Its fd is O_NONBLOCK: no call here ever blocks,
  * and nothing runs in libuv's thread pool, so process.exit() never waits for a
  * read stuck in a worker thread.
  *
@@ -19,8 +23,8 @@
  *  - open:    fd valid, no uv handle active; writeBatch() works.
  *  - polling: a uv_poll_t on the env's loop watches the fd. Readability (level
  *             triggered) gives one bounded burst: read() into consecutive slots
- *             of the caller's preallocated rx buffer until EAGAIN or the batch
- *             is full, then ONE JS call onBatch(count). Whatever is left makes
+ *             of the device's rx buffer until EAGAIN or the batch is full, then
+ *             ONE JS call onBatch(count). Whatever is left makes
  *             the fd readable again, and the loop comes back to it after other
  *             work: never a loop without bound here. While polling, strong
  *             references keep the rx arrays, the callbacks and the handle alive,
@@ -73,8 +77,16 @@ typedef struct {
   bool wrapped;     /* the JS handle is alive (not finalized) */
   bool in_callback; /* inside on_poll */
 
+  /* The device's buffers (tunBuffers): rx slots and the rx/tx offset, length and errno
+     arrays, in one C allocation that JS sees as one external ArrayBuffer. */
+  struct vpm_bufs *bufs;
+  uint8_t *rx;
+  uint32_t *rx_offsets, *rx_lengths, *tx_offsets, *tx_lengths;
+  int32_t *tx_errnos;
+  size_t rx_len;
+
   /* Arguments of the current start(), referenced while polling. */
-  napi_ref rx_ref, offs_ref, lens_ref, batch_cb_ref, error_cb_ref, self_ref;
+  napi_ref batch_cb_ref, error_cb_ref, self_ref;
   napi_async_context async;
   napi_async_context active_async; /* the context of the JS call on_poll is making */
   napi_async_context stale_async;  /* released during that call: destroyed after it */
@@ -85,6 +97,34 @@ typedef struct {
 
   vpm_tun_stats st;
 } vpm_tun;
+
+/*
+ * The buffers of one device. Two owners: the device (until it is freed) and the
+ * ArrayBuffer JS holds (until its finalizer runs). Whoever lets go last frees
+ * it, so neither a JS view of a closed device nor a device whose ArrayBuffer JS
+ * dropped or detached (structuredClone with transfer) ever touches freed memory.
+ */
+struct vpm_bufs {
+  int refs;
+  size_t len;
+  uint8_t *data;
+};
+
+static void bufs_release(struct vpm_bufs *b) {
+  if (b && --b->refs == 0) {
+    free(b->data);
+    free(b);
+  }
+}
+
+static void on_bufs_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)data;
+  bufs_release(hint);
+}
+
+/* The most packets one write call takes, and so the length of the errno section. */
+#define VPM_TUN_MAX_WRITE 4096
 
 /* Random, fixed: marks objects made by tunOpen (napi_check_object_type_tag). */
 static const napi_type_tag TUN_TAG = {0x7670d3b1c2a94e17ULL, 0x9f1e0b5d6a3c2e48ULL};
@@ -245,9 +285,6 @@ static void delete_ref(napi_env env, napi_ref *r) {
  * returns. */
 static void release_start_state(vpm_tun *t) {
   napi_env env = t->env;
-  delete_ref(env, &t->rx_ref);
-  delete_ref(env, &t->offs_ref);
-  delete_ref(env, &t->lens_ref);
   delete_ref(env, &t->batch_cb_ref);
   delete_ref(env, &t->error_cb_ref);
   delete_ref(env, &t->self_ref);
@@ -277,7 +314,10 @@ static void on_poll_closed(uv_handle_t *h) {
     t->cleanup = NULL;
     napi_remove_async_cleanup_hook(c);
   }
-  if (!t->wrapped) free(t);
+  if (!t->wrapped) {
+    bufs_release(t->bufs);
+    free(t);
+  }
 }
 
 /* close(): stop, uv_close the poll handle (uv_poll_stop has taken the fd out of epoll), close the
@@ -316,7 +356,10 @@ static void on_finalize(napi_env env, void *data, void *hint) {
     t->cleanup = NULL;
     napi_remove_async_cleanup_hook(c);
   }
-  if (t->poll_state == POLL_NONE || t->poll_state == POLL_CLOSED) free(t);
+  if (t->poll_state == POLL_NONE || t->poll_state == POLL_CLOSED) {
+    bufs_release(t->bufs);
+    free(t);
+  }
 }
 
 /* ---------- open ---------- */
@@ -606,30 +649,8 @@ static void on_poll(uv_poll_t *p, int status, int events) {
     err = -status; /* libuv on Unix: -errno; POLLERR (device gone) arrives as UV_EBADF */
     syscall = "poll";
   } else if (events & UV_READABLE) {
-    void *rxp = NULL, *offp = NULL, *lenp = NULL;
-    size_t rxlen = 0, noffs = 0, nlens = 0;
-    napi_value rx = ref_value(env, t->rx_ref), offs = ref_value(env, t->offs_ref),
-               lens = ref_value(env, t->lens_ref);
-    if (!rx || !offs || !lens || !get_typed(env, rx, napi_uint8_array, &rxp, &rxlen) ||
-        !get_typed(env, offs, napi_uint32_array, &offp, &noffs) ||
-        !get_typed(env, lens, napi_uint32_array, &lenp, &nlens)) {
-      err = EFAULT;
-      syscall = "rx buffers";
-    } else {
-      /* Re-derived every time: a detached (transferred) ArrayBuffer shrinks to 0. */
-      uint32_t batch = t->batch;
-      if (rxlen / t->slot < batch) batch = (uint32_t)(rxlen / t->slot);
-      if (noffs < batch) batch = (uint32_t)noffs;
-      if (nlens < batch) batch = (uint32_t)nlens;
-      if (batch == 0) {
-        err = EFAULT;
-        syscall = "rx buffers";
-      }
-      if (batch > 0) {
-        n = vpm_tun_read_burst(t->fd, rxp, t->slot, batch, t->headroom, offp, lenp, &t->st, &err);
-        syscall = "read";
-      }
-    }
+    n = vpm_tun_read_burst(t->fd, t->rx, t->slot, t->batch, t->headroom, t->rx_offsets,
+                           t->rx_lengths, &t->st, &err);
   }
 
   /* Stop first, so that whatever the callbacks do sees a device that is no longer reading. */
@@ -666,14 +687,70 @@ static void on_poll(uv_poll_t *p, int status, int events) {
   napi_close_handle_scope(env, scope);
 }
 
-napi_value vpm_js_tun_start(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value argv[7];
+/* tunBuffers(handle, slotSize, batch) -> ArrayBuffer: the device's rx slots and arrays. */
+napi_value vpm_js_tun_buffers(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 6)
-    THROW_TYPE(env,
-               "tunStart(handle, rxBuf, slotSize, offsets, lengths, onBatch[, onError]): expected "
-               "6 or 7 arguments");
+  if (argc < 3) THROW_TYPE(env, "tunBuffers(handle, slotSize, batch): expected 3 arguments");
+  vpm_tun *t = get_open_tun(env, argv[0], "tunBuffers");
+  if (!t) return NULL;
+  if (t->bufs) {
+    throw_code(env, "ERR_TUN_OPTION", 0, "", "tunBuffers: TUN device %s has its buffers already",
+               t->name);
+    return NULL;
+  }
+  uint32_t slot, batch;
+  if (!get_u32(env, argv[1], &slot) || slot <= t->headroom || slot % 64 != 0)
+    THROW_RANGE(env, "tunBuffers: slotSize must be a multiple of 64 above the header room (%u)",
+                t->headroom);
+  if (!get_u32(env, argv[2], &batch) || batch == 0 || batch > 4096)
+    THROW_RANGE(env, "tunBuffers: batch must be an integer 1..4096");
+  if ((uint64_t)slot * batch > (1u << 30))
+    THROW_RANGE(env, "tunBuffers: %u slots of %u bytes are more than 1 GiB", batch, slot);
+  /* Sections: rx slots, then four arrays of `batch` 32-bit words, each 64-byte aligned,
+     then the errnos of any write (up to VPM_TUN_MAX_WRITE packets, also tunWriteBatch's). */
+  size_t rx_len = (size_t)slot * batch;
+  size_t arr = ((size_t)batch * 4 + 63) & ~(size_t)63;
+  size_t len = rx_len + 4 * arr + (size_t)VPM_TUN_MAX_WRITE * 4;
+  struct vpm_bufs *b = calloc(1, sizeof *b);
+  void *data = NULL;
+  if (!b || posix_memalign(&data, 64, len) != 0) {
+    free(b);
+    throw_code(env, "ERR_TUN_OPEN", ENOMEM, "posix_memalign", "tunBuffers: out of memory (%zu bytes)",
+               len);
+    return NULL;
+  }
+  memset(data, 0, len);
+  b->data = data;
+  b->len = len;
+  b->refs = 1; /* the device's */
+  napi_value ab;
+  if (napi_create_external_arraybuffer(env, data, len, on_bufs_finalize, b, &ab) != napi_ok) {
+    free(data);
+    free(b);
+    throw_code(env, "ERR_TUN_OPEN", 0, "", "tunBuffers: cannot create the ArrayBuffer");
+    return NULL;
+  }
+  b->refs++; /* the ArrayBuffer's, released by its finalizer */
+  t->bufs = b;
+  t->rx = b->data;
+  t->rx_len = rx_len;
+  t->rx_offsets = (uint32_t *)(b->data + rx_len);
+  t->rx_lengths = (uint32_t *)(b->data + rx_len + arr);
+  t->tx_offsets = (uint32_t *)(b->data + rx_len + 2 * arr);
+  t->tx_lengths = (uint32_t *)(b->data + rx_len + 3 * arr);
+  t->tx_errnos = (int32_t *)(b->data + rx_len + 4 * arr);
+  t->slot = slot;
+  t->batch = batch;
+  return ab;
+}
+
+napi_value vpm_js_tun_start(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) THROW_TYPE(env, "tunStart(handle, onBatch[, onError]): expected 2 or 3 arguments");
   vpm_tun *t = get_open_tun(env, argv[0], "tunStart");
   if (!t) return NULL;
   if (t->polling) {
@@ -681,30 +758,15 @@ napi_value vpm_js_tun_start(napi_env env, napi_callback_info info) {
                "tunStart: TUN device %s is already started; stop() it first", t->name);
     return NULL;
   }
-  void *rxp, *offp, *lenp;
-  size_t rxlen, noffs, nlens;
-  uint32_t slot;
-  if (!get_typed(env, argv[1], napi_uint8_array, &rxp, &rxlen))
-    THROW_TYPE(env, "tunStart: rxBuf must be a Buffer/Uint8Array");
-  if (!get_u32(env, argv[2], &slot) || slot <= t->headroom)
-    THROW_RANGE(env, "tunStart: slotSize must be an integer above the header room (%u)", t->headroom);
-  if (!get_typed(env, argv[3], napi_uint32_array, &offp, &noffs))
-    THROW_TYPE(env, "tunStart: offsets must be a Uint32Array");
-  if (!get_typed(env, argv[4], napi_uint32_array, &lenp, &nlens))
-    THROW_TYPE(env, "tunStart: lengths must be a Uint32Array");
-  if (!is_function(env, argv[5])) THROW_TYPE(env, "tunStart: onBatch must be a function");
-  bool has_error_cb = argc > 6 && !is_nullish(env, argv[6]);
-  if (has_error_cb && !is_function(env, argv[6]))
+  if (!t->bufs) {
+    throw_code(env, "ERR_TUN_OPTION", 0, "", "tunStart: TUN device %s has no buffers (tunBuffers)",
+               t->name);
+    return NULL;
+  }
+  if (!is_function(env, argv[1])) THROW_TYPE(env, "tunStart: onBatch must be a function");
+  bool has_error_cb = argc > 2 && !is_nullish(env, argv[2]);
+  if (has_error_cb && !is_function(env, argv[2]))
     THROW_TYPE(env, "tunStart: onError must be a function");
-  size_t batch = rxlen / slot;
-  if (noffs < batch) batch = noffs;
-  if (nlens < batch) batch = nlens;
-  if (batch == 0)
-    THROW_RANGE(
-        env,
-        "tunStart: no room for one packet (rxBuf %zu bytes, slotSize %u, %zu offsets, %zu lengths)",
-        rxlen, slot, noffs, nlens);
-  if (batch > 0xffffffffu / slot) batch = 0xffffffffu / slot; /* offsets are 32-bit */
 
   /* Leftovers of a start() stopped from inside onBatch are gone already (released at stop). */
   if (t->poll_state == POLL_NONE) {
@@ -729,14 +791,9 @@ napi_value vpm_js_tun_start(napi_env env, napi_callback_info info) {
     throw_code(env, "ERR_TUN_IO", 0, "", "tunStart: napi_async_init failed");
     return NULL;
   }
-  napi_create_reference(env, argv[1], 1, &t->rx_ref);
-  napi_create_reference(env, argv[3], 1, &t->offs_ref);
-  napi_create_reference(env, argv[4], 1, &t->lens_ref);
-  napi_create_reference(env, argv[5], 1, &t->batch_cb_ref);
-  if (has_error_cb) napi_create_reference(env, argv[6], 1, &t->error_cb_ref);
+  napi_create_reference(env, argv[1], 1, &t->batch_cb_ref);
+  if (has_error_cb) napi_create_reference(env, argv[2], 1, &t->error_cb_ref);
   napi_create_reference(env, argv[0], 1, &t->self_ref);
-  t->slot = slot;
-  t->batch = (uint32_t)batch;
   int rc = uv_poll_start(&t->poll, UV_READABLE, on_poll);
   if (rc < 0) {
     release_start_state(t);
@@ -811,6 +868,33 @@ napi_value vpm_js_tun_write_batch(napi_env env, napi_callback_info info) {
   uint32_t n = vpm_tun_write_batch(t->fd, bufp, offsets, lengths, count, t->headroom, errs,
                                    &refused, &t->st);
   /* n and refused are at most 4096 (the batch limit): one number carries both. */
+  napi_value r;
+  napi_create_double(env, (double)n + (double)refused * 65536.0, &r);
+  return r;
+}
+
+/* tunWriteTx(handle, count): packets [0, count) of the rx buffer per the tx arrays. */
+napi_value vpm_js_tun_write_tx(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) THROW_TYPE(env, "tunWriteTx(handle, count): expected 2 arguments");
+  vpm_tun *t = get_open_tun(env, argv[0], "tunWriteTx");
+  if (!t) return NULL;
+  uint32_t count;
+  if (!get_u32(env, argv[1], &count) || count > t->batch || !t->bufs)
+    THROW_RANGE(env, "tunWriteTx: count must be an integer 0..%u (the batch)", t->batch);
+  /* The arrays are JS's to fill: every range is checked against the rx buffer. */
+  for (uint32_t i = 0; i < count; i++) {
+    if (t->tx_offsets[i] < t->headroom || (uint64_t)t->tx_offsets[i] + t->tx_lengths[i] > t->rx_len)
+      THROW_RANGE(env,
+                  "tunWriteTx: packet %u (off %u len %u) beyond the rx buffer of %zu bytes or "
+                  "without its %u-byte header room",
+                  i, t->tx_offsets[i], t->tx_lengths[i], t->rx_len, t->headroom);
+  }
+  uint32_t refused = 0;
+  uint32_t n = vpm_tun_write_batch(t->fd, t->rx, t->tx_offsets, t->tx_lengths, count, t->headroom,
+                                   t->tx_errnos, &refused, &t->st);
   napi_value r;
   napi_create_double(env, (double)n + (double)refused * 65536.0, &r);
   return r;

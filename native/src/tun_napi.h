@@ -5,7 +5,9 @@
  *   tunOpen({ name?, multiQueue?, vnetHdr?, offload? }) -> handle { name, multiQueue, vnetHdr, offload }
  *   tunSetOffload(handle, mask)
  *   tunSetMtu(name, mtu) / tunSetTxQueueLen(name, len) / tunSetUp(name, up)
- *   tunStart(handle, rxBuf, slotSize, offsets, lengths, onBatch[, onError])
+ *   tunBuffers(handle, slotSize, batch) -> ArrayBuffer (rx slots, rx/tx offsets, lengths, errnos)
+ *   tunStart(handle, onBatch[, onError])
+ *   tunWriteTx(handle, count) -> n + 65536 * refused (from the rx buffer, per the tx arrays)
  *   tunStop(handle)
  *   tunWriteBatch(handle, buf, offsets, lengths, count[, errnos]) -> n + 65536 * refused
  *   tunClose(handle)
@@ -20,7 +22,9 @@ napi_value vpm_js_tun_open(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_set_mtu(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_set_txqueuelen(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_set_up(napi_env env, napi_callback_info info);
+napi_value vpm_js_tun_buffers(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_start(napi_env env, napi_callback_info info);
+napi_value vpm_js_tun_write_tx(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_stop(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_write_batch(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_set_offload(napi_env env, napi_callback_info info);

@@ -81,7 +81,9 @@ export type PacketDevice = Pick<
   | 'lastWriteRefused'
   | 'txErrnos'
   | 'rx'
+  | 'tx'
   | 'write'
+  | 'writeTx'
   | 'setOffload'
 >;
 
@@ -166,6 +168,7 @@ export class Pipeline {
     aid: 0,
     instance: 0,
   };
+  /** The device's tx arrays: the output batch, over the receive buffer (writeTx). */
   private readonly txOffsets: Uint32Array;
   private readonly txLengths: Uint32Array;
   private readonly rstBuf: Uint8Array;
@@ -199,8 +202,8 @@ export class Pipeline {
     this.localAddrs = localAddrs;
     const n = dev.batchSize;
     this.hr = dev.headroom;
-    this.txOffsets = new Uint32Array(n);
-    this.txLengths = new Uint32Array(n);
+    this.txOffsets = dev.tx.offsets;
+    this.txLengths = dev.tx.lengths;
     // Each RST behind an all-zero virtio-net header (when the device has them): a
     // plain packet with a complete checksum. Nothing else writes those bytes.
     this.rstBuf = new Uint8Array(n * (this.hr + RST_LEN));
@@ -259,7 +262,7 @@ export class Pipeline {
     }
     if (out > 0) {
       const dev = this.dev;
-      const written = dev.write(buf, this.txOffsets, this.txLengths, out);
+      const written = dev.writeTx(out);
       let taken = written;
       if (dev.lastWriteRefused > 0) taken -= this.rescueRefused(buf, written);
       c.packetsOut += taken;

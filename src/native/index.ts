@@ -70,16 +70,21 @@ export interface NativeAddon {
   tunSetMtu(name: string, mtu: number): void;
   tunSetTxQueueLen(name: string, len: number): void;
   tunSetUp(name: string, up: boolean): void;
-  /** Read in bursts of up to min(offsets.length, lengths.length, rxBuf.length / slotSize) packets; one onBatch per burst. */
+  /**
+   * The device's buffers, once: one ArrayBuffer (C memory, 64-byte aligned
+   * sections) holding `batch` rx slots of `slotSize` bytes, then four arrays of
+   * `batch` 32-bit words, each section rounded up to 64 bytes (rx offsets, rx
+   * lengths, tx offsets, tx lengths), then 4096 errnos (Int32) for any write.
+   */
+  tunBuffers(handle: { readonly name: string }, slotSize: number, batch: number): ArrayBuffer;
+  /** Read bursts of up to `batch` packets into the device's buffers; one onBatch per burst. */
   tunStart(
     handle: { readonly name: string },
-    rxBuf: Uint8Array,
-    slotSize: number,
-    offsets: Uint32Array,
-    lengths: Uint32Array,
     onBatch: (count: number) => void,
     onError?: (err: Error & { code: string; errno?: number; syscall?: string }) => void,
   ): void;
+  /** Like tunWriteBatch, for packets in the rx buffer described by the tx arrays of tunBuffers. */
+  tunWriteTx(handle: { readonly name: string }, count: number): number;
   tunStop(handle: { readonly name: string }): void;
   /**
    * Packet i is lengths[i] bytes at offsets[i], its header (with vnetHdr) the 10

@@ -38,6 +38,12 @@ export interface TunRx {
   readonly lengths: Uint32Array;
 }
 
+/** The transmit side of `writeTx`: packets of rx.buf, batchSize entries. */
+export interface TunTx {
+  readonly offsets: Uint32Array;
+  readonly lengths: Uint32Array;
+}
+
 export interface TunDevice {
   /** The interface name the kernel gave the device (e.g. "vpm0"). */
   readonly name: string;
@@ -63,12 +69,19 @@ export interface TunDevice {
   readonly lastWriteRefused: number;
   readonly txErrnos: Int32Array;
   readonly rx: TunRx;
+  readonly tx: TunTx;
   /** Start reading; onBatch(count) once per burst. Throws ERR_TUN_STARTED if already started. */
   start(onBatch: (count: number) => void, onError?: (err: TunError) => void): void;
   /** Stop reading (idempotent); packets wait in the kernel's queue until start. */
   stop(): void;
   /** Write packets [0, count) of buf; returns how many were taken (see the module comment). */
   write(buf: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, count: number): number;
+  /**
+   * The data plane's write: packets [0, count) of rx.buf as tx.offsets/tx.lengths
+   * say (rewritten in place); the same contract as `write`, without the arrays
+   * crossing the native boundary on every call.
+   */
+  writeTx(count: number): number;
   /**
    * Set the TUN_F_* offload mask (device-wide). The data plane drops the
    * segmentation offloads with it when the kernel refuses a super-packet it wrote.

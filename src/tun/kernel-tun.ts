@@ -39,6 +39,7 @@ import {
   type TunDevice,
   type TunRx,
   type TunStats,
+  type TunTx,
   VNET_HDR_LEN,
 } from './device.js';
 import { type TunError, toTunError } from './errors.js';
@@ -80,8 +81,9 @@ export class KernelTun implements TunDevice {
   readonly headroom: number;
   offload: number;
   lastWriteRefused = 0;
-  readonly txErrnos = new Int32Array(TUN_MAX_BATCH);
+  readonly txErrnos: Int32Array;
   readonly rx: TunRx;
+  readonly tx: TunTx;
   readonly #native: NativeAddon;
   readonly #handle: NativeHandle;
 
@@ -95,11 +97,16 @@ export class KernelTun implements TunDevice {
     this.mtu = o.mtu;
     this.headroom = handle.vnetHdr ? VNET_HDR_LEN : 0;
     this.offload = handle.offload;
-    this.rx = Object.freeze({
-      buf: Buffer.alloc(o.batchSize * o.slotSize),
-      offsets: new Uint32Array(o.batchSize),
-      lengths: new Uint32Array(o.batchSize),
-    });
+    // The buffers are the addon's (C memory): no typed array crosses the native
+    // boundary per burst or per write. Sections as native/index.ts describes.
+    const n = o.batchSize;
+    const ab = native.tunBuffers(handle, o.slotSize, n);
+    const rxLen = n * o.slotSize;
+    const arr = Math.ceil((n * 4) / 64) * 64;
+    const u32 = (k: number) => new Uint32Array(ab, rxLen + k * arr, n);
+    this.rx = Object.freeze({ buf: Buffer.from(ab, 0, rxLen), offsets: u32(0), lengths: u32(1) });
+    this.tx = Object.freeze({ offsets: u32(2), lengths: u32(3) });
+    this.txErrnos = new Int32Array(ab, rxLen + 4 * arr, TUN_MAX_BATCH);
   }
 
   start(onBatch: (count: number) => void, onError?: (err: TunError) => void): void {
@@ -110,9 +117,8 @@ export class KernelTun implements TunDevice {
       if (onError) onError(err);
       else throw err;
     };
-    const { buf, offsets, lengths } = this.rx;
     try {
-      this.#native.tunStart(this.#handle, buf, this.slotSize, offsets, lengths, onBatch, report);
+      this.#native.tunStart(this.#handle, onBatch, report);
     } catch (e) {
       throw toTunError(e);
     }
@@ -130,6 +136,17 @@ export class KernelTun implements TunDevice {
       throw toTunError(e);
     }
     // n + 65536 * refused (both at most TUN_MAX_BATCH): one number, no object per call.
+    this.lastWriteRefused = Math.floor(r / 65536);
+    return r % 65536;
+  }
+
+  writeTx(count: number): number {
+    let r: number;
+    try {
+      r = this.#native.tunWriteTx(this.#handle, count);
+    } catch (e) {
+      throw toTunError(e);
+    }
     this.lastWriteRefused = Math.floor(r / 65536);
     return r % 65536;
   }

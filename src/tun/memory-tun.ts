@@ -34,6 +34,7 @@ import {
   type TunDevice,
   type TunRx,
   type TunStats,
+  type TunTx,
   VNET_HDR_LEN,
 } from './device.js';
 import { TunError } from './errors.js';
@@ -68,6 +69,7 @@ export class MemoryTun implements TunDevice {
   lastWriteRefused = 0;
   readonly txErrnos = new Int32Array(TUN_MAX_BATCH);
   readonly rx: TunRx;
+  readonly tx: TunTx;
   /** Copies of the packets written (with their header, if any), in order. */
   readonly written: Uint8Array[] = [];
   /** Packets write() still accepts before it reports a full queue (EAGAIN). */
@@ -108,6 +110,10 @@ export class MemoryTun implements TunDevice {
     }
     this.rx = Object.freeze({
       buf: Buffer.alloc(this.batchSize * this.slotSize),
+      offsets: new Uint32Array(this.batchSize),
+      lengths: new Uint32Array(this.batchSize),
+    });
+    this.tx = Object.freeze({
       offsets: new Uint32Array(this.batchSize),
       lengths: new Uint32Array(this.batchSize),
     });
@@ -214,6 +220,12 @@ export class MemoryTun implements TunDevice {
       this.#st.writePackets++;
     }
     return i;
+  }
+
+  writeTx(count: number): number {
+    if (!Number.isInteger(count) || count < 0 || count > this.batchSize)
+      throw new RangeError(`MemoryTun.writeTx: count ${count} is not 0..${this.batchSize}`);
+    return this.write(this.rx.buf, this.tx.offsets, this.tx.lengths, count);
   }
 
   setOffload(mask: number): void {

@@ -109,7 +109,9 @@ describe('native TUN entry points: argument checks (no device is opened)', () =>
     }
     const rx = Buffer.alloc(1536);
     const a = new Uint32Array(1);
-    expect(() => native.tunStart({ name: 'x' }, rx, 1536, a, a, () => {})).toThrow(TypeError);
+    expect(() => native.tunStart({ name: 'x' }, () => {})).toThrow(TypeError);
+    expect(() => native.tunBuffers({ name: 'x' }, 1536, 1)).toThrow(TypeError);
+    expect(() => native.tunWriteTx({ name: 'x' }, 1)).toThrow(TypeError);
     expect(() => native.tunWriteBatch({ name: 'x' }, rx, a, a, 1)).toThrow(TypeError);
   });
 
