@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
-DEB_PKGS=(build-essential python3 libpcap-dev iproute2 iputils-ping tcpdump tshark iperf3 curl nftables ethtool procps util-linux)
+# linux-perf: `npm run bench:wakeup` (perf trace, perf record).
+DEB_PKGS=(build-essential python3 libpcap-dev iproute2 iputils-ping tcpdump tshark iperf3 curl nftables ethtool procps util-linux linux-perf)
 
 missing=()
 for p in "${DEB_PKGS[@]}"; do

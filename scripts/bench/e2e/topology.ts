@@ -185,17 +185,22 @@ export interface Vpm {
   config: Record<string, unknown>;
 }
 
-/** Start `vpm up` for `path` in the host namespace and wait for its "ready" log line. */
+/**
+ * Start `vpm up` for `path` in the host namespace and wait for its "ready" log
+ * line. `nodeArgs` go to node before the script (e.g. --perf-basic-prof).
+ */
 export async function startVpm(
   lab: Lab,
   topo: Topology,
   root: string,
   path: VpmPathId,
+  nodeArgs: readonly string[] = [],
 ): Promise<Vpm> {
   const config = vpmConfig(lab.dir, path);
   const file = join(lab.dir, `${DAEMONS[path].tun}.json`);
   writeFileSync(file, `${JSON.stringify(config, null, 2)}\n`);
   const proc = lab.spawn(topo.host, process.execPath, [
+    ...nodeArgs,
     join(root, 'dist/src/cli/main.js'),
     'up',
     '-c',
