@@ -208,13 +208,12 @@ async function measurePath(st: St, vpm: Vpm, dir: string): Promise<PathResult> {
     stdio: 'ignore',
   });
   await new Promise((r) => setTimeout(r, 300));
-  const b = await rr(st, vpm.path);
+  await rr(st, vpm.path);
   trace.kill('SIGINT');
   await waitExit(trace);
   const text = existsSync(traceFile) ? readFileSync(traceFile, 'utf8') : '';
   const line = (name: string) =>
     new RegExp(`^\\s*${name}\\s+(\\d+)\\s+(\\d+)`, 'm').exec(text) ?? ['', '0', '0'];
-  void b;
   // The trace spans the client's start and warm-up too: count per write instead,
   // as every packet is written once and a transaction is two packets.
   const epoll = line('epoll_pwait');
