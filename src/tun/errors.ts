@@ -9,7 +9,6 @@
  * | ERR_TUN_PERMISSION | needs CAP_NET_ADMIN (run as root) |
  * | ERR_TUN_BUSY | the name is in use: an open single-queue TUN, another kind of device, or a multi-queue mismatch |
  * | ERR_TUN_NAME | the interface name is invalid (length, characters, pattern) |
- * | ERR_TUN_UNSUPPORTED | an option that is reserved but not implemented (vnetHdr) |
  * | ERR_TUN_OPTION | a bad option value (batchSize, slotSize, mtu, ...) |
  * | ERR_TUN_OPEN | opening failed for another reason (errno says which) |
  * | ERR_TUN_LINK | setting MTU, queue length or link state failed |
@@ -23,7 +22,6 @@ export type TunErrorCode =
   | 'ERR_TUN_PERMISSION'
   | 'ERR_TUN_BUSY'
   | 'ERR_TUN_NAME'
-  | 'ERR_TUN_UNSUPPORTED'
   | 'ERR_TUN_OPTION'
   | 'ERR_TUN_OPEN'
   | 'ERR_TUN_LINK'
