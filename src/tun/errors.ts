@@ -17,6 +17,8 @@
  * | ERR_TUN_IO | reading failed for good (device deleted); reading stopped |
  */
 
+import { VpmError } from '../base/errors.js';
+
 export type TunErrorCode =
   | 'ERR_TUN_NO_DEVICE'
   | 'ERR_TUN_PERMISSION'
@@ -29,15 +31,12 @@ export type TunErrorCode =
   | 'ERR_TUN_STARTED'
   | 'ERR_TUN_IO';
 
-export class TunError extends Error {
-  readonly code: TunErrorCode;
+export class TunError extends VpmError<TunErrorCode> {
   readonly errno: number | undefined;
   readonly syscall: string | undefined;
 
   constructor(code: TunErrorCode, message: string, errno?: number, syscall?: string) {
-    super(message);
-    this.name = 'TunError';
-    this.code = code;
+    super(code, message);
     this.errno = errno;
     this.syscall = syscall;
   }
