@@ -17,13 +17,15 @@
  * or RangeError: there is nothing for a caller to match on.
  *
  * A code may be shared by several classes when it means the same thing to the
- * user: ERR_CONTROL_IO (a broken answer of the daemon) is raised by the control
- * client and by `vpm exec`; ERR_UNKNOWN_AID by the registry and by `vpm exec`.
+ * user: ERR_PERMISSION (needs root) is raised by the CLI, the demo and the
+ * control client; ERR_UNKNOWN_AID by the registry and by `vpm exec`.
  */
 
 export const ERROR_CODES = [
-  // CLI (UsageError)
+  // CLI (UsageError, CliError)
   'ERR_USAGE',
+  'ERR_PERMISSION',
+  'ERR_STOP_TIMEOUT',
   // config (ConfigError, JsonSyntaxError)
   'ERR_CONFIG_READ',
   'ERR_CONFIG_PARSE',
@@ -35,6 +37,8 @@ export const ERROR_CODES = [
   'ERR_HOST_SYSCTL',
   'ERR_HOST_STATE',
   'ERR_HOST_STALE',
+  // the native addon's loader (NativeError)
+  'ERR_NATIVE_NOT_BUILT',
   // TUN (TunError; the addon throws the same codes, src/tun/errors.ts converts)
   'ERR_TUN_NO_DEVICE',
   'ERR_TUN_PERMISSION',
@@ -48,9 +52,9 @@ export const ERROR_CODES = [
   'ERR_TUN_IO',
   // control socket: client (ControlError) and server (error answers)
   'ERR_NOT_RUNNING',
-  'ERR_PERMISSION',
   'ERR_CONTROL_TIMEOUT',
   'ERR_CONTROL_IO',
+  'ERR_CONTROL_SOCKET',
   'ERR_CONTROL_BAD_REQUEST',
   'ERR_CONTROL_VERSION',
   'ERR_CONTROL_UNKNOWN_COMMAND',
@@ -96,6 +100,10 @@ export const ERROR_CODES = [
   'ERR_CAPTURE_DEVICE',
   'ERR_DUMP_FILTER',
   'ERR_DUMP',
+  // vpm demo and its network-namespace lab (DemoError, LabError)
+  'ERR_DEMO_NOT_READY',
+  'ERR_LAB_COMMAND',
+  'ERR_LAB_CLEANUP',
   // Repr parse/emit (WireError)
   'ERR_IP_VERSION',
   'ERR_CHECKSUM',

@@ -49,7 +49,9 @@ export type ControlErrorCode =
   /** No answer within the timeout. */
   | 'ERR_CONTROL_TIMEOUT'
   /** A broken answer, or another socket error. */
-  | 'ERR_CONTROL_IO';
+  | 'ERR_CONTROL_IO'
+  /** The server's socket path is taken by something that is not a socket. */
+  | 'ERR_CONTROL_SOCKET';
 
 /**
  * An error of a control request. The client raises its own codes
