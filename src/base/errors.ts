@@ -4,7 +4,11 @@
  * Every error vpm raises for a caller or a user to handle is a subclass of
  * `VpmError` and carries a stable `code` from ERROR_CODES; each subclass narrows
  * `code` to its own subset (`class TunError extends VpmError<TunErrorCode>`), so
- * a code that is not listed here does not compile. docs/errors.md lists them.
+ * a code that is not listed here does not compile. docs/errors.md lists the same
+ * codes, and test/base/errors.test.ts checks both directions (every code here is
+ * in the docs' table, every code there is here) and that every quoted `ERR_...`
+ * in src/, scripts/ and native/src/ is here: a new code cannot be added without
+ * listing and documenting it.
  *
  * Codes are part of the interface (scripts, the control protocol and the
  * preload library match on them), so they never change once released; a message
