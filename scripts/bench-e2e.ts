@@ -20,7 +20,7 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { packageRoot } from '../src/base/paths.js';
 import { addDelta, emptyActivity } from './bench/e2e/activity.js';
-import { type E2eOptions, parseArgs, USAGE, UsageError } from './bench/e2e/cli.js';
+import { type E2eOptions, parseArgs, USAGE } from './bench/e2e/cli.js';
 import { Lab, type Proc, run, sweepStale } from './bench/e2e/lab.js';
 import {
   type E2eReport,
@@ -51,6 +51,7 @@ import {
   vpmStats,
 } from './bench/e2e/topology.js';
 import { iperf, startEchoServer, startIperfServer, tcpbench } from './bench/e2e/workloads.js';
+import { UsageError } from './bench/errors.js';
 import { readOrNull, writeAtomic } from './bench/files.js';
 import { machineFacts } from './bench/machine.js';
 import { spliceSection } from './bench/report.js';

@@ -1,5 +1,7 @@
 /** Command line of `npm run bench`: parsed once into a frozen options object. */
 
+import { UsageError } from './errors.js';
+
 export const USAGE = `usage: npm run bench [-- OPTIONS]      (or: node dist/scripts/bench.js [OPTIONS])
 
 Measures the checksum routines (RFC 1071 sum, RFC 1624 updates, packet rewrites),
@@ -21,11 +23,6 @@ export interface CliOptions {
   json: string | null;
   /** Print the usage and exit. Default false. */
   help: boolean;
-}
-
-/** A bad command line: the message names the bad argument; exit status 2. */
-export class UsageError extends Error {
-  readonly code = 'ERR_BENCH_USAGE';
 }
 
 export function parseArgs(argv: readonly string[]): Readonly<CliOptions> {

@@ -10,7 +10,7 @@ import { Daemon, stateFileFor } from '../daemon/daemon.js';
 import { cleanStale, journalOwnerAlive, pidAlive, readJournal } from '../host/setup.js';
 import { formatFlows, formatInstances, formatStats } from '../view/format.js';
 import type { FlowView, InstanceView } from '../view/views.js';
-import { UsageError } from './errors.js';
+import { CliError, UsageError } from './errors.js';
 
 export const DEFAULT_SOCKET = '/run/vpm/vpm0.sock';
 
@@ -35,10 +35,7 @@ function withSocketOptions(c: Command): Command {
 
 function requireRoot(what: string): void {
   if (typeof process.getuid === 'function' && process.getuid() !== 0) {
-    throw Object.assign(new Error(`${what} needs root (CAP_NET_ADMIN): run it as root`), {
-      code: 'ERR_PERMISSION',
-      exitCode: 1,
-    });
+    throw new CliError('ERR_PERMISSION', `${what} needs root (CAP_NET_ADMIN): run it as root`);
   }
 }
 
@@ -78,9 +75,10 @@ export function registerDaemonCommands(program: Command): void {
         while (pidAlive(j.pid) && Date.now() < deadline)
           await new Promise((r) => setTimeout(r, 50));
         if (pidAlive(j.pid))
-          throw Object.assign(new Error(`daemon pid ${j.pid} did not exit within ${timeout} ms`), {
-            exitCode: 1,
-          });
+          throw new CliError(
+            'ERR_STOP_TIMEOUT',
+            `daemon pid ${j.pid} did not exit within ${timeout} ms`,
+          );
         process.stdout.write(`stopped vpm (pid ${j.pid})\n`);
       }
       const undone = cleanStale(file);

@@ -4,6 +4,8 @@
  * its message is one line per problem, `FILE: PATH: MESSAGE`.
  */
 
+import { VpmError } from '../base/errors.js';
+
 export type ConfigErrorCode = 'ERR_CONFIG_READ' | 'ERR_CONFIG_PARSE' | 'ERR_CONFIG_INVALID';
 
 export interface ConfigProblem {
@@ -21,16 +23,16 @@ export interface ConfigProblem {
 /** How many problems the message lists; `problems` always has all of them. */
 const MAX_LISTED = 50;
 
-export class ConfigError extends Error {
+export class ConfigError extends VpmError<ConfigErrorCode> {
   readonly exitCode = 2;
   constructor(
-    readonly code: ConfigErrorCode,
+    code: ConfigErrorCode,
     /** The config file, as given. */
     readonly file: string,
     readonly problems: readonly ConfigProblem[],
+    options?: ErrorOptions,
   ) {
-    super(ConfigError.format(file, problems));
-    this.name = 'ConfigError';
+    super(code, ConfigError.format(file, problems), options);
   }
 
   /** One line per problem: `file: path: message`, or `file:line:column: message`. */

@@ -11,11 +11,16 @@
  * the stack; the config is five levels deep.
  */
 
+import { VpmError } from '../base/errors.js';
 import type { PathSegment } from './validator.js';
 
 export const MAX_DEPTH = 64;
 
-export class JsonSyntaxError extends Error {
+/**
+ * Text that is not JSON. Its code is the one the config loader reports it with
+ * (a ConfigError ERR_CONFIG_PARSE whose problem has this line and column).
+ */
+export class JsonSyntaxError extends VpmError<'ERR_CONFIG_PARSE'> {
   constructor(
     message: string,
     /** 1-based line. */
@@ -25,8 +30,7 @@ export class JsonSyntaxError extends Error {
     /** 0-based offset into the text. */
     readonly offset: number,
   ) {
-    super(message);
-    this.name = 'JsonSyntaxError';
+    super('ERR_CONFIG_PARSE', message);
   }
 }
 

@@ -47,9 +47,12 @@ export function loadConfig(file: string): Config {
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     const why = err.code === 'EISDIR' ? 'it is a directory' : err.message;
-    throw new ConfigError('ERR_CONFIG_READ', file, [
-      { path: '', message: `cannot read the config file: ${why}` },
-    ]);
+    throw new ConfigError(
+      'ERR_CONFIG_READ',
+      file,
+      [{ path: '', message: `cannot read the config file: ${why}` }],
+      { cause: e },
+    );
   }
   return parseConfigText(text, file);
 }
@@ -61,9 +64,12 @@ export function parseConfigText(text: string, file: string): Config {
     parsed = parseJson(text);
   } catch (e) {
     if (!(e instanceof JsonSyntaxError)) throw e;
-    throw new ConfigError('ERR_CONFIG_PARSE', file, [
-      { path: '', message: `invalid JSON: ${e.message}`, line: e.line, column: e.column },
-    ]);
+    throw new ConfigError(
+      'ERR_CONFIG_PARSE',
+      file,
+      [{ path: '', message: `invalid JSON: ${e.message}`, line: e.line, column: e.column }],
+      { cause: e },
+    );
   }
   const duplicates: ConfigProblem[] = parsed.duplicates.map((d) => ({
     path: formatPath(d.path),

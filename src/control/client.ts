@@ -1,6 +1,7 @@
 /** Control socket client: one request, one response, with a timeout. */
 
 import { connect } from 'node:net';
+import type { ErrorCode } from '../base/errors.js';
 import { ControlError, type ControlResponse, MAX_LINE, PROTOCOL_VERSION } from './protocol.js';
 
 export async function controlRequest(
@@ -61,7 +62,9 @@ export async function controlRequest(
         return reject(new ControlError('ERR_CONTROL_IO', 'daemon sent invalid JSON'));
       }
       if (r.ok) resolve(r.result);
-      else reject(new ControlError(r.error.code, r.error.message));
+      // The daemon is vpm: its codes are ours. They pass on as it sent them (one
+      // of another vpm version may be a code this one does not know).
+      else reject(new ControlError(r.error.code as ErrorCode, r.error.message));
     });
   });
 }

@@ -17,6 +17,7 @@
  */
 
 import type { JSONSchema } from 'json-schema-to-ts';
+import { type ErrorCode, VpmError } from '../base/errors.js';
 import { compileSchema, formatPath, type SchemaProblem } from '../config/validator.js';
 import {
   COMMANDS,
@@ -39,13 +40,29 @@ export type ControlResponse =
   | { v: number; id: number | string | null; ok: true; result: unknown }
   | { v: number; id: number | string | null; ok: false; error: ControlErrorBody };
 
-export class ControlError extends Error {
-  readonly code: string;
+/** The codes the control client and server raise themselves. */
+export type ControlErrorCode =
+  /** No daemon at the socket (ENOENT, ECONNREFUSED). */
+  | 'ERR_NOT_RUNNING'
+  /** The socket is root-only (EACCES). */
+  | 'ERR_PERMISSION'
+  /** No answer within the timeout. */
+  | 'ERR_CONTROL_TIMEOUT'
+  /** A broken answer, or another socket error. */
+  | 'ERR_CONTROL_IO'
+  /** The server's socket path is taken by something that is not a socket. */
+  | 'ERR_CONTROL_SOCKET';
+
+/**
+ * An error of a control request. The client raises its own codes
+ * (ControlErrorCode); an error answer of the daemon becomes a ControlError with
+ * the daemon's code (a RegistryError's, a ConfigError's, ERR_CONTROL_BAD_REQUEST,
+ * ...), so its `code` may be any of vpm's codes.
+ */
+export class ControlError extends VpmError<ErrorCode> {
   readonly exitCode: number;
-  constructor(code: string, message: string, exitCode = 1) {
-    super(message);
-    this.name = 'ControlError';
-    this.code = code;
+  constructor(code: ErrorCode, message: string, exitCode = 1) {
+    super(code, message);
     this.exitCode = exitCode;
   }
 }

@@ -14,6 +14,7 @@ import { chmodSync, existsSync, lstatSync, mkdirSync, rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import {
+  ControlError,
   type ControlResponse,
   checkArgs,
   checkRequest,
@@ -54,7 +55,7 @@ export class ControlServer {
     mkdirSync(dirname(this.path), { recursive: true, mode: 0o700 });
     if (existsSync(this.path)) {
       if (!lstatSync(this.path).isSocket())
-        throw new Error(`${this.path} exists and is not a socket`);
+        throw new ControlError('ERR_CONTROL_SOCKET', `${this.path} exists and is not a socket`);
       rmSync(this.path); // stale socket of a dead daemon (the caller checked for a live one)
     }
     const server = createServer((c) => this.accept(c));

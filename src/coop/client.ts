@@ -40,6 +40,7 @@ import {
   type AnyMessage,
   type BodyOf,
   CoopError,
+  type CoopErrorCode,
   type Message,
   type MessageType,
   type RefuseBody,
@@ -395,7 +396,7 @@ export class PeerClient {
     if (this.conn !== conn) return; // closed by close(): its calls are settled already
     this.conn = null;
     this.disconnects++;
-    const [code, why] =
+    const [code, why]: [CoopErrorCode, string] =
       cause.kind === 'refused'
         ? ['ERR_PEER_PROTOCOL', cause.why]
         : ['ERR_PEER_DISCONNECTED', 'connection lost'];

@@ -31,6 +31,7 @@
  */
 
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { VpmError } from '../base/errors.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
 import type { ReplayCache } from './replay.js';
 
@@ -165,15 +166,25 @@ export type DecodeResult =
       sender?: string;
     };
 
+export type CoopErrorCode =
+  // A call to a peer (PeerClient): docs/cooperative.md
+  | 'ERR_PEER_UNREACHABLE'
+  | 'ERR_PEER_TIMEOUT'
+  | 'ERR_PEER_DISCONNECTED'
+  | 'ERR_PEER_PROTOCOL'
+  | 'ERR_PEER_BUSY'
+  | 'ERR_PEER_CLOSED'
+  // The peer server (PeerServer): cannot listen; listen twice; close before listen
+  | 'ERR_PEER_LISTEN'
+  | 'ERR_PEER_LISTENING'
+  | 'ERR_PEER_NOT_LISTENING'
+  // Building a frame of ours: a short key; a message that would not validate; too large
+  | 'ERR_COOP_KEY'
+  | 'ERR_COOP_BAD_MESSAGE'
+  | 'ERR_COOP_TOO_LARGE';
+
 /** Control-plane errors of the cooperative channel; `code` is stable (docs/errors.md). */
-export class CoopError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'CoopError';
-    this.code = code;
-  }
-}
+export class CoopError extends VpmError<CoopErrorCode> {}
 
 /** One key for any sender, or a key per peer name. */
 export type KeyLookup = Uint8Array | ReadonlyMap<string, Uint8Array>;

@@ -19,6 +19,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { VpmError } from '../base/errors.js';
 import { packageRoot } from '../base/paths.js';
 import { controlRequest } from '../control/client.js';
 import { NetLab } from '../sandbox/netlab.js';
@@ -51,6 +52,17 @@ function demoConfig(socket: string): object {
   };
 }
 
+export type DemoErrorCode =
+  /** The demo creates network namespaces: it needs root. */
+  | 'ERR_PERMISSION'
+  /** A program of the demo (vpm up, a server) exited or timed out before it was ready. */
+  | 'ERR_DEMO_NOT_READY';
+
+/** Why `vpm demo` could not run its walk-through (a failed check is a result, not an error). */
+export class DemoError extends VpmError<DemoErrorCode> {
+  readonly exitCode = 1;
+}
+
 /** The first stdout line of `p` (spawned by `lab`) for which `match` is true; throws on exit or timeout. */
 async function waitForLine(
   lab: NetLab,
@@ -65,12 +77,16 @@ async function waitForLine(
     const line = stdout.split('\n').find(match);
     if (line !== undefined) return line;
     if (p.exitCode !== null || p.signalCode !== null) {
-      throw new Error(
+      throw new DemoError(
+        'ERR_DEMO_NOT_READY',
         `${what} exited (${p.exitCode ?? p.signalCode}) before it was ready\n${stderr}`,
       );
     }
     if (Date.now() > deadline)
-      throw new Error(`${what}: not ready after ${timeoutMs} ms\n${stderr}`);
+      throw new DemoError(
+        'ERR_DEMO_NOT_READY',
+        `${what}: not ready after ${timeoutMs} ms\n${stderr}`,
+      );
     await new Promise((r) => setTimeout(r, 20));
   }
 }
@@ -79,9 +95,9 @@ export async function runDemo(
   out: (s: string) => void = (s) => process.stdout.write(`${s}\n`),
 ): Promise<number> {
   if (typeof process.getuid === 'function' && process.getuid() !== 0) {
-    throw Object.assign(
-      new Error('vpm demo needs root (it creates network namespaces): run it as root'),
-      { exitCode: 1 },
+    throw new DemoError(
+      'ERR_PERMISSION',
+      'vpm demo needs root (it creates network namespaces): run it as root',
     );
   }
   const t0 = Date.now();

@@ -19,6 +19,7 @@
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { constants } from 'node:os';
+import { VpmError } from '../base/errors.js';
 
 export const FORWARDED_SIGNALS = [
   'SIGINT',
@@ -31,14 +32,19 @@ export const FORWARDED_SIGNALS = [
 
 export type ChildEnd = { code: number; signal: null } | { code: null; signal: NodeJS.Signals };
 
+export type StartErrorCode =
+  /** No such program (exit status 127). */
+  | 'ERR_NOT_FOUND'
+  /** Not an executable file (126). */
+  | 'ERR_NOT_EXECUTABLE'
+  /** spawn() failed for another reason (126). */
+  | 'ERR_EXEC';
+
 /** An error with the exit status a shell would use for it (126, 127). */
-export class StartError extends Error {
-  readonly code: string;
+export class StartError extends VpmError<StartErrorCode> {
   readonly exitCode: number;
-  constructor(code: string, message: string, exitCode: number) {
-    super(message);
-    this.name = 'StartError';
-    this.code = code;
+  constructor(code: StartErrorCode, message: string, exitCode: number) {
+    super(code, message);
     this.exitCode = exitCode;
   }
 }

@@ -6,6 +6,7 @@
 
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { VpmError } from '../base/errors.js';
 import { packageRoot } from '../base/paths.js';
 
 /** How long the library waits for the daemon, on top of the pool's own wait. */
@@ -36,13 +37,21 @@ export interface Hello {
   noPool: boolean;
 }
 
-export class ExecError extends Error {
-  readonly code: string;
+export type ExecErrorCode =
+  /** The daemon's hello answer is malformed. */
+  | 'ERR_CONTROL_IO'
+  /** The AID is not in the daemon's config. */
+  | 'ERR_UNKNOWN_AID'
+  /** The interception library's path cannot go into LD_PRELOAD. */
+  | 'ERR_PRELOAD_PATH'
+  /** The interception library is not built. */
+  | 'ERR_PRELOAD_MISSING';
+
+/** Why a program cannot run under vpm; exit status 1. */
+export class ExecError extends VpmError<ExecErrorCode> {
   readonly exitCode: number;
-  constructor(code: string, message: string, exitCode = 1) {
-    super(message);
-    this.name = 'ExecError';
-    this.code = code;
+  constructor(code: ExecErrorCode, message: string, exitCode = 1) {
+    super(code, message);
     this.exitCode = exitCode;
   }
 }

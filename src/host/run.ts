@@ -1,15 +1,22 @@
 /** Run a host command (ip, sysctl) synchronously; control plane only. */
 
 import { execFileSync } from 'node:child_process';
+import { VpmError } from '../base/errors.js';
 
-export class HostError extends Error {
-  readonly code: string;
+export type HostErrorCode =
+  | 'ERR_HOST_TOOL'
+  | 'ERR_HOST_COMMAND'
+  | 'ERR_HOST_SYSCTL'
+  /** The journal (state file) is unreadable. */
+  | 'ERR_HOST_STATE'
+  /** Undoing a dead daemon's journal failed. */
+  | 'ERR_HOST_STALE'
+  /** A live daemon owns the journal of this TUN and state directory. */
+  | 'ERR_ALREADY_RUNNING';
+
+/** Host set-up failed (the caller undoes what was done); exit code 1. */
+export class HostError extends VpmError<HostErrorCode> {
   readonly exitCode = 1;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'HostError';
-    this.code = code;
-  }
 }
 
 /** Run `cmd args`; returns stdout; throws HostError naming the command and its stderr. */

@@ -21,6 +21,7 @@
  */
 
 import { createRequire } from 'node:module';
+import { VpmError } from '../base/errors.js';
 import {
   LINKTYPE_ETHERNET,
   LINKTYPE_IEEE802_11_RADIOTAP,
@@ -52,14 +53,11 @@ export type CaptureErrorCode =
   /** Anything else libpcap refused (device down, ...). */
   | 'ERR_CAPTURE_DEVICE';
 
-export class CaptureError extends Error {
-  readonly code: CaptureErrorCode;
+export class CaptureError extends VpmError<CaptureErrorCode> {
   /** 2 for a bad filter (bad input), 1 otherwise. */
   readonly exitCode: number;
   constructor(code: CaptureErrorCode, message: string) {
-    super(message);
-    this.name = 'CaptureError';
-    this.code = code;
+    super(code, message);
     this.exitCode = code === 'ERR_CAPTURE_FILTER' ? 2 : 1;
   }
 }

@@ -24,6 +24,7 @@
  */
 
 import { closeSync, openSync, writeSync } from 'node:fs';
+import { VpmError } from '../base/errors.js';
 import { controlRequest } from '../control/client.js';
 import { ControlError } from '../control/protocol.js';
 import { PCAP_SNAPLEN_IP } from '../pcap/format.js';
@@ -85,14 +86,14 @@ const PAIR_TICK_MS = 50;
 /** Fewest milliseconds between two `flows` requests made for --pairs. */
 const FLOWS_MIN_INTERVAL_MS = 20;
 
-class DumpError extends Error {
+/** What stops `vpm dump` before it captures: a filter it cannot build, an unwritable file. */
+class DumpError extends VpmError<'ERR_DUMP' | 'ERR_DUMP_FILTER'> {
   constructor(
     message: string,
     readonly exitCode: number,
-    readonly code = 'ERR_DUMP',
+    code: 'ERR_DUMP' | 'ERR_DUMP_FILTER' = 'ERR_DUMP',
   ) {
-    super(message);
-    this.name = 'DumpError';
+    super(code, message);
   }
 }
 

@@ -14,6 +14,7 @@
  * unchecked.
  */
 
+import { VpmError } from '../base/errors.js';
 import type { FlowView, InstanceView, ServiceView } from '../view/views.js';
 import { parseIpv4 } from '../wire/address.js';
 
@@ -29,11 +30,10 @@ export type FlowTuples = Pick<FlowView, 'id' | 'client' | 'service' | 'aid' | 'r
 /** What a filter needs of an instance (`instances`). */
 export type InstanceEndpoint = Pick<InstanceView, 'aid' | 'proto' | 'vport' | 'address' | 'port'>;
 
-export class FilterError extends Error {
-  readonly code = 'ERR_DUMP_FILTER';
+/** A flow, service or endpoint that no capture filter can be built for (bad input). */
+export class FilterError extends VpmError<'ERR_DUMP_FILTER'> {
   constructor(message: string) {
-    super(message);
-    this.name = 'FilterError';
+    super('ERR_DUMP_FILTER', message);
   }
 }
 

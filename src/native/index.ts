@@ -7,7 +7,15 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
+import { VpmError } from '../base/errors.js';
 import { packageRoot } from '../base/paths.js';
+
+/**
+ * The addon is missing (not built). Its own errors are plain Errors with an
+ * ERR_TUN_* code, which src/tun turns into TunErrors, or Node's TypeError /
+ * RangeError for a bad argument.
+ */
+export class NativeError extends VpmError<'ERR_NATIVE_NOT_BUILT'> {}
 
 /** Counters of one TUN device since it was opened, as tunStats() returns them (src/tun/device.ts calls them TunStats). */
 export interface NativeTunStats {
@@ -109,7 +117,10 @@ export function loadNative(): NativeAddon {
   if (addon) return addon;
   const path = join(packageRoot(), 'native', 'build', 'Release', 'vpm_native.node');
   if (!existsSync(path)) {
-    throw new Error(`native addon not built: ${path} is missing (run: npm run build:native)`);
+    throw new NativeError(
+      'ERR_NATIVE_NOT_BUILT',
+      `native addon not built: ${path} is missing (run: npm run build:native)`,
+    );
   }
   addon = createRequire(import.meta.url)(path) as NativeAddon;
   return addon;

@@ -20,6 +20,7 @@
  */
 
 import { readFileSync } from 'node:fs';
+import { VpmError } from '../base/errors.js';
 import {
   ETH_OFF_ETHERTYPE,
   ETHERTYPE_IPV4,
@@ -67,14 +68,7 @@ export type PcapErrorCode =
   /** A record header whose captured length no pcap writer produces. */
   | 'ERR_PCAP_BAD_RECORD';
 
-export class PcapError extends Error {
-  readonly code: PcapErrorCode;
-  constructor(code: PcapErrorCode, message: string) {
-    super(message);
-    this.name = 'PcapError';
-    this.code = code;
-  }
-}
+export class PcapError extends VpmError<PcapErrorCode> {}
 
 /** What the global header says, decoded. */
 export interface PcapHeader {

@@ -23,7 +23,10 @@
  * whose owning process no longer exists (`sweepStale`).
  *
  * It shells out to iproute2 and ethtool and throws readable errors: control-plane
- * code for tests and the demo, never for the daemon.
+ * code for tests and the demo, never for the daemon. What `vpm demo` can meet is a
+ * LabError (a failed command, a cleanup that left something behind); the guards
+ * that only tests call (requireRoot, requireCommands, waitFor) and misuse of the
+ * lab (a bad label, a process it did not start) throw plain Errors.
  */
 
 import { type ChildProcess, execFileSync, spawn as spawnProcess } from 'node:child_process';
@@ -31,6 +34,15 @@ import { randomBytes } from 'node:crypto';
 import { accessSync, constants, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
+import { VpmError } from '../base/errors.js';
+
+export type LabErrorCode =
+  /** A command (ip, ethtool, a program run to completion) failed: argv, status and stderr in the message. */
+  | 'ERR_LAB_COMMAND'
+  /** cleanup() could not stop, kill or delete everything: the message lists what is left. */
+  | 'ERR_LAB_CLEANUP';
+
+export class LabError extends VpmError<LabErrorCode> {}
 
 const NS_PREFIX = 'vpmt';
 const STALE_NS = new RegExp(`^${NS_PREFIX}-(\\d+)-[0-9a-f]{6}-`);
@@ -150,7 +162,8 @@ export function runCommand(file: string, args: readonly string[], opts: RunOptio
             ? `was killed by ${err.signal}`
             : `failed to start (${err.code ?? err.message})`;
     const stderr = (err.stderr ?? '').trim();
-    throw new Error(
+    throw new LabError(
+      'ERR_LAB_COMMAND',
       `command ${quote([file, ...args])} ${how}${stderr ? `\n--- stderr ---\n${stderr}` : ''}`,
     );
   }
@@ -512,7 +525,8 @@ export class NetLab {
     this.removeNamespaces(errors);
     this.removeDirs(errors);
     liveLabs.delete(this);
-    if (errors.length > 0) throw new Error(`NetLab ${this.id} cleanup:\n${errors.join('\n')}`);
+    if (errors.length > 0)
+      throw new LabError('ERR_LAB_CLEANUP', `NetLab ${this.id} cleanup:\n${errors.join('\n')}`);
   }
 
   /** The same as `cleanup`, synchronously and without grace: for signal and exit handlers. */

@@ -9,7 +9,6 @@
  * | ERR_TUN_PERMISSION | needs CAP_NET_ADMIN (run as root) |
  * | ERR_TUN_BUSY | the name is in use: an open single-queue TUN, another kind of device, or a multi-queue mismatch |
  * | ERR_TUN_NAME | the interface name is invalid (length, characters, pattern) |
- * | ERR_TUN_UNSUPPORTED | an option that is reserved but not implemented (vnetHdr) |
  * | ERR_TUN_OPTION | a bad option value (batchSize, slotSize, mtu, ...) |
  * | ERR_TUN_OPEN | opening failed for another reason (errno says which) |
  * | ERR_TUN_LINK | setting MTU, queue length or link state failed |
@@ -18,12 +17,13 @@
  * | ERR_TUN_IO | reading failed for good (device deleted); reading stopped |
  */
 
+import { VpmError } from '../base/errors.js';
+
 export type TunErrorCode =
   | 'ERR_TUN_NO_DEVICE'
   | 'ERR_TUN_PERMISSION'
   | 'ERR_TUN_BUSY'
   | 'ERR_TUN_NAME'
-  | 'ERR_TUN_UNSUPPORTED'
   | 'ERR_TUN_OPTION'
   | 'ERR_TUN_OPEN'
   | 'ERR_TUN_LINK'
@@ -31,15 +31,12 @@ export type TunErrorCode =
   | 'ERR_TUN_STARTED'
   | 'ERR_TUN_IO';
 
-export class TunError extends Error {
-  readonly code: TunErrorCode;
+export class TunError extends VpmError<TunErrorCode> {
   readonly errno: number | undefined;
   readonly syscall: string | undefined;
 
   constructor(code: TunErrorCode, message: string, errno?: number, syscall?: string) {
-    super(message);
-    this.name = 'TunError';
-    this.code = code;
+    super(code, message);
     this.errno = errno;
     this.syscall = syscall;
   }

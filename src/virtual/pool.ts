@@ -15,14 +15,17 @@
  * a waiter whose time runs out fails with ERR_PORTS_EXHAUSTED.
  */
 
-export class PoolError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'PoolError';
-    this.code = code;
-  }
-}
+import { VpmError } from '../base/errors.js';
+
+export type PoolErrorCode =
+  /** No port came back within waitTimeoutMs. */
+  | 'ERR_PORTS_EXHAUSTED'
+  /** acquire() after close(), or a waiter when the pool closed. */
+  | 'ERR_POOL_CLOSED'
+  /** release() of a port that is not in use (the caller's bug). */
+  | 'ERR_POOL_RELEASE';
+
+export class PoolError extends VpmError<PoolErrorCode> {}
 
 interface Waiter {
   resolve: (port: number) => void;

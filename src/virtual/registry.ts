@@ -20,6 +20,7 @@
  */
 
 import type { Socket } from 'node:net';
+import { VpmError } from '../base/errors.js';
 import type { Config } from '../config/types.js';
 import type { BindArgs, ConnectArgs, HelloArgs, ReleaseArgs } from '../control/requests.js';
 import type { InstanceRule, Rules } from '../datapath/rules.js';
@@ -27,14 +28,18 @@ import type { InstanceView } from '../view/views.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
 import type { PortPool } from './pool.js';
 
-export class RegistryError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'RegistryError';
-    this.code = code;
-  }
-}
+export type RegistryErrorCode =
+  | 'ERR_UNKNOWN_AID'
+  | 'ERR_NOT_MULTIPLEXED'
+  | 'ERR_NO_POOL'
+  | 'ERR_BIND_ADDRESS'
+  /** The registration's connection ended while its bind waited for a port. */
+  | 'ERR_RELEASED'
+  /** A request's arguments that the schema cannot refuse (an address that does not parse). */
+  | 'ERR_CONTROL_BAD_REQUEST';
+
+/** A refused hello/bind/connect/release; the control server answers with its code. */
+export class RegistryError extends VpmError<RegistryErrorCode> {}
 
 export interface Registration {
   id: number;

@@ -1,5 +1,7 @@
 /** Command line of `npm run bench:e2e`: parsed once into a frozen options object. */
 
+import { UsageError } from '../errors.js';
+
 export const USAGE = `usage: npm run bench:e2e [-- OPTIONS]      (or: node dist/scripts/bench-e2e.js [OPTIONS])
 
 Measures one client/server pair three ways, interleaved, in network namespaces it
@@ -30,11 +32,6 @@ export interface E2eOptions {
   json: string | null;
   /** Print the usage and exit. Default false. */
   help: boolean;
-}
-
-/** A bad command line: the message names the bad argument; exit status 2. */
-export class UsageError extends Error {
-  readonly code = 'ERR_BENCH_USAGE';
 }
 
 function intArg(name: string, text: string | undefined, lo: number, hi: number): number {
