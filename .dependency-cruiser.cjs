@@ -25,7 +25,7 @@ const LAYERS = {
   datapath: ['flow', 'tun', 'config', 'wire', 'checksum', 'base'],
   virtual: ['datapath', 'control', 'config', 'view', 'wire', 'base'],
   coop: ['virtual', 'datapath', 'flow', 'config', 'wire', 'checksum', 'base'],
-  inspect: ['control', 'pcap', 'view', 'wire', 'checksum', 'base'],
+  inspect: ['control', 'pcap', 'view', 'native', 'wire', 'checksum', 'base'],
   daemon: [
     'coop',
     'virtual',

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "checksum.h"
+#include "capture.h"
 #include "tun_napi.h"
 
 #define THROW(env, kind, ...)                                   \
@@ -120,6 +121,13 @@ static napi_value init(napi_env env, napi_value exports) {
       {"tunClose", NULL, vpm_js_tun_close, NULL, NULL, NULL, napi_default, NULL},
       {"tunStats", NULL, vpm_js_tun_stats, NULL, NULL, NULL, napi_default, NULL},
       {"tunSetOffload", NULL, vpm_js_tun_set_offload, NULL, NULL, NULL, napi_default, NULL},
+      /* Live capture for vpm dump (capture.c, libpcap) */
+      {"capOpen", NULL, vpm_js_cap_open, NULL, NULL, NULL, napi_default, NULL},
+      {"capStart", NULL, vpm_js_cap_start, NULL, NULL, NULL, napi_default, NULL},
+      {"capRead", NULL, vpm_js_cap_read, NULL, NULL, NULL, napi_default, NULL},
+      {"capStats", NULL, vpm_js_cap_stats, NULL, NULL, NULL, napi_default, NULL},
+      {"capClose", NULL, vpm_js_cap_close, NULL, NULL, NULL, napi_default, NULL},
+      {"capDevices", NULL, vpm_js_cap_devices, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

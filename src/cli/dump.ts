@@ -21,6 +21,7 @@ interface DumpFlags {
   flow?: string;
   socket?: string;
   config?: string;
+  bufferSize?: string;
 }
 
 /** setTimeout's longest delay, in whole seconds. */
@@ -59,6 +60,7 @@ export function registerDump(program: Command): void {
     .option('-c, --count <n>', 'stop after n packets')
     .option('-G, --seconds <s>', 'stop after s seconds')
     .option('-w, --write <file>', 'write a pcap file; "-" writes it to stdout (for tcpdump -r -)')
+    .option('-B, --buffer-size <KiB>', 'the capture ring, in KiB as for tcpdump (default 32768)')
     .option('--pairs', 'print each TCP packet before and after translation on one line')
     .option('--service <name|vip:port>', 'only this virtual service: its VIP:port and real ports')
     .option('--aid <aid>', "only this AID: its instances' real ports and its flows' clients")
@@ -68,6 +70,9 @@ export function registerDump(program: Command): void {
     .action(async (filterWords: string[], f: DumpFlags) => {
       const count = f.count === undefined ? 0 : positiveInt('-c', f.count);
       const seconds = f.seconds === undefined ? 0 : positiveSeconds('-G', f.seconds);
+      const bufferKiB = f.bufferSize === undefined ? null : positiveInt('-B', f.bufferSize);
+      if (bufferKiB !== null && (bufferKiB < 64 || bufferKiB > 4 * 1024 * 1024))
+        throw new UsageError(`-B: "${f.bufferSize}" KiB is not in 64..4194304`);
       const flow = f.flow === undefined ? null : Number(f.flow);
       if (f.flow !== undefined && !/^\d+$/.test(f.flow))
         throw new UsageError(`--flow: "${f.flow}" is not a flow id (a number from vpm flows)`);
@@ -91,6 +96,7 @@ export function registerDump(program: Command): void {
         aid: nonEmpty('--aid', f.aid),
         flow,
         filter: filterWords.join(' ').trim(),
+        ...(bufferKiB !== null ? { bufferSize: bufferKiB * 1024 } : {}),
       });
       process.exitCode = r.exitCode;
     });

@@ -8,9 +8,9 @@
  * `instances` and `flows`), then opens the capture and only then the output file,
  * so that a refused device or filter leaves no empty file behind.
  *
- * Running, each packet is stamped on arrival (the binding does not pass libpcap's
- * timestamp) and goes to exactly one consumer: the pcap writer, the line printer
- * or the pairer. Output leaves in bursts: the first packet after a quiet moment
+ * Running, each packet carries the kernel's timestamp and its length on the
+ * wire (capture.ts) and goes to exactly one consumer: the pcap writer, the line
+ * printer or the pairer. Output leaves in bursts: the first packet after a quiet moment
  * schedules one flush for when the current burst has been delivered
  * (setImmediate), like tcpdump -U, so a reader of `-w -` sees packets at once
  * without a write(2) per packet.
@@ -19,8 +19,11 @@
  * away (EPIPE: a normal end, exit 0), or a write error (exit 1). With --pairs, a
  * -c stop first waits up to one pairing timeout for the partners of packets
  * already taken, taking only packets that complete a pair. Every way out goes
- * through `finish`, which closes the capture, flushes and closes the output and
- * prints one summary line on stderr, once.
+ * through `finish`, which stops the capture — draining what the kernel still
+ * holds, except after -c, which wants no more — flushes and closes the output and
+ * prints one summary line on stderr, once: the packets captured and the
+ * capture's own count of what the filter passed and the kernel dropped because
+ * the capture ring was full (pcap_stats), so that a loss is never silent.
  */
 
 import { closeSync, openSync, writeSync } from 'node:fs';
@@ -30,7 +33,7 @@ import { ControlError } from '../control/protocol.js';
 import { PCAP_SNAPLEN_IP } from '../pcap/format.js';
 import { PcapWriter } from '../pcap/writer.js';
 import type { ServiceView } from '../view/views.js';
-import { LiveCapture } from './capture.js';
+import { type CaptureStats, LiveCapture } from './capture.js';
 import {
   aidFilter,
   andFilters,
@@ -67,6 +70,8 @@ export interface DumpOptions {
   flow: number | null;
   /** The user's BPF filter ('' for none). */
   filter: string;
+  /** The capture ring (tcpdump -B), bytes; default 32 MiB. */
+  bufferSize?: number;
   /** How long --pairs waits for a partner; default 200 ms. */
   pairTimeoutMs?: number;
 }
@@ -200,7 +205,10 @@ export async function runDump(
   // --pairs needs the flows from the start; failing here is a clear error.
   const initialFlows = o.pairs ? ((await ask(o.socket, 'flows')) as FlowTuples[]) : [];
 
-  const capture = LiveCapture.open(device, filter, { missingHint: hint });
+  const capture = LiveCapture.open(device, filter, {
+    missingHint: hint,
+    ...(o.bufferSize !== undefined ? { bufferSize: o.bufferSize } : {}),
+  });
 
   let fd = -1;
   if (o.write !== null && o.write !== '-') {
@@ -221,6 +229,8 @@ export async function runDump(
     let captured = 0;
     let draining = false;
     let finished = false;
+    let stopping = false;
+    let countReached = false;
     let readerGone = false;
     let exitCode = 0;
     let failure = '';
@@ -317,7 +327,7 @@ export async function runDump(
       );
     }
 
-    const onSignal = (): void => finish();
+    const onSignal = (): void => finish(true);
     const onStdoutError = (e: Error): void => {
       if ((e as NodeJS.ErrnoException).code === 'EPIPE') {
         readerGone = true;
@@ -331,7 +341,27 @@ export async function runDump(
     process.on('SIGTERM', onSignal);
     io.stdout.on('error', onStdoutError);
 
-    function finish(): void {
+    /** `drain`: first take what the kernel still holds (a signal, -G); not after -c or an error. */
+    function finish(drain = false): void {
+      if (finished || stopping) return;
+      if (drain) {
+        stopping = true;
+        capture.stop().then(
+          (st) => {
+            stopping = false;
+            finalize(st);
+          },
+          () => {
+            stopping = false;
+            finalize(null);
+          },
+        );
+        return;
+      }
+      finalize(capture.stats());
+    }
+
+    function finalize(st: CaptureStats | null): void {
       if (finished) return;
       finished = true;
       capture.close();
@@ -352,9 +382,11 @@ export async function runDump(
       const more = extra > 0 ? `, ${extra} more to complete pairs` : '';
       const pairs = pairer ? ` (${pairer.pairs} pairs, ${pairer.unpaired} unpaired)` : '';
       const gone = readerGone && !failure ? '; the reader of stdout went away' : '';
+      const unread =
+        st && countReached ? Math.max(0, st.received - st.dropped - captured - extra) : 0;
       io.stderr.write(
-        `${captured} packet${captured === 1 ? '' : 's'} captured${more}${pairs}${gone}; ` +
-          'kernel drops unknown (the cap binding does not report pcap_stats)\n',
+        `${captured} packet${captured === 1 ? '' : 's'} captured${more}${pairs}${gone}; ${statsText(st)}` +
+          `${unread > 0 ? `; ${unread} more arrived after -c ${o.count} was met and were not read` : ''}\n`,
       );
       if (failure) io.stderr.write(`vpm dump: ${failure}\n`);
       resolve({ exitCode, captured });
@@ -364,11 +396,10 @@ export async function runDump(
       finish();
       return;
     }
-    if (o.seconds > 0) timers.push(setTimeout(finish, o.seconds * 1000));
+    if (o.seconds > 0) timers.push(setTimeout(() => finish(true), o.seconds * 1000));
 
-    capture.onPacket((data, truncated) => {
+    capture.onPacket((data, now, orig) => {
       if (finished) return;
-      const now = clock();
       if (draining) {
         pairer?.offerPartner(describePacket(data, capture.linkType), now);
         if (pairer?.outstanding === 0) finish();
@@ -376,8 +407,6 @@ export async function runDump(
       }
       captured++;
       if (writer) {
-        // A packet the binding cut is at least as long as its IP header says.
-        const orig = truncated ? Math.max(data.length, ipLength(data)) : data.length;
         try {
           writer.writeAt(data, now, orig);
         } catch (e) {
@@ -390,7 +419,8 @@ export async function runDump(
         line(`${timeText(now)} ${packetText(describePacket(data, capture.linkType))}`);
       }
       scheduleFlush();
-      if (o.count > 0 && captured >= o.count) {
+      if (o.count > 0 && captured >= o.count && !stopping) {
+        countReached = true;
         if (pairer && pairer.outstanding > 0) {
           draining = true;
           timers.push(setTimeout(finish, o.pairTimeoutMs ?? 200));
@@ -402,8 +432,13 @@ export async function runDump(
   });
 }
 
-/** Total length from an IPv4 header, 0 when there is none to read. */
-function ipLength(data: Uint8Array): number {
-  if (data.length < 4 || data[0]! >>> 4 !== 4) return 0;
-  return (data[2]! << 8) | data[3]!;
+/** The capture's own counters, in words for the summary line. */
+export function statsText(st: CaptureStats | null): string {
+  if (st === null) return 'the capture could not tell what it received and dropped';
+  const dropped =
+    st.dropped === 0
+      ? '0 dropped by the kernel'
+      : `${st.dropped} DROPPED by the kernel (the capture ring was full: raise it with -B, in KiB)`;
+  const ifd = st.ifDropped > 0 ? `, ${st.ifDropped} dropped by the interface` : '';
+  return `${st.received} received by the filter, ${dropped}${ifd}`;
 }

@@ -108,6 +108,30 @@ export interface NativeAddon {
     errnos?: Int32Array,
   ): number;
   tunClose(handle: { readonly name: string }): void;
+
+  // Live capture (native/src/capture.c, libpcap; the typed wrapper is src/inspect/capture.ts).
+  // Errors carry a stable `code` (ERR_CAPTURE_*).
+  /** Open and activate a capture in the ring's normal mode (TPACKET_V3), non-blocking, filtered. */
+  capOpen(
+    device: string,
+    filter: string,
+    opts?: { snaplen?: number; bufferSize?: number; timeoutMs?: number },
+  ): { readonly dlt: number; readonly linkName: string };
+  /** Poll the capture on the event loop; onReadable once per readiness (then capRead until short). */
+  capStart(handle: { readonly dlt: number }, onReadable: (failed: boolean) => void): void;
+  /**
+   * Copy up to min(records.length / 5, buf.length / snaplen rounded up to 8)
+   * packets into buf, back to back (8-byte aligned); record i is records[5i ..
+   * 5i + 5): offset, caplen, len, ts seconds, ts microseconds. Returns the count.
+   */
+  capRead(handle: { readonly dlt: number }, buf: Uint8Array, records: Float64Array): number;
+  /** pcap_stats since open, or null when it cannot tell. */
+  capStats(handle: {
+    readonly dlt: number;
+  }): { received: number; dropped: number; ifDropped: number } | null;
+  capClose(handle: { readonly dlt: number }): void;
+  /** Names of the devices libpcap can open in this network namespace. */
+  capDevices(): string[];
   tunStats(handle: { readonly name: string }): NativeTunStats;
 }
 
