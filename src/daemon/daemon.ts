@@ -21,6 +21,7 @@ import type { Config } from '../config/types.js';
 import { ControlServer } from '../control/server.js';
 import { Cooperation } from '../coop/cooperation.js';
 import { Counters, DROP_NAMES } from '../datapath/counters.js';
+import { InstanceSet } from '../datapath/instances.js';
 import { Pipeline } from '../datapath/pipeline.js';
 import type { Rules } from '../datapath/rules.js';
 import { STATE_NAMES } from '../flow/state.js';
@@ -35,7 +36,11 @@ import { ipv4ToString, parseIpv4 } from '../wire/address.js';
 import type { PacketInfo } from '../wire/parse.js';
 import { createLogger } from './log.js';
 import { buildMetrics, serveMetrics } from './metrics.js';
-import { hostPlanFromConfig, rulesFromConfig } from './rules-from-config.js';
+import {
+  hostPlanFromConfig,
+  rulesFromConfig,
+  staticInstancesFromConfig,
+} from './rules-from-config.js';
 
 /**
  * The journal of host changes lives beside the control socket, so that daemons of
@@ -79,6 +84,8 @@ export class Daemon {
   private pipeline: Pipeline | null = null;
   private counters: Counters | null = null;
   private rules: Rules | null = null;
+  /** The live instances of each AID: static ones (replaced on reload) and registered ones. */
+  private readonly instances = new InstanceSet();
   private pool: PortPool | null = null;
   private registry: Registry | null = null;
   private metrics: Server | null = null;
@@ -139,6 +146,7 @@ export class Daemon {
         t.timeWaitMs,
       ]);
       this.rules = rulesFromConfig(cfg);
+      this.instances.replaceStatic(this.rules, staticInstancesFromConfig(cfg));
       if (cfg.pool) {
         this.pool = new PortPool(
           cfg.pool.range.lo,
@@ -147,7 +155,7 @@ export class Daemon {
           cfg.pool.waitTimeoutMs,
         );
       }
-      this.registry = new Registry(cfg, this.rules, this.pool);
+      this.registry = new Registry(cfg, this.instances, this.pool);
       this.counters = new Counters(Math.max(1, cfg.applications.length));
       const locals = localAddresses();
       locals.add(cfg.tun.address);
@@ -157,6 +165,7 @@ export class Daemon {
         this.rules,
         this.counters,
         {
+          instances: this.instances,
           verifyL4Checksum: cfg.tun.verifyChecksums,
           localClientAddr: cfg.tun.localClientAddress,
           localClientAid: (addr, port) => this.registry?.localClientAid(addr, port) ?? -1,
@@ -181,6 +190,7 @@ export class Daemon {
         pipeline,
         table: this.table,
         rules: () => this.rules!,
+        instances: this.instances,
         log: this.log,
         now: () => performance.now(),
         localClientAid: (addr, port) => this.registry?.localClientAid(addr, port) ?? -1,
@@ -328,9 +338,12 @@ export class Daemon {
       );
     }
     if (this.host && this.tun) this.host.updateReplyPorts(hostPlanFromConfig(next, this.tun.name));
+    // Rules and static instances change together, before the next packet: a SYN
+    // never sees the services of one configuration with the instances of another.
+    // The instances registered by programs under vpm exec stay.
     this.rules = rulesFromConfig(next);
-    // The live instances registered by programs under vpm exec stay.
-    this.registry?.rebind({ ...next, pool: this.cfg.pool }, this.rules);
+    this.instances.replaceStatic(this.rules, staticInstancesFromConfig(next));
+    this.registry?.rebind({ ...next, pool: this.cfg.pool });
     if (this.pipeline) {
       this.pipeline.rules = this.rules;
       const locals = localAddresses();
