@@ -1,14 +1,16 @@
 /**
- * `vpm up`: the daemon.
+ * `vpm up`: the daemon — its wiring, signals and reload.
  *
  * Start-up order, each step undone if a later one fails, so that a failed start
  * leaves the host as it was:
  *   1. load and validate the config (nothing touched yet; errors exit 2);
  *   2. remove what a crashed daemon of the same TUN left behind (its journal);
  *   3. open the TUN device; 4. apply the host plan (journalled);
- *   5. build the table, rules and pipeline, start reading; 6. open the control socket.
- * SIGINT/SIGTERM undo it all in reverse; SIGHUP reloads the config: new rules
- * apply to new connections, flows in the table keep their translation.
+ *   5. build the table, rules, instances and pipeline, start reading;
+ *   6. open the control socket (its commands: control-handlers.ts).
+ * SIGINT/SIGTERM undo it all in reverse; SIGHUP (or the control command `reload`)
+ * reloads the config: new rules apply to new connections, flows in the table keep
+ * their translation. What a reload changes is decided by `reloadPlan` (reload.ts).
  */
 
 import { execFileSync } from 'node:child_process';
@@ -34,8 +36,10 @@ import { PortPool } from '../virtual/pool.js';
 import { Registry } from '../virtual/registry.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
 import type { PacketInfo } from '../wire/parse.js';
+import { registerControlHandlers } from './control-handlers.js';
 import { createLogger } from './log.js';
 import { buildMetrics, serveMetrics } from './metrics.js';
+import { type ReloadResult, reloadPlan } from './reload.js';
 import {
   hostPlanFromConfig,
   rulesFromConfig,
@@ -92,6 +96,8 @@ export class Daemon {
   private coop: Cooperation | null = null;
   private timer: NodeJS.Timeout | null = null;
   private stopping = false;
+  /** The last reload asked for, settled or not: the next one waits for it. */
+  private reloading: Promise<void> = Promise.resolve();
   readonly startedAt = Date.now();
 
   constructor(cfg: Config, log?: Logger) {
@@ -209,7 +215,14 @@ export class Daemon {
       this.timer = setInterval(() => this.expire(), EXPIRE_INTERVAL_MS);
 
       this.control = new ControlServer(cfg.control.socket);
-      this.registerControl(this.control);
+      registerControlHandlers(this.control, {
+        log: this.log,
+        config: () => this.cfg,
+        stats: () => this.stats(),
+        flows: () => this.flows(),
+        reload: () => this.reload(),
+        registry: () => this.registry,
+      });
       await this.control.listen();
       const m = cfg.metrics.listen;
       if (m)
@@ -321,19 +334,25 @@ export class Daemon {
     };
   }
 
-  /** Re-read the config file; new rules apply to new connections. */
-  reload(): { ok: true; services: number; applications: number; selectors: number } {
+  /**
+   * Re-read the config file; new rules apply to new connections. Reloads run one
+   * at a time, in the order they were asked for (SIGHUP, the control command).
+   */
+  reload(): Promise<ReloadResult> {
+    const r = this.reloading.then(() => this.reloadNow());
+    this.reloading = r.then(
+      () => {},
+      () => {},
+    );
+    return r;
+  }
+
+  private async reloadNow(): Promise<ReloadResult> {
     const next = loadConfig(this.cfg.source);
-    const restart: string[] = [];
-    if (JSON.stringify(next.tun) !== JSON.stringify(this.cfg.tun)) restart.push('tun');
-    if (next.control.socket !== this.cfg.control.socket) restart.push('control.socket');
-    if (next.limits.maxFlows !== this.cfg.limits.maxFlows) restart.push('limits.maxFlows');
-    if (JSON.stringify(next.pool) !== JSON.stringify(this.cfg.pool)) restart.push('pool');
-    if (JSON.stringify(next.cooperative) !== JSON.stringify(this.cfg.cooperative))
-      restart.push('cooperative');
-    if (restart.length > 0) {
+    const plan = reloadPlan(this.cfg, next);
+    if (plan.needsRestart.length > 0) {
       this.log.warn(
-        { event: 'reload_partial', needsRestart: restart },
+        { event: 'reload_partial', needsRestart: plan.needsRestart },
         'some settings take effect only after a restart',
       );
     }
@@ -352,103 +371,17 @@ export class Daemon {
     }
     const t = next.timeouts;
     this.table?.timeouts.set([t.embryonicMs, t.establishedIdleMs, t.closingMs, t.timeWaitMs]);
-    this.cfg = {
-      ...next,
-      cooperative: this.cfg.cooperative,
-      tun: this.cfg.tun,
-      control: this.cfg.control,
-      limits: this.cfg.limits,
-      pool: this.cfg.pool,
-    };
+    this.cfg = plan.config;
     this.coop?.update(this.cfg);
-    this.log.info({ event: 'reloaded', file: next.source }, 'configuration reloaded');
+    this.log.info(
+      { event: 'reloaded', file: next.source, changed: plan.changed },
+      'configuration reloaded',
+    );
     return {
       ok: true,
       services: next.services.length,
       applications: next.applications.length,
       selectors: next.selectors.length,
-    };
-  }
-
-  private registerControl(c: ControlServer): void {
-    c.on('ping', () => ({ pong: true, pid: process.pid, version: 1 }));
-    c.on('stats', () => this.stats());
-    c.on('flows', () => this.flows());
-    c.on('reload', () => this.reload());
-    // The virtual layer (the bind/connect library and vpm exec): docs/control-protocol.md.
-    const reg = () => this.registry!;
-    c.on('hello', (a) => reg().hello(a));
-    c.on('services', () =>
-      this.cfg.services.map((s) => ({
-        name: s.name,
-        address: ipv4ToString(s.address),
-        port: s.port,
-        protocol: s.protocol,
-      })),
-    );
-    c.on('bind', async (a, conn) => {
-      try {
-        const r = await reg().bind(conn, a);
-        this.log.info(
-          {
-            event: 'instance_bind',
-            aid: a.aid,
-            vport: a.vport,
-            port: r.port,
-            pid: a.pid,
-            fd: a.fd,
-          },
-          'bind registered',
-        );
-        return r;
-      } catch (e) {
-        const err = e as { code?: string; message: string };
-        this.log.warn(
-          {
-            event: 'instance_bind_failed',
-            aid: a.aid,
-            vport: a.vport,
-            pid: a.pid,
-            code: err.code,
-            err: err.message,
-          },
-          'bind refused',
-        );
-        throw e;
-      }
-    });
-    c.on('release', (a, conn) => {
-      const r = reg().release(conn, a);
-      this.log.info(
-        {
-          event: 'instance_release',
-          aid: a.aid,
-          vport: a.vport,
-          port: a.port,
-          pid: a.pid,
-          fd: a.fd,
-          released: r.released,
-        },
-        'bind released',
-      );
-      return r;
-    });
-    c.on('connect', (a) => {
-      const r = reg().connectReport(a);
-      this.log.debug(
-        { event: 'client_connect', aid: a.aid, local: a.local, remote: a.remote, pid: a.pid },
-        'connect reported',
-      );
-      return r;
-    });
-    c.on('instances', () => reg().instances());
-    c.onClose = (conn) => {
-      const n = this.registry?.connClosed(conn) ?? 0;
-      if (n > 0)
-        this.log.info(
-          { event: 'instance_gone', registrations: n },
-          'a registering program went away',
-        );
     };
   }
 
@@ -504,14 +437,12 @@ export class Daemon {
     process.on('SIGINT', () => void this.stop(0));
     process.on('SIGTERM', () => void this.stop(0));
     process.on('SIGHUP', () => {
-      try {
-        this.reload();
-      } catch (e) {
+      this.reload().catch((e: unknown) => {
         this.log.error(
           { event: 'reload_failed', err: (e as Error).message },
           'reload failed; keeping the old configuration',
         );
-      }
+      });
     });
   }
 }
