@@ -13,8 +13,8 @@
  * their translation. What a reload changes is decided by `reloadPlan` (reload.ts).
  */
 
-import { execFileSync } from 'node:child_process';
 import type { Server } from 'node:http';
+import { networkInterfaces } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
@@ -57,23 +57,23 @@ export const stateFileFor = (cfg: Config) =>
 const EXPIRE_BUDGET = 20_000;
 const EXPIRE_INTERVAL_MS = 1000;
 
-/** Addresses assigned on this host (in this network namespace). */
+/**
+ * IPv4 addresses assigned on this host (in this network namespace): a SYN from
+ * one of them comes from a local client. Read in-process (getifaddrs, through
+ * libuv), never by running ip(8): it runs at start and on every reload, and the
+ * data plane must not wait for it. libuv lists only interfaces that are up and
+ * have a carrier (ip addr listed all): an address on an interface without one is
+ * taken for a remote client's, which matters only to a local client bound to it
+ * (its SYN is classified by the selectors alone). The TUN's own address is added
+ * by the caller.
+ */
 export function localAddresses(): Set<number> {
   const out = new Set<number>();
-  try {
-    const j = JSON.parse(
-      execFileSync('ip', ['-j', '-4', 'addr', 'show'], { encoding: 'utf8' }),
-    ) as {
-      addr_info?: { local?: string }[];
-    }[];
-    for (const link of j) {
-      for (const a of link.addr_info ?? []) {
-        const n = a.local ? parseIpv4(a.local) : null;
-        if (n !== null) out.add(n);
-      }
+  for (const addrs of Object.values(networkInterfaces())) {
+    for (const a of addrs ?? []) {
+      const n = a.family === 'IPv4' ? parseIpv4(a.address) : null;
+      if (n !== null) out.add(n);
     }
-  } catch {
-    // no ip(8) output: local clients are then only recognised by the TUN address
   }
   return out;
 }
@@ -109,7 +109,7 @@ export class Daemon {
     const cfg = this.cfg;
     const stateFile = stateFileFor(cfg);
     try {
-      const stale = cleanStale(stateFile);
+      const stale = await cleanStale(stateFile);
       if (stale.length > 0)
         this.log.warn(
           { event: 'stale_state_removed', undone: stale },
@@ -142,7 +142,7 @@ export class Daemon {
       );
       const host = new HostSetup(stateFile, tun.name);
       this.host = host;
-      host.apply(hostPlanFromConfig(cfg, tun.name));
+      await host.apply(hostPlanFromConfig(cfg, tun.name));
 
       const t = cfg.timeouts;
       this.table = new FlowTable(cfg.limits.maxFlows, [
@@ -356,7 +356,10 @@ export class Daemon {
         'some settings take effect only after a restart',
       );
     }
-    if (this.host && this.tun) this.host.updateReplyPorts(hostPlanFromConfig(next, this.tun.name));
+    // The host commands run while packets flow (host/setup.ts): the rules below are
+    // still the old ones until they are done, and then change in one step.
+    if (this.host && this.tun)
+      await this.host.updateReplyPorts(hostPlanFromConfig(next, this.tun.name));
     // Rules and static instances change together, before the next packet: a SYN
     // never sees the services of one configuration with the instances of another.
     // The instances registered by programs under vpm exec stay.
@@ -413,7 +416,7 @@ export class Daemon {
     this.tun?.close();
     this.tun = null;
     try {
-      this.host?.undo();
+      await this.host?.undo();
     } catch (e) {
       this.log.error(
         { event: 'shutdown_error', err: (e as Error).message },
