@@ -22,8 +22,9 @@
  * the journal and an undo at exit waits for a reload's update and removes what
  * it added too. The journal itself is written synchronously, before the change it
  * records: a small file, no process, and its order before the change is plain.
- * On reload the new reply rules are added before the old ones are removed (the
- * ranges overlap), so the replies of a running connection never miss the TUN.
+ * On reload the new reply rules are added before the old ones are removed, so a
+ * port that both cover (19002 in 19001-19002 and in 19001-19003) is never without
+ * one: the replies of a running connection never miss the TUN.
  *
  * The recipe, for a TUN `vpm0` with address A, local-client address L, virtual
  * service addresses V…, instance ports P…, route table T and rule priority R:
