@@ -366,7 +366,13 @@ async function main(argv: readonly string[]): Promise<number> {
     const d = await rr(st, 'dnat');
     const paths: PathResult[] = [];
     for (const path of VPM_PATHS) {
-      const vpm = await startVpm(lab, topo, root, path, ['--perf-basic-prof']);
+      // --perf-basic-prof also makes V8 log code events: into the lab's directory,
+      // not an isolate-*.log in the working directory.
+      const vpm = await startVpm(lab, topo, root, path, [
+        '--perf-basic-prof',
+        '--no-logfile-per-isolate',
+        `--logfile=${join(lab.dir, `v8-${path}.log`)}`,
+      ]);
       pin(vpm.proc.pid, CPU);
       process.stderr.write(`bench:wakeup: ${PATH_NAMES[path]} ...\n`);
       paths.push(await measurePath(st, vpm, lab.dir));

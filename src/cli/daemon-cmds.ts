@@ -81,7 +81,7 @@ export function registerDaemonCommands(program: Command): void {
           );
         process.stdout.write(`stopped vpm (pid ${j.pid})\n`);
       }
-      const undone = cleanStale(file);
+      const undone = await cleanStale(file);
       for (const u of undone) process.stdout.write(`undone: ${u}\n`);
       if (!j) process.stdout.write(`vpm is not running for ${cfg.tun.name}; nothing to undo\n`);
     });

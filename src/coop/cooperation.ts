@@ -33,6 +33,7 @@
 
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
+import type { InstanceSet } from '../datapath/instances.js';
 import { type HeldKind, INJECT_MALFORMED, type Pipeline } from '../datapath/pipeline.js';
 import type { Rules } from '../datapath/rules.js';
 import { CREATE_COLLISION, CREATE_FULL, type FlowKeyArgs, type FlowTable } from '../flow/table.js';
@@ -71,6 +72,8 @@ export interface CooperationDeps {
   pipeline: Pipeline;
   table: FlowTable;
   rules: () => Rules;
+  /** The live instances of each AID (the daemon's; static and registered). */
+  instances: InstanceSet;
   log: Logger;
   /** Monotonic ms, the pipeline's clock. */
   now: () => number;
@@ -290,9 +293,9 @@ export class Cooperation {
 
     if (svcRule.peer < 0) {
       // A local service: the AID's own instance (FIG. 8).
-      const inst = rules.pickInstance(aid, h.svc);
+      const inst = this.d.instances.pick(aid, h.svc);
       if (inst < 0) return fail('refused_no_instance', { aid: aidName });
-      const target = rules.instances[aid]![inst]!;
+      const target = this.d.instances.get(inst)!;
       k.realAddr = target.addr;
       k.realPort = target.port;
       k.instance = inst;
@@ -369,17 +372,9 @@ export class Cooperation {
   // ---------------------------------------------------------------- server side
 
   private aidsFor(svc: number): string[] {
-    const rules = this.d.rules();
-    const vport = rules.services[svc]!.port;
     const out: string[] = [];
-    rules.instances.forEach((list, aid) => {
-      if (
-        list.some(
-          (r) => (r.service === -1 || r.service === svc) && (r.vport === 0 || r.vport === vport),
-        )
-      ) {
-        out.push(rules.aidNames[aid]!);
-      }
+    this.d.rules().aidNames.forEach((name, aid) => {
+      if (this.d.instances.serving(aid, svc)) out.push(name);
     });
     return out;
   }
@@ -430,7 +425,7 @@ export class Cooperation {
     const vip = parseIpv4(sAddr)!;
     const svc = rules.findService(vip, Number(sPort), IPPROTO_TCP);
     const aid = rules.aidNames.indexOf(m.body.aid);
-    const inst = svc >= 0 && aid >= 0 ? rules.pickInstance(aid, svc) : -1;
+    const inst = svc >= 0 && aid >= 0 ? this.d.instances.pick(aid, svc) : -1;
     if (inst < 0) {
       return {
         type: 'refuse',
@@ -440,7 +435,7 @@ export class Cooperation {
         },
       };
     }
-    const target = rules.instances[aid]![inst]!;
+    const target = this.d.instances.get(inst)!;
     const client = parseIpv4(cAddr)!;
     const s = this.d.pipeline.createFlow(
       {

@@ -1,18 +1,20 @@
 /**
- * `vpm up`: the daemon.
+ * `vpm up`: the daemon — its wiring, signals and reload.
  *
  * Start-up order, each step undone if a later one fails, so that a failed start
  * leaves the host as it was:
  *   1. load and validate the config (nothing touched yet; errors exit 2);
  *   2. remove what a crashed daemon of the same TUN left behind (its journal);
  *   3. open the TUN device; 4. apply the host plan (journalled);
- *   5. build the table, rules and pipeline, start reading; 6. open the control socket.
- * SIGINT/SIGTERM undo it all in reverse; SIGHUP reloads the config: new rules
- * apply to new connections, flows in the table keep their translation.
+ *   5. build the table, rules, instances and pipeline, start reading;
+ *   6. open the control socket (its commands: control-handlers.ts).
+ * SIGINT/SIGTERM undo it all in reverse; SIGHUP (or the control command `reload`)
+ * reloads the config: new rules apply to new connections, flows in the table keep
+ * their translation. What a reload changes is decided by `reloadPlan` (reload.ts).
  */
 
-import { execFileSync } from 'node:child_process';
 import type { Server } from 'node:http';
+import { networkInterfaces } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
@@ -21,6 +23,7 @@ import type { Config } from '../config/types.js';
 import { ControlServer } from '../control/server.js';
 import { Cooperation } from '../coop/cooperation.js';
 import { Counters, DROP_NAMES } from '../datapath/counters.js';
+import { InstanceSet } from '../datapath/instances.js';
 import { Pipeline } from '../datapath/pipeline.js';
 import type { Rules } from '../datapath/rules.js';
 import { STATE_NAMES } from '../flow/state.js';
@@ -33,9 +36,15 @@ import { PortPool } from '../virtual/pool.js';
 import { Registry } from '../virtual/registry.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
 import type { PacketInfo } from '../wire/parse.js';
+import { registerControlHandlers } from './control-handlers.js';
 import { createLogger } from './log.js';
 import { buildMetrics, serveMetrics } from './metrics.js';
-import { hostPlanFromConfig, rulesFromConfig } from './rules-from-config.js';
+import { type ReloadResult, reloadPlan } from './reload.js';
+import {
+  hostPlanFromConfig,
+  rulesFromConfig,
+  staticInstancesFromConfig,
+} from './rules-from-config.js';
 
 /**
  * The journal of host changes lives beside the control socket, so that daemons of
@@ -48,23 +57,23 @@ export const stateFileFor = (cfg: Config) =>
 const EXPIRE_BUDGET = 20_000;
 const EXPIRE_INTERVAL_MS = 1000;
 
-/** Addresses assigned on this host (in this network namespace). */
+/**
+ * IPv4 addresses assigned on this host (in this network namespace): a SYN from
+ * one of them comes from a local client. Read in-process (getifaddrs, through
+ * libuv), never by running ip(8): it runs at start and on every reload, and the
+ * data plane must not wait for it. libuv lists only interfaces that are up and
+ * have a carrier (ip addr listed all): an address on an interface without one is
+ * taken for a remote client's, which matters only to a local client bound to it
+ * (its SYN is classified by the selectors alone). The TUN's own address is added
+ * by the caller.
+ */
 export function localAddresses(): Set<number> {
   const out = new Set<number>();
-  try {
-    const j = JSON.parse(
-      execFileSync('ip', ['-j', '-4', 'addr', 'show'], { encoding: 'utf8' }),
-    ) as {
-      addr_info?: { local?: string }[];
-    }[];
-    for (const link of j) {
-      for (const a of link.addr_info ?? []) {
-        const n = a.local ? parseIpv4(a.local) : null;
-        if (n !== null) out.add(n);
-      }
+  for (const addrs of Object.values(networkInterfaces())) {
+    for (const a of addrs ?? []) {
+      const n = a.family === 'IPv4' ? parseIpv4(a.address) : null;
+      if (n !== null) out.add(n);
     }
-  } catch {
-    // no ip(8) output: local clients are then only recognised by the TUN address
   }
   return out;
 }
@@ -79,12 +88,16 @@ export class Daemon {
   private pipeline: Pipeline | null = null;
   private counters: Counters | null = null;
   private rules: Rules | null = null;
+  /** The live instances of each AID: static ones (replaced on reload) and registered ones. */
+  private readonly instances = new InstanceSet();
   private pool: PortPool | null = null;
   private registry: Registry | null = null;
   private metrics: Server | null = null;
   private coop: Cooperation | null = null;
   private timer: NodeJS.Timeout | null = null;
   private stopping = false;
+  /** The last reload asked for, settled or not: the next one waits for it. */
+  private reloading: Promise<void> = Promise.resolve();
   readonly startedAt = Date.now();
 
   constructor(cfg: Config, log?: Logger) {
@@ -96,7 +109,7 @@ export class Daemon {
     const cfg = this.cfg;
     const stateFile = stateFileFor(cfg);
     try {
-      const stale = cleanStale(stateFile);
+      const stale = await cleanStale(stateFile);
       if (stale.length > 0)
         this.log.warn(
           { event: 'stale_state_removed', undone: stale },
@@ -129,7 +142,7 @@ export class Daemon {
       );
       const host = new HostSetup(stateFile, tun.name);
       this.host = host;
-      host.apply(hostPlanFromConfig(cfg, tun.name));
+      await host.apply(hostPlanFromConfig(cfg, tun.name));
 
       const t = cfg.timeouts;
       this.table = new FlowTable(cfg.limits.maxFlows, [
@@ -139,6 +152,7 @@ export class Daemon {
         t.timeWaitMs,
       ]);
       this.rules = rulesFromConfig(cfg);
+      this.instances.replaceStatic(this.rules, staticInstancesFromConfig(cfg));
       if (cfg.pool) {
         this.pool = new PortPool(
           cfg.pool.range.lo,
@@ -147,7 +161,7 @@ export class Daemon {
           cfg.pool.waitTimeoutMs,
         );
       }
-      this.registry = new Registry(cfg, this.rules, this.pool);
+      this.registry = new Registry(cfg, this.instances, this.pool);
       this.counters = new Counters(Math.max(1, cfg.applications.length));
       const locals = localAddresses();
       locals.add(cfg.tun.address);
@@ -157,6 +171,7 @@ export class Daemon {
         this.rules,
         this.counters,
         {
+          instances: this.instances,
           verifyL4Checksum: cfg.tun.verifyChecksums,
           localClientAddr: cfg.tun.localClientAddress,
           localClientAid: (addr, port) => this.registry?.localClientAid(addr, port) ?? -1,
@@ -181,6 +196,7 @@ export class Daemon {
         pipeline,
         table: this.table,
         rules: () => this.rules!,
+        instances: this.instances,
         log: this.log,
         now: () => performance.now(),
         localClientAid: (addr, port) => this.registry?.localClientAid(addr, port) ?? -1,
@@ -199,7 +215,14 @@ export class Daemon {
       this.timer = setInterval(() => this.expire(), EXPIRE_INTERVAL_MS);
 
       this.control = new ControlServer(cfg.control.socket);
-      this.registerControl(this.control);
+      registerControlHandlers(this.control, {
+        log: this.log,
+        config: () => this.cfg,
+        stats: () => this.stats(),
+        flows: () => this.flows(),
+        reload: () => this.reload(),
+        registry: () => this.registry,
+      });
       await this.control.listen();
       const m = cfg.metrics.listen;
       if (m)
@@ -311,26 +334,38 @@ export class Daemon {
     };
   }
 
-  /** Re-read the config file; new rules apply to new connections. */
-  reload(): { ok: true; services: number; applications: number; selectors: number } {
+  /**
+   * Re-read the config file; new rules apply to new connections. Reloads run one
+   * at a time, in the order they were asked for (SIGHUP, the control command).
+   */
+  reload(): Promise<ReloadResult> {
+    const r = this.reloading.then(() => this.reloadNow());
+    this.reloading = r.then(
+      () => {},
+      () => {},
+    );
+    return r;
+  }
+
+  private async reloadNow(): Promise<ReloadResult> {
     const next = loadConfig(this.cfg.source);
-    const restart: string[] = [];
-    if (JSON.stringify(next.tun) !== JSON.stringify(this.cfg.tun)) restart.push('tun');
-    if (next.control.socket !== this.cfg.control.socket) restart.push('control.socket');
-    if (next.limits.maxFlows !== this.cfg.limits.maxFlows) restart.push('limits.maxFlows');
-    if (JSON.stringify(next.pool) !== JSON.stringify(this.cfg.pool)) restart.push('pool');
-    if (JSON.stringify(next.cooperative) !== JSON.stringify(this.cfg.cooperative))
-      restart.push('cooperative');
-    if (restart.length > 0) {
+    const plan = reloadPlan(this.cfg, next);
+    if (plan.needsRestart.length > 0) {
       this.log.warn(
-        { event: 'reload_partial', needsRestart: restart },
+        { event: 'reload_partial', needsRestart: plan.needsRestart },
         'some settings take effect only after a restart',
       );
     }
-    if (this.host && this.tun) this.host.updateReplyPorts(hostPlanFromConfig(next, this.tun.name));
+    // The host commands run while packets flow (host/setup.ts): the rules below are
+    // still the old ones until they are done, and then change in one step.
+    if (this.host && this.tun)
+      await this.host.updateReplyPorts(hostPlanFromConfig(next, this.tun.name));
+    // Rules and static instances change together, before the next packet: a SYN
+    // never sees the services of one configuration with the instances of another.
+    // The instances registered by programs under vpm exec stay.
     this.rules = rulesFromConfig(next);
-    // The live instances registered by programs under vpm exec stay.
-    this.registry?.rebind({ ...next, pool: this.cfg.pool }, this.rules);
+    this.instances.replaceStatic(this.rules, staticInstancesFromConfig(next));
+    this.registry?.rebind({ ...next, pool: this.cfg.pool });
     if (this.pipeline) {
       this.pipeline.rules = this.rules;
       const locals = localAddresses();
@@ -339,103 +374,17 @@ export class Daemon {
     }
     const t = next.timeouts;
     this.table?.timeouts.set([t.embryonicMs, t.establishedIdleMs, t.closingMs, t.timeWaitMs]);
-    this.cfg = {
-      ...next,
-      cooperative: this.cfg.cooperative,
-      tun: this.cfg.tun,
-      control: this.cfg.control,
-      limits: this.cfg.limits,
-      pool: this.cfg.pool,
-    };
+    this.cfg = plan.config;
     this.coop?.update(this.cfg);
-    this.log.info({ event: 'reloaded', file: next.source }, 'configuration reloaded');
+    this.log.info(
+      { event: 'reloaded', file: next.source, changed: plan.changed },
+      'configuration reloaded',
+    );
     return {
       ok: true,
       services: next.services.length,
       applications: next.applications.length,
       selectors: next.selectors.length,
-    };
-  }
-
-  private registerControl(c: ControlServer): void {
-    c.on('ping', () => ({ pong: true, pid: process.pid, version: 1 }));
-    c.on('stats', () => this.stats());
-    c.on('flows', () => this.flows());
-    c.on('reload', () => this.reload());
-    // The virtual layer (the bind/connect library and vpm exec): docs/control-protocol.md.
-    const reg = () => this.registry!;
-    c.on('hello', (a) => reg().hello(a));
-    c.on('services', () =>
-      this.cfg.services.map((s) => ({
-        name: s.name,
-        address: ipv4ToString(s.address),
-        port: s.port,
-        protocol: s.protocol,
-      })),
-    );
-    c.on('bind', async (a, conn) => {
-      try {
-        const r = await reg().bind(conn, a);
-        this.log.info(
-          {
-            event: 'instance_bind',
-            aid: a.aid,
-            vport: a.vport,
-            port: r.port,
-            pid: a.pid,
-            fd: a.fd,
-          },
-          'bind registered',
-        );
-        return r;
-      } catch (e) {
-        const err = e as { code?: string; message: string };
-        this.log.warn(
-          {
-            event: 'instance_bind_failed',
-            aid: a.aid,
-            vport: a.vport,
-            pid: a.pid,
-            code: err.code,
-            err: err.message,
-          },
-          'bind refused',
-        );
-        throw e;
-      }
-    });
-    c.on('release', (a, conn) => {
-      const r = reg().release(conn, a);
-      this.log.info(
-        {
-          event: 'instance_release',
-          aid: a.aid,
-          vport: a.vport,
-          port: a.port,
-          pid: a.pid,
-          fd: a.fd,
-          released: r.released,
-        },
-        'bind released',
-      );
-      return r;
-    });
-    c.on('connect', (a) => {
-      const r = reg().connectReport(a);
-      this.log.debug(
-        { event: 'client_connect', aid: a.aid, local: a.local, remote: a.remote, pid: a.pid },
-        'connect reported',
-      );
-      return r;
-    });
-    c.on('instances', () => reg().instances());
-    c.onClose = (conn) => {
-      const n = this.registry?.connClosed(conn) ?? 0;
-      if (n > 0)
-        this.log.info(
-          { event: 'instance_gone', registrations: n },
-          'a registering program went away',
-        );
     };
   }
 
@@ -467,7 +416,7 @@ export class Daemon {
     this.tun?.close();
     this.tun = null;
     try {
-      this.host?.undo();
+      await this.host?.undo();
     } catch (e) {
       this.log.error(
         { event: 'shutdown_error', err: (e as Error).message },
@@ -491,14 +440,12 @@ export class Daemon {
     process.on('SIGINT', () => void this.stop(0));
     process.on('SIGTERM', () => void this.stop(0));
     process.on('SIGHUP', () => {
-      try {
-        this.reload();
-      } catch (e) {
+      this.reload().catch((e: unknown) => {
         this.log.error(
           { event: 'reload_failed', err: (e as Error).message },
           'reload failed; keeping the old configuration',
         );
-      }
+      });
     });
   }
 }

@@ -1,6 +1,10 @@
-/** Build the data plane's numeric `Rules` and the host plan from a validated Config. */
+/**
+ * Build the data plane's numeric `Rules`, its static instances and the host plan
+ * from a validated Config.
+ */
 
 import type { Config } from '../config/types.js';
+import type { InstanceSpec } from '../datapath/instances.js';
 import { Rules } from '../datapath/rules.js';
 import type { HostPlan } from '../host/setup.js';
 import { ipv4ToString } from '../wire/address.js';
@@ -25,16 +29,21 @@ export function rulesFromConfig(cfg: Config): Rules {
       aid: s.aidIndex,
     })),
     aidNames: cfg.applications.map((a) => a.aid),
-    instances: cfg.applications.map((a) =>
-      a.instances.map((i) => ({
-        addr: i.address,
-        port: i.port,
-        service: i.serviceIndex ?? -1,
-        vport: 0,
-      })),
-    ),
     defaultAid: cfg.default.refuse ? -1 : cfg.default.aidIndex,
   });
+}
+
+/** The static instances (`applications[].instances`), in configuration order. */
+export function staticInstancesFromConfig(cfg: Config): InstanceSpec[] {
+  return cfg.applications.flatMap((a) =>
+    a.instances.map((i) => ({
+      aid: a.index,
+      addr: i.address,
+      port: i.port,
+      service: i.serviceIndex ?? -1,
+      vport: 0,
+    })),
+  );
 }
 
 /** Merge the instance ports into as few ranges as possible. */

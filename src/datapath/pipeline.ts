@@ -69,6 +69,7 @@ import {
   VnetCheck,
 } from '../wire/virtio.js';
 import { type Counters, Drop, SENDS_RST, VNET_DROP } from './counters.js';
+import type { InstanceSet } from './instances.js';
 import { RST_LEN, writeRst } from './rst.js';
 import type { Rules } from './rules.js';
 
@@ -95,6 +96,8 @@ const MAX_HELD = 65535;
 const EINVAL = 22;
 
 export interface PipelineOptions {
+  /** The live instances of each AID (the daemon's; static and registered). */
+  instances: InstanceSet;
   /** Verify TCP checksums of every packet (a full sum); the IPv4 header checksum is always verified. */
   verifyL4Checksum: boolean;
   /** Address local clients are translated to (routed to the TUN, never assigned). */
@@ -551,9 +554,10 @@ export class Pipeline {
       return -Drop.NEGOTIATING;
     }
     if (aid < 0) return this.refused(Drop.REFUSED_NO_SELECTOR, info);
-    const inst = rules.pickInstance(aid, svc);
+    const instances = this.opts.instances;
+    const inst = instances.pick(aid, svc);
     if (inst < 0) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
-    const target = rules.instances[aid]![inst]!;
+    const target = instances.get(inst)!;
     const k = this.key;
     k.proto = IPPROTO_TCP;
     k.clientAddr = info.srcAddr;

@@ -1,6 +1,10 @@
-/** Run a host command (ip, sysctl) synchronously; control plane only. */
+/**
+ * Run a host command (ip) without blocking: the daemon's event loop, which also
+ * reads the TUN device, keeps moving packets while the command runs. Control
+ * plane only.
+ */
 
-import { execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { VpmError } from '../base/errors.js';
 
 export type HostErrorCode =
@@ -19,15 +23,21 @@ export class HostError extends VpmError<HostErrorCode> {
   readonly exitCode = 1;
 }
 
-/** Run `cmd args`; returns stdout; throws HostError naming the command and its stderr. */
-export function run(cmd: string, args: readonly string[]): string {
-  try {
-    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-  } catch (e) {
-    const err = e as { stderr?: string; message: string; code?: string };
-    if (err.code === 'ENOENT')
-      throw new HostError('ERR_HOST_TOOL', `${cmd} not found: install iproute2`);
-    const detail = (err.stderr ?? '').trim() || err.message;
-    throw new HostError('ERR_HOST_COMMAND', `${cmd} ${args.join(' ')} failed: ${detail}`);
-  }
+/**
+ * Run `cmd args`; resolves to its stdout; rejects with a HostError naming the
+ * command and its stderr.
+ */
+export function run(cmd: string, args: readonly string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = execFile(cmd, args, { encoding: 'utf8' }, (e, stdout, stderr) => {
+      if (!e) return resolve(stdout);
+      const err = e as { message: string; code?: string | number | null };
+      if (err.code === 'ENOENT')
+        return reject(new HostError('ERR_HOST_TOOL', `${cmd} not found: install iproute2`));
+      const detail = stderr.trim() || err.message;
+      reject(new HostError('ERR_HOST_COMMAND', `${cmd} ${args.join(' ')} failed: ${detail}`));
+    });
+    // Nothing to read: the command gets an empty stdin, as before.
+    child.stdin?.end();
+  });
 }

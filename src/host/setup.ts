@@ -14,6 +14,18 @@
  * already has the value) are not journalled and not undone: vpm removes exactly
  * what it added.
  *
+ * Commands run asynchronously (run.ts, and /proc/sys through node:fs/promises):
+ * the daemon's event loop, which also reads and writes the TUN device, keeps
+ * moving packets while `ip` runs — at start-up, on reload (`updateReplyPorts`)
+ * and at exit. One operation at a time: `apply`, `updateReplyPorts` and `undo`
+ * queue behind each other, so that two reloads never interleave their edits of
+ * the journal and an undo at exit waits for a reload's update and removes what
+ * it added too. The journal itself is written synchronously, before the change it
+ * records: a small file, no process, and its order before the change is plain.
+ * On reload the new reply rules are added before the old ones are removed, so a
+ * port that both cover (19002 in 19001-19002 and in 19001-19003) is never without
+ * one: the replies of a running connection never miss the TUN.
+ *
  * The recipe, for a TUN `vpm0` with address A, local-client address L, virtual
  * service addresses V…, instance ports P…, route table T and rule priority R:
  *   ip link set vpm0 mtu M txqueuelen Q; sysctl net.ipv6.conf.vpm0.disable_ipv6=1
@@ -70,6 +82,8 @@ export interface Journal {
 
 export class HostSetup {
   private readonly journal: Journal;
+  /** The operation running now, or the last one: the next starts after it. */
+  private tail: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly stateFile: string,
@@ -91,8 +105,19 @@ export class HostSetup {
     renameSync(tmp, this.stateFile);
   }
 
+  /** Run `op` after the operations queued before it (see the theory of operation). */
+  private serial<T>(op: () => Promise<T>): Promise<T> {
+    const r = this.tail.then(op);
+    this.tail = r.catch(() => {});
+    return r;
+  }
+
   /** Configure the host for the TUN (already created). On failure, undoes what it did and rethrows. */
-  apply(plan: HostPlan): void {
+  apply(plan: HostPlan): Promise<void> {
+    return this.serial(() => this.applyNow(plan));
+  }
+
+  private async applyNow(plan: HostPlan): Promise<void> {
     this.save();
     try {
       const dev = plan.tunName;
@@ -100,13 +125,13 @@ export class HostSetup {
       const devKey = (family: string, name: string) =>
         `net.${family}.conf.${dev.replace(/\./g, '/')}.${name}`;
       if (existsSync(`/proc/sys/net/ipv6/conf/${dev}`))
-        writeSysctl(devKey('ipv6', 'disable_ipv6'), '1');
+        await writeSysctl(devKey('ipv6', 'disable_ipv6'), '1');
       // Packets written to the TUN carry the client's address as source, whose
       // route is not the TUN: loose reverse-path filtering lets them in without
       // touching the host-wide setting (the kernel uses max(all, device)).
-      writeSysctl(devKey('ipv4', 'rp_filter'), '2');
-      writeSysctl(devKey('ipv4', 'forwarding'), '1');
-      run('ip', [
+      await writeSysctl(devKey('ipv4', 'rp_filter'), '2');
+      await writeSysctl(devKey('ipv4', 'forwarding'), '1');
+      await run('ip', [
         'link',
         'set',
         'dev',
@@ -116,17 +141,25 @@ export class HostSetup {
         'txqueuelen',
         String(plan.txQueueLen),
       ]);
-      run('ip', ['addr', 'replace', `${plan.tunAddr}/32`, 'dev', dev]);
-      run('ip', ['link', 'set', 'dev', dev, 'up']);
-      for (const vip of plan.vips) run('ip', ['route', 'replace', `${vip}/32`, 'dev', dev]);
-      run('ip', ['route', 'replace', `${plan.localClientAddr}/32`, 'dev', dev]);
-      run('ip', ['route', 'replace', 'default', 'dev', dev, 'table', String(plan.routeTable)]);
-      for (const args of replyRules(plan)) this.addRule(args);
+      await run('ip', ['addr', 'replace', `${plan.tunAddr}/32`, 'dev', dev]);
+      await run('ip', ['link', 'set', 'dev', dev, 'up']);
+      for (const vip of plan.vips) await run('ip', ['route', 'replace', `${vip}/32`, 'dev', dev]);
+      await run('ip', ['route', 'replace', `${plan.localClientAddr}/32`, 'dev', dev]);
+      await run('ip', [
+        'route',
+        'replace',
+        'default',
+        'dev',
+        dev,
+        'table',
+        String(plan.routeTable),
+      ]);
+      for (const args of replyRules(plan)) await this.addRule(args);
       if (plan.peerVips && plan.peerVips.length > 0) {
         const out = String(plan.routeTable + 1);
         for (const { vip, peer } of plan.peerVips) {
           // The way to the peer, as the host routes it without vpm.
-          const r = JSON.parse(run('ip', ['-j', 'route', 'get', peer]))[0] as
+          const r = JSON.parse(await run('ip', ['-j', 'route', 'get', peer]))[0] as
             | { gateway?: string; dev?: string }
             | undefined;
           if (!r?.dev)
@@ -135,57 +168,63 @@ export class HostSetup {
               `no route to peer ${peer} (ip route get ${peer})`,
             );
           const via = r.gateway ? ['via', r.gateway] : [];
-          run('ip', ['route', 'replace', `${vip}/32`, ...via, 'dev', r.dev, 'table', out]);
+          await run('ip', ['route', 'replace', `${vip}/32`, ...via, 'dev', r.dev, 'table', out]);
           this.journal.changes.push({ kind: 'route', args: [`${vip}/32`, 'table', out] });
           this.save();
         }
-        this.addRule(['pref', String(plan.rulePriority), 'iif', dev, 'lookup', out]);
+        await this.addRule(['pref', String(plan.rulePriority), 'iif', dev, 'lookup', out]);
       }
-      this.setSysctl('net.ipv4.ip_forward', '1');
+      await this.setSysctl('net.ipv4.ip_forward', '1');
     } catch (e) {
-      this.undo();
+      await this.undoNow();
       throw e;
     }
   }
 
   /**
    * Bring the reply rules in line with a new plan (config reload): add the missing
-   * ones, remove journalled ones that are no longer wanted.
+   * ones, then remove journalled ones that are no longer wanted (make before break).
    */
-  updateReplyPorts(plan: HostPlan): void {
-    const want = replyRules(plan);
-    const wantKeys = new Set(want.map((a) => a.join(' ')));
-    const keep: Change[] = [];
-    for (const c of this.journal.changes) {
-      if (c.kind === 'rule' && c.args.includes('sport') && !wantKeys.has(c.args.join(' '))) {
-        if (ruleExists(c.args)) run('ip', ['rule', 'del', ...c.args]);
-      } else {
-        keep.push(c);
+  updateReplyPorts(plan: HostPlan): Promise<void> {
+    return this.serial(async () => {
+      const want = replyRules(plan);
+      for (const args of want) await this.addRule(args);
+      const wantKeys = new Set(want.map((a) => a.join(' ')));
+      const keep: Change[] = [];
+      for (const c of this.journal.changes) {
+        if (c.kind === 'rule' && c.args.includes('sport') && !wantKeys.has(c.args.join(' '))) {
+          if (await ruleExists(c.args)) await run('ip', ['rule', 'del', ...c.args]);
+        } else {
+          keep.push(c);
+        }
       }
-    }
-    this.journal.changes = keep;
-    this.save();
-    for (const args of want) this.addRule(args);
+      this.journal.changes = keep;
+      this.save();
+    });
   }
 
-  private addRule(args: string[]): void {
-    if (ruleExists(args)) return;
+  private async addRule(args: string[]): Promise<void> {
+    if (await ruleExists(args)) return;
     this.journal.changes.push({ kind: 'rule', args });
     this.save();
-    run('ip', ['rule', 'add', ...args]);
+    await run('ip', ['rule', 'add', ...args]);
   }
 
-  private setSysctl(key: string, value: string): void {
-    const old = readSysctl(key);
+  private async setSysctl(key: string, value: string): Promise<void> {
+    const old = await readSysctl(key);
     if (old === value) return;
     this.journal.changes.push({ kind: 'sysctl', key, old, value });
     this.save();
-    writeSysctl(key, value);
+    await writeSysctl(key, value);
   }
 
   /** Undo every journalled change, newest first, and remove the state file. */
-  undo(): void {
-    undoJournal(this.journal);
+  undo(): Promise<void> {
+    return this.serial(() => this.undoNow());
+  }
+
+  private async undoNow(): Promise<void> {
+    await undoJournal(this.journal);
     rmSync(this.stateFile, { force: true });
   }
 }
@@ -205,32 +244,46 @@ function replyRules(plan: HostPlan): string[][] {
   ]);
 }
 
-function ruleExists(args: readonly string[]): boolean {
-  // `ip rule show pref N` prints rules in a canonical form; compare on the parts we set.
+async function ruleExists(args: readonly string[]): Promise<boolean> {
   const prefIdx = args.indexOf('pref');
-  const out = run('ip', ['rule', 'show', 'pref', args[prefIdx + 1]!]);
-  const parts = ['from', 'iif', 'ipproto', 'sport', 'lookup']
-    .filter((k) => args.includes(k))
-    .map((k) => `${k} ${args[args.indexOf(k) + 1]}`);
-  return out.split('\n').some((line) => parts.every((p) => line.includes(p)));
+  const out = await run('ip', ['rule', 'show', 'pref', args[prefIdx + 1]!]);
+  return out.split('\n').some((line) => ruleShows(line, args));
+}
+
+/** The selectors vpm sets on its rules, compared by `ruleShows`. */
+const RULE_SELECTORS = ['from', 'iif', 'ipproto', 'sport', 'lookup'] as const;
+
+/**
+ * Is `line` of `ip rule show` (which prints rules in a canonical form) the rule
+ * `args`? Compared on the selectors vpm sets, word by word: "sport 19001" is not
+ * "sport 19001-19002", which the reply rules of one reload and the next may be.
+ */
+export function ruleShows(line: string, args: readonly string[]): boolean {
+  const words = line.trim().split(/\s+/);
+  return RULE_SELECTORS.every((k) => {
+    const i = args.indexOf(k);
+    if (i < 0) return true;
+    const j = words.indexOf(k);
+    return j >= 0 && words[j + 1] === args[i + 1];
+  });
 }
 
 /** Undo a journal's changes, newest first. Errors are collected, not thrown halfway. */
-export function undoJournal(j: Journal): string[] {
+export async function undoJournal(j: Journal): Promise<string[]> {
   const errors: string[] = [];
   for (let i = j.changes.length - 1; i >= 0; i--) {
     const c = j.changes[i]!;
     try {
       if (c.kind === 'rule') {
-        if (ruleExists(c.args)) run('ip', ['rule', 'del', ...c.args]);
+        if (await ruleExists(c.args)) await run('ip', ['rule', 'del', ...c.args]);
       } else if (c.kind === 'route') {
         try {
-          run('ip', ['route', 'del', ...c.args]);
+          await run('ip', ['route', 'del', ...c.args]);
         } catch {
           // already gone (its device went away)
         }
       } else {
-        writeSysctl(c.key, c.old);
+        await writeSysctl(c.key, c.old);
       }
     } catch (e) {
       errors.push((e as Error).message);
@@ -292,7 +345,7 @@ export function journalOwnerAlive(j: Journal): boolean {
  * Remove what a dead daemon left behind (rules, ip_forward). Throws when the
  * journal's daemon is still running. Returns a description of what was undone.
  */
-export function cleanStale(stateFile: string): string[] {
+export async function cleanStale(stateFile: string): Promise<string[]> {
   const j = readJournal(stateFile);
   if (j === null) return [];
   if (j.pid !== process.pid && journalOwnerAlive(j)) {
@@ -304,7 +357,7 @@ export function cleanStale(stateFile: string): string[] {
   const done = j.changes.map((c) =>
     c.kind === 'sysctl' ? `sysctl ${c.key}=${c.old}` : `ip ${c.kind} del ${c.args.join(' ')}`,
   );
-  const errors = undoJournal(j);
+  const errors = await undoJournal(j);
   if (errors.length > 0)
     throw new HostError(
       'ERR_HOST_STALE',

@@ -1,6 +1,9 @@
-/** Read and write sysctls through /proc/sys (no sysctl binary needed). */
+/**
+ * Read and write sysctls through /proc/sys (no sysctl binary needed), off the
+ * event loop (node:fs/promises) like every other host change after start-up.
+ */
 
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
 import { HostError } from './run.js';
 
 function path(key: string): string {
@@ -12,17 +15,17 @@ function path(key: string): string {
   return `/proc/sys/${key.replace(/\./g, '/')}`;
 }
 
-export function readSysctl(key: string): string {
+export async function readSysctl(key: string): Promise<string> {
   try {
-    return readFileSync(path(key), 'utf8').trim();
+    return (await readFile(path(key), 'utf8')).trim();
   } catch (e) {
     throw new HostError('ERR_HOST_SYSCTL', `cannot read sysctl ${key}: ${(e as Error).message}`);
   }
 }
 
-export function writeSysctl(key: string, value: string): void {
+export async function writeSysctl(key: string, value: string): Promise<void> {
   try {
-    writeFileSync(path(key), value);
+    await writeFile(path(key), value);
   } catch (e) {
     throw new HostError(
       'ERR_HOST_SYSCTL',

@@ -5,15 +5,17 @@
  * Theory of operation. A program run under `vpm exec --aid A` that binds a
  * multiplexed port V asks the daemon (control command `bind`) for a real port.
  * Registrations are grouped by (AID, protocol, V): the first one of a group gets
- * a port from the pool and becomes an instance of A in the data plane's rules
- * (so the next SYN for A to V can go there); every later one of the same group
- * — another process of the same AID, the seed's "same virtualized stream" —
- * gets the same real port and shares it with SO_REUSEPORT. A registration ends
- * when the program closes the socket (`release`) or when the control connection
- * it came on closes, which the kernel does when the process exits, also by
- * SIGKILL. When a group's last registration ends, its instance leaves the rules
- * (new connections no longer go there; established flows keep their
- * translation) and its port goes back to the pool, through quarantine.
+ * a port from the pool and becomes a registered instance of A in the data plane's
+ * instance set (src/datapath/instances.ts), so the next SYN for A to V can go
+ * there; every later one of the same group — another process of the same AID,
+ * the seed's "same virtualized stream" — gets the same real port and shares it
+ * with SO_REUSEPORT. A registration ends when the program closes the socket
+ * (`release`) or when the control connection it came on closes, which the kernel
+ * does when the process exits, also by SIGKILL. When a group's last registration
+ * ends, its instance leaves the set (new connections no longer go there;
+ * established flows keep their translation) and its port goes back to the pool,
+ * through quarantine. The registry owns the registered instances: a reload, which
+ * replaces the rules and the static instances, leaves them where they are.
  *
  * Concurrent first binds of one group wait for the same pool request, so a group
  * never holds two ports.
@@ -23,7 +25,7 @@ import type { Socket } from 'node:net';
 import { VpmError } from '../base/errors.js';
 import type { Config } from '../config/types.js';
 import type { BindArgs, ConnectArgs, HelloArgs, ReleaseArgs } from '../control/requests.js';
-import type { InstanceRule, Rules } from '../datapath/rules.js';
+import type { InstanceSet } from '../datapath/instances.js';
 import type { InstanceView } from '../view/views.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
 import type { PortPool } from './pool.js';
@@ -58,7 +60,8 @@ interface Group {
   /** Until the pool answers: the pending acquisition shared by concurrent first binds. */
   pending: Promise<number> | null;
   regs: Set<Registration>;
-  rule: InstanceRule | null;
+  /** Index of its instance in the instance set, or -1 while it has none. */
+  instance: number;
 }
 
 const MAX_LOCAL_CLIENTS = 65536;
@@ -84,7 +87,7 @@ export class Registry {
 
   constructor(
     private cfg: Config,
-    private rules: Rules,
+    private readonly instanceSet: InstanceSet,
     private readonly pool: PortPool | null,
   ) {}
 
@@ -149,7 +152,7 @@ export class Registry {
     const key = `${aid}/${proto}/${vport}/${addr}`;
     let g = this.groups.get(key);
     if (!g) {
-      g = { aid, proto, vport, addr, port: 0, pending: null, regs: new Set(), rule: null };
+      g = { aid, proto, vport, addr, port: 0, pending: null, regs: new Set(), instance: -1 };
       this.groups.set(key, g);
     }
     const reg: Registration = { id: this.nextId++, pid, fd, conn, since: Date.now() };
@@ -171,8 +174,13 @@ export class Registry {
             // Everyone left while we waited.
             this.endGroup(key, g);
           } else {
-            g.rule = { addr: g.addr, port, service: -1, vport };
-            this.rules.instances[aid]!.push(g.rule);
+            g.instance = this.instanceSet.addRegistered({
+              aid,
+              addr: g.addr,
+              port,
+              service: -1,
+              vport,
+            });
           }
         }
       } catch (e) {
@@ -250,11 +258,9 @@ export class Registry {
 
   private endGroup(key: string, g: Group): void {
     this.groups.delete(key);
-    if (g.rule) {
-      const list = this.rules.instances[g.aid];
-      const i = list ? list.indexOf(g.rule) : -1;
-      if (i >= 0) list!.splice(i, 1);
-      g.rule = null;
+    if (g.instance >= 0) {
+      this.instanceSet.removeRegistered(g.instance);
+      g.instance = -1;
     }
     if (g.port !== 0) this.pool?.release(g.port);
     g.port = 0;
@@ -303,13 +309,9 @@ export class Registry {
     return e === undefined ? -1 : e.aid;
   }
 
-  /** After a reload: new rules object, same live instances. */
-  rebind(cfg: Config, rules: Rules): void {
+  /** After a reload: the new configuration; the registered instances stay in the set. */
+  rebind(cfg: Config): void {
     this.cfg = cfg;
-    this.rules = rules;
-    for (const g of this.groups.values()) {
-      if (g.rule && rules.instances[g.aid]) rules.instances[g.aid]!.push(g.rule);
-    }
   }
 
   instances(): InstanceView[] {

@@ -16,8 +16,9 @@ import { type Config, parseConfig } from '../../src/config/config.js';
 import { Cooperation } from '../../src/coop/cooperation.js';
 import type { Message } from '../../src/coop/protocol.js';
 import { type AckAnswer, type OfferAnswer, PeerServer } from '../../src/coop/server.js';
-import { rulesFromConfig } from '../../src/daemon/rules-from-config.js';
+import { rulesFromConfig, staticInstancesFromConfig } from '../../src/daemon/rules-from-config.js';
 import { Counters, Drop } from '../../src/datapath/counters.js';
+import { InstanceSet } from '../../src/datapath/instances.js';
 import { Pipeline } from '../../src/datapath/pipeline.js';
 import { type FlowKeyArgs, FlowTable } from '../../src/flow/table.js';
 import { MemoryTun } from '../../src/tun/memory-tun.js';
@@ -107,6 +108,8 @@ async function setup(o: { capacity?: number; beforeCooperation?: (t: FlowTable) 
     cooperative: { ...co, peers: [{ ...co.peers[0]!, address: ip4('127.0.0.1'), port }] },
   };
   const rules = rulesFromConfig(cfg);
+  const instances = new InstanceSet();
+  instances.replaceStatic(rules, staticInstancesFromConfig(cfg));
   const tun = new MemoryTun({ batchSize: 8 });
   const table = new FlowTable(o.capacity ?? 64, [10_000, 3_600_000, 60_000, 10_000], 5);
   const counters = new Counters(cfg.applications.length);
@@ -121,6 +124,7 @@ async function setup(o: { capacity?: number; beforeCooperation?: (t: FlowTable) 
     rules,
     counters,
     {
+      instances,
       verifyL4Checksum: true,
       localClientAddr: cfg.tun.localClientAddress,
       localClientAid: () => -1,
@@ -136,6 +140,7 @@ async function setup(o: { capacity?: number; beforeCooperation?: (t: FlowTable) 
     pipeline,
     table,
     rules: () => rules,
+    instances,
     log,
     now: () => clock++,
     localClientAid: (_addr, p) => reported.get(p) ?? -1,

@@ -11,6 +11,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { Counters, DROP_REASONS, Drop } from '../../src/datapath/counters.js';
+import { InstanceSet } from '../../src/datapath/instances.js';
 import { Pipeline } from '../../src/datapath/pipeline.js';
 import { Rules } from '../../src/datapath/rules.js';
 import { FlowTable } from '../../src/flow/table.js';
@@ -55,9 +56,15 @@ function rules(): Rules {
     services: [{ name: 'web', addr: VIP, port: 9000, proto: PROTO_TCP, peer: -1 }],
     selectors: [],
     aidNames: ['a'],
-    instances: [[{ addr: HOST, port: 19001, service: -1, vport: 0 }]],
     defaultAid: 0,
   });
+}
+
+/** AID a's one instance, for `r`. */
+function instances(r: Rules): InstanceSet {
+  const set = new InstanceSet();
+  set.replaceStatic(r, [{ aid: 0, addr: HOST, port: 19001, service: -1, vport: 0 }]);
+  return set;
 }
 
 /** One pipeline, with or without virtio-net headers. */
@@ -66,12 +73,14 @@ function setup(vnetHdr: boolean, opts: { verify?: boolean } = {}) {
   const table = new FlowTable(64, [10_000, 3_600_000, 60_000, 10_000], 3);
   const counters = new Counters(1);
   const events: string[] = [];
+  const r = rules();
   const p = new Pipeline(
     tun,
     table,
-    rules(),
+    r,
     counters,
     {
+      instances: instances(r),
       verifyL4Checksum: opts.verify ?? true,
       localClientAddr: LOCAL_CLIENT,
       onDeviceEvent: (e, errno) => events.push(`${e}:${errno}`),
@@ -302,10 +311,10 @@ describe('a held SYN (cooperative mode, local clients) on a device with headers'
       services: [{ name: 'web', addr: VIP, port: 9000, proto: PROTO_TCP, peer: 0 }],
       selectors: [],
       aidNames: ['a'],
-      instances: [[]],
       defaultAid: 0,
     });
     const p = new Pipeline(tun, table, r, counters, {
+      instances: new InstanceSet(),
       verifyL4Checksum: true,
       localClientAddr: LOCAL_CLIENT,
       negotiate: (buf, off, len) => held.push(buf.slice(off, off + len)),

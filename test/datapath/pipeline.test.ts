@@ -7,8 +7,9 @@
 
 import { describe, expect, it } from 'vitest';
 import { Counters, DROP_REASONS, Drop } from '../../src/datapath/counters.js';
+import { InstanceSet, type InstanceSpec } from '../../src/datapath/instances.js';
 import { INJECT_MALFORMED, Pipeline } from '../../src/datapath/pipeline.js';
-import { type InstanceRule, Rules } from '../../src/datapath/rules.js';
+import { Rules } from '../../src/datapath/rules.js';
 import { FlowState } from '../../src/flow/state.js';
 import { CREATE_COLLISION, FlowTable } from '../../src/flow/table.js';
 import { MemoryTun } from '../../src/tun/memory-tun.js';
@@ -39,7 +40,20 @@ const FIN = 0x01;
 const RST = 0x04;
 const PSH = 0x08;
 
-function makeRules(opts: { instancesB?: InstanceRule[] } = {}): Rules {
+/** An AID's instance, as the tests list them (the AID is the list's position). */
+type TestInstance = Omit<InstanceSpec, 'aid'>;
+
+/** The instance set for `rules` with the static instances `perAid[aid]`. */
+function instanceSet(rules: Rules, perAid: TestInstance[][]): InstanceSet {
+  const set = new InstanceSet();
+  set.replaceStatic(
+    rules,
+    perAid.flatMap((list, aid) => list.map((i) => ({ ...i, aid }))),
+  );
+  return set;
+}
+
+function makeRules(): Rules {
   return new Rules({
     services: [{ name: 'web', addr: VIP, port: 9000, proto: PROTO_TCP, peer: -1 }],
     selectors: [
@@ -69,18 +83,21 @@ function makeRules(opts: { instancesB?: InstanceRule[] } = {}): Rules {
       },
     ],
     aidNames: ['tenant-a', 'tenant-b'],
-    instances: [
-      [{ addr: HOST, port: 19001, service: -1, vport: 0 }],
-      opts.instancesB ?? [{ addr: HOST, port: 19002, service: -1, vport: 0 }],
-    ],
     defaultAid: -1,
   });
+}
+
+function makeInstances(rules: Rules, opts: { instancesB?: TestInstance[] } = {}): InstanceSet {
+  return instanceSet(rules, [
+    [{ addr: HOST, port: 19001, service: -1, vport: 0 }],
+    opts.instancesB ?? [{ addr: HOST, port: 19002, service: -1, vport: 0 }],
+  ]);
 }
 
 function setup(
   o: {
     capacity?: number;
-    instancesB?: InstanceRule[];
+    instancesB?: TestInstance[];
     writeCapacity?: number;
     verify?: boolean;
   } = {},
@@ -92,12 +109,14 @@ function setup(
   const table = new FlowTable(o.capacity ?? 64, [10_000, 3_600_000, 60_000, 10_000], 7);
   const counters = new Counters(2);
   const events: string[] = [];
+  const rules = makeRules();
   const p = new Pipeline(
     tun,
     table,
-    makeRules(o),
+    rules,
     counters,
     {
+      instances: makeInstances(rules, o),
       verifyL4Checksum: o.verify ?? true,
       localClientAddr: LOCAL_CLIENT,
       onFlowEvent: (e, _s, r) => events.push(`${e}:${r}`),
@@ -449,7 +468,6 @@ describe('Pipeline, cooperative mode (FIG. 6/7)', () => {
       ],
       selectors: [],
       aidNames: ['a1', 'a2'],
-      instances: [[{ addr: HOST, port: 20001, service: -1, vport: 9000 }], []],
       defaultAid: -1,
       coopRange: side === 'server' ? { lo: 40000, hi: 40999 } : null,
     });
@@ -459,6 +477,10 @@ describe('Pipeline, cooperative mode (FIG. 6/7)', () => {
       rules,
       counters,
       {
+        instances: instanceSet(rules, [
+          [{ addr: HOST, port: 20001, service: -1, vport: 9000 }],
+          [],
+        ]),
         verifyL4Checksum: true,
         localClientAddr: CA,
         localClientAid: (a, port) => (a === TA && port === 33000 ? 1 : -1),

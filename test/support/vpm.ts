@@ -213,6 +213,8 @@ export interface VpmStartOptions {
    * it on the command line (`vpm up -c cfg.json`). Default: the test's, absolute path.
    */
   cwd?: string;
+  /** The daemon's environment. Default: the test process's. */
+  env?: NodeJS.ProcessEnv;
 }
 
 /** A running `vpm up` inside a namespace. */
@@ -253,6 +255,7 @@ export class VpmDaemon {
     const argPath = opts.cwd === undefined ? configPath : relative(opts.cwd, configPath);
     const child = lab.spawn(ns, process.execPath, [...vpmArgv(), 'up', '-c', argPath], {
       cwd: opts.cwd,
+      env: opts.env,
     });
     const d = new VpmDaemon(lab, ns, dir, configPath, join(dir, 'vpm.sock'), child);
     try {

@@ -1,28 +1,30 @@
 import { Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/config.js';
-import { rulesFromConfig } from '../../src/daemon/rules-from-config.js';
+import { rulesFromConfig, staticInstancesFromConfig } from '../../src/daemon/rules-from-config.js';
+import { InstanceSet } from '../../src/datapath/instances.js';
 import { PortPool } from '../../src/virtual/pool.js';
 import { Registry } from '../../src/virtual/registry.js';
 
+const file = (range: string, wait: number, staticB: number[] = []) => ({
+  services: [
+    { name: 'web', address: '198.19.0.9', port: 9000 },
+    { name: 'alt', address: '198.19.0.10', port: 8080 },
+  ],
+  applications: [{ aid: 'a' }, { aid: 'b', instances: staticB.map((port) => ({ port })) }],
+  selectors: [],
+  default: { aid: 'a' },
+  pool: { range, quarantineMs: 0, waitTimeoutMs: wait },
+});
+
 function setup(range = '20000-20001', wait = 50) {
-  const cfg = parseConfig(
-    {
-      services: [
-        { name: 'web', address: '198.19.0.9', port: 9000 },
-        { name: 'alt', address: '198.19.0.10', port: 8080 },
-      ],
-      applications: [{ aid: 'a' }, { aid: 'b' }],
-      selectors: [],
-      default: { aid: 'a' },
-      pool: { range, quarantineMs: 0, waitTimeoutMs: wait },
-    },
-    'test.json',
-  );
-  const rules = rulesFromConfig(cfg);
+  const cfg = parseConfig(file(range, wait), 'test.json');
+  // As the daemon does: the rules and the static instances from the config.
+  const instances = new InstanceSet();
+  instances.replaceStatic(rulesFromConfig(cfg), staticInstancesFromConfig(cfg));
   const [lo, hi] = range.split('-').map(Number) as [number, number];
   const pool = new PortPool(lo, hi, 0, wait);
-  return { cfg, rules, pool, reg: new Registry(cfg, rules, pool) };
+  return { cfg, instances, pool, reg: new Registry(cfg, instances, pool) };
 }
 
 const bindArgs = (aid: string, vport: number, pid = 100, fd = 3, addr = '0.0.0.0') => ({
@@ -36,7 +38,7 @@ const bindArgs = (aid: string, vport: number, pid = 100, fd = 3, addr = '0.0.0.0
 
 describe('Registry', () => {
   it('groups binds of one AID and virtual port on one real port (AID grouping)', async () => {
-    const { reg, rules, cfg } = setup();
+    const { reg, instances, cfg } = setup();
     const c1 = new Socket();
     const c2 = new Socket();
     const r1 = await reg.bind(c1, bindArgs('a', 9000, 100));
@@ -44,12 +46,20 @@ describe('Registry', () => {
     expect(r2.port).toBe(r1.port);
     const rb = await reg.bind(c1, bindArgs('b', 9000, 100, 4));
     expect(rb.port).not.toBe(r1.port);
-    expect(rules.instances[0]).toEqual([
-      { addr: cfg.tun.address, port: r1.port, service: -1, vport: 9000 },
+    expect(instances.of(0)).toEqual([
+      {
+        index: 0,
+        source: 'registered',
+        aid: 0,
+        addr: cfg.tun.address,
+        port: r1.port,
+        service: -1,
+        vport: 9000,
+      },
     ]);
     // The instance serves 9000 only: service 0, not service 1 (port 8080).
-    expect(rules.pickInstance(0, 0)).toBe(0);
-    expect(rules.pickInstance(0, 1)).toBe(-1);
+    expect(instances.pick(0, 0)).toBe(0);
+    expect(instances.pick(0, 1)).toBe(-1);
     const list = reg.instances();
     expect(list.find((i) => i.aid === 'a')).toMatchObject({
       vport: 9000,
@@ -60,16 +70,38 @@ describe('Registry', () => {
   });
 
   it('releases when the last registration ends: by release, or by the connection closing', async () => {
-    const { reg, rules, pool } = setup();
+    const { reg, instances, pool } = setup();
     const c1 = new Socket();
     const c2 = new Socket();
     const { port } = await reg.bind(c1, bindArgs('a', 9000, 100, 5));
     await reg.bind(c2, bindArgs('a', 9000, 200, 6));
     expect(reg.release(c1, { pid: 100, fd: 5, port })).toEqual({ released: 1 });
-    expect(rules.instances[0]!.length).toBe(1);
+    expect(instances.of(0)).toHaveLength(1);
     expect(reg.connClosed(c2)).toBe(1);
-    expect(rules.instances[0]!.length).toBe(0);
+    expect(instances.of(0)).toHaveLength(0);
     expect(pool.stats().inUse).toBe(0);
+  });
+
+  it('keeps registered instances across a reload, which replaces only the static ones', async () => {
+    const { reg, instances, cfg } = setup();
+    const c = new Socket();
+    const { port } = await reg.bind(c, bindArgs('b', 9000));
+    // The daemon's reload: new rules and static instances, then the registry's new config.
+    const next = parseConfig(file('20000-20001', 50, [19002]), 'test.json');
+    instances.replaceStatic(rulesFromConfig(next), staticInstancesFromConfig(next));
+    reg.rebind(next);
+    expect(instances.of(1).map((i) => [i.source, i.port])).toEqual([
+      ['static', 19002],
+      ['registered', port],
+    ]);
+    expect(reg.instances().filter((i) => i.aid === 'b')).toMatchObject([
+      { source: 'static', port: 19002, address: '198.19.255.1' },
+      { source: 'registered', port, address: '198.19.255.1', pids: [100] },
+    ]);
+    // The registration still ends as before: its instance leaves, the static one stays.
+    expect(reg.connClosed(c)).toBe(1);
+    expect(instances.of(1).map((i) => [i.source, i.port])).toEqual([['static', 19002]]);
+    expect(cfg.applications[1]!.instances).toEqual([]);
   });
 
   it('fails with ERR_PORTS_EXHAUSTED when the pool stays empty, and leaves nothing behind', async () => {

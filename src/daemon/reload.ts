@@ -1,0 +1,82 @@
+/**
+ * What a reload changes: a pure function of the running configuration and the
+ * one just read, so it can be tested without a daemon.
+ *
+ * A few settings are read once, at start-up: the TUN device (its name, addresses,
+ * MTU, offloads, routing table and rule priority), the control socket, the size of
+ * the translation table, the port pool and the cooperative set-up. When a reload
+ * finds them changed it says so (`reload_partial`, `needsRestart`) and the daemon
+ * keeps running with the old ones. Everything else is applied live: services,
+ * applications, selectors and the default for new connections, timeouts for every
+ * flow's next timer; the daemon's Daemon.reload applies them.
+ */
+
+import type { Config } from '../config/types.js';
+
+/** Settings that take effect only after a restart, in the order they are reported. */
+export const RESTART_SETTINGS = [
+  'tun',
+  'control.socket',
+  'limits.maxFlows',
+  'pool',
+  'cooperative',
+] as const;
+export type RestartSetting = (typeof RESTART_SETTINGS)[number];
+
+/** Settings a reload applies live (compared to report what changed). */
+export const LIVE_SETTINGS = [
+  'services',
+  'applications',
+  'selectors',
+  'default',
+  'timeouts',
+] as const;
+export type LiveSetting = (typeof LIVE_SETTINGS)[number];
+
+const RESTART_VALUE: Record<RestartSetting, (c: Config) => unknown> = {
+  tun: (c) => c.tun,
+  'control.socket': (c) => c.control.socket,
+  'limits.maxFlows': (c) => c.limits.maxFlows,
+  pool: (c) => c.pool,
+  cooperative: (c) => c.cooperative,
+};
+
+export interface ReloadPlan {
+  /** Restart-only settings whose value in the new file differs (they are not applied). */
+  needsRestart: RestartSetting[];
+  /** Live settings whose value differs (applied to new connections). */
+  changed: LiveSetting[];
+  /**
+   * The configuration the daemon runs with from now on: the new one, with the
+   * restart-only sections (`tun`, `control`, `limits`, `pool`, `cooperative`)
+   * kept from the running one.
+   */
+  config: Config;
+}
+
+/** The answer to a reload (control command `reload`). */
+export interface ReloadResult {
+  ok: true;
+  services: number;
+  applications: number;
+  selectors: number;
+}
+
+const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+
+export function reloadPlan(current: Config, next: Config): ReloadPlan {
+  return {
+    needsRestart: RESTART_SETTINGS.filter(
+      (k) => !same(RESTART_VALUE[k](next), RESTART_VALUE[k](current)),
+    ),
+    changed: LIVE_SETTINGS.filter((k) => !same(next[k], current[k])),
+    config: {
+      ...next,
+      cooperative: current.cooperative,
+      tun: current.tun,
+      control: current.control,
+      limits: current.limits,
+      pool: current.pool,
+    },
+  };
+}

@@ -1,0 +1,199 @@
+/**
+ * The live instances of each AID: where a new connection of that AID can go.
+ *
+ * Theory of operation. An instance comes from one of two places, each with its
+ * own owner:
+ *   - static: `applications[].instances` of the configuration. The daemon
+ *     replaces all of them at start-up and on every reload (`replaceStatic`),
+ *     in the same synchronous step in which it swaps the (immutable) `Rules`, so
+ *     a SYN never sees the instances of one configuration with the services of
+ *     another;
+ *   - registered: a program under `vpm exec` that bound a multiplexed port. The
+ *     registry (src/virtual/registry.ts) adds one when a group of registrations
+ *     gets its real port (`addRegistered`) and removes it when the group's last
+ *     registration ends (`removeRegistered`). They are not in the file, so a
+ *     reload leaves them alone.
+ *
+ * Every instance has an index, its handle, which stays the same for as long as the
+ * instance lives: `pick` returns it, a flow records it (the FlowTable `instance`
+ * column), and per-instance state belongs in a column indexed by it (a passive
+ * health check, later: "down until t", which `pick` would skip). A reload keeps
+ * the index of a static instance that is still configured the same way (AID,
+ * address, port, service, virtual port), so such state would outlive the reload too. A freed
+ * index is handed out again, oldest freed first, so that a flow of a removed
+ * instance keeps an index that names no other instance for as long as possible;
+ * whoever follows a flow's index back to its instance compares the address and
+ * port (the flow has them). There is at most one instance per real port, so
+ * indices stay below 65536, the 16 bits of the flow column.
+ *
+ * `pick` runs on the data plane, for a SYN: round robin among the AID's instances
+ * that serve the service, in a fixed order (the static ones in configuration
+ * order, then the registered ones in the order they came), over one short array,
+ * with one counter per AID; it allocates nothing. The counters start again at
+ * every `replaceStatic`, as they did when they lived in the rules.
+ */
+
+import type { Rules } from './rules.js';
+
+/** Where an instance listens, and what it serves. */
+export interface InstanceSpec {
+  /** AID index (position in `applications`). */
+  aid: number;
+  addr: number;
+  port: number;
+  /** Service index it serves, or -1 for any service. */
+  service: number;
+  /** Virtual port it serves, or 0 for any. */
+  vport: number;
+}
+
+export interface Instance extends Readonly<InstanceSpec> {
+  /** The stable handle: what `pick` returns and flows record. */
+  readonly index: number;
+  readonly source: 'static' | 'registered';
+}
+
+const NO_INSTANCES: readonly Instance[] = Object.freeze([]);
+
+export class InstanceSet {
+  /** By index; null: a free index. */
+  private readonly slots: (Instance | null)[] = [];
+  /** Freed indices, oldest first. */
+  private readonly free: number[] = [];
+  private statics: Instance[] = [];
+  /** Registered instances in the order they came. */
+  private readonly registered: Instance[] = [];
+  /** Per AID: the pick order (static ones, then registered ones). Rebuilt on every change. */
+  private byAid: Instance[][] = [];
+  /** Round-robin counter per AID. */
+  private rr = new Uint32Array(0);
+  /** Virtual port of each service index (of the rules given to `replaceStatic`). */
+  private vports: readonly number[] = [];
+
+  /**
+   * Replace the static instances by those of a new configuration, for the rules
+   * built from the same configuration (their services give the virtual ports).
+   * Registered instances stay. Control plane (start-up, reload).
+   */
+  replaceStatic(rules: Rules, specs: readonly InstanceSpec[]): void {
+    const old = new Map<string, Instance>();
+    for (const i of this.statics) old.set(staticKey(i), i);
+    const next: Instance[] = [];
+    for (const s of specs) {
+      const k = staticKey(s);
+      const kept = old.get(k);
+      if (kept) old.delete(k);
+      next.push(kept ?? this.allocate(s, 'static'));
+    }
+    for (const gone of old.values()) this.release(gone.index);
+    this.statics = next;
+    this.vports = rules.services.map((s) => s.port);
+    this.rr = new Uint32Array(Math.max(rules.aidNames.length, this.rr.length));
+    this.rebuild();
+  }
+
+  /** A registered instance (vpm exec): returns its index. Control plane. */
+  addRegistered(spec: InstanceSpec): number {
+    const i = this.allocate(spec, 'registered');
+    this.registered.push(i);
+    this.rebuild();
+    return i.index;
+  }
+
+  /** The registered instance `index` is gone; new connections no longer go there. */
+  removeRegistered(index: number): void {
+    const i = this.slots[index];
+    if (i?.source !== 'registered') return;
+    this.registered.splice(this.registered.indexOf(i), 1);
+    this.release(index);
+    this.rebuild();
+  }
+
+  /** The instance with handle `index`, or undefined if none has it now. */
+  get(index: number): Instance | undefined {
+    return this.slots[index] ?? undefined;
+  }
+
+  /** The instances of `aid`, in pick order. */
+  of(aid: number): readonly Instance[] {
+    return this.byAid[aid] ?? NO_INSTANCES;
+  }
+
+  /** Every live instance, static ones first. */
+  all(): readonly Instance[] {
+    return [...this.statics, ...this.registered];
+  }
+
+  /** True if `aid` has an instance that serves service `svc`. */
+  serving(aid: number, svc: number): boolean {
+    const list = this.byAid[aid];
+    if (list === undefined) return false;
+    const vport = this.vports[svc] ?? -1;
+    for (let i = 0; i < list.length; i++) if (serves(list[i]!, svc, vport)) return true;
+    return false;
+  }
+
+  /**
+   * Pick an instance of `aid` that serves service `svc`, round robin among those
+   * that do: its index, or -1 when there is none. Two passes over a short array,
+   * no allocation: this runs for every SYN.
+   */
+  pick(aid: number, svc: number): number {
+    const list = this.byAid[aid];
+    if (list === undefined || list.length === 0) return -1;
+    const vport = this.vports[svc] ?? -1;
+    let n = 0;
+    for (let i = 0; i < list.length; i++) if (serves(list[i]!, svc, vport)) n++;
+    if (n === 0) return -1;
+    let k = this.rr[aid]! % n;
+    this.rr[aid] = (this.rr[aid]! + 1) >>> 0;
+    for (let i = 0; i < list.length; i++) {
+      const inst = list[i]!;
+      if (serves(inst, svc, vport) && k-- === 0) return inst.index;
+    }
+    return -1;
+  }
+
+  private allocate(s: InstanceSpec, source: Instance['source']): Instance {
+    const index = this.free.length > 0 ? this.free.shift()! : this.slots.length;
+    const i: Instance = Object.freeze({
+      index,
+      source,
+      aid: s.aid,
+      addr: s.addr,
+      port: s.port,
+      service: s.service,
+      vport: s.vport,
+    });
+    this.slots[index] = i;
+    return i;
+  }
+
+  private release(index: number): void {
+    this.slots[index] = null;
+    this.free.push(index);
+  }
+
+  private rebuild(): void {
+    const byAid: Instance[][] = [];
+    for (const i of [...this.statics, ...this.registered]) {
+      while (byAid.length <= i.aid) byAid.push([]);
+      byAid[i.aid]!.push(i);
+    }
+    this.byAid = byAid;
+    if (this.rr.length < byAid.length) {
+      const rr = new Uint32Array(byAid.length);
+      rr.set(this.rr);
+      this.rr = rr;
+    }
+  }
+}
+
+function serves(i: Instance, svc: number, vport: number): boolean {
+  return (i.service === -1 || i.service === svc) && (i.vport === 0 || i.vport === vport);
+}
+
+/** What makes a static instance the same one across a reload. */
+function staticKey(s: InstanceSpec): string {
+  return `${s.aid}/${s.addr}/${s.port}/${s.service}/${s.vport}`;
+}

@@ -1,0 +1,117 @@
+/**
+ * reloadPlan: which settings of a new config file need a restart, which changed
+ * and are applied live, and the configuration the daemon runs with afterwards.
+ */
+
+import { describe, expect, it } from 'vitest';
+import { parseConfig } from '../../src/config/config.js';
+import { RESTART_SETTINGS, reloadPlan } from '../../src/daemon/reload.js';
+
+type File = Record<string, unknown> & {
+  tun?: Record<string, unknown>;
+  limits?: Record<string, unknown>;
+  timeouts?: Record<string, unknown>;
+};
+
+const base = (): File => ({
+  tun: { name: 'vpm0' },
+  services: [{ name: 'web', address: '198.19.0.9', port: 9000 }],
+  applications: [
+    { aid: 'first', instances: [{ port: 19001 }] },
+    { aid: 'second', instances: [{ port: 19002 }] },
+  ],
+  selectors: [{ clients: ['198.18.1.0/24'], aid: 'first' }],
+  default: { refuse: true },
+  control: { socket: '/run/vpm/test.sock' },
+});
+
+const COOP = {
+  listen: '198.18.0.1:7070',
+  peers: [{ name: 'client', key: 'c0'.repeat(32) }],
+};
+
+const load = (f: File) => parseConfig(f, 'vpm.json');
+
+/** The plan for reloading `base()` with the file `change` made of it. */
+function planFor(change: (f: File) => void) {
+  const next = base();
+  change(next);
+  return reloadPlan(load(base()), load(next));
+}
+
+describe('reloadPlan', () => {
+  it('the same file: nothing to restart, nothing changed, the same configuration', () => {
+    const current = load(base());
+    const plan = reloadPlan(current, load(base()));
+    expect(plan).toMatchObject({ needsRestart: [], changed: [] });
+    expect(plan.config).toEqual(current);
+  });
+
+  it('applies services, applications, selectors, the default and timeouts live', () => {
+    const plan = planFor((f) => {
+      f.services = [
+        ...(f.services as unknown[]),
+        { name: 'alt', address: '198.19.0.9', port: 8080 },
+      ];
+      (f.applications as { instances: unknown[] }[])[0]!.instances.push({ port: 19003 });
+      f.selectors = [{ clients: ['198.18.1.0/24'], aid: 'second' }];
+      f.default = { aid: 'first' };
+      f.timeouts = { establishedIdleMs: 60_000 };
+    });
+    expect(plan.needsRestart).toEqual([]);
+    expect(plan.changed).toEqual(['services', 'applications', 'selectors', 'default', 'timeouts']);
+    expect(plan.config.services.map((s) => s.port)).toEqual([9000, 8080]);
+    expect(plan.config.selectors[0]!.aid).toBe('second');
+    expect(plan.config.timeouts.establishedIdleMs).toBe(60_000);
+  });
+
+  it('reports each restart-only setting that changed, and keeps the running value', () => {
+    const current = load(base());
+    const cases: [string, (f: File) => void][] = [
+      ['tun', (f) => (f.tun = { name: 'vpm0', mtu: 9000 })],
+      ['control.socket', (f) => (f.control = { socket: '/run/vpm/other.sock' })],
+      ['limits.maxFlows', (f) => (f.limits = { maxFlows: 1024 })],
+      ['pool', (f) => (f.pool = { range: '20000-20099' })],
+      ['cooperative', (f) => (f.cooperative = COOP)],
+    ];
+    expect(cases.map(([k]) => k)).toEqual([...RESTART_SETTINGS]);
+    for (const [setting, change] of cases) {
+      const plan = planFor(change);
+      expect(plan.needsRestart, setting).toEqual([setting]);
+      expect(plan.changed, setting).toEqual([]);
+      expect(plan.config.tun, setting).toEqual(current.tun);
+      expect(plan.config.control, setting).toEqual(current.control);
+      expect(plan.config.limits, setting).toEqual(current.limits);
+      expect(plan.config.pool, setting).toEqual(current.pool);
+      expect(plan.config.cooperative, setting).toEqual(current.cooperative);
+    }
+  });
+
+  it('reports several restart-only settings in a fixed order, beside live changes', () => {
+    const plan = planFor((f) => {
+      f.cooperative = COOP;
+      f.tun = { name: 'vpm0', txQueueLen: 500 };
+      f.selectors = [];
+    });
+    expect(plan.needsRestart).toEqual(['tun', 'cooperative']);
+    expect(plan.changed).toEqual(['selectors']);
+    expect(plan.config.selectors).toEqual([]);
+    expect(plan.config.tun.txQueueLen).toBe(10_000);
+  });
+
+  it('takes what is neither restart-only nor compared (log, metrics, source) from the new file', () => {
+    const plan = planFor((f) => {
+      f.log = { level: 'debug' };
+    });
+    expect(plan).toMatchObject({ needsRestart: [], changed: [] });
+    expect(plan.config.log.level).toBe('debug');
+  });
+
+  it('is pure: neither configuration is changed', () => {
+    const current = load(base());
+    const next = load({ ...base(), limits: { maxFlows: 1024 } });
+    const before = JSON.stringify([current, next]);
+    reloadPlan(current, next);
+    expect(JSON.stringify([current, next])).toBe(before);
+  });
+});

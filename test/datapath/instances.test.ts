@@ -1,0 +1,162 @@
+/**
+ * The instance set: static instances (replaced on reload) and registered ones
+ * (added and removed by the registry, kept across reloads), each with a stable
+ * index, and the round-robin pick among those that serve a service.
+ */
+
+import { describe, expect, it } from 'vitest';
+import { InstanceSet, type InstanceSpec } from '../../src/datapath/instances.js';
+import { Rules } from '../../src/datapath/rules.js';
+import { ip4, PROTO_TCP } from '../support/builder.js';
+
+const HOST = ip4('198.19.255.1');
+const WEB = 0; // 198.19.0.9:9000
+const ALT = 1; // 198.19.0.10:8080
+
+function rules(aids = ['a', 'b']): Rules {
+  return new Rules({
+    services: [
+      { name: 'web', addr: ip4('198.19.0.9'), port: 9000, proto: PROTO_TCP, peer: -1 },
+      { name: 'alt', addr: ip4('198.19.0.10'), port: 8080, proto: PROTO_TCP, peer: -1 },
+    ],
+    selectors: [],
+    aidNames: aids,
+    defaultAid: 0,
+  });
+}
+
+const inst = (aid: number, port: number, o: Partial<InstanceSpec> = {}): InstanceSpec => ({
+  aid,
+  addr: HOST,
+  port,
+  service: -1,
+  vport: 0,
+  ...o,
+});
+
+/** `n` picks for (aid, svc), as the ports they name (-1: none). */
+function picks(set: InstanceSet, aid: number, svc: number, n: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const k = set.pick(aid, svc);
+    out.push(k < 0 ? -1 : set.get(k)!.port);
+  }
+  return out;
+}
+
+describe('InstanceSet', () => {
+  it('picks -1 when there is no instance: an empty set, an AID without any, an unknown AID', () => {
+    const empty = new InstanceSet();
+    expect(empty.pick(0, WEB)).toBe(-1);
+    const set = new InstanceSet();
+    set.replaceStatic(rules(), [inst(0, 19001)]);
+    expect(set.pick(1, WEB)).toBe(-1);
+    expect(set.pick(7, WEB)).toBe(-1);
+    expect(set.serving(1, WEB)).toBe(false);
+    expect(set.of(1)).toEqual([]);
+  });
+
+  it('holds static and registered instances, static ones first, each with its own index', () => {
+    const set = new InstanceSet();
+    set.replaceStatic(rules(), [inst(0, 19001), inst(1, 19002), inst(0, 19003)]);
+    const r = set.addRegistered(inst(0, 20000, { vport: 9000 }));
+    expect(set.of(0).map((i) => [i.index, i.source, i.port])).toEqual([
+      [0, 'static', 19001],
+      [2, 'static', 19003],
+      [3, 'registered', 20000],
+    ]);
+    expect(r).toBe(3);
+    expect(set.get(r)).toMatchObject({ aid: 0, addr: HOST, port: 20000, vport: 9000 });
+    expect(set.all().map((i) => i.port)).toEqual([19001, 19002, 19003, 20000]);
+    expect(Object.isFrozen(set.get(0))).toBe(true);
+  });
+
+  it('picks round robin among the instances that serve the service or its virtual port', () => {
+    const set = new InstanceSet();
+    set.replaceStatic(rules(), [inst(0, 19001), inst(0, 19002, { service: ALT })]);
+    set.addRegistered(inst(0, 20000, { vport: 9000 }));
+    set.addRegistered(inst(0, 20001, { vport: 8080 }));
+    // web (9000): 19001 (any service) and 20000 (vport 9000), in turn.
+    expect(picks(set, 0, WEB, 4)).toEqual([19001, 20000, 19001, 20000]);
+    // One counter per AID, shared by its services: alt's turn goes on from web's.
+    expect(picks(set, 0, ALT, 3)).toEqual([19002, 20001, 19001]);
+    expect(set.serving(0, WEB)).toBe(true);
+    set.replaceStatic(rules(), []);
+    expect(picks(set, 0, ALT, 2)).toEqual([20001, 20001]);
+    expect(picks(set, 0, WEB, 1)).toEqual([20000]);
+  });
+
+  it('a reload replaces the static instances and keeps the registered ones', () => {
+    const set = new InstanceSet();
+    set.replaceStatic(rules(), [inst(0, 19001), inst(1, 19002)]);
+    const reg = set.addRegistered(inst(1, 20000, { vport: 9000 }));
+    expect(reg).toBe(2);
+    // The new file drops 19001, keeps 19002, adds 19005 for a new AID "c".
+    set.replaceStatic(rules(['a', 'b', 'c']), [inst(1, 19002), inst(2, 19005)]);
+    expect(set.of(0)).toEqual([]);
+    expect(set.pick(0, WEB)).toBe(-1);
+    expect(set.of(1).map((i) => [i.index, i.source, i.port])).toEqual([
+      [1, 'static', 19002], // still configured the same way: same index
+      [2, 'registered', 20000], // untouched by the reload
+    ]);
+    // 19001's index is freed after the new static instances got theirs (an index
+    // should name no other instance soon after its own went away): the next one takes it.
+    expect(set.of(2).map((i) => [i.index, i.port])).toEqual([[3, 19005]]);
+    expect(set.get(0)).toBeUndefined();
+    expect(set.addRegistered(inst(0, 20001))).toBe(0);
+    expect(picks(set, 1, WEB, 3)).toEqual([19002, 20000, 19002]);
+    expect(picks(set, 2, ALT, 1)).toEqual([19005]);
+  });
+
+  it('a static instance configured differently after a reload is a new instance', () => {
+    const set = new InstanceSet();
+    set.replaceStatic(rules(), [inst(0, 19001)]);
+    set.replaceStatic(rules(), [inst(0, 19001, { service: ALT })]);
+    expect(set.of(0).map((i) => [i.index, i.service])).toEqual([[1, ALT]]);
+    expect(set.get(0)).toBeUndefined();
+  });
+
+  it('removes a registered instance: pick no longer names it, its index is handed out again, oldest freed first', () => {
+    const set = new InstanceSet();
+    set.replaceStatic(rules(), []);
+    const a = set.addRegistered(inst(0, 20000));
+    const b = set.addRegistered(inst(0, 20001));
+    const c = set.addRegistered(inst(0, 20002));
+    set.removeRegistered(b);
+    set.removeRegistered(a);
+    expect(set.get(b)).toBeUndefined();
+    expect(picks(set, 0, WEB, 2)).toEqual([20002, 20002]);
+    expect(set.addRegistered(inst(0, 20003))).toBe(b);
+    expect(set.addRegistered(inst(0, 20004))).toBe(a);
+    expect(set.addRegistered(inst(0, 20005))).toBe(3);
+    // Not registered, or gone already: nothing happens.
+    set.removeRegistered(b);
+    set.removeRegistered(b);
+    set.removeRegistered(99);
+    expect(set.of(0).map((i) => i.port)).toEqual([20002, 20004, 20005]);
+    expect(c).toBe(2);
+  });
+
+  it('removeRegistered leaves static instances alone', () => {
+    const set = new InstanceSet();
+    set.replaceStatic(rules(), [inst(0, 19001)]);
+    set.removeRegistered(0);
+    expect(set.of(0).map((i) => i.port)).toEqual([19001]);
+  });
+});
+
+describe('Rules', () => {
+  it('is immutable: frozen copies of what it was built from', () => {
+    const services = [
+      { name: 'web', addr: ip4('198.19.0.9'), port: 9000, proto: PROTO_TCP, peer: -1 },
+    ];
+    const r = new Rules({ services, selectors: [], aidNames: ['a'], defaultAid: 0 });
+    services[0]!.port = 1;
+    expect(r.services[0]!.port).toBe(9000);
+    expect(r.findService(ip4('198.19.0.9'), 9000, PROTO_TCP)).toBe(0);
+    expect(Object.isFrozen(r)).toBe(true);
+    expect(Object.isFrozen(r.services)).toBe(true);
+    expect(Object.isFrozen(r.services[0])).toBe(true);
+    expect(Object.isFrozen(r.aidNames)).toBe(true);
+  });
+});
