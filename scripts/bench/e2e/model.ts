@@ -32,6 +32,8 @@ export type MetricId = (typeof METRICS)[number];
 export interface MetricSpec {
   /** Row label. */
   label: string;
+  /** A few words for the chart's axis. */
+  short: string;
   /** Unit of the primary value. */
   unit: string;
   /** Whether the metric has latency percentiles. */
@@ -41,17 +43,37 @@ export interface MetricSpec {
 }
 
 export const METRIC_SPECS: Readonly<Record<MetricId, MetricSpec>> = {
-  tcp1: { label: 'TCP bulk, 1 stream (iperf3)', unit: 'Gbit/s', latency: false, pinned: false },
-  tcp4: { label: 'TCP bulk, 4 streams (iperf3)', unit: 'Gbit/s', latency: false, pinned: false },
-  rr: { label: '64 B request/response', unit: 'transactions/s', latency: true, pinned: false },
+  tcp1: {
+    label: 'TCP bulk, 1 stream (iperf3)',
+    short: 'TCP, 1 stream',
+    unit: 'Gbit/s',
+    latency: false,
+    pinned: false,
+  },
+  tcp4: {
+    label: 'TCP bulk, 4 streams (iperf3)',
+    short: 'TCP, 4 streams',
+    unit: 'Gbit/s',
+    latency: false,
+    pinned: false,
+  },
+  rr: {
+    label: '64 B request/response',
+    short: '64 B req/resp',
+    unit: 'transactions/s',
+    latency: true,
+    pinned: false,
+  },
   rrPinned: {
     label: '64 B request/response, pinned to CPU 0',
+    short: '64 B req/resp pinned',
     unit: 'transactions/s',
     latency: true,
     pinned: true,
   },
   crr: {
     label: 'connections (connect, 64 B request/response, close)',
+    short: 'connections/s',
     unit: 'connections/s',
     latency: true,
     pinned: false,

@@ -500,7 +500,7 @@ export function ratioChartSvg(r: E2eReport): string {
     title: 'End to end, relative to nftables DNAT (1.0 = as fast as the kernel NAT)',
     subtitle: `${m.date.slice(0, 10)} · ${m.cpuModel} (${m.cores} cores) · ${m.kernel} · median of ${r.options.reps} × ${r.options.duration} s, ${r.mode} mode`,
     yLabel: 'throughput / rate over nftables DNAT',
-    categories: r.rows.map((row) => METRIC_SPECS[row.metric].label.replace(/ \(.*\)$/, '')),
+    categories: r.rows.map((row) => METRIC_SPECS[row.metric].short),
     series: paths.map((p) => ({
       label: PATH_NAMES[p],
       color: colors[p]!,
