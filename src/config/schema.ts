@@ -168,7 +168,8 @@ export const configSchema = {
             $ref: '#/$defs/port',
           },
           protocol: {
-            description: 'Transport protocol. Only "tcp" is supported yet; "udp" is reserved.',
+            description:
+              'Transport protocol. A TCP and a UDP service may share address and port: they are two services.',
             type: 'string',
             enum: ['tcp', 'udp'],
             default: 'tcp',
@@ -434,6 +435,29 @@ export const configSchema = {
           maximum: 4194304,
           default: 65536,
         },
+        heldFragments: {
+          description:
+            'IPv4 fragments that arrive before the first fragment of their datagram (which carries the ports) wait for it; at most this many at once. More are dropped (fragment_held_overflow).',
+          type: 'integer',
+          minimum: 0,
+          maximum: 65536,
+          default: 256,
+        },
+        heldFragmentBytes: {
+          description: 'The bytes those waiting fragments may take, at most.',
+          type: 'integer',
+          minimum: 0,
+          maximum: 268435456,
+          default: 1048576,
+        },
+        icmpPerSecond: {
+          description:
+            'ICMP messages vpm itself sends (port unreachable for a UDP service nobody serves, echo replies from a virtual service address), per second, with a burst of a twentieth of it (as Linux net.ipv4.icmp_msgs_per_sec and icmp_msgs_burst). More are not sent and are counted (icmpRateLimited).',
+          type: 'integer',
+          minimum: 1,
+          maximum: 1000000,
+          default: 1000,
+        },
       },
     },
     timeouts: {
@@ -471,6 +495,30 @@ export const configSchema = {
           minimum: 0,
           maximum: 600000,
           default: 10000,
+        },
+        udpUnrepliedMs: {
+          description:
+            'A UDP flow that has seen datagrams from the client only (Linux conntrack: 30 s). Refreshed by every datagram.',
+          type: 'integer',
+          minimum: 100,
+          maximum: 604800000,
+          default: 30000,
+        },
+        udpAssuredMs: {
+          description:
+            'A UDP flow the server has answered (Linux conntrack: 120 s; RFC 4787 REQ-5 wants at least 120000: check-config warns below). Refreshed by every datagram either way.',
+          type: 'integer',
+          minimum: 100,
+          maximum: 604800000,
+          default: 120000,
+        },
+        fragmentMs: {
+          description:
+            "How long an IPv4 fragment waits for the first fragment of its datagram, and how long the first fragment's translation serves the later ones.",
+          type: 'integer',
+          minimum: 100,
+          maximum: 60000,
+          default: 5000,
         },
       },
     },

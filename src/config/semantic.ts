@@ -6,7 +6,7 @@
  * is `RawConfig`; only its meaning is in doubt: addresses and CIDRs that really
  * parse (ip-num parses and checks them; the data plane gets u32 numbers), no host
  * bits beyond a prefix, references that name existing entries, no duplicates, no
- * port or address collisions, "udp" not supported yet. Every problem is
+ * port or address collisions. Every problem is
  * collected, each naming the field path and the bad value, so one run names
  * every mistake.
  */
@@ -274,12 +274,6 @@ class Checker {
           `${showValue(s.name)} is already the name of services[${prev}]`,
         );
       else serviceByName.set(s.name, i);
-      if (s.protocol !== 'tcp')
-        this.bad(
-          at('protocol'),
-          s.protocol,
-          `${showValue(s.protocol)} is not supported yet (only "tcp")`,
-        );
       const vip = this.address(at('address'), s.address, 'a service address');
       if (vip !== 0 && vip === tunAddress)
         this.bad(
@@ -327,7 +321,14 @@ class Checker {
           s.port,
           `${s.port} lies in cooperative.portRange ${raw.cooperative!.portRange}; a service port must be outside it`,
         );
-      services.push({ index: i, name: s.name, address: vip, port: s.port, protocol: 'tcp', peer });
+      services.push({
+        index: i,
+        name: s.name,
+        address: vip,
+        port: s.port,
+        protocol: s.protocol,
+        peer,
+      });
     });
     const vips = new Map<number, number>();
     services.forEach((s, i) => {
@@ -542,12 +543,20 @@ class Checker {
       default: dflt,
       pool,
       cooperative,
-      limits: { maxFlows: raw.limits.maxFlows },
+      limits: {
+        maxFlows: raw.limits.maxFlows,
+        heldFragments: raw.limits.heldFragments,
+        heldFragmentBytes: raw.limits.heldFragmentBytes,
+        icmpPerSecond: raw.limits.icmpPerSecond,
+      },
       timeouts: {
         embryonicMs: raw.timeouts.embryonicMs,
         establishedIdleMs: raw.timeouts.establishedIdleMs,
         closingMs: raw.timeouts.closingMs,
         timeWaitMs: raw.timeouts.timeWaitMs,
+        udpUnrepliedMs: raw.timeouts.udpUnrepliedMs,
+        udpAssuredMs: raw.timeouts.udpAssuredMs,
+        fragmentMs: raw.timeouts.fragmentMs,
       },
       control: { socket },
       metrics: { listen },

@@ -85,7 +85,7 @@ export function configToJson(c: Config): Record<string, unknown> {
               key: p.key,
             })),
           },
-    limits: { maxFlows: c.limits.maxFlows },
+    limits: { ...c.limits },
     timeouts: { ...c.timeouts },
     control: { socket: c.control.socket },
     metrics: {
@@ -127,7 +127,9 @@ export function summarizeConfig(c: Config): string[] {
   }
   out.push(`selectors (${c.selectors.length}, first match wins):`);
   for (const s of c.selectors) out.push(`  ${s.index + 1}. ${describeSelector(s)}`);
-  out.push(`default: ${c.default.refuse ? 'refuse (answer with RST)' : `-> ${c.default.aid}`}`);
+  out.push(
+    `default: ${c.default.refuse ? 'refuse (answer as a closed port: RST, ICMP port unreachable)' : `-> ${c.default.aid}`}`,
+  );
   return out;
 }
 
@@ -147,6 +149,9 @@ function covers(a: SelectorConfig, b: SelectorConfig): boolean {
   return true;
 }
 
+/** RFC 4787 REQ-5: a UDP mapping does not expire in less than 2 minutes. */
+const RFC4787_MIN_MS = 120_000;
+
 /** Things that are valid but probably mistakes. */
 export function configWarnings(c: Config): string[] {
   const out: string[] = [...c.deprecated];
@@ -157,6 +162,10 @@ export function configWarnings(c: Config): string[] {
         `selectors[${b.index}] can never match: selectors[${a.index}] (${describeSelector(a)}) matches everything it does`,
       );
   }
+  if (c.services.some((s) => s.protocol === 'udp') && c.timeouts.udpAssuredMs < RFC4787_MIN_MS)
+    out.push(
+      `timeouts.udpAssuredMs ${c.timeouts.udpAssuredMs} is below ${RFC4787_MIN_MS}, the least RFC 4787 (REQ-5) allows a UDP mapping: a UDP flow idle longer than that loses its translation, and a client behind vpm that sends keep-alives every 2 minutes loses its server`,
+    );
   const selected = new Set(c.selectors.map((s) => s.aidIndex));
   if (!c.default.refuse) selected.add(c.default.aidIndex);
   for (const a of c.applications) {

@@ -57,8 +57,8 @@ export interface ServiceConfig {
   /** The virtual service address (VIP), u32. */
   readonly address: number;
   readonly port: number;
-  /** Default "tcp" (the only one supported yet). */
-  readonly protocol: 'tcp';
+  /** Default "tcp". */
+  readonly protocol: 'tcp' | 'udp';
   /** Cooperative client side: index into cooperative.peers of the peer serving it, or null. */
   readonly peer: number | null;
 }
@@ -152,6 +152,12 @@ export interface Config {
   readonly limits: {
     /** Translation table capacity. Default 65536. */
     readonly maxFlows: number;
+    /** IPv4 fragments waiting for their first fragment. Default 256. */
+    readonly heldFragments: number;
+    /** Bytes of those. Default 1048576. */
+    readonly heldFragmentBytes: number;
+    /** ICMP messages vpm sends per second (burst: a twentieth). Default 1000. */
+    readonly icmpPerSecond: number;
   };
   readonly timeouts: {
     /** Handshake not complete. Default 10000. */
@@ -162,6 +168,12 @@ export interface Config {
     readonly closingMs: number;
     /** After both FINs or a RST. Default 10000. */
     readonly timeWaitMs: number;
+    /** UDP, client datagrams only so far. Default 30000. */
+    readonly udpUnrepliedMs: number;
+    /** UDP, the server has answered. Default 120000. */
+    readonly udpAssuredMs: number;
+    /** A fragment waiting for its first fragment; a first fragment's translation. Default 5000. */
+    readonly fragmentMs: number;
   };
   readonly control: {
     /** Control socket path. Default /run/vpm/<tun.name>.sock. */

@@ -35,6 +35,7 @@ import type { FlowView } from '../view/views.js';
 import { PortPool } from '../virtual/pool.js';
 import { Registry } from '../virtual/registry.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
+import { IPPROTO_UDP } from '../wire/ipv4.js';
 import type { PacketInfo } from '../wire/parse.js';
 import { registerControlHandlers } from './control-handlers.js';
 import { createLogger } from './log.js';
@@ -42,8 +43,10 @@ import { buildMetrics, serveMetrics } from './metrics.js';
 import { type ReloadResult, reloadPlan } from './reload.js';
 import {
   hostPlanFromConfig,
+  pipelineLimits,
   rulesFromConfig,
   staticInstancesFromConfig,
+  timerTimeouts,
 } from './rules-from-config.js';
 
 /**
@@ -56,6 +59,8 @@ export const stateFileFor = (cfg: Config) =>
 /** Most flows removed per expiry tick; the rest wait for the next tick. */
 const EXPIRE_BUDGET = 20_000;
 const EXPIRE_INTERVAL_MS = 1000;
+/** `flow_refused` log lines per second at most (see flowEvent). */
+const REFUSED_LOGS_PER_SECOND = 20;
 
 /**
  * IPv4 addresses assigned on this host (in this network namespace): a SYN from
@@ -95,6 +100,10 @@ export class Daemon {
   private metrics: Server | null = null;
   private coop: Cooperation | null = null;
   private timer: NodeJS.Timeout | null = null;
+  /** The refused-flow log limit (flowEvent): the current second, lines logged and left out in it. */
+  private refusedWindow = 0;
+  private refusedLogged = 0;
+  private refusedSuppressed = 0;
   private stopping = false;
   /** The last reload asked for, settled or not: the next one waits for it. */
   private reloading: Promise<void> = Promise.resolve();
@@ -144,13 +153,7 @@ export class Daemon {
       this.host = host;
       await host.apply(hostPlanFromConfig(cfg, tun.name));
 
-      const t = cfg.timeouts;
-      this.table = new FlowTable(cfg.limits.maxFlows, [
-        t.embryonicMs,
-        t.establishedIdleMs,
-        t.closingMs,
-        t.timeWaitMs,
-      ]);
+      this.table = new FlowTable(cfg.limits.maxFlows, timerTimeouts(cfg));
       this.rules = rulesFromConfig(cfg);
       this.instances.replaceStatic(this.rules, staticInstancesFromConfig(cfg));
       if (cfg.pool) {
@@ -173,6 +176,7 @@ export class Daemon {
         {
           instances: this.instances,
           verifyL4Checksum: cfg.tun.verifyChecksums,
+          limits: pipelineLimits(cfg),
           localClientAddr: cfg.tun.localClientAddress,
           localClientAid: (addr, port) => this.registry?.localClientAid(addr, port) ?? -1,
           negotiate: (buf, off, len, info, svc, aid, local) =>
@@ -239,7 +243,9 @@ export class Daemon {
       {
         event: 'ready',
         tun: this.tun?.name,
-        services: cfg.services.map((s) => `${s.name}=${ipv4ToString(s.address)}:${s.port}`),
+        services: cfg.services.map(
+          (s) => `${s.name}=${s.protocol}/${ipv4ToString(s.address)}:${s.port}`,
+        ),
         control: cfg.control.socket,
         metrics: cfg.metrics.listen
           ? `${ipv4ToString(cfg.metrics.listen.address)}:${cfg.metrics.listen.port}`
@@ -256,10 +262,30 @@ export class Daemon {
     info: PacketInfo,
   ): void {
     if (ev === 'refused') {
+      // A scan or a flood of datagrams to a closed port must not flood the log:
+      // at most REFUSED_LOGS_PER_SECOND lines a second, then one line saying how
+      // many were left out (the counters have them all).
+      const now = performance.now();
+      if (now - this.refusedWindow >= 1000) {
+        if (this.refusedSuppressed > 0)
+          this.log.info(
+            { event: 'flow_refused_suppressed', count: this.refusedSuppressed },
+            'more connections refused than logged',
+          );
+        this.refusedWindow = now;
+        this.refusedLogged = 0;
+        this.refusedSuppressed = 0;
+      }
+      if (this.refusedLogged >= REFUSED_LOGS_PER_SECOND) {
+        this.refusedSuppressed++;
+        return;
+      }
+      this.refusedLogged++;
       this.log.info(
         {
           event: 'flow_refused',
           reason: DROP_NAMES[reason],
+          protocol: info.protocol === IPPROTO_UDP ? 'udp' : 'tcp',
           client: `${ipv4ToString(info.srcAddr)}:${info.srcPort}`,
           service: `${ipv4ToString(info.dstAddr)}:${info.dstPort}`,
         },
@@ -278,6 +304,7 @@ export class Daemon {
     const counters = this.counters;
     if (!table || !counters) return;
     const now = performance.now();
+    this.pipeline?.expireFragments(now);
     const debug = this.log.isLevelEnabled('debug');
     counters.flowsExpired += table.expire(now, EXPIRE_BUDGET, (s) => {
       if (debug)
@@ -291,6 +318,7 @@ export class Daemon {
     const nat = t.natAddr[s] !== t.clientAddr[s] || t.natPort[s] !== t.clientPort[s];
     return {
       id: t.id[s]!,
+      protocol: t.proto[s] === IPPROTO_UDP ? 'udp' : 'tcp',
       client: `${ipv4ToString(t.clientAddr[s]!)}:${t.clientPort[s]}`,
       service: `${ipv4ToString(t.vipAddr[s]!)}:${t.vport[s]}`,
       serviceName: svc?.name ?? '?',
@@ -321,6 +349,7 @@ export class Daemon {
     return {
       ...c.snapshot(this.rules!.aidNames),
       flowsActive: this.table!.size,
+      udpFlowsActive: this.table!.udpSize,
       flowsCapacity: this.table!.capacity,
       uptimeMs: Date.now() - this.startedAt,
       tun: {
@@ -372,9 +401,9 @@ export class Daemon {
       locals.add(this.cfg.tun.address);
       this.pipeline.localAddrs = locals;
     }
-    const t = next.timeouts;
-    this.table?.timeouts.set([t.embryonicMs, t.establishedIdleMs, t.closingMs, t.timeWaitMs]);
+    this.table?.timeouts.set(timerTimeouts(next));
     this.cfg = plan.config;
+    this.pipeline?.setLimits(pipelineLimits(this.cfg));
     this.coop?.update(this.cfg);
     this.log.info(
       { event: 'reloaded', file: next.source, changed: plan.changed },

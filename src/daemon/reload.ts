@@ -4,11 +4,12 @@
  *
  * A few settings are read once, at start-up: the TUN device (its name, addresses,
  * MTU, offloads, routing table and rule priority), the control socket, the size of
- * the translation table, the port pool and the cooperative set-up. When a reload
+ * the translation table and of the fragment wait buffer, the port pool and the
+ * cooperative set-up. When a reload
  * finds them changed it says so (`reload_partial`, `needsRestart`) and the daemon
  * keeps running with the old ones. Everything else is applied live: services,
  * applications, selectors and the default for new connections, timeouts for every
- * flow's next timer; the daemon's Daemon.reload applies them.
+ * flow's next timer, the ICMP rate limit; the daemon's Daemon.reload applies them.
  */
 
 import type { Config } from '../config/types.js';
@@ -18,6 +19,8 @@ export const RESTART_SETTINGS = [
   'tun',
   'control.socket',
   'limits.maxFlows',
+  'limits.heldFragments',
+  'limits.heldFragmentBytes',
   'pool',
   'cooperative',
 ] as const;
@@ -30,6 +33,7 @@ export const LIVE_SETTINGS = [
   'selectors',
   'default',
   'timeouts',
+  'limits.icmpPerSecond',
 ] as const;
 export type LiveSetting = (typeof LIVE_SETTINGS)[number];
 
@@ -37,6 +41,8 @@ const RESTART_VALUE: Record<RestartSetting, (c: Config) => unknown> = {
   tun: (c) => c.tun,
   'control.socket': (c) => c.control.socket,
   'limits.maxFlows': (c) => c.limits.maxFlows,
+  'limits.heldFragments': (c) => c.limits.heldFragments,
+  'limits.heldFragmentBytes': (c) => c.limits.heldFragmentBytes,
   pool: (c) => c.pool,
   cooperative: (c) => c.cooperative,
 };
@@ -48,8 +54,8 @@ export interface ReloadPlan {
   changed: LiveSetting[];
   /**
    * The configuration the daemon runs with from now on: the new one, with the
-   * restart-only sections (`tun`, `control`, `limits`, `pool`, `cooperative`)
-   * kept from the running one.
+   * restart-only sections (`tun`, `control`, `limits` but its ICMP rate, `pool`,
+   * `cooperative`) kept from the running one.
    */
   config: Config;
 }
@@ -62,6 +68,15 @@ export interface ReloadResult {
   selectors: number;
 }
 
+const LIVE_VALUE: Record<LiveSetting, (c: Config) => unknown> = {
+  services: (c) => c.services,
+  applications: (c) => c.applications,
+  selectors: (c) => c.selectors,
+  default: (c) => c.default,
+  timeouts: (c) => c.timeouts,
+  'limits.icmpPerSecond': (c) => c.limits.icmpPerSecond,
+};
+
 const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
 
 export function reloadPlan(current: Config, next: Config): ReloadPlan {
@@ -69,13 +84,13 @@ export function reloadPlan(current: Config, next: Config): ReloadPlan {
     needsRestart: RESTART_SETTINGS.filter(
       (k) => !same(RESTART_VALUE[k](next), RESTART_VALUE[k](current)),
     ),
-    changed: LIVE_SETTINGS.filter((k) => !same(next[k], current[k])),
+    changed: LIVE_SETTINGS.filter((k) => !same(LIVE_VALUE[k](next), LIVE_VALUE[k](current))),
     config: {
       ...next,
       cooperative: current.cooperative,
       tun: current.tun,
       control: current.control,
-      limits: current.limits,
+      limits: { ...current.limits, icmpPerSecond: next.limits.icmpPerSecond },
       pool: current.pool,
     },
   };

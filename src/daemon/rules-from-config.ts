@@ -5,10 +5,11 @@
 
 import type { Config } from '../config/types.js';
 import type { InstanceSpec } from '../datapath/instances.js';
+import type { PipelineLimits } from '../datapath/pipeline.js';
 import { Rules } from '../datapath/rules.js';
 import type { HostPlan } from '../host/setup.js';
 import { ipv4ToString } from '../wire/address.js';
-import { IPPROTO_TCP } from '../wire/ipv4.js';
+import { IPPROTO_TCP, IPPROTO_UDP } from '../wire/ipv4.js';
 
 export function rulesFromConfig(cfg: Config): Rules {
   return new Rules({
@@ -16,7 +17,7 @@ export function rulesFromConfig(cfg: Config): Rules {
       name: s.name,
       addr: s.address,
       port: s.port,
-      proto: IPPROTO_TCP,
+      proto: s.protocol === 'udp' ? IPPROTO_UDP : IPPROTO_TCP,
       peer: s.peer ?? -1,
     })),
     coopRange: cfg.cooperative?.listen ? cfg.cooperative.portRange : null,
@@ -70,6 +71,9 @@ export function hostPlanFromConfig(cfg: Config, tunName: string): HostPlan {
     txQueueLen: cfg.tun.txQueueLen,
     vips: [...new Set(cfg.services.map((s) => ipv4ToString(s.address)))],
     replyPorts: replyPortRanges(cfg),
+    replyProtocols: (['tcp', 'udp'] as const).filter((p) =>
+      cfg.services.some((s) => s.protocol === p),
+    ),
     routeTable: cfg.tun.routeTable,
     rulePriority: cfg.tun.rulePriority,
     peerVips: cfg.services
@@ -78,5 +82,28 @@ export function hostPlanFromConfig(cfg: Config, tunName: string): HostPlan {
         vip: ipv4ToString(s.address),
         peer: ipv4ToString(cfg.cooperative!.peers[s.peer!]!.address!),
       })),
+  };
+}
+
+/** The flow table's timeouts, by timer class (src/flow/state.ts TimerClass). */
+export function timerTimeouts(cfg: Config): number[] {
+  const t = cfg.timeouts;
+  return [
+    t.embryonicMs,
+    t.establishedIdleMs,
+    t.closingMs,
+    t.timeWaitMs,
+    t.udpUnrepliedMs,
+    t.udpAssuredMs,
+  ];
+}
+
+/** The pipeline's fragment and ICMP limits. */
+export function pipelineLimits(cfg: Config): PipelineLimits {
+  return {
+    heldFragments: cfg.limits.heldFragments,
+    heldFragmentBytes: cfg.limits.heldFragmentBytes,
+    fragmentMs: cfg.timeouts.fragmentMs,
+    icmpPerSecond: cfg.limits.icmpPerSecond,
   };
 }

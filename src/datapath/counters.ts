@@ -1,9 +1,13 @@
 /**
- * Data-plane counters. Every packet read from the device is either written back
- * (forwarded, after translation) or dropped with exactly one reason, so at every
- * moment between batches:
+ * Data-plane counters. Every packet read from the device is written back
+ * (forwarded, after translation, or answered in place), dropped with exactly one
+ * reason, or — an IPv4 fragment that came before the first fragment of its
+ * datagram — waiting for that first fragment, so at every moment between batches:
  *
- *     packetsIn === packetsOut + sum(drops)
+ *     packetsIn === packetsOut + sum(drops) + fragmentsHeld
+ *
+ * (a held fragment later goes out, counted in packetsOut, or is dropped as
+ * fragment_expired or fragment_no_flow).
  *
  * Counters are numbers in typed arrays, bumped by index on the hot path (no
  * strings, no objects); names exist only for the control plane.
@@ -22,29 +26,29 @@ export const Drop = {
   BAD_L4_CHECKSUM: 9,
   /** IPv6 reached the TUN (not multiplexed yet). */
   IPV6: 10,
-  /** An IPv4 protocol other than TCP (UDP and ICMP are not multiplexed yet). */
-  NOT_TCP: 11,
-  /** An IPv4 fragment: vpm does not reassemble. */
-  FRAGMENT: 12,
-  /** A non-SYN packet that belongs to no flow. */
+  /** An IPv4 protocol other than TCP, UDP and ICMP. */
+  UNSUPPORTED_PROTOCOL: 11,
+  /** A later IPv4 fragment of a datagram whose first fragment matched no flow (or whose flow is gone). */
+  FRAGMENT_NO_FLOW: 12,
+  /** A TCP packet other than a SYN, or a UDP datagram to no service, that belongs to no flow. */
   NO_FLOW: 13,
-  /** A SYN to an address/port that is no virtual service. */
+  /** A TCP SYN to an address/port that is no virtual service. */
   NOT_SERVICE: 14,
-  /** A SYN that no selector matched and no default took: answered with RST. */
+  /** A new flow (TCP SYN, UDP datagram) that no selector matched and no default took: answered (RST, ICMP port unreachable). */
   REFUSED_NO_SELECTOR: 15,
-  /** A SYN for an AID without a live instance: answered with RST. */
+  /** A new flow for an AID without a live instance: answered. */
   REFUSED_NO_INSTANCE: 16,
-  /** A SYN while the translation table was full: answered with RST. */
+  /** A new flow while the translation table was full: answered. */
   REFUSED_TABLE_FULL: 17,
-  /** A SYN whose translated ports are already in use by another flow: answered with RST. */
+  /** A new flow whose translated ports are already in use by another flow: answered. */
   REFUSED_COLLISION: 18,
   /** The device did not take the packet on write (queue full). */
   TX_ERROR: 19,
-  /** A SYN to a cooperative service, held while the peers negotiate (re-sent, rewritten, when they agree). */
+  /** The first packet of a flow to a cooperative service, held while the peers negotiate (re-sent, rewritten, when they agree). */
   NEGOTIATING: 20,
-  /** A SYN to VIP:p2 (a cooperative port) that no negotiation announced. */
+  /** A new flow to VIP:p2 (a cooperative port) that no negotiation announced. */
   NOT_NEGOTIATED: 21,
-  /** A SYN to a virtual service address on a port that is no service: answered with RST, like a closed port. */
+  /** A new flow to a virtual service address on a port that is no service: answered like a closed port (RST, ICMP port unreachable). */
   REFUSED_NO_SERVICE: 22,
   /** Virtio-net header: flag bits other than NEEDS_CSUM/DATA_VALID, or both. */
   VNET_BAD_FLAGS: 23,
@@ -56,6 +60,20 @@ export const Drop = {
   VNET_BAD_CSUM: 26,
   /** The kernel refused the packet on write (EINVAL): not delivered. */
   TX_REFUSED: 27,
+  /** A first IPv4 fragment (offset 0) that does not hold the whole TCP/UDP header (RFC 1858's tiny fragments). */
+  FRAGMENT_TOO_SHORT: 28,
+  /** A fragment that came before its first fragment found the wait buffer full (limits.heldFragments, heldFragmentBytes). */
+  FRAGMENT_HELD_OVERFLOW: 29,
+  /** A fragment waited longer than timeouts.fragmentMs for its first fragment. */
+  FRAGMENT_EXPIRED: 30,
+  /** An ICMP message whose checksum is wrong. */
+  ICMP_BAD_CHECKSUM: 31,
+  /** An ICMP error to a virtual service address (or the local-client address) that quotes no packet of a flow. */
+  ICMP_NO_FLOW: 32,
+  /** An ICMP message to a virtual service address other than an error or an echo request (or a fragment of one). */
+  ICMP_UNSUPPORTED: 33,
+  /** An echo request to a virtual service address over the ICMP rate limit (limits.icmpPerSecond). */
+  ICMP_RATE_LIMITED: 34,
 } as const;
 
 /** Drop reason of each VnetCheck code (indexed by code; 0, OK, is no drop). */
@@ -71,8 +89,12 @@ export const VNET_DROP: Readonly<Uint8Array> = Uint8Array.of(
 export const DROP_NAMES: readonly string[] = enumNames(Drop);
 export const DROP_REASONS = DROP_NAMES.length;
 
-/** Reasons for which vpm answers the dropped SYN with a RST (indexed by reason). */
-export const SENDS_RST: Readonly<Uint8Array> = (() => {
+/**
+ * Reasons for which vpm answers the packet that would have opened a flow as a
+ * host answers a closed port: a TCP SYN with a RST, a UDP datagram with an ICMP
+ * port unreachable (rate-limited). Indexed by reason.
+ */
+export const ANSWERS: Readonly<Uint8Array> = (() => {
   const t = new Uint8Array(DROP_REASONS);
   for (const r of [
     Drop.REFUSED_NO_SELECTOR,
@@ -99,8 +121,8 @@ export class Counters {
   flowsCreated = 0;
   flowsExpired = 0;
   rstSent = 0;
-  /** Held SYNs sent on after a successful negotiation (cooperative client side). */
-  synInjected = 0;
+  /** Held first packets of flows (a SYN, a UDP datagram) sent on, rewritten (cooperative client side, local clients looked up). */
+  heldInjected = 0;
   /**
    * Held SYNs to a peer's service answered with a RST: the negotiation failed
    * (refused, AID mismatch, timeout, peer unreachable) or its flow could not be recorded.
@@ -122,6 +144,20 @@ export class Counters {
   /** Super-packets vpm segmented itself (after a refusal), and the segments it wrote. */
   softwareSegmented = 0;
   softwareSegments = 0;
+  /** IPv4 fragments waiting for their datagram's first fragment now (a gauge). */
+  fragmentsHeld = 0;
+  /** Fragments that waited and went out once their first fragment came. */
+  fragmentsReleased = 0;
+  /** ICMP errors about a flow, translated (RFC 5508) and forwarded. */
+  icmpErrorsTranslated = 0;
+  /** ICMP messages about no flow and not to a virtual address, written back unchanged. */
+  icmpPassed = 0;
+  /** Echo requests to a virtual service address answered. */
+  echoReplies = 0;
+  /** ICMP port unreachable sent for refused UDP datagrams. */
+  icmpUnreachableSent = 0;
+  /** ICMP messages vpm did not send because of the rate limit (limits.icmpPerSecond). */
+  icmpRateLimited = 0;
   /** Per AID index: bytes client → server and server → client. */
   readonly aidBytesIn: Float64Array;
   readonly aidBytesOut: Float64Array;
@@ -180,9 +216,18 @@ export class Counters {
       flowsExpired: this.flowsExpired,
       flowsRefused: refused,
       rstSent: this.rstSent,
-      synInjected: this.synInjected,
+      heldInjected: this.heldInjected,
       negotiationsFailed: this.negotiationsFailed,
       localClientsRefused: this.localClientsRefused,
+      fragmentsHeld: this.fragmentsHeld,
+      fragmentsReleased: this.fragmentsReleased,
+      icmp: {
+        errorsTranslated: this.icmpErrorsTranslated,
+        passed: this.icmpPassed,
+        echoReplies: this.echoReplies,
+        unreachableSent: this.icmpUnreachableSent,
+        rateLimited: this.icmpRateLimited,
+      },
       offload: {
         superPacketsIn: this.superPacketsIn,
         segmentsIn: this.segmentsIn,

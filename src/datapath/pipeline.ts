@@ -19,8 +19,10 @@
  *   - everything else is dropped with a reason counter.
  * Rewritten packets stay where they are in the receive buffer; the output batch is
  * a second pair of offset/length arrays over the same buffer, written back to the
- * device in one call. Generated RSTs go into their own preallocated buffer and a
- * second write. Per packet nothing is allocated and nothing throws.
+ * device in one call. Generated RSTs and ICMP errors go into their own preallocated
+ * buffers and a second and third write; held fragments released by their first
+ * fragment are written from their wait buffer. Per packet nothing is allocated
+ * and nothing throws.
  *
  * Offloads. On a device with virtio-net headers (`dev.headroom` > 0) each packet's
  * header, in the bytes before it, is checked against the packet (a mismatch is a
@@ -38,13 +40,45 @@
  * reported through onDeviceEvent, never a silent drop.
  */
 
+import { update16 } from '../checksum/incremental.js';
 import { sum16 } from '../checksum/sum.js';
-import { FIN_FROM_CLIENT, FIN_FROM_SERVER, isReusable, nextState } from '../flow/state.js';
+import {
+  FIN_FROM_CLIENT,
+  FIN_FROM_SERVER,
+  isReusable,
+  nextState,
+  nextUdpState,
+} from '../flow/state.js';
 import { CREATE_COLLISION, CREATE_FULL, type FlowKeyArgs, type FlowTable } from '../flow/table.js';
 import { TUN_OFFLOAD_SEGMENTATION, type TunDevice } from '../tun/device.js';
-import { get16le, set16le } from '../wire/bytes.js';
-import { IPPROTO_TCP } from '../wire/ipv4.js';
-import { Check, checkPacket, PacketInfo } from '../wire/parse.js';
+import { get16, get16le, get32, set16, set16le, set32 } from '../wire/bytes.js';
+import {
+  ICMP_DEST_UNREACHABLE,
+  ICMP_ECHO_REPLY,
+  ICMP_ECHO_REQUEST,
+  ICMP_HEADER_LEN,
+  ICMP_OFF_CHECKSUM,
+  ICMP_PORT_UNREACHABLE,
+  isIcmpError,
+} from '../wire/icmp.js';
+import {
+  IPPROTO_ICMP,
+  IPPROTO_TCP,
+  IPPROTO_UDP,
+  IPV4_OFF_CHECKSUM,
+  IPV4_OFF_DST,
+  IPV4_OFF_IDENT,
+  IPV4_OFF_SRC,
+  IPV4_OFF_TTL,
+} from '../wire/ipv4.js';
+import {
+  Check,
+  checkFirstFragment,
+  checkPacket,
+  checkQuoted,
+  PacketInfo,
+  QuotedPacket,
+} from '../wire/parse.js';
 import {
   setDstPortWithChecksumUpdate,
   setIpv4DstAddrWithChecksumUpdate,
@@ -68,7 +102,10 @@ import {
   VNET_OFF_HDR_LEN,
   VnetCheck,
 } from '../wire/virtio.js';
-import { type Counters, Drop, SENDS_RST, VNET_DROP } from './counters.js';
+import { ANSWERS, type Counters, Drop, VNET_DROP } from './counters.js';
+import { FRAG_NO_FLOW, FragmentTable, HeldFragments } from './fragments.js';
+import { translateIcmpError } from './icmp-errors.js';
+import { ICMP_ERROR_MAX, TokenBucket, writeIcmpError } from './icmp-out.js';
 import type { InstanceSet } from './instances.js';
 import { RST_LEN, writeRst } from './rst.js';
 import type { Rules } from './rules.js';
@@ -94,12 +131,34 @@ const MAX_SEGMENTS = 1024;
 /** The largest held SYN: one IPv4 packet. */
 const MAX_HELD = 65535;
 const EINVAL = 22;
+/** `handle`: the packet (a fragment before its first) waits in the fragment buffer. */
+const HELD = -1;
+
+/** Limits of the fragment and ICMP stages (config `limits`, `timeouts`). */
+export interface PipelineLimits {
+  /** IPv4 fragments that may wait for their first fragment, and their bytes. */
+  heldFragments: number;
+  heldFragmentBytes: number;
+  /** How long a fragment waits; how long a first fragment's translation serves the later ones. */
+  fragmentMs: number;
+  /** ICMP messages vpm sends per second (port unreachable, echo replies). */
+  icmpPerSecond: number;
+}
+
+export const DEFAULT_PIPELINE_LIMITS: Readonly<PipelineLimits> = Object.freeze({
+  heldFragments: 256,
+  heldFragmentBytes: 1 << 20,
+  fragmentMs: 5000,
+  icmpPerSecond: 1000,
+});
 
 export interface PipelineOptions {
   /** The live instances of each AID (the daemon's; static and registered). */
   instances: InstanceSet;
-  /** Verify TCP checksums of every packet (a full sum); the IPv4 header checksum is always verified. */
+  /** Verify TCP/UDP checksums of every packet (a full sum); the IPv4 header checksum is always verified. */
   verifyL4Checksum: boolean;
+  /** Fragment and ICMP limits; DEFAULT_PIPELINE_LIMITS when absent. */
+  limits?: PipelineLimits;
   /** Address local clients are translated to (routed to the TUN, never assigned). */
   localClientAddr: number;
   /**
@@ -108,11 +167,12 @@ export interface PipelineOptions {
    */
   localClientAid?: (addr: number, port: number) => number;
   /**
-   * Cooperative client side: a SYN to a service a peer serves. The callee copies
-   * the packet (it is only valid during this call; `buf` is the device's receive
-   * buffer) and negotiates; later it calls `injectHeld`, and `refuseHeld` if
-   * that fails or the negotiation does. `aid` is the AID known so far (-1: none
-   * yet). Must not throw.
+   * Cooperative client side: the first packet of a flow (a TCP SYN, a UDP
+   * datagram; `info.protocol` says which) to a service a peer serves. The callee
+   * copies the packet (it is only valid during this call; `buf` is the device's
+   * receive buffer) and negotiates; later it calls `injectHeld`, and
+   * `refuseHeld` if that fails or the negotiation does. `aid` is the AID known so
+   * far (-1: none yet). Must not throw.
    */
   negotiate?: (
     buf: Uint8Array,
@@ -143,7 +203,7 @@ export interface PipelineOptions {
   ) => void;
 }
 
-/** `injectHeld`: the held copy is no whole TCP segment (CREATE_* are the table's results). */
+/** `injectHeld`: the held copy is no whole, unfragmented TCP segment or UDP datagram (CREATE_* are the table's results). */
 export const INJECT_MALFORMED = -3;
 
 /**
@@ -154,9 +214,10 @@ export type HeldKind = 'negotiation' | 'local_client';
 
 export class Pipeline {
   rules: Rules;
-  /** Addresses of this host: a SYN from one of them comes from a local client. */
+  /** Addresses of this host: a flow opened from one of them comes from a local client. */
   localAddrs: Set<number>;
   private readonly info = new PacketInfo();
+  private readonly quoted = new QuotedPacket();
   private readonly key: FlowKeyArgs = {
     proto: 0,
     clientAddr: 0,
@@ -177,21 +238,35 @@ export class Pipeline {
   private readonly rstBuf: Uint8Array;
   private readonly rstOffsets: Uint32Array;
   private readonly rstLengths: Uint32Array;
+  /** ICMP errors vpm answers with (port unreachable), one slot per packet of a batch. */
+  private readonly icmpBuf: Uint8Array;
+  private readonly icmpOffsets: Uint32Array;
+  private readonly icmpLengths: Uint32Array;
   private readonly oneOffsets = new Uint32Array(1);
   private readonly oneLengths = new Uint32Array(1);
   /** Virtio-net header bytes before each packet on the device (0: none). */
   private readonly hr: number;
   /** Of the packet being handled: its checksum is partial (NEEDS_CSUM). */
   private partial = false;
+  /** Of the packet being handled: its L4 checksum is complete (neither NEEDS_CSUM nor DATA_VALID). */
+  private complete = true;
+  /** The flow side the last transport-stage packet was translated for. */
+  private lastHandle = -1;
   /** The kernel refused a super-packet: segment every one in software from now on. */
   private gsoOff = false;
   private readonly vnet = new VirtioNetHdr();
   private readonly segInfo = new PacketInfo();
   private readonly segBuf: Uint8Array;
   private readonly segOffsets = new Uint32Array(MAX_SEGMENTS);
-  /** A held SYN on its way out, behind its header room (injectHeld). */
+  /** A held packet on its way out, behind its header room (injectHeld). */
   private readonly heldBuf: Uint8Array;
   private readonly segLengths = new Uint32Array(MAX_SEGMENTS);
+  /** Which flow each fragmented datagram belongs to, and the fragments waiting for their first. */
+  private readonly fragments = new FragmentTable();
+  private readonly held: HeldFragments;
+  private fragmentMs: number;
+  /** Everything vpm sends of ICMP is rate-limited together. */
+  private readonly icmpBucket: TokenBucket;
 
   constructor(
     private readonly dev: PacketDevice,
@@ -207,18 +282,42 @@ export class Pipeline {
     this.hr = dev.headroom;
     this.txOffsets = dev.tx.offsets;
     this.txLengths = dev.tx.lengths;
-    // Each RST behind an all-zero virtio-net header (when the device has them): a
-    // plain packet with a complete checksum. Nothing else writes those bytes.
+    // Each RST and ICMP error behind an all-zero virtio-net header (when the device
+    // has them): a plain packet with a complete checksum. Nothing else writes those bytes.
     this.rstBuf = new Uint8Array(n * (this.hr + RST_LEN));
     this.rstOffsets = new Uint32Array(n);
     this.rstLengths = new Uint32Array(n);
+    this.icmpBuf = new Uint8Array(n * (this.hr + ICMP_ERROR_MAX));
+    this.icmpOffsets = new Uint32Array(n);
+    this.icmpLengths = new Uint32Array(n);
     this.segBuf = new Uint8Array(this.hr > 0 ? SEGMENT_SCRATCH : 0);
     this.heldBuf = new Uint8Array(this.hr + MAX_HELD);
+    const lim = opts.limits ?? DEFAULT_PIPELINE_LIMITS;
+    this.held = new HeldFragments(lim.heldFragments, lim.heldFragmentBytes, this.hr);
+    this.fragmentMs = lim.fragmentMs;
+    this.icmpBucket = new TokenBucket(lim.icmpPerSecond);
   }
 
   /** True once a refused super-packet turned segmentation over to vpm. */
   get segmentingInSoftware(): boolean {
     return this.gsoOff;
+  }
+
+  /**
+   * New limits (config reload): the fragment timeout and the ICMP rate take
+   * effect at once; the wait buffer's size is fixed at start-up.
+   */
+  setLimits(lim: PipelineLimits): void {
+    this.fragmentMs = lim.fragmentMs;
+    this.icmpBucket.setRate(lim.icmpPerSecond);
+  }
+
+  /** Drop the fragments that waited too long for their first fragment (the daemon's timer). */
+  expireFragments(now: number): void {
+    if (this.held.count === 0) return;
+    const n = this.held.expire(now);
+    this.counters.drops[Drop.FRAGMENT_EXPIRED]! += n;
+    this.counters.fragmentsHeld = this.held.count;
   }
 
   /** Process the `count` packets now in the device's receive buffer. */
@@ -229,6 +328,7 @@ export class Pipeline {
     c.recordBatch(count);
     let out = 0;
     let rsts = 0;
+    let icmps = 0;
     let outBytes = 0;
     for (let i = 0; i < count; i++) {
       const off = offsets[i]!;
@@ -236,6 +336,7 @@ export class Pipeline {
       c.packetsIn++;
       c.bytesIn += len;
       const r = this.handle(buf, off, len, now);
+      if (r === HELD) continue;
       if (r === 0) {
         if (hr > 0 && buf[off - hr + VNET_OFF_GSO_TYPE] !== VNET_GSO_NONE) {
           if (this.gsoOff) {
@@ -255,11 +356,30 @@ export class Pipeline {
         out++;
       } else {
         c.drops[r]! += 1;
-        if (SENDS_RST[r] === 1) {
-          const at = rsts * (hr + RST_LEN) + hr;
-          this.rstOffsets[rsts] = at;
-          this.rstLengths[rsts] = writeRst(buf, this.info, this.rstBuf, at);
-          rsts++;
+        if (ANSWERS[r] === 1) {
+          const info = this.info;
+          if (info.protocol === IPPROTO_TCP) {
+            const at = rsts * (hr + RST_LEN) + hr;
+            this.rstOffsets[rsts] = at;
+            this.rstLengths[rsts] = writeRst(buf, info, this.rstBuf, at);
+            rsts++;
+          } else if (this.icmpBucket.take(now)) {
+            // The quote shows the datagram as the client sent it: a complete checksum.
+            if (this.partial) completePartialChecksum(buf, info);
+            const at = icmps * (hr + ICMP_ERROR_MAX) + hr;
+            this.icmpOffsets[icmps] = at;
+            this.icmpLengths[icmps] = writeIcmpError(
+              buf,
+              info,
+              ICMP_DEST_UNREACHABLE,
+              ICMP_PORT_UNREACHABLE,
+              this.icmpBuf,
+              at,
+            );
+            icmps++;
+          } else {
+            c.icmpRateLimited++;
+          }
         }
       }
     }
@@ -279,8 +399,15 @@ export class Pipeline {
     if (rsts > 0) {
       c.rstSent += this.dev.write(this.rstBuf, this.rstOffsets, this.rstLengths, rsts);
     }
+    if (icmps > 0) {
+      c.icmpUnreachableSent += this.dev.write(
+        this.icmpBuf,
+        this.icmpOffsets,
+        this.icmpLengths,
+        icmps,
+      );
+    }
   }
-
   /**
    * Packets of the last write the kernel refused (their errno in txErrnos): a
    * super-packet is segmented and sent as plain packets, and segmentation goes
@@ -358,100 +485,272 @@ export class Pipeline {
     return true;
   }
 
-  /** 0 = forward (rewritten in place), otherwise a Drop reason. */
+  /** 0 = forward (rewritten in place), HELD (a fragment waits), otherwise a Drop reason. */
   private handle(buf: Uint8Array, off: number, len: number, now: number): number {
     const info = this.info;
     const chk = checkPacket(buf, off, len, info);
     if (chk !== Check.OK) return chk;
     if (info.version !== 4) return Drop.IPV6;
     if (sum16(buf, off, info.ipHeaderLen) !== 0xffff) return Drop.BAD_IP_CHECKSUM;
-    if (info.protocol !== IPPROTO_TCP) return Drop.NOT_TCP;
-    if (info.isFragment) return Drop.FRAGMENT;
-    let complete = true;
-    this.partial = false;
-    const hr = this.hr;
-    if (hr > 0) {
-      const h = off - hr;
-      const v = checkVnetHdr(buf, h, info);
-      if (v !== VnetCheck.OK) return VNET_DROP[v]!;
-      const f = buf[h + VNET_OFF_FLAGS]!;
-      this.partial = (f & VNET_F_NEEDS_CSUM) !== 0;
-      // A partial checksum cannot be verified; a DATA_VALID one the kernel has verified.
-      complete = (f & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID)) === 0;
-      if (buf[h + VNET_OFF_GSO_TYPE] !== VNET_GSO_NONE) {
-        this.counters.superPacketsIn++;
-        this.counters.segmentsIn += segmentCount(info, get16le(buf, h + VNET_OFF_GSO_SIZE));
-      }
-      // hdr_len is a hint of the kernel's that is never trusted: vpm's own goes back.
-      set16le(buf, h + VNET_OFF_HDR_LEN, headerLength(info));
-    }
-    if (complete && this.opts.verifyL4Checksum && verifyL4Checksum(buf, info) !== Verify.OK)
+    const proto = info.protocol;
+    if (proto !== IPPROTO_TCP && proto !== IPPROTO_UDP && proto !== IPPROTO_ICMP)
+      return Drop.UNSUPPORTED_PROTOCOL;
+    const v = this.offloadHeader(buf, off, info);
+    if (v !== 0) return v;
+    if (info.isFragment) return this.fragment(buf, off, info, now);
+    if (proto === IPPROTO_ICMP) return this.icmp(buf, off, info, now);
+    if (this.complete && this.opts.verifyL4Checksum && verifyL4Checksum(buf, info) !== Verify.OK)
       return Drop.BAD_L4_CHECKSUM;
+    return this.transport(buf, off, info, now);
+  }
 
+  /**
+   * The virtio-net header stage (a device with offloads): check the header against
+   * the packet, note how its checksum stands (`partial`, `complete`), count
+   * super-packets, and put vpm's own hdr_len in. Returns 0 or a drop reason.
+   */
+  private offloadHeader(buf: Uint8Array, off: number, info: PacketInfo): number {
+    this.partial = false;
+    this.complete = true;
+    const hr = this.hr;
+    if (hr === 0) return 0;
+    const h = off - hr;
+    const v = checkVnetHdr(buf, h, info);
+    if (v !== VnetCheck.OK) return VNET_DROP[v]!;
+    const f = buf[h + VNET_OFF_FLAGS]!;
+    this.partial = (f & VNET_F_NEEDS_CSUM) !== 0;
+    // A partial checksum cannot be verified; a DATA_VALID one the kernel has verified.
+    this.complete = (f & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID)) === 0;
+    if (buf[h + VNET_OFF_GSO_TYPE] !== VNET_GSO_NONE) {
+      this.counters.superPacketsIn++;
+      this.counters.segmentsIn += segmentCount(info, get16le(buf, h + VNET_OFF_GSO_SIZE));
+    }
+    // hdr_len is a hint of the kernel's that is never trusted: vpm's own goes back.
+    set16le(buf, h + VNET_OFF_HDR_LEN, headerLength(info));
+    return 0;
+  }
+
+  /**
+   * The transport stage (TCP, UDP, and the first fragment of either): find the
+   * flow, or open one, and translate. Returns 0 or a drop reason; the flow side
+   * used is left in `lastHandle`.
+   */
+  private transport(buf: Uint8Array, off: number, info: PacketInfo, now: number): number {
     const t = this.table;
-    const flags = info.tcpFlags;
-    const isSyn = (flags & (TCP_SYN | TCP_ACK)) === TCP_SYN;
-    let h = t.lookup(info.srcAddr, info.srcPort, info.dstAddr, info.dstPort, IPPROTO_TCP);
+    const proto = info.protocol;
+    const tcp = proto === IPPROTO_TCP;
+    const isSyn = tcp && (info.tcpFlags & (TCP_SYN | TCP_ACK)) === TCP_SYN;
+    let h = t.lookup(info.srcAddr, info.srcPort, info.dstAddr, info.dstPort, proto);
     if (h >= 0 && isSyn && (h & 1) === 0 && isReusable(t.state[h >> 1]!)) {
       // A new connection on the ports of one that is closing: start afresh.
       t.remove(h >> 1);
       h = -1;
     }
     if (h < 0) {
-      if (!isSyn) return Drop.NO_FLOW;
+      if (tcp && !isSyn) return Drop.NO_FLOW;
       const r = this.classify(buf, off, info, now);
       if (r < 0) return -r;
       h = r * 2;
     }
-
-    if ((h & 1) === 0) this.forward(buf, off, info, h >> 1, now);
-    else this.reverse(buf, off, info, h >> 1, now);
+    this.lastHandle = h;
+    this.translate(buf, off, info, h, now);
     return 0;
   }
 
-  /** Client → server: towards the instance (or, cooperative client side, towards VIP:p2). */
-  private forward(buf: Uint8Array, off: number, info: PacketInfo, s: number, now: number): void {
+  /**
+   * Rewrite a packet of flow side `h` — towards the instance for side 0 (client →
+   * server; or, cooperative client side, towards VIP:p2), back towards the client
+   * for side 1 — and advance the flow. A later fragment (`l4Off` -1) gets the
+   * address rewrite only and refreshes the flow without changing its state.
+   */
+  private translate(buf: Uint8Array, off: number, info: PacketInfo, h: number, now: number): void {
     const t = this.table;
+    const s = h >> 1;
     const l4 = info.l4Off;
-    const flags = info.tcpFlags;
+    const proto = info.protocol;
     const p = this.partial;
-    if (t.natAddr[s] !== t.clientAddr[s])
-      setIpv4SrcAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.natAddr[s]!, p);
-    if (t.natPort[s] !== t.clientPort[s])
-      setSrcPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.natPort[s]!, p);
-    if (t.realAddr[s] !== t.vipAddr[s])
-      setIpv4DstAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.realAddr[s]!, p);
-    setDstPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.realPort[s]!, p);
-    t.pktsIn[s]! += 1;
-    t.bytesIn[s]! += info.ipTotalLen;
-    this.counters.aidBytesIn[t.aid[s]!]! += info.ipTotalLen;
-    if (flags & TCP_FIN) t.fins[s]! |= FIN_FROM_CLIENT;
-    t.touch(s, nextState(t.state[s]!, t.fins[s]!, flags, true), now);
-  }
-
-  /** Server → client: back to VIP:vport and the client's own address. */
-  private reverse(buf: Uint8Array, off: number, info: PacketInfo, s: number, now: number): void {
-    const t = this.table;
-    const l4 = info.l4Off;
-    const flags = info.tcpFlags;
-    const p = this.partial;
-    if (t.realAddr[s] !== t.vipAddr[s])
-      setIpv4SrcAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.vipAddr[s]!, p);
-    setSrcPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.vport[s]!, p);
-    if (t.natAddr[s] !== t.clientAddr[s])
-      setIpv4DstAddrWithChecksumUpdate(buf, off, l4, IPPROTO_TCP, t.clientAddr[s]!, p);
-    if (t.natPort[s] !== t.clientPort[s])
-      setDstPortWithChecksumUpdate(buf, l4, IPPROTO_TCP, t.clientPort[s]!, p);
-    t.pktsOut[s]! += 1;
-    t.bytesOut[s]! += info.ipTotalLen;
-    this.counters.aidBytesOut[t.aid[s]!]! += info.ipTotalLen;
-    if (flags & TCP_FIN) t.fins[s]! |= FIN_FROM_SERVER;
-    t.touch(s, nextState(t.state[s]!, t.fins[s]!, flags, false), now);
+    const len = info.ipTotalLen;
+    const fromClient = (h & 1) === 0;
+    if (fromClient) {
+      if (t.natAddr[s] !== t.clientAddr[s])
+        setIpv4SrcAddrWithChecksumUpdate(buf, off, l4, proto, t.natAddr[s]!, p);
+      if (t.realAddr[s] !== t.vipAddr[s])
+        setIpv4DstAddrWithChecksumUpdate(buf, off, l4, proto, t.realAddr[s]!, p);
+      if (l4 >= 0) {
+        if (t.natPort[s] !== t.clientPort[s])
+          setSrcPortWithChecksumUpdate(buf, l4, proto, t.natPort[s]!, p);
+        setDstPortWithChecksumUpdate(buf, l4, proto, t.realPort[s]!, p);
+      }
+      t.pktsIn[s]! += 1;
+      t.bytesIn[s]! += len;
+      this.counters.aidBytesIn[t.aid[s]!]! += len;
+    } else {
+      if (t.realAddr[s] !== t.vipAddr[s])
+        setIpv4SrcAddrWithChecksumUpdate(buf, off, l4, proto, t.vipAddr[s]!, p);
+      if (t.natAddr[s] !== t.clientAddr[s])
+        setIpv4DstAddrWithChecksumUpdate(buf, off, l4, proto, t.clientAddr[s]!, p);
+      if (l4 >= 0) {
+        setSrcPortWithChecksumUpdate(buf, l4, proto, t.vport[s]!, p);
+        if (t.natPort[s] !== t.clientPort[s])
+          setDstPortWithChecksumUpdate(buf, l4, proto, t.clientPort[s]!, p);
+      }
+      t.pktsOut[s]! += 1;
+      t.bytesOut[s]! += len;
+      this.counters.aidBytesOut[t.aid[s]!]! += len;
+    }
+    const state = t.state[s]!;
+    if (l4 < 0) {
+      t.touch(s, state, now);
+    } else if (proto === IPPROTO_TCP) {
+      const flags = info.tcpFlags;
+      if (flags & TCP_FIN) t.fins[s]! |= fromClient ? FIN_FROM_CLIENT : FIN_FROM_SERVER;
+      t.touch(s, nextState(state, t.fins[s]!, flags, fromClient), now);
+    } else {
+      t.touch(s, nextUdpState(state, fromClient), now);
+    }
   }
 
   /**
-   * Record a flow agreed by negotiation (cooperative server side: before its SYN
-   * arrives). Returns the slot, CREATE_FULL or CREATE_COLLISION.
+   * The fragment stage. A first fragment holding the whole L4 header goes through
+   * the transport stage and records its datagram's flow side; it releases the
+   * fragments of its datagram that came before it (or drops them, if it matched
+   * no flow). A later fragment follows its datagram's record, or waits for the
+   * first fragment.
+   */
+  private fragment(buf: Uint8Array, off: number, info: PacketInfo, now: number): number {
+    const proto = info.protocol;
+    if (proto === IPPROTO_ICMP) return Drop.ICMP_UNSUPPORTED;
+    const c = this.counters;
+    const src = info.srcAddr;
+    const dst = info.dstAddr;
+    const id = get16(buf, off + IPV4_OFF_IDENT);
+    if (info.fragOffset === 0) {
+      if (!checkFirstFragment(buf, info)) return Drop.FRAGMENT_TOO_SHORT;
+      const r = this.transport(buf, off, info, now);
+      const h = r === 0 ? this.lastHandle : FRAG_NO_FLOW;
+      const t = this.table;
+      const flowId = h >= 0 ? t.id[h >> 1]! : 0;
+      this.fragments.record(src, dst, proto, id, h, flowId, now, this.fragmentMs);
+      if (this.held.count > 0) this.release(src, dst, proto, id, h, now);
+      return r;
+    }
+    const h = this.fragments.lookup(src, dst, proto, id, now, this.table.id, this.table.state);
+    if (h >= 0) {
+      this.translate(buf, off, info, h, now);
+      return 0;
+    }
+    if (h === FRAG_NO_FLOW) return Drop.FRAGMENT_NO_FLOW;
+    // Its first fragment has not come (yet): wait for it.
+    this.expireFragments(now);
+    if (!this.held.add(buf, off, info.ipTotalLen, src, dst, proto, id, now + this.fragmentMs))
+      return Drop.FRAGMENT_HELD_OVERFLOW;
+    c.fragmentsHeld = this.held.count;
+    return HELD;
+  }
+
+  /**
+   * The first fragment of datagram (src, dst, proto, id) came: send the fragments
+   * of it that waited, translated for flow side `h`, or drop them (FRAG_NO_FLOW).
+   */
+  private release(
+    src: number,
+    dst: number,
+    proto: number,
+    id: number,
+    h: number,
+    now: number,
+  ): void {
+    const held = this.held;
+    const c = this.counters;
+    const n = held.take(src, dst, proto, id);
+    c.fragmentsHeld = held.count;
+    if (n === 0) return;
+    if (h < 0) {
+      c.drops[Drop.FRAGMENT_NO_FLOW]! += n;
+      return;
+    }
+    const arena = held.arena;
+    const info = this.segInfo;
+    const partial = this.partial;
+    this.partial = false; // a later fragment carries no L4 checksum
+    let bytes = 0;
+    for (let i = 0; i < n; i++) {
+      const o = held.outOffsets[i]!;
+      checkPacket(arena, o, held.outLengths[i]!, info); // accepted when it was held
+      this.translate(arena, o, info, h, now);
+      bytes += held.outLengths[i]!;
+    }
+    this.partial = partial;
+    const written = this.dev.write(arena, held.outOffsets, held.outLengths, n);
+    const taken = written - this.dev.lastWriteRefused;
+    c.fragmentsReleased += taken;
+    c.packetsOut += taken;
+    if (taken === n) c.bytesOut += bytes;
+    c.drops[Drop.TX_ERROR]! += n - taken;
+  }
+
+  /**
+   * The ICMP stage. The message's checksum is verified first (ICMP is never
+   * offloaded). An error quoting a flow's packet is translated; an echo request to
+   * a virtual service address is answered in place; an error or another message
+   * for a virtual address (or the local-client address) that is neither is
+   * dropped; anything else (the host's own ICMP, steered through the TUN by the
+   * ICMP reply rule) goes on unchanged.
+   */
+  private icmp(buf: Uint8Array, off: number, info: PacketInfo, now: number): number {
+    const m = info.l4Off;
+    const end = off + info.ipTotalLen;
+    if (sum16(buf, m, end - m) !== 0xffff) return Drop.ICMP_BAD_CHECKSUM;
+    const type = buf[m]!;
+    const dst = info.dstAddr;
+    const rules = this.rules;
+    const ours = rules.isVip(dst) || dst === this.opts.localClientAddr;
+    if (isIcmpError(type)) {
+      const q = this.quoted;
+      if (checkQuoted(buf, m + ICMP_HEADER_LEN, end, q)) {
+        const t = this.table;
+        const h = t.lookup(q.dstAddr, q.dstPort, q.srcAddr, q.srcPort, q.protocol);
+        if (h >= 0 && translateIcmpError(buf, info, q, t, h)) {
+          this.counters.icmpErrorsTranslated++;
+          return 0;
+        }
+      }
+      if (ours) return Drop.ICMP_NO_FLOW;
+    } else if (ours) {
+      if (type !== ICMP_ECHO_REQUEST || !rules.isVip(dst)) return Drop.ICMP_UNSUPPORTED;
+      if (!this.icmpBucket.take(now)) return Drop.ICMP_RATE_LIMITED;
+      this.echoReply(buf, off, m);
+      this.counters.echoReplies++;
+      return 0;
+    }
+    this.counters.icmpPassed++;
+    return 0;
+  }
+
+  /**
+   * Turn the echo request at buf[off] (ICMP message at `m`) into its reply, in
+   * place: addresses swapped (which leaves the header checksum as it is), TTL 64,
+   * type echo reply; both checksums updated incrementally.
+   */
+  private echoReply(buf: Uint8Array, off: number, m: number): void {
+    const a = get32(buf, off + IPV4_OFF_SRC);
+    set32(buf, off + IPV4_OFF_SRC, get32(buf, off + IPV4_OFF_DST));
+    set32(buf, off + IPV4_OFF_DST, a);
+    const ttlProto = get16(buf, off + IPV4_OFF_TTL);
+    const nextTtlProto = (64 << 8) | (ttlProto & 0xff);
+    set16(buf, off + IPV4_OFF_TTL, nextTtlProto);
+    const ipc = off + IPV4_OFF_CHECKSUM;
+    set16(buf, ipc, update16(get16(buf, ipc), ttlProto, nextTtlProto));
+    const typeCode = get16(buf, m);
+    const replyTypeCode = (ICMP_ECHO_REPLY << 8) | (typeCode & 0xff);
+    set16(buf, m, replyTypeCode);
+    const ic = m + ICMP_OFF_CHECKSUM;
+    set16(buf, ic, update16(get16(buf, ic), typeCode, replyTypeCode));
+  }
+
+  /**
+   * Record a flow agreed by negotiation (cooperative server side: before its
+   * first packet arrives). Returns the slot, CREATE_FULL or CREATE_COLLISION.
    */
   createFlow(k: FlowKeyArgs, now: number): number {
     const s = this.table.create(k, now);
@@ -460,61 +759,114 @@ export class Pipeline {
   }
 
   /**
-   * A held SYN (see `negotiate`) that is allowed through: record the flow `k`
-   * and send the SYN on, rewritten (towards VIP:p2 for a peer's service, to the
-   * instance for a local client placed by its looked-up AID). `pkt` is the
-   * holder's own copy of the SYN, from offset 0. Returns the slot, or
-   * CREATE_FULL, CREATE_COLLISION or INJECT_MALFORMED. It never answers the
-   * client: on failure the holder decides, and calls `refuseHeld` once.
+   * A held packet (see `negotiate`: a TCP SYN or a UDP datagram) that is allowed
+   * through: record the flow `k` and send the packet on, rewritten (towards
+   * VIP:p2 for a peer's service, to the instance for a local client placed by its
+   * looked-up AID). `pkt` is the holder's own copy, from offset 0. Returns the
+   * slot, or CREATE_FULL, CREATE_COLLISION or INJECT_MALFORMED. It never answers
+   * the client: on failure the holder decides, and calls `refuseHeld` once.
+   * Further packets of the same flow that the holder queued go with `sendHeld`.
    */
   injectHeld(pkt: Uint8Array, k: FlowKeyArgs, now: number): number {
-    const info = this.info;
-    const hr = this.hr;
-    // Behind an all-zero virtio-net header (when the device has them): a plain packet.
-    if (pkt.length > this.heldBuf.length - hr) return INJECT_MALFORMED;
-    this.heldBuf.fill(0, 0, hr);
-    this.heldBuf.set(pkt, hr);
-    const held = this.heldBuf.subarray(0, hr + pkt.length);
-    if (checkPacket(held, hr, pkt.length, info) !== Check.OK || !this.isTcpSegment())
-      return INJECT_MALFORMED;
+    if (!this.loadHeld(pkt)) return INJECT_MALFORMED;
     const s = this.createFlow(k, now);
     if (s < 0) return s;
-    this.partial = false; // the holder's copy has a complete checksum (see hold)
-    this.forward(held, hr, info, s, now);
-    this.oneOffsets[0] = hr;
-    this.oneLengths[0] = info.ipTotalLen;
-    this.counters.synInjected += this.dev.write(held, this.oneOffsets, this.oneLengths, 1);
+    this.sendLoaded(s, now);
     return s;
   }
 
   /**
-   * A held SYN that will not go through: count it (`negotiationsFailed` for a
-   * peer's service, `localClientsRefused` for a local client held for an owner
-   * lookup) and answer the client with a RST, if one can be built from `pkt`.
-   * Returns whether the RST was written. The holder calls it once per held SYN.
+   * A further packet of a flow `injectHeld` recorded (`slot`), queued by the
+   * holder while the flow was negotiated: rewritten and sent like the first.
+   * Returns whether it was sent (false: malformed, or the flow is gone).
    */
-  refuseHeld(pkt: Uint8Array, kind: HeldKind): boolean {
-    const info = this.info;
-    if (kind === 'negotiation') this.counters.negotiationsFailed++;
-    else this.counters.localClientsRefused++;
-    if (checkPacket(pkt, 0, pkt.length, info) !== Check.OK || !this.isTcpSegment()) return false;
-    this.oneOffsets[0] = this.hr;
-    this.oneLengths[0] = writeRst(pkt, info, this.rstBuf, this.hr);
-    const sent = this.dev.write(this.rstBuf, this.oneOffsets, this.oneLengths, 1);
-    this.counters.rstSent += sent;
-    return sent === 1;
+  sendHeld(pkt: Uint8Array, slot: number, now: number): boolean {
+    if (!this.table.isLive(slot) || !this.loadHeld(pkt)) return false;
+    const i = this.info;
+    const t = this.table;
+    if (
+      i.protocol !== t.proto[slot] ||
+      i.srcAddr !== t.clientAddr[slot] ||
+      i.srcPort !== t.clientPort[slot] ||
+      i.dstAddr !== t.vipAddr[slot] ||
+      i.dstPort !== t.vport[slot]
+    )
+      return false;
+    return this.sendLoaded(slot, now) === 1;
   }
 
-  /** After checkPacket into `this.info`: true for a whole, unfragmented TCP segment. */
-  private isTcpSegment(): boolean {
-    const info = this.info;
-    return info.protocol === IPPROTO_TCP && !info.isFragment && info.l4Off >= 0;
+  /** Copy a holder's packet behind an all-zero virtio-net header and parse it into `info`. */
+  private loadHeld(pkt: Uint8Array): boolean {
+    const hr = this.hr;
+    if (pkt.length > this.heldBuf.length - hr) return false;
+    this.heldBuf.fill(0, 0, hr);
+    this.heldBuf.set(pkt, hr);
+    const held = this.heldBuf.subarray(0, hr + pkt.length);
+    return checkPacket(held, hr, pkt.length, this.info) === Check.OK && this.isTransport();
+  }
+
+  /** Translate the loaded held packet for flow `s` (client side) and write it. */
+  private sendLoaded(s: number, now: number): number {
+    this.partial = false; // the holder's copy has a complete checksum (see hold)
+    this.translate(this.heldBuf, this.hr, this.info, s * 2, now);
+    this.oneOffsets[0] = this.hr;
+    this.oneLengths[0] = this.info.ipTotalLen;
+    const n = this.dev.write(this.heldBuf, this.oneOffsets, this.oneLengths, 1);
+    this.counters.heldInjected += n;
+    return n;
   }
 
   /**
-   * Hand a SYN to the holder (`negotiate`). A held SYN outlives the batch and its
-   * virtio-net header: a partial checksum is completed here (the packet leaves
-   * the batch anyway), so the holder keeps a plain packet.
+   * A held packet that will not go through: count it (`negotiationsFailed` for a
+   * peer's service, `localClientsRefused` for a local client held for an owner
+   * lookup) and answer the client as a closed port does — a RST for a SYN, an
+   * ICMP port unreachable (rate-limited) for a UDP datagram — if one can be built
+   * from `pkt`. Returns whether the answer was written. The holder calls it once
+   * per held flow.
+   */
+  refuseHeld(pkt: Uint8Array, kind: HeldKind, now = performance.now()): boolean {
+    const info = this.info;
+    if (kind === 'negotiation') this.counters.negotiationsFailed++;
+    else this.counters.localClientsRefused++;
+    if (checkPacket(pkt, 0, pkt.length, info) !== Check.OK || !this.isTransport()) return false;
+    this.oneOffsets[0] = this.hr;
+    if (info.protocol === IPPROTO_TCP) {
+      this.oneLengths[0] = writeRst(pkt, info, this.rstBuf, this.hr);
+      const sent = this.dev.write(this.rstBuf, this.oneOffsets, this.oneLengths, 1);
+      this.counters.rstSent += sent;
+      return sent === 1;
+    }
+    if (!this.icmpBucket.take(now)) {
+      this.counters.icmpRateLimited++;
+      return false;
+    }
+    this.oneLengths[0] = writeIcmpError(
+      pkt,
+      info,
+      ICMP_DEST_UNREACHABLE,
+      ICMP_PORT_UNREACHABLE,
+      this.icmpBuf,
+      this.hr,
+    );
+    const sent = this.dev.write(this.icmpBuf, this.oneOffsets, this.oneLengths, 1);
+    this.counters.icmpUnreachableSent += sent;
+    return sent === 1;
+  }
+
+  /** After checkPacket into `this.info`: true for a whole, unfragmented TCP segment or UDP datagram. */
+  private isTransport(): boolean {
+    const info = this.info;
+    return (
+      (info.protocol === IPPROTO_TCP || info.protocol === IPPROTO_UDP) &&
+      !info.isFragment &&
+      info.l4Off >= 0
+    );
+  }
+
+  /**
+   * Hand a flow's first packet to the holder (`negotiate`). A held packet outlives
+   * the batch and its virtio-net header: a partial checksum is completed here (the
+   * packet leaves the batch anyway), so the holder keeps a plain packet.
    */
   private hold(
     buf: Uint8Array,
@@ -528,27 +880,31 @@ export class Pipeline {
     this.opts.negotiate!(buf, off, info.ipTotalLen, info, svc, aid, local);
   }
 
-  /** New connection: returns the new slot, or -(drop reason). */
+  /** A new flow (TCP SYN, UDP datagram): returns the new slot, or -(drop reason). */
   private classify(buf: Uint8Array, off: number, info: PacketInfo, now: number): number {
     const rules = this.rules;
-    const svc = rules.findService(info.dstAddr, info.dstPort, IPPROTO_TCP);
+    const proto = info.protocol;
+    const svc = rules.findService(info.dstAddr, info.dstPort, proto);
     if (svc < 0) {
       if (rules.isCoopPort(info.dstAddr, info.dstPort)) return -Drop.NOT_NEGOTIATED;
       // A closed port of a virtual service address answers like a closed port of a host.
       if (rules.isVip(info.dstAddr)) return this.refused(Drop.REFUSED_NO_SERVICE, info);
-      return -Drop.NOT_SERVICE;
+      return proto === IPPROTO_TCP ? -Drop.NOT_SERVICE : -Drop.NO_FLOW;
     }
     const local = this.localAddrs.has(info.srcAddr);
     let aid =
       local && this.opts.localClientAid ? this.opts.localClientAid(info.srcAddr, info.srcPort) : -1;
     if (aid < 0) aid = rules.selectAid(svc, info.srcAddr, info.srcPort);
+    // A held packet must be whole: a fragmented first datagram is not held (the
+    // client's next datagram, unfragmented or not, finds the flow negotiated).
+    const canHold = this.opts.negotiate !== undefined && !info.isFragment;
     if (rules.services[svc]!.peer >= 0) {
-      // Served by a peer: hold the SYN while the two daemons negotiate (FIG. 6/7).
-      if (!this.opts.negotiate) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
+      // Served by a peer: hold the packet while the two daemons negotiate (FIG. 6/7).
+      if (!canHold) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
       this.hold(buf, off, info, svc, aid, local);
       return -Drop.NEGOTIATING;
     }
-    if (aid < 0 && local && this.opts.holdUnknownLocal && this.opts.negotiate) {
+    if (aid < 0 && local && this.opts.holdUnknownLocal && canHold) {
       // A local client nobody vouched for: its socket's owner may tell (FIG. 8).
       this.hold(buf, off, info, svc, -1, true);
       return -Drop.NEGOTIATING;
@@ -559,7 +915,7 @@ export class Pipeline {
     if (inst < 0) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
     const target = instances.get(inst)!;
     const k = this.key;
-    k.proto = IPPROTO_TCP;
+    k.proto = proto;
     k.clientAddr = info.srcAddr;
     k.clientPort = info.srcPort;
     k.vipAddr = info.dstAddr;

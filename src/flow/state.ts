@@ -1,5 +1,6 @@
 /**
- * TCP connection state as vpm follows it from the packets it forwards.
+ * Connection state as vpm follows it from the packets it forwards: TCP's, and
+ * UDP's two (unreplied, assured).
  *
  * Theory of operation. vpm is not an endpoint: it only needs to know how long to
  * keep a translation. Both sides' packets pass through it, so it sees the three-way
@@ -19,6 +20,12 @@
  * endpoint. A client SYN that hits a flow in FIN_WAIT, TIME_WAIT or RESET starts a
  * new connection on the same ports: the old translation is removed and the SYN is
  * classified afresh.
+ *
+ * UDP has no handshake: a flow is created by its first datagram from the client
+ * (UDP_UNREPLIED) and becomes UDP_ASSURED once the server has answered, as Linux
+ * conntrack does (nf_conntrack_proto_udp: 30 s unreplied, 120 s once it has seen
+ * traffic both ways — the stream timeout — and RFC 4787 REQ-5: a UDP mapping
+ * lives at least 2 minutes). Every datagram either way refreshes the flow.
  */
 
 import { enumNames } from '../base/enum.js';
@@ -32,6 +39,10 @@ export const FlowState = {
   FIN_WAIT: 4,
   TIME_WAIT: 5,
   RESET: 6,
+  /** UDP: datagrams from the client only, so far. */
+  UDP_UNREPLIED: 7,
+  /** UDP: the server has answered. */
+  UDP_ASSURED: 8,
 } as const;
 export type FlowStateCode = (typeof FlowState)[keyof typeof FlowState];
 
@@ -43,8 +54,10 @@ export const TimerClass = {
   ESTABLISHED: 1,
   CLOSING: 2,
   LINGER: 3,
+  UDP_UNREPLIED: 4,
+  UDP_ASSURED: 5,
 } as const;
-export const TIMER_CLASSES = 4;
+export const TIMER_CLASSES = 6;
 
 /** Timer class of each state, indexed by state. */
 export const STATE_TIMER: Readonly<Uint8Array> = Uint8Array.of(
@@ -55,7 +68,14 @@ export const STATE_TIMER: Readonly<Uint8Array> = Uint8Array.of(
   TimerClass.CLOSING,
   TimerClass.LINGER,
   TimerClass.LINGER,
+  TimerClass.UDP_UNREPLIED,
+  TimerClass.UDP_ASSURED,
 );
+
+/** Next state of a UDP flow for a datagram travelling `fromClient` (true) or from the server. */
+export function nextUdpState(state: number, fromClient: boolean): number {
+  return fromClient ? state : FlowState.UDP_ASSURED;
+}
 
 /** Bits of the per-flow FIN record. */
 export const FIN_FROM_CLIENT = 1;

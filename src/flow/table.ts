@@ -22,7 +22,7 @@
  * never degrade with churn.
  *
  * Expiry: each flow sits on one doubly-linked list per timer class (embryonic,
- * established, closing, linger), in order of last activity; every packet moves its
+ * established, closing, linger; UDP unreplied, assured), in order of last activity; every packet moves its
  * flow to the tail. As a class has one timeout, the head is always the next to
  * expire: `expire(now)` pops heads until one is still fresh. No scan of the table,
  * no work per packet beyond a few array writes.
@@ -31,6 +31,7 @@
  * aside: that is control-plane wiring, done at start-up).
  */
 
+import { IPPROTO_UDP } from '../wire/ipv4.js';
 import { FlowState, STATE_TIMER, TIMER_CLASSES } from './state.js';
 
 const NIL = -1;
@@ -106,8 +107,9 @@ export class FlowTable {
   private readonly freeStack: Int32Array;
   private freeTop: number;
   private nextId = 1;
-  /** Live flows. */
+  /** Live flows, and the UDP ones among them. */
   size = 0;
+  udpSize = 0;
   /** See addRemoveListener. */
   private readonly removeListeners: ((slot: number) => void)[] = [];
 
@@ -242,7 +244,7 @@ export class FlowTable {
   }
 
   /**
-   * Record a new flow in state SYN_SENT. Returns its slot, CREATE_FULL when no slot
+   * Record a new flow in state SYN_SENT (TCP) or UDP_UNREPLIED (UDP). Returns its slot, CREATE_FULL when no slot
    * is free, or CREATE_COLLISION when either side's key is already in use.
    */
   create(k: FlowKeyArgs, now: number): number {
@@ -266,7 +268,8 @@ export class FlowTable {
     this.service[s] = k.service;
     this.aid[s] = k.aid;
     this.instance[s] = k.instance;
-    this.state[s] = FlowState.SYN_SENT;
+    const state = k.proto === IPPROTO_UDP ? FlowState.UDP_UNREPLIED : FlowState.SYN_SENT;
+    this.state[s] = state;
     this.fins[s] = 0;
     this.id[s] = this.nextId++;
     this.created[s] = now;
@@ -277,10 +280,11 @@ export class FlowTable {
     this.bytesOut[s] = 0;
     this.insert(s * 2, this.hash(k.clientAddr, k.clientPort, k.vipAddr, k.vport, k.proto));
     this.insert(s * 2 + 1, this.hash(k.realAddr, k.realPort, k.natAddr, k.natPort, k.proto));
-    const c = STATE_TIMER[FlowState.SYN_SENT]!;
+    const c = STATE_TIMER[state]!;
     this.timerClass[s] = c;
     this.append(s, c);
     this.size++;
+    if (k.proto === IPPROTO_UDP) this.udpSize++;
     return s;
   }
 
@@ -312,6 +316,7 @@ export class FlowTable {
     this.state[s] = FlowState.FREE;
     this.freeStack[this.freeTop++] = s;
     this.size--;
+    if (this.proto[s] === IPPROTO_UDP) this.udpSize--;
   }
 
   /** Set the state and move the flow to the tail of its (possibly new) timer class. */

@@ -29,11 +29,15 @@
  * The recipe, for a TUN `vpm0` with address A, local-client address L, virtual
  * service addresses V…, instance ports P…, route table T and rule priority R:
  *   ip link set vpm0 mtu M txqueuelen Q; sysctl net.ipv6.conf.vpm0.disable_ipv6=1
- *   sysctl net.ipv4.conf.vpm0.{rp_filter=2, forwarding=1}
+ *   sysctl net.ipv4.conf.vpm0.{rp_filter=2, forwarding=1, accept_local=1}
  *   ip addr add A/32 dev vpm0; ip link set vpm0 up
  *   ip route add V/32 dev vpm0 (each); ip route add L/32 dev vpm0
  *   ip route add default dev vpm0 table T
- *   ip rule add pref R from A ipproto tcp sport P lookup T (each port range)
+ *   ip rule add pref R from A ipproto tcp sport P lookup T (each port range, when
+ *     a service is TCP)
+ *   ip rule add pref R iif lo ipproto udp sport P lookup T (each port range, when
+ *     a service is UDP)
+ *   ip rule add pref R from A ipproto icmp iif lo lookup T
  *   sysctl net.ipv4.ip_forward=1
  */
 
@@ -51,6 +55,8 @@ export interface HostPlan {
   vips: readonly string[];
   /** Source-port ranges of instances whose replies go into the TUN. */
   replyPorts: readonly { lo: number; hi: number }[];
+  /** The protocols of the virtual services: one reply rule per protocol and port range. */
+  replyProtocols: readonly ('tcp' | 'udp')[];
   routeTable: number;
   rulePriority: number;
   /**
@@ -131,6 +137,10 @@ export class HostSetup {
       // touching the host-wide setting (the kernel uses max(all, device)).
       await writeSysctl(devKey('ipv4', 'rp_filter'), '2');
       await writeSysctl(devKey('ipv4', 'forwarding'), '1');
+      // ICMP the host itself sends from the TUN address goes through vpm (the rule
+      // below); what is about no flow vpm writes back unchanged, with that local
+      // address as its source, which the kernel accepts on the TUN only so.
+      await writeSysctl(devKey('ipv4', 'accept_local'), '1');
       await run('ip', [
         'link',
         'set',
@@ -155,6 +165,7 @@ export class HostSetup {
         String(plan.routeTable),
       ]);
       for (const args of replyRules(plan)) await this.addRule(args);
+      await this.addRule(icmpRule(plan));
       if (plan.peerVips && plan.peerVips.length > 0) {
         const out = String(plan.routeTable + 1);
         for (const { vip, peer } of plan.peerVips) {
@@ -229,19 +240,51 @@ export class HostSetup {
   }
 }
 
+/**
+ * The reply rules: what an instance sends from its port goes into the TUN. TCP:
+ * from the TUN address (an accepted connection's local address is the one its
+ * SYN was translated to). UDP: from any address the host itself sends (`iif
+ * lo`): a server bound to the wildcard address answers with sendto(), and its
+ * source address is chosen by this very route lookup — table T's route through
+ * the TUN gives it the TUN address — so a rule on the source could not match it.
+ */
 function replyRules(plan: HostPlan): string[][] {
-  return plan.replyPorts.map((r) => [
+  return plan.replyProtocols.flatMap((proto) =>
+    plan.replyPorts.map((r) => [
+      'pref',
+      String(plan.rulePriority),
+      ...(proto === 'tcp' ? ['from', plan.tunAddr] : []),
+      ...(proto === 'udp' ? ['iif', 'lo'] : []),
+      'ipproto',
+      proto,
+      'sport',
+      r.lo === r.hi ? String(r.lo) : `${r.lo}-${r.hi}`,
+      'lookup',
+      String(plan.routeTable),
+    ]),
+  );
+}
+
+/**
+ * ICMP the host sends from the TUN address (port unreachable from an instance
+ * port nobody listens on, an error about a flow's packet) must leave through vpm,
+ * which translates it, instead of by the main table with the real port quoted in
+ * it. `iif lo`: only what the host itself sends, not what vpm writes back into the
+ * TUN (which would loop).
+ */
+function icmpRule(plan: HostPlan): string[] {
+  return [
     'pref',
     String(plan.rulePriority),
     'from',
     plan.tunAddr,
     'ipproto',
-    'tcp',
-    'sport',
-    r.lo === r.hi ? String(r.lo) : `${r.lo}-${r.hi}`,
+    'icmp',
+    'iif',
+    'lo',
     'lookup',
     String(plan.routeTable),
-  ]);
+  ];
 }
 
 async function ruleExists(args: readonly string[]): Promise<boolean> {

@@ -25,7 +25,14 @@ export interface Endpoint {
 
 /** A service as the control command `services` reports it. */
 /** What a filter needs of a flow (`flows`: docs/control-protocol.md). */
-export type FlowTuples = Pick<FlowView, 'id' | 'client' | 'service' | 'aid' | 'real' | 'nat'>;
+export type FlowTuples = Pick<FlowView, 'id' | 'client' | 'service' | 'aid' | 'real' | 'nat'> &
+  Partial<Pick<FlowView, 'protocol'>>;
+
+/** A filter part and the protocol it is about ('tcp' when a daemon did not say). */
+interface Part {
+  proto: string;
+  f: string;
+}
 
 /** What a filter needs of an instance (`instances`). */
 export type InstanceEndpoint = Pick<InstanceView, 'aid' | 'proto' | 'vport' | 'address' | 'port'>;
@@ -83,11 +90,24 @@ export function tupleFilter(a: Endpoint, b: Endpoint): string {
   return `${one(a, b)} or ${one(b, a)}`;
 }
 
-/** `tcp and (p1 or p2 ...)`, each part parenthesised; the empty list matches nothing. */
-function anyOf(parts: string[]): string {
+/**
+ * `tcp and ((p1) or (p2) ...)` — one such group per protocol, or-ed when the
+ * parts are of more than one (`(tcp and (...)) or (udp and (...))`); the empty
+ * list matches nothing.
+ */
+function anyOf(parts: Part[]): string {
   if (parts.length === 0) throw new FilterError('nothing to capture');
-  return `tcp and (${parts.map((p) => `(${p})`).join(' or ')})`;
+  const groups = new Map<string, string[]>();
+  for (const p of parts) {
+    const g = groups.get(p.proto) ?? [];
+    g.push(`(${p.f})`);
+    groups.set(p.proto, g);
+  }
+  const out = [...groups].map(([proto, fs]) => `${proto} and (${fs.join(' or ')})`);
+  return out.length === 1 ? out[0]! : out.map((g) => `(${g})`).join(' or ');
 }
+
+const protoOf = (f: FlowTuples) => f.protocol ?? 'tcp';
 
 /**
  * Combine filters the way tcpdump users write them: `(a) and (b)`. Empty ones are
@@ -127,9 +147,10 @@ export function serviceFilter(
       reals.push({ addr: i.address, port: i.port });
   }
   for (const f of flows) {
-    if (f.service === key(vip)) reals.push(endpoint(f.real, `flow ${f.id} real`));
+    if (f.service === key(vip) && protoOf(f) === svc.protocol)
+      reals.push(endpoint(f.real, `flow ${f.id} real`));
   }
-  return anyOf([vip, ...unique(reals)].map(endpointFilter));
+  return anyOf([vip, ...unique(reals)].map((e) => ({ proto: svc.protocol, f: endpointFilter(e) })));
 }
 
 /**
@@ -141,17 +162,31 @@ export function aidFilter(
   instances: readonly InstanceEndpoint[],
   flows: readonly FlowTuples[],
 ): string {
-  const reals: Endpoint[] = [];
-  for (const i of instances) if (i.aid === aid) reals.push({ addr: i.address, port: i.port });
+  // An instance serves its protocol's services; one for any service, both protocols.
+  const reals: { proto: string; e: Endpoint }[] = [];
+  for (const i of instances) {
+    if (i.aid !== aid) continue;
+    const e = { addr: i.address, port: i.port };
+    if (i.vport === 0) for (const proto of ['tcp', 'udp']) reals.push({ proto, e });
+    else reals.push({ proto: i.proto, e });
+  }
   const own = flows.filter((f) => f.aid === aid);
-  for (const f of own) reals.push(endpoint(f.real, `flow ${f.id} real`));
+  for (const f of own) reals.push({ proto: protoOf(f), e: endpoint(f.real, `flow ${f.id} real`) });
   if (reals.length === 0)
     throw new FilterError(`--aid: the daemon has no instance and no flow of AID "${aid}"`);
-  const parts = unique(reals).map(endpointFilter);
+  const seen = new Set<string>();
+  const parts: Part[] = [];
+  for (const r of reals) {
+    const k = `${r.proto} ${key(r.e)}`;
+    if (seen.has(k)) continue;
+    seen.add(k);
+    parts.push({ proto: r.proto, f: endpointFilter(r.e) });
+  }
   for (const f of own)
-    parts.push(
-      tupleFilter(endpoint(f.client, `flow ${f.id} client`), endpoint(f.service, 'a service')),
-    );
+    parts.push({
+      proto: protoOf(f),
+      f: tupleFilter(endpoint(f.client, `flow ${f.id} client`), endpoint(f.service, 'a service')),
+    });
   return anyOf(parts);
 }
 
@@ -161,5 +196,9 @@ export function flowFilter(flow: FlowTuples): string {
   const vip = endpoint(flow.service, `flow ${flow.id} service`);
   const real = endpoint(flow.real, `flow ${flow.id} real`);
   const nat = flow.nat ? endpoint(flow.nat, `flow ${flow.id} nat`) : client;
-  return anyOf([tupleFilter(client, vip), tupleFilter(nat, real)]);
+  const proto = protoOf(flow);
+  return anyOf([
+    { proto, f: tupleFilter(client, vip) },
+    { proto, f: tupleFilter(nat, real) },
+  ]);
 }

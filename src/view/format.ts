@@ -8,6 +8,7 @@ import type { FlowView, InstanceView } from './views.js';
 export function formatFlows(flows: FlowView[]): string {
   const head = [
     'ID',
+    'PROTO',
     'CLIENT',
     'SERVICE',
     'AID',
@@ -19,6 +20,7 @@ export function formatFlows(flows: FlowView[]): string {
   ];
   const rows = flows.map((f) => [
     String(f.id),
+    f.protocol,
     f.nat ? `${f.client} (as ${f.nat})` : f.client,
     `${f.serviceName} ${f.service}`,
     f.aid,
@@ -47,8 +49,9 @@ export function formatStats(s: Record<string, unknown>): string {
   const lines = [
     `packets in ${s.packetsIn}  out ${s.packetsOut}  dropped ${s.dropsTotal}`,
     `bytes   in ${s.bytesIn}  out ${s.bytesOut}`,
-    `flows   active ${s.flowsActive}/${s.flowsCapacity}  created ${s.flowsCreated}  expired ${s.flowsExpired}  refused ${s.flowsRefused}  rst sent ${s.rstSent}`,
+    `flows   active ${s.flowsActive}/${s.flowsCapacity} (udp ${s.udpFlowsActive ?? 0})  created ${s.flowsCreated}  expired ${s.flowsExpired}  refused ${s.flowsRefused}  rst sent ${s.rstSent}`,
     `drops   ${nonzero.length === 0 ? 'none' : nonzero.map(([k, v]) => `${k} ${v}`).join(', ')}`,
+    icmpLine(s),
     offloadLine(s),
     `batches ${s.batches}  sizes ${Object.entries(s.batchSizes as Record<string, number>)
       .filter(([, v]) => v > 0)
@@ -84,6 +87,16 @@ export function formatInstances(list: InstanceView[]): string {
     ...rows.map(line),
     `${list.length} instance${list.length === 1 ? '' : 's'}`,
   ].join('\n');
+}
+
+/** "icmp    errors translated 2  echo replies 5 ...  fragments held 0 released 3". */
+function icmpLine(s: Record<string, unknown>): string {
+  const i = (s.icmp ?? {}) as Record<string, number>;
+  return (
+    `icmp    errors translated ${i.errorsTranslated ?? 0}  passed ${i.passed ?? 0}  echo replies ${i.echoReplies ?? 0}` +
+    `  unreachable sent ${i.unreachableSent ?? 0}  rate-limited ${i.rateLimited ?? 0}` +
+    `  fragments held ${s.fragmentsHeld ?? 0} released ${s.fragmentsReleased ?? 0}`
+  );
 }
 
 /** "offload csum, tso4, ...  super-packets in 12 (540 segments) out 12 (540)", or "offload off". */

@@ -7,6 +7,7 @@
 /** One flow of `vpm flows` (the control request `flows`). */
 export interface FlowView {
   id: number;
+  protocol: 'tcp' | 'udp';
   client: string;
   service: string;
   serviceName: string;

@@ -28,8 +28,23 @@ export const ICMP_HEADER_LEN = ICMP_OFF_REST + 4;
 
 export const ICMP_ECHO_REPLY = 0;
 export const ICMP_DEST_UNREACHABLE = 3;
+export const ICMP_SOURCE_QUENCH = 4;
 export const ICMP_ECHO_REQUEST = 8;
 export const ICMP_TIME_EXCEEDED = 11;
+export const ICMP_PARAMETER_PROBLEM = 12;
+/** Destination unreachable codes. */
+export const ICMP_PORT_UNREACHABLE = 3;
+export const ICMP_FRAG_NEEDED = 4;
+
+/** The error messages that quote an offending IP header (RFC 792, RFC 5508 REQ-3/4). */
+export function isIcmpError(type: number): boolean {
+  return (
+    type === ICMP_DEST_UNREACHABLE ||
+    type === ICMP_SOURCE_QUENCH ||
+    type === ICMP_TIME_EXCEEDED ||
+    type === ICMP_PARAMETER_PROBLEM
+  );
+}
 
 export class IcmpPacket {
   buf: Uint8Array;

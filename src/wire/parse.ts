@@ -21,10 +21,27 @@
 
 import { enumNames } from '../base/enum.js';
 import { get16, get32 } from './bytes.js';
-import { IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_HEADER_LEN } from './ipv4.js';
-import { IPV6_HEADER_LEN } from './ipv6.js';
-import { TCP_HEADER_LEN } from './tcp.js';
-import { UDP_HEADER_LEN } from './udp.js';
+import {
+  IPPROTO_ICMP,
+  IPPROTO_ICMPV6,
+  IPPROTO_TCP,
+  IPPROTO_UDP,
+  IPV4_HEADER_LEN,
+  IPV4_OFF_DST,
+  IPV4_OFF_FLAGS_FRAG,
+  IPV4_OFF_PROTOCOL,
+  IPV4_OFF_SRC,
+  IPV4_OFF_TOTAL_LEN,
+} from './ipv4.js';
+import { IPV6_HEADER_LEN, IPV6_OFF_NEXT_HEADER, IPV6_OFF_PAYLOAD_LEN } from './ipv6.js';
+import {
+  TCP_HEADER_LEN,
+  TCP_OFF_DATA_OFFSET,
+  TCP_OFF_DST_PORT,
+  TCP_OFF_FLAGS,
+  TCP_OFF_SRC_PORT,
+} from './tcp.js';
+import { UDP_HEADER_LEN, UDP_OFF_LENGTH } from './udp.js';
 
 /** Results of `checkPacket`; anything but OK is a reason to drop the packet. */
 export const Check = {
@@ -121,14 +138,14 @@ function checkIpv4(buf: Uint8Array, off: number, len: number, out: PacketInfo): 
   if (len < IPV4_HEADER_LEN) return Check.TRUNCATED;
   const ihl = (buf[off]! & 0x0f) << 2;
   if (ihl < IPV4_HEADER_LEN || ihl > len) return Check.BAD_IHL;
-  const total = get16(buf, off + 2);
+  const total = get16(buf, off + IPV4_OFF_TOTAL_LEN);
   if (total > len || total < ihl) return Check.BAD_TOTAL_LEN;
-  const frag = get16(buf, off + 6);
+  const frag = get16(buf, off + IPV4_OFF_FLAGS_FRAG);
   out.ipHeaderLen = ihl;
   out.ipTotalLen = total;
-  out.protocol = buf[off + 9]!;
-  out.srcAddr = get32(buf, off + 12);
-  out.dstAddr = get32(buf, off + 16);
+  out.protocol = buf[off + IPV4_OFF_PROTOCOL]!;
+  out.srcAddr = get32(buf, off + IPV4_OFF_SRC);
+  out.dstAddr = get32(buf, off + IPV4_OFF_DST);
   out.moreFragments = (frag & 0x2000) !== 0;
   out.fragOffset = (frag & 0x1fff) << 3;
   out.isFragment = (frag & 0x3fff) !== 0;
@@ -138,11 +155,11 @@ function checkIpv4(buf: Uint8Array, off: number, len: number, out: PacketInfo): 
 
 function checkIpv6(buf: Uint8Array, off: number, len: number, out: PacketInfo): CheckCode {
   if (len < IPV6_HEADER_LEN) return Check.TRUNCATED;
-  const payload = get16(buf, off + 4);
+  const payload = get16(buf, off + IPV6_OFF_PAYLOAD_LEN);
   if (IPV6_HEADER_LEN + payload > len) return Check.BAD_TOTAL_LEN;
   out.ipHeaderLen = IPV6_HEADER_LEN;
   out.ipTotalLen = IPV6_HEADER_LEN + payload;
-  out.protocol = buf[off + 6]!;
+  out.protocol = buf[off + IPV6_OFF_NEXT_HEADER]!;
   return checkL4(buf, off + IPV6_HEADER_LEN, payload, out);
 }
 
@@ -150,14 +167,14 @@ function checkL4(buf: Uint8Array, l4Off: number, avail: number, out: PacketInfo)
   const proto = out.protocol;
   if (proto === IPPROTO_TCP) {
     if (avail < TCP_HEADER_LEN) return Check.L4_TRUNCATED;
-    const hl = (buf[l4Off + 12]! >>> 4) << 2;
+    const hl = (buf[l4Off + TCP_OFF_DATA_OFFSET]! >>> 4) << 2;
     if (hl < TCP_HEADER_LEN || hl > avail) return Check.BAD_DATA_OFFSET;
     out.l4HeaderLen = hl;
     out.l4Len = avail;
-    out.tcpFlags = buf[l4Off + 13]!;
+    out.tcpFlags = buf[l4Off + TCP_OFF_FLAGS]!;
   } else if (proto === IPPROTO_UDP) {
     if (avail < UDP_HEADER_LEN) return Check.L4_TRUNCATED;
-    const ulen = get16(buf, l4Off + 4);
+    const ulen = get16(buf, l4Off + UDP_OFF_LENGTH);
     if (ulen < UDP_HEADER_LEN || ulen > avail) return Check.BAD_UDP_LEN;
     out.l4HeaderLen = UDP_HEADER_LEN;
     out.l4Len = ulen;
@@ -173,10 +190,87 @@ function checkL4(buf: Uint8Array, l4Off: number, avail: number, out: PacketInfo)
   }
   out.l4Off = l4Off;
   if (proto === IPPROTO_TCP || proto === IPPROTO_UDP) {
-    out.srcPort = get16(buf, l4Off);
-    out.dstPort = get16(buf, l4Off + 2);
+    out.srcPort = get16(buf, l4Off + TCP_OFF_SRC_PORT);
+    out.dstPort = get16(buf, l4Off + TCP_OFF_DST_PORT);
   }
   out.payloadOff = l4Off + out.l4HeaderLen;
   out.payloadLen = out.l4Len - out.l4HeaderLen;
   return Check.OK;
+}
+
+/**
+ * A first fragment (offset 0, more to come) of TCP or UDP, after checkPacket
+ * accepted it as a fragment: fill in its L4 offset and ports (`checkPacket`
+ * parses no L4 header in a fragment). Returns false when the fragment does not
+ * hold the whole L4 header — a TCP header of its data offset, or UDP's 8 bytes —
+ * (RFC 1858's tiny fragments): such a first fragment cannot be translated.
+ * l4Len is the L4 bytes of this fragment only; the UDP length field, which is
+ * the whole datagram's, is not checked.
+ */
+export function checkFirstFragment(buf: Uint8Array, info: PacketInfo): boolean {
+  if (!info.isFragment || info.fragOffset !== 0) return false;
+  const l4 = info.ipOff + info.ipHeaderLen;
+  const avail = info.ipTotalLen - info.ipHeaderLen;
+  const proto = info.protocol;
+  let hl: number;
+  if (proto === IPPROTO_TCP) {
+    if (avail < TCP_HEADER_LEN) return false;
+    hl = (buf[l4 + TCP_OFF_DATA_OFFSET]! >>> 4) << 2;
+    if (hl < TCP_HEADER_LEN || hl > avail) return false;
+    info.tcpFlags = buf[l4 + TCP_OFF_FLAGS]!;
+  } else if (proto === IPPROTO_UDP) {
+    if (avail < UDP_HEADER_LEN) return false;
+    hl = UDP_HEADER_LEN;
+  } else {
+    return false;
+  }
+  info.l4Off = l4;
+  info.l4HeaderLen = hl;
+  info.l4Len = avail;
+  info.srcPort = get16(buf, l4 + TCP_OFF_SRC_PORT);
+  info.dstPort = get16(buf, l4 + TCP_OFF_DST_PORT);
+  info.payloadOff = l4 + hl;
+  info.payloadLen = avail - hl;
+  return true;
+}
+
+/** What an ICMP error quotes of the offending packet (`checkQuoted`). */
+export class QuotedPacket {
+  /** Offset of the quoted IPv4 header. */
+  ipOff = 0;
+  ipHeaderLen = 0;
+  protocol = 0;
+  srcAddr = 0;
+  dstAddr = 0;
+  /** Offset of the quoted L4 header; its ports. */
+  l4Off = 0;
+  srcPort = 0;
+  dstPort = 0;
+  /** Quoted bytes from l4Off to the end of the ICMP message. */
+  l4Quoted = 0;
+}
+
+/**
+ * The IPv4 packet an ICMP error quotes (its message body, from `off` to `end`):
+ * an IPv4 header (version 4, IHL ≥ 5, wholly quoted) and at least the 4 bytes of
+ * TCP or UDP ports after it. Returns false otherwise (another protocol, or too
+ * little quoted). The quoted header's own lengths are not checked against what
+ * is quoted: it describes a packet that was cut.
+ */
+export function checkQuoted(buf: Uint8Array, off: number, end: number, q: QuotedPacket): boolean {
+  if (end - off < IPV4_HEADER_LEN || buf[off]! >>> 4 !== 4) return false;
+  const ihl = (buf[off]! & 0x0f) << 2;
+  if (ihl < IPV4_HEADER_LEN || off + ihl + 4 > end) return false;
+  const proto = buf[off + IPV4_OFF_PROTOCOL]!;
+  if (proto !== IPPROTO_TCP && proto !== IPPROTO_UDP) return false;
+  q.ipOff = off;
+  q.ipHeaderLen = ihl;
+  q.protocol = proto;
+  q.srcAddr = get32(buf, off + IPV4_OFF_SRC);
+  q.dstAddr = get32(buf, off + IPV4_OFF_DST);
+  q.l4Off = off + ihl;
+  q.srcPort = get16(buf, off + ihl + TCP_OFF_SRC_PORT);
+  q.dstPort = get16(buf, off + ihl + TCP_OFF_DST_PORT);
+  q.l4Quoted = end - (off + ihl);
+  return true;
 }

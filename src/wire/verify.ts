@@ -34,7 +34,8 @@ export function verifyChecksums(buf: Uint8Array, info: PacketInfo): VerifyCode {
 export function verifyL4Checksum(buf: Uint8Array, info: PacketInfo): VerifyCode {
   const off = info.ipOff;
   const v4 = info.version === 4;
-  if (info.l4Off < 0) return Verify.OK;
+  // A fragment holds part of the datagram: its checksum can only be checked whole.
+  if (info.l4Off < 0 || info.isFragment) return Verify.OK;
   const p = info.protocol;
   let pseudo = 0;
   if (p === IPPROTO_TCP || p === IPPROTO_UDP) {

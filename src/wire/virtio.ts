@@ -182,9 +182,11 @@ export function checkVnetHdr(buf: Uint8Array, hdrOff: number, info: PacketInfo):
 
 /**
  * hdr_len as vpm writes it: the headers up to the end of the L4 header, counted
- * from the start of the IP packet (the kernel's own value is not trusted).
+ * from the start of the IP packet (the kernel's own value is not trusted); the IP
+ * header alone for a packet whose L4 header is not parsed (a fragment).
  */
 export function headerLength(info: PacketInfo): number {
+  if (info.l4Off < 0) return info.ipHeaderLen;
   return info.l4Off - info.ipOff + info.l4HeaderLen;
 }
 

@@ -138,6 +138,23 @@ describe('vpm check-config', () => {
     );
   });
 
+  it('warns when a UDP flow would expire sooner than RFC 4787 allows', () => {
+    const warn = file(
+      'udp-short.json',
+      JSON.stringify({
+        services: [{ name: 'dns', address: '198.19.0.9', port: 53, protocol: 'udp' }],
+        applications: [{ aid: 'a', instances: [{ port: 19001 }] }],
+        default: { aid: 'a' },
+        timeouts: { udpAssuredMs: 60000 },
+      }),
+    );
+    const r = vpm('check-config', warn);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toBe(
+      `${warn}: warning: timeouts.udpAssuredMs 60000 is below 120000, the least RFC 4787 (REQ-5) allows a UDP mapping: a UDP flow idle longer than that loses its translation, and a client behind vpm that sends keep-alives every 2 minutes loses its server\n`,
+    );
+  });
+
   it('is a usage error (exit 2) without a file', () => {
     const r = vpm('check-config');
     expect(r.code).toBe(2);

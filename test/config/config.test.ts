@@ -168,12 +168,20 @@ describe('defaults', () => {
     expect(c.applications[0]!.instances[0]!.address).toBe(c.tun.address);
     expect(c.selectors).toEqual([]);
     expect(c.default).toEqual({ refuse: true });
-    expect(c.limits).toEqual({ maxFlows: 65536 });
+    expect(c.limits).toEqual({
+      maxFlows: 65536,
+      heldFragments: 256,
+      heldFragmentBytes: 1048576,
+      icmpPerSecond: 1000,
+    });
     expect(c.timeouts).toEqual({
       embryonicMs: 10000,
       establishedIdleMs: 3600000,
       closingMs: 60000,
       timeWaitMs: 10000,
+      udpUnrepliedMs: 30000,
+      udpAssuredMs: 120000,
+      fragmentMs: 5000,
     });
     expect(c.control.socket).toBe('/run/vpm/vpm0.sock');
     expect(c.metrics.listen).toBeNull();
@@ -278,8 +286,16 @@ describe('round trip', () => {
         { clients: ['0.0.0.0/0'], clientPorts: '1-1023', aid: 'a' },
       ],
       default: { aid: 'b' },
-      limits: { maxFlows: 1000 },
-      timeouts: { embryonicMs: 500, establishedIdleMs: 5000, closingMs: 700, timeWaitMs: 0 },
+      limits: { maxFlows: 1000, heldFragments: 10, heldFragmentBytes: 20000, icmpPerSecond: 7 },
+      timeouts: {
+        embryonicMs: 500,
+        establishedIdleMs: 5000,
+        closingMs: 700,
+        timeWaitMs: 0,
+        udpUnrepliedMs: 1000,
+        udpAssuredMs: 2000,
+        fragmentMs: 300,
+      },
       control: { socket: '/tmp/x.sock' },
       metrics: { listen: '127.0.0.9:9464' },
       log: { level: 'debug' },
@@ -405,9 +421,25 @@ describe('errors name the file, the field path and the bad value', () => {
     ]);
   });
 
-  it('udp: not supported yet', () => {
-    expect(errorsOf((c) => (c.services[0].protocol = 'udp'))).toEqual([
-      'config.json: services[0].protocol: "udp" is not supported yet (only "tcp")',
+  it('udp: a TCP and a UDP service share address and port; two UDP ones do not', () => {
+    const both = parseConfig(
+      {
+        ...minimal(),
+        services: [
+          { name: 'dns-tcp', address: '198.19.0.9', port: 53 },
+          { name: 'dns', address: '198.19.0.9', port: 53, protocol: 'udp' },
+        ],
+      },
+      'config.json',
+    );
+    expect(both.services.map((s) => s.protocol)).toEqual(['tcp', 'udp']);
+    expect(
+      errorsOf((c) => {
+        c.services[0].protocol = 'udp';
+        c.services.push({ ...c.services[0], name: 'again' });
+      }),
+    ).toEqual([
+      `config.json: services[1].port: 198.19.0.9 udp/9000 is already services[0] ("web")`,
     ]);
   });
 
@@ -610,10 +642,8 @@ describe('errors name the file, the field path and the bad value', () => {
       c.selectors[0].aid = 'x';
       c.selectors[1].clients[0] = '198.18.2.1/24';
       c.applications[1].aid = 'tenant-a';
-      c.services[0].protocol = 'udp';
     });
     expect(semantic).toEqual([
-      'config.json: services[0].protocol: "udp" is not supported yet (only "tcp")',
       'config.json: applications[1].aid: "tenant-a" is already applications[0]',
       'config.json: selectors[0].aid: "x" is not an application (known: "tenant-a")',
       'config.json: selectors[1].clients[0]: "198.18.2.1/24" has host bits set beyond the /24 prefix (the network is 198.18.2.0/24)',

@@ -111,7 +111,11 @@ async function setup(o: { capacity?: number; beforeCooperation?: (t: FlowTable) 
   const instances = new InstanceSet();
   instances.replaceStatic(rules, staticInstancesFromConfig(cfg));
   const tun = new MemoryTun({ batchSize: 8 });
-  const table = new FlowTable(o.capacity ?? 64, [10_000, 3_600_000, 60_000, 10_000], 5);
+  const table = new FlowTable(
+    o.capacity ?? 64,
+    [10_000, 3_600_000, 60_000, 10_000, 30_000, 120_000],
+    5,
+  );
   const counters = new Counters(cfg.applications.length);
   const logs: Record<string, unknown>[] = [];
   const log = pino({ level: 'debug' }, { write: (s: string) => logs.push(JSON.parse(s)) });
@@ -197,7 +201,7 @@ describe('Cooperation, client side', () => {
     tun.inject([seg(ip4('198.18.9.9'), 1234, VIP, 9000, ACK, 1), seg(VIP, 1, TUN_ADDR, 2, ACK)]);
     open();
     expect(await settle(n)).toEqual([hex(seg(LOCAL_CLIENT, 50001, VIP, P2, SYN, 7000))]);
-    expect(counters.synInjected).toBe(1);
+    expect(counters.heldInjected).toBe(1);
     expect(counters.drops[Drop.NO_FLOW]).toBe(2);
   });
 
@@ -226,7 +230,7 @@ describe('Cooperation, client side', () => {
       negotiationsFailed: 1,
       localClientsRefused: 0,
       rstSent: 1,
-      synInjected: 0,
+      heldInjected: 0,
     });
     expect(refusals()).toEqual([['no_aid', INFO, true]]);
   });
@@ -236,7 +240,7 @@ describe('Cooperation, client side', () => {
     expect(table.create(blocker({}), 1000)).toBeGreaterThanOrEqual(0);
     tun.inject([seg(TUN_ADDR, 50004, VIP, 9000, SYN, 400)]);
     expect(await settle(0)).toEqual([hex(rstFor(TUN_ADDR, 50004, VIP, 9000, 400))]);
-    expect(counters).toMatchObject({ negotiationsFailed: 1, rstSent: 1, synInjected: 0 });
+    expect(counters).toMatchObject({ negotiationsFailed: 1, rstSent: 1, heldInjected: 0 });
     expect(refusals()).toEqual([['refused_table_full', INFO, true]]);
   });
 
@@ -247,7 +251,7 @@ describe('Cooperation, client side', () => {
     expect(table.create(taken, 1000)).toBeGreaterThanOrEqual(0);
     tun.inject([seg(TUN_ADDR, 50005, VIP, 9000, SYN, 500)]);
     expect(await settle(0)).toEqual([hex(rstFor(TUN_ADDR, 50005, VIP, 9000, 500))]);
-    expect(counters).toMatchObject({ negotiationsFailed: 1, rstSent: 1, synInjected: 0 });
+    expect(counters).toMatchObject({ negotiationsFailed: 1, rstSent: 1, heldInjected: 0 });
     expect(refusals()).toEqual([['refused_collision', INFO, true]]);
   });
 
@@ -260,7 +264,7 @@ describe('Cooperation, client side', () => {
     coop.hold(syn, 0, 30, info, 0, 0, true);
     expect(await settle(0)).toEqual([]);
     expect(tun.written).toEqual([]);
-    expect(counters).toMatchObject({ negotiationsFailed: 1, rstSent: 0, synInjected: 0 });
+    expect(counters).toMatchObject({ negotiationsFailed: 1, rstSent: 0, heldInjected: 0 });
     expect(refusals()).toEqual([['malformed_held_packet', ERROR, false]]);
   });
 });
@@ -273,7 +277,7 @@ describe('Cooperation, local clients whose AID is looked up (FIG. 8)', () => {
     expect(await settle(0)).toEqual([
       hex(seg(LOCAL_CLIENT, 52001, TUN_ADDR, INSTANCE_A2, SYN, 800)),
     ]);
-    expect(counters).toMatchObject({ synInjected: 1, localClientsRefused: 0, rstSent: 0 });
+    expect(counters).toMatchObject({ heldInjected: 1, localClientsRefused: 0, rstSent: 0 });
   });
 
   it('no AID to be found: one RST, counted in localClientsRefused, not negotiationsFailed', async () => {

@@ -71,6 +71,8 @@ describe('reloadPlan', () => {
       ['tun', (f) => (f.tun = { name: 'vpm0', mtu: 9000 })],
       ['control.socket', (f) => (f.control = { socket: '/run/vpm/other.sock' })],
       ['limits.maxFlows', (f) => (f.limits = { maxFlows: 1024 })],
+      ['limits.heldFragments', (f) => (f.limits = { heldFragments: 3 })],
+      ['limits.heldFragmentBytes', (f) => (f.limits = { heldFragmentBytes: 3000 })],
       ['pool', (f) => (f.pool = { range: '20000-20099' })],
       ['cooperative', (f) => (f.cooperative = COOP)],
     ];
@@ -85,6 +87,14 @@ describe('reloadPlan', () => {
       expect(plan.config.pool, setting).toEqual(current.pool);
       expect(plan.config.cooperative, setting).toEqual(current.cooperative);
     }
+  });
+
+  it('applies the ICMP rate live and keeps the rest of limits', () => {
+    const current = load(base());
+    const plan = planFor((f) => (f.limits = { icmpPerSecond: 5, maxFlows: 1024 }));
+    expect(plan.needsRestart).toEqual(['limits.maxFlows']);
+    expect(plan.changed).toEqual(['limits.icmpPerSecond']);
+    expect(plan.config.limits).toEqual({ ...current.limits, icmpPerSecond: 5 });
   });
 
   it('reports several restart-only settings in a fixed order, beside live changes', () => {

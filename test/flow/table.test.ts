@@ -9,7 +9,7 @@ import {
   MAX_REMOVE_LISTENERS,
 } from '../../src/flow/table.js';
 
-const TIMEOUTS = [10_000, 3_600_000, 60_000, 10_000];
+const TIMEOUTS = [10_000, 3_600_000, 60_000, 10_000, 30_000, 120_000];
 
 function key(i: number, over: Partial<FlowKeyArgs> = {}): FlowKeyArgs {
   return {

@@ -87,6 +87,7 @@ const plan = (...ports: [number, number][]): HostPlan => ({
   txQueueLen: 10000,
   vips: ['198.19.0.9'],
   replyPorts: ports.map(([lo, hi]) => ({ lo, hi })),
+  replyProtocols: ['tcp'],
   routeTable: 100,
   rulePriority: 100,
 });

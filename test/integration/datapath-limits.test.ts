@@ -124,7 +124,7 @@ describe('datapath: translation table full', () => {
     expect(drops).toEqual({ refused_table_full: 2 });
     expect(after.rstSent - before.rstSent).toBe(2);
     expect(after.flowsCreated - before.flowsCreated).toBe(MAX_FLOWS);
-    expect(after.packetsIn).toBe(after.packetsOut + after.dropsTotal);
+    expect(after.packetsIn).toBe(after.packetsOut + after.dropsTotal + after.fragmentsHeld);
     const refusals = vpm.logs().filter((l) => l.event === 'flow_refused');
     expect(refusals.map((l) => l.reason)).toEqual(['refused_table_full', 'refused_table_full']);
   });

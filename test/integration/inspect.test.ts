@@ -104,7 +104,7 @@ describe('inspection', () => {
     });
     expect(refused.event).toBe('error');
     const s = await vpm.stats();
-    expect(s.packetsIn).toBe(s.packetsOut + s.dropsTotal);
+    expect(s.packetsIn).toBe(s.packetsOut + s.dropsTotal + s.fragmentsHeld);
     const text = lab.run(topo.host, 'curl', [
       '-sS',
       '--max-time',

@@ -86,6 +86,16 @@ export interface VpmStats {
   flowsExpired: number;
   flowsRefused: number;
   rstSent: number;
+  /** IPv4 fragments waiting for their first fragment now. */
+  fragmentsHeld: number;
+  fragmentsReleased: number;
+  icmp: {
+    errorsTranslated: number;
+    passed: number;
+    echoReplies: number;
+    unreachableSent: number;
+    rateLimited: number;
+  };
   flowsActive: number;
   flowsCapacity: number;
   perAid: Record<string, { bytesIn: number; bytesOut: number }>;
