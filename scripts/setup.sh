@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
-# linux-perf: `npm run bench:wakeup` (perf trace, perf record).
-DEB_PKGS=(build-essential python3 libpcap-dev iproute2 iputils-ping tcpdump tshark iperf3 curl nftables ethtool procps util-linux linux-perf)
+# linux-perf: `npm run bench:wakeup` (perf trace, perf record). bind9-dnsutils (dig) and
+# dnsmasq-base (the dnsmasq program, no system service): the UDP integration tests.
+DEB_PKGS=(build-essential python3 libpcap-dev iproute2 iputils-ping tcpdump tshark iperf3 curl nftables ethtool procps util-linux linux-perf bind9-dnsutils dnsmasq-base)
 
 missing=()
 for p in "${DEB_PKGS[@]}"; do

@@ -573,7 +573,7 @@ describe('UDP with offloads', () => {
       v.tun.inject([frame(gso, pkt)]);
       expect(v.tun.written.length - out, `#${k}`).toBe(1);
       const written = v.tun.written.at(-1)!;
-      expect(written[4] | (written[5]! << 8)).toBe(gso); // gso_size kept (little-endian)
+      expect(written[4]! | (written[5]! << 8)).toBe(gso); // gso_size kept (little-endian)
       const got = segments(written.subarray(10), gso);
       const want = fromClient
         ? segments(udpPartial(CLIENT, 40300, HOST, REAL_UDP, payload), gso)
