@@ -24,7 +24,7 @@
  * records: a small file, no process, and its order before the change is plain.
  * On reload the new reply rules are added before the old ones are removed, so a
  * port that both cover (19002 in 19001-19002 and in 19001-19003) is never without
- * one: the replies of a running connection never miss the TUN.
+ * one: the replies of a running flow never miss the TUN.
  *
  * The recipe, for a TUN `vpm0` with address A, local-client address L, virtual
  * service addresses V…, instance ports P…, route table T and rule priority R:
@@ -33,10 +33,9 @@
  *   ip addr add A/32 dev vpm0; ip link set vpm0 up
  *   ip route add V/32 dev vpm0 (each); ip route add L/32 dev vpm0
  *   ip route add default dev vpm0 table T
- *   ip rule add pref R from A ipproto tcp sport P lookup T (each port range, when
- *     a service is TCP)
- *   ip rule add pref R iif lo ipproto udp sport P lookup T (each port range, when
- *     a service is UDP)
+ *   ip rule add pref R from A ipproto tcp lookup T (when a service is TCP)
+ *   ip rule add pref R from A ipproto udp lookup T (when a service is UDP), and
+ *   ip rule add pref R iif lo ipproto udp sport P lookup T (each port range)
  *   ip rule add pref R from A ipproto icmp iif lo lookup T
  *   sysctl net.ipv4.ip_forward=1
  */
@@ -53,9 +52,9 @@ export interface HostPlan {
   mtu: number;
   txQueueLen: number;
   vips: readonly string[];
-  /** Source-port ranges of instances whose replies go into the TUN. */
+  /** Source-port ranges of instances whose UDP replies go into the TUN from any address. */
   replyPorts: readonly { lo: number; hi: number }[];
-  /** The protocols of the virtual services: one reply rule per protocol and port range. */
+  /** The protocols of the virtual services: the reply rules of each (see replyRules). */
   replyProtocols: readonly ('tcp' | 'udp')[];
   routeTable: number;
   rulePriority: number;
@@ -203,7 +202,7 @@ export class HostSetup {
       const wantKeys = new Set(want.map((a) => a.join(' ')));
       const keep: Change[] = [];
       for (const c of this.journal.changes) {
-        if (c.kind === 'rule' && c.args.includes('sport') && !wantKeys.has(c.args.join(' '))) {
+        if (c.kind === 'rule' && isReplyRule(c.args) && !wantKeys.has(c.args.join(' '))) {
           if (await ruleExists(c.args)) await run('ip', ['rule', 'del', ...c.args]);
         } else {
           keep.push(c);
@@ -241,28 +240,43 @@ export class HostSetup {
 }
 
 /**
- * The reply rules: what an instance sends from its port goes into the TUN. TCP:
- * from the TUN address (an accepted connection's local address is the one its
- * SYN was translated to). UDP: from any address the host itself sends (`iif
- * lo`): a server bound to the wildcard address answers with sendto(), and its
- * source address is chosen by this very route lookup — table T's route through
- * the TUN gives it the TUN address — so a rule on the source could not match it.
+ * The reply rules: what the instances send goes into the TUN.
+ *
+ * One rule per protocol of the services on the TUN address, whatever the ports:
+ * `from A ipproto tcp|udp`. The instances listen on A (an accepted connection's
+ * local address is the one its SYN was translated to), and the kernel's own
+ * route lookups for path MTU discovery carry no ports (__build_flow_key and
+ * build_sk_flow_key in net/ipv4/route.c pass ports 0): a rule on the source port
+ * would send those lookups to the main table, whose route would get the
+ * "fragmentation needed" MTU while the connection's route through the TUN
+ * kept its own — the connection would stall. So everything TCP/UDP the host
+ * sends from A goes through vpm; A is vpm's address and nothing else uses it.
+ *
+ * For UDP also one rule per instance port range from any address the host
+ * itself sends (`iif lo`): a server bound to the wildcard address answers with
+ * sendto(), and its source address is chosen by this very route lookup — table
+ * T's route through the TUN gives it A — so a rule on the source could not
+ * match it.
  */
 function replyRules(plan: HostPlan): string[][] {
-  return plan.replyProtocols.flatMap((proto) =>
-    plan.replyPorts.map((r) => [
-      'pref',
-      String(plan.rulePriority),
-      ...(proto === 'tcp' ? ['from', plan.tunAddr] : []),
-      ...(proto === 'udp' ? ['iif', 'lo'] : []),
-      'ipproto',
-      proto,
-      'sport',
-      r.lo === r.hi ? String(r.lo) : `${r.lo}-${r.hi}`,
-      'lookup',
-      String(plan.routeTable),
-    ]),
-  );
+  const pref = ['pref', String(plan.rulePriority)];
+  const lookup = ['lookup', String(plan.routeTable)];
+  const out: string[][] = [];
+  for (const proto of plan.replyProtocols) {
+    out.push([...pref, 'from', plan.tunAddr, 'ipproto', proto, ...lookup]);
+    if (proto !== 'udp') continue;
+    for (const r of plan.replyPorts) {
+      const sport = r.lo === r.hi ? String(r.lo) : `${r.lo}-${r.hi}`;
+      out.push([...pref, 'iif', 'lo', 'ipproto', proto, 'sport', sport, ...lookup]);
+    }
+  }
+  return out;
+}
+
+/** A reply rule (of `replyRules`), as journalled: TCP or UDP to the route table. */
+function isReplyRule(args: readonly string[]): boolean {
+  const i = args.indexOf('ipproto');
+  return i >= 0 && (args[i + 1] === 'tcp' || args[i + 1] === 'udp');
 }
 
 /**
@@ -299,14 +313,16 @@ const RULE_SELECTORS = ['from', 'iif', 'ipproto', 'sport', 'lookup'] as const;
 /**
  * Is `line` of `ip rule show` (which prints rules in a canonical form) the rule
  * `args`? Compared on the selectors vpm sets, word by word: "sport 19001" is not
- * "sport 19001-19002", which the reply rules of one reload and the next may be.
+ * "sport 19001-19002", which the reply rules of one reload and the next may be;
+ * and a selector the rule does not set must not be in the line ("from A ipproto
+ * tcp" is not "from A ipproto tcp sport 19001"; no `from` shows as "from all").
  */
 export function ruleShows(line: string, args: readonly string[]): boolean {
   const words = line.trim().split(/\s+/);
   return RULE_SELECTORS.every((k) => {
     const i = args.indexOf(k);
-    if (i < 0) return true;
     const j = words.indexOf(k);
+    if (i < 0) return k === 'from' ? j < 0 || words[j + 1] === 'all' : j < 0;
     return j >= 0 && words[j + 1] === args[i + 1];
   });
 }

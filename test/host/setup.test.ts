@@ -87,12 +87,15 @@ const plan = (...ports: [number, number][]): HostPlan => ({
   txQueueLen: 10000,
   vips: ['198.19.0.9'],
   replyPorts: ports.map(([lo, hi]) => ({ lo, hi })),
-  replyProtocols: ['tcp'],
+  replyProtocols: ['udp'],
   routeTable: 100,
   rulePriority: 100,
 });
 
-const rule = (sport: string) => `pref 100 from 198.19.255.1 ipproto tcp sport ${sport} lookup 100`;
+/** A UDP reply rule for instance ports `sport`, from any address the host sends. */
+const rule = (sport: string) => `pref 100 iif lo ipproto udp sport ${sport} lookup 100`;
+/** The protocol's rule from the TUN address, whatever the ports. */
+const WIDE = 'pref 100 from 198.19.255.1 ipproto udp lookup 100';
 
 const rules = (): string[] => JSON.parse(readFileSync(join(dir, 'rules.json'), 'utf8'));
 const calls = (): Record<string, unknown>[] =>
@@ -109,9 +112,13 @@ describe('HostSetup reply rules', () => {
     writeFileSync(join(dir, 'rules.json'), JSON.stringify([rule('19005')])); // someone else's
     const host = new HostSetup(stateFile(), 'vpm0');
     await host.updateReplyPorts(plan([19001, 19002], [19005, 19005]));
-    expect(rules()).toEqual([rule('19005'), rule('19001-19002')]);
-    expect(calls()).toEqual([{ op: 'add', spec: rule('19001-19002'), journalled: true }]);
+    expect(rules()).toEqual([rule('19005'), WIDE, rule('19001-19002')]);
+    expect(calls()).toEqual([
+      { op: 'add', spec: WIDE, journalled: true },
+      { op: 'add', spec: rule('19001-19002'), journalled: true },
+    ]);
     expect(readJournal(stateFile())!.changes).toEqual([
+      { kind: 'rule', args: WIDE.split(' ') },
       { kind: 'rule', args: rule('19001-19002').split(' ') },
     ]);
     await host.undo();
@@ -124,12 +131,14 @@ describe('HostSetup reply rules', () => {
     await host.updateReplyPorts(plan([19001, 19002]));
     await host.updateReplyPorts(plan([19001, 19003]));
     expect(calls().map((c) => [c.op, c.spec])).toEqual([
+      ['add', WIDE],
       ['add', rule('19001-19002')],
       ['add', rule('19001-19003')],
       ['del', rule('19001-19002')],
     ]);
-    expect(rules()).toEqual([rule('19001-19003')]);
+    expect(rules()).toEqual([WIDE, rule('19001-19003')]);
     expect(readJournal(stateFile())!.changes).toEqual([
+      { kind: 'rule', args: WIDE.split(' ') },
       { kind: 'rule', args: rule('19001-19003').split(' ') },
     ]);
   });
@@ -138,7 +147,7 @@ describe('HostSetup reply rules', () => {
     const host = new HostSetup(stateFile(), 'vpm0');
     await host.updateReplyPorts(plan([19001, 19002]));
     await host.updateReplyPorts(plan([19001, 19001]));
-    expect(rules()).toEqual([rule('19001')]);
+    expect(rules()).toEqual([WIDE, rule('19001')]);
     await host.undo();
     expect(rules()).toEqual([]);
   });
@@ -153,10 +162,12 @@ describe('HostSetup reply rules', () => {
     const log = calls();
     expect(log.filter((c) => 'overlap' in c)).toEqual([]);
     expect(log.map((c) => [c.op, c.spec])).toEqual([
+      ['add', WIDE],
       ['add', rule('19001-19002')],
       ['add', rule('19001-19003')],
       ['del', rule('19001-19002')],
       ['del', rule('19001-19003')],
+      ['del', WIDE],
     ]);
     expect(rules()).toEqual([]);
     expect(existsSync(stateFile())).toBe(false);
@@ -176,19 +187,31 @@ describe('HostSetup reply rules', () => {
       },
     });
     expect(next.status).toBe('fulfilled');
-    expect(calls()[0]).toEqual({ op: 'add', spec: rule('9'), journalled: true });
-    expect(rules()).toEqual([rule('19001-19002')]);
+    expect(calls()[1]).toEqual({ op: 'add', spec: rule('9'), journalled: true });
+    expect(rules()).toEqual([WIDE, rule('19001-19002')]);
     await host.undo();
     expect(rules()).toEqual([]);
     // The rule that never came is not deleted: only what exists is undone.
     expect(calls().filter((c) => c.op === 'del')).toEqual([
       { op: 'del', spec: rule('19001-19002'), journalled: true },
+      { op: 'del', spec: WIDE, journalled: true },
     ]);
+  });
+
+  it('follows the protocols of the services: TCP has one rule, a reload without UDP removes its rules', async () => {
+    const host = new HostSetup(stateFile(), 'vpm0');
+    const tcpRule = 'pref 100 from 198.19.255.1 ipproto tcp lookup 100';
+    await host.updateReplyPorts({ ...plan([19001, 19002]), replyProtocols: ['tcp', 'udp'] });
+    expect(rules()).toEqual([tcpRule, WIDE, rule('19001-19002')]);
+    await host.updateReplyPorts({ ...plan([19001, 19002]), replyProtocols: ['tcp'] });
+    expect(rules()).toEqual([tcpRule]);
+    await host.undo();
+    expect(rules()).toEqual([]);
   });
 });
 
 describe('ruleShows', () => {
-  const args = rule('19001').split(' ');
+  const args = 'pref 100 from 198.19.255.1 ipproto tcp sport 19001 lookup 100'.split(' ');
   it('matches the canonical form ip rule show prints, word by word', () => {
     expect(ruleShows('100:\tfrom 198.19.255.1 ipproto tcp sport 19001 lookup 100', args)).toBe(
       true,
@@ -199,6 +222,17 @@ describe('ruleShows', () => {
     expect(ruleShows('100:\tfrom 198.19.255.1 ipproto tcp sport 19001 lookup 1000', args)).toBe(
       false,
     );
+    // A selector the rule does not set must not be in the line.
+    const wide = 'pref 100 from 198.19.255.1 ipproto tcp lookup 100'.split(' ');
+    expect(ruleShows('100:\tfrom 198.19.255.1 ipproto tcp sport 19001 lookup 100', wide)).toBe(
+      false,
+    );
+    expect(ruleShows('100:\tfrom 198.19.255.1 ipproto tcp lookup 100', wide)).toBe(true);
+    const udp = rule('19001').split(' ');
+    expect(ruleShows('100:\tfrom all iif lo ipproto udp sport 19001 lookup 100', udp)).toBe(true);
+    expect(
+      ruleShows('100:\tfrom 198.19.255.1 iif lo ipproto udp sport 19001 lookup 100', udp),
+    ).toBe(false);
     expect(ruleShows('100:\tfrom all iif vpm0 lookup 101', args)).toBe(false);
     expect(
       ruleShows('100:\tfrom all iif vpm0 lookup 101', [

@@ -39,7 +39,7 @@ const TABLE = 100;
 
 const CONFIG: VpmConfigFile = {
   services: [{ name: 'web', address: VIP, port: 9000 }],
-  // Adjacent ports: one reply rule (sport 19001-19002).
+  // TCP only: one reply rule from the TUN address (whatever the instance ports), and the ICMP rule.
   applications: [
     { aid: 'tenant-a', instances: [{ port: 19001 }] },
     { aid: 'tenant-b', instances: [{ port: 19002 }] },
@@ -109,10 +109,10 @@ describe('vpm up as a process: signals, crashes, bad config', () => {
     expect(during.links).toMatch(/vpm0/);
     expect(during.routes).toMatch(new RegExp(`^${VIP.replace(/\./g, '\\.')} dev vpm0`, 'm'));
     expect(during.routes).toMatch(new RegExp(`^default dev vpm0 table ${TABLE}`, 'm'));
-    expect(rulesForTable(lab, topo.host, TABLE)).toHaveLength(1);
-    expect(rulesForTable(lab, topo.host, TABLE)[0]).toMatch(
-      /from 198\.19\.255\.1 ipproto tcp sport 19001-19002 lookup 100/,
-    );
+    expect(rulesForTable(lab, topo.host, TABLE)).toEqual([
+      `100:\tfrom 198.19.255.1 ipproto tcp lookup ${TABLE}`,
+      `100:\tfrom 198.19.255.1 iif lo ipproto icmp lookup ${TABLE}`,
+    ]);
     expect(existsSync(vpm.stateFile)).toBe(true);
     await expectWorks();
 
@@ -123,12 +123,12 @@ describe('vpm up as a process: signals, crashes, bad config', () => {
     expect(vpm.logs().map((l) => l.event)).toContain('stopping');
   });
 
-  it('after SIGKILL, the next vpm up removes the leftovers first: exactly one rule, and it works', async () => {
+  it('after SIGKILL, the next vpm up removes the leftovers first: exactly its rules, and it works', async () => {
     const first = await up();
     expect(await first.kill()).toEqual({ code: null, signal: 'SIGKILL' });
     await tunGone();
-    // What a crash leaves: the policy rule, ip_forward and the journal that lists them.
-    expect(rulesForTable(lab, topo.host, TABLE)).toHaveLength(1);
+    // What a crash leaves: the policy rules, ip_forward and the journal that lists them.
+    expect(rulesForTable(lab, topo.host, TABLE)).toHaveLength(2);
     expect(hostState(lab, topo.host).ipForward).toBe('1');
     expect(existsSync(first.stateFile)).toBe(true);
 
@@ -136,10 +136,11 @@ describe('vpm up as a process: signals, crashes, bad config', () => {
     const stale = second.logs().find((l) => l.event === 'stale_state_removed');
     expect(stale, second.output()).toBeDefined();
     expect([...(stale!.undone as string[])].sort()).toEqual([
-      `ip rule del pref 100 from 198.19.255.1 ipproto tcp sport 19001-19002 lookup ${TABLE}`,
+      `ip rule del pref 100 from 198.19.255.1 ipproto icmp iif lo lookup ${TABLE}`,
+      `ip rule del pref 100 from 198.19.255.1 ipproto tcp lookup ${TABLE}`,
       'sysctl net.ipv4.ip_forward=0',
     ]);
-    expect(rulesForTable(lab, topo.host, TABLE)).toHaveLength(1);
+    expect(rulesForTable(lab, topo.host, TABLE)).toHaveLength(2);
     await expectWorks();
 
     expect(await second.stop('SIGTERM')).toEqual({ code: 0, signal: null });
@@ -154,7 +155,10 @@ describe('vpm up as a process: signals, crashes, bad config', () => {
 
     const down = await runVpm(lab, topo.host, ['down', '-c', configPath]);
     expect(down.code, down.stderr).toBe(0);
-    expect(down.stdout).toMatch(/^undone: ip rule del .*sport 19001-19002/m);
+    expect(down.stdout).toMatch(
+      /^undone: ip rule del .*from 198\.19\.255\.1 ipproto tcp lookup 100$/m,
+    );
+    expect(down.stdout).toMatch(/^undone: ip rule del .*ipproto icmp iif lo lookup 100$/m);
     expect(down.stdout).toMatch(/^undone: sysctl net\.ipv4\.ip_forward=0$/m);
     expect(hostState(lab, topo.host)).toEqual(pristine);
     expect(existsSync(vpm.stateFile)).toBe(false);

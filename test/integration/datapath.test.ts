@@ -6,7 +6,7 @@
  *   ┌─────────────────────────────────────────────────────────────────────────┐
  *   │ vpm up ─ vpm0 (TUN) 198.19.255.1/32                                     │
  *   │   198.19.0.9/32 (VIP), 198.19.255.2/32 (local clients) → dev vpm0       │
- *   │   rule: from 198.19.255.1 tcp sport 19001-19004, 19080 → table 100      │
+ *   │   rules: from 198.19.255.1 tcp, from 198.19.255.1 icmp (iif lo) → table 100 │
  *   │ instances on 198.19.255.1: 19001 tenant-a, 19002 tenant-b,              │
  *   │   19003 host-local, 19080 python3 -m http.server; 19004 ghost: nobody   │
  *   │ local client (FIG. 8)                                                   │

@@ -89,7 +89,11 @@ function ipGate(): IpGate {
 }
 
 const config = (aid: string) => ({
-  services: [{ name: 'web', address: '198.19.0.9', port: 9000 }],
+  services: [
+    { name: 'web', address: '198.19.0.9', port: 9000 },
+    // UDP's reply rules name the instance ports (TCP's one rule names none): they follow reloads.
+    { name: 'web-udp', address: '198.19.0.9', port: 9000, protocol: 'udp' },
+  ],
   applications: [
     { aid: 'first', instances: [{ port: 19001 }] },
     { aid: 'second', instances: [{ port: 19002 }] },
@@ -238,7 +242,9 @@ async function stopPinger(p: ReturnType<NetLab['spawn']>): Promise<void> {
   expect(JSON.parse(last), lab.output(p).stdout.slice(-500)).toMatchObject({ event: 'done' });
 }
 
-const replyRules = () => rulesForTable(lab, topo.host, 100).map((l) => /sport (\S+)/.exec(l)?.[1]);
+/** The port ranges of the UDP reply rules (the TCP and ICMP rules name no port). */
+const replyRules = () =>
+  rulesForTable(lab, topo.host, 100).flatMap((l) => /ipproto udp sport (\S+)/.exec(l)?.[1] ?? []);
 
 describe("reload while packets flow, with the daemon's ip(8) held", () => {
   it('SIGHUP: packets are forwarded while the reload waits for ip; then the reply rules follow the new instance ports', async () => {
@@ -278,7 +284,7 @@ describe("reload while packets flow, with the daemon's ip(8) held", () => {
     } finally {
       gate.release();
     }
-    expect(await answer).toMatchObject({ ok: true, services: 1, applications: 2, selectors: 1 });
+    expect(await answer).toMatchObject({ ok: true, services: 2, applications: 2, selectors: 1 });
     expect(replyRules()).toEqual(['19001-19002']);
     await stopPinger(pinger);
   }, 60_000);
