@@ -147,3 +147,16 @@ describe('VpmError', () => {
     expect(isErrorCode(undefined)).toBe(false);
   });
 });
+
+describe('the drop reasons and docs/errors.md', () => {
+  it('documents every drop reason, in the order of their numbers, and no other', async () => {
+    const { DROP_NAMES } = await import('../../src/datapath/counters.js');
+    const section = DOC.split(/^## /m).find((s) => s.startsWith('Drop reasons'));
+    expect(section, 'a "## Drop reasons" section').toBeDefined();
+    const documented = section!
+      .split('\n')
+      .map((l) => /^\| `([a-z0-9_]+)` \|/.exec(l)?.[1])
+      .filter((r): r is string => r !== undefined);
+    expect(documented).toEqual(DROP_NAMES.slice(1));
+  });
+});
