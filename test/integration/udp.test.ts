@@ -48,6 +48,7 @@ import {
 
 const FIXTURES = new URL('./fixtures/', import.meta.url).pathname;
 const CLIENT_C = '198.18.5.2';
+const CLIENT_C2 = '198.18.5.3';
 const ROUTE_TABLE = 200;
 
 const CONFIG = (offloads: 'auto' | 'off') => ({
@@ -158,6 +159,8 @@ for (const mode of ['auto', 'off'] as const) {
       lab.run(router, 'ip', ['link', 'set', 'r0', 'mtu', '1280']);
       lab.run(router, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
       lab.run(router, 'ip', ['route', 'add', '198.19.0.0/16', 'via', '198.18.6.2']);
+      // A second address: the path MTU the kernel learns is per destination.
+      lab.run(tenantC, 'ip', ['addr', 'add', `${CLIENT_C2}/24`, 'dev', 'c0']);
       lab.run(tenantC, 'ip', ['route', 'add', 'default', 'via', '198.18.5.1']);
       lab.run(topo.host, 'ip', ['route', 'add', '198.18.5.0/24', 'via', '198.18.6.1']);
       pristine = hostState(lab, topo.host);
@@ -326,6 +329,28 @@ for (const mode of ['auto', 'off'] as const) {
       expect(r.recvSha).toBe((r.trailer as Record<string, unknown>).sentSha);
       const after = await vpm.stats();
       expect(delta(before, after, 'errorsTranslated')).toBeGreaterThanOrEqual(1);
+    });
+
+    it('path MTU discovery on the vpm host\'s own path: its own "fragmentation needed" is translated too', async () => {
+      // The small link is now the host's way out (hr), not the router's.
+      lab.run(router, 'ip', ['link', 'set', 'r0', 'mtu', '1500']);
+      lab.run(topo.host, 'ip', ['link', 'set', 'hr', 'mtu', '1280']);
+      try {
+        const before = await vpm.stats();
+        const r = await runClient(
+          lab,
+          tenantC,
+          { mode: 'xfer', localAddress: CLIENT_C2, up: 1000, down: 4_000_000, timeoutMs: 30_000 },
+          40_000,
+        );
+        expect(r.event, r.output).toBe('done');
+        expect(r.recvSha).toBe((r.trailer as Record<string, unknown>).sentSha);
+        const after = await vpm.stats();
+        expect(delta(before, after, 'errorsTranslated')).toBeGreaterThanOrEqual(1);
+      } finally {
+        lab.run(topo.host, 'ip', ['link', 'set', 'hr', 'mtu', '1500']);
+        lab.run(router, 'ip', ['link', 'set', 'r0', 'mtu', '1280']);
+      }
     });
 
     it('leaves the host as it found it', async () => {
