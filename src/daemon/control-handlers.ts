@@ -91,8 +91,8 @@ export function registerControlHandlers(c: ControlServer, d: ControlTarget): voi
     );
     return r;
   });
-  c.on('connect', (a) => {
-    const r = reg().connectReport(a);
+  c.on('connect', (a, conn) => {
+    const r = reg().connectReport(a, conn);
     log.debug(
       { event: 'client_connect', aid: a.aid, local: a.local, remote: a.remote, pid: a.pid },
       'connect reported',
