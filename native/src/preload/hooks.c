@@ -1,6 +1,7 @@
 /*
- * The virtual layer of vpm: bind / getsockname / connect / close, interposed
- * with LD_PRELOAD into a program that `vpm exec` starts.
+ * The virtual layer of vpm: bind / getsockname / connect / close, and for UDP
+ * sendto / sendmsg / sendmmsg / socket, interposed with LD_PRELOAD into a
+ * program that `vpm exec` starts.
  *
  * Theory of operation
  * -------------------
