@@ -77,7 +77,8 @@ export function registerControlHandlers(c: ControlServer, d: ControlTarget): voi
   });
   c.on('release', (a, conn) => {
     const r = reg().release(conn, a);
-    log.info(
+    // A UDP client socket's close ends only its report: as quiet as the report.
+    log[r.released === 0 && r.reports > 0 ? 'debug' : 'info'](
       {
         event: 'instance_release',
         aid: a.aid,
@@ -86,6 +87,7 @@ export function registerControlHandlers(c: ControlServer, d: ControlTarget): voi
         pid: a.pid,
         fd: a.fd,
         released: r.released,
+        reports: r.reports,
       },
       'bind released',
     );

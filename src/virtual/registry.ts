@@ -249,13 +249,14 @@ export class Registry {
   /**
    * The program closed a socket it bound through vpm (its registration of that
    * port ends), or a UDP socket it reported as a client (its reports end). Both
-   * are matched by (pid, fd) on the connection they came on; `released` counts
-   * the registrations and reports that ended.
+   * are matched by (pid, fd) on the connection they came on: `released` counts
+   * the registrations that ended, `reports` the UDP client reports.
    */
-  release(conn: Socket, a: ReleaseArgs): { released: number } {
-    let n = this.dropUdpClients(conn, a.pid, a.fd);
+  release(conn: Socket, a: ReleaseArgs): { released: number; reports: number } {
+    const reports = this.dropUdpClients(conn, a.pid, a.fd);
     const regs = this.byConn.get(conn);
-    if (!regs) return { released: n };
+    let n = 0;
+    if (!regs) return { released: 0, reports };
     for (const reg of [...regs]) {
       if (reg.fd !== a.fd || reg.pid !== a.pid) continue;
       for (const [key, g] of this.groups) {
@@ -265,7 +266,7 @@ export class Registry {
         }
       }
     }
-    return { released: n };
+    return { released: n, reports };
   }
 
   /**

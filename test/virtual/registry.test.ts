@@ -93,7 +93,7 @@ describe('Registry', () => {
     const c2 = new Socket();
     const { port } = await reg.bind(c1, bindArgs('a', 9000, 100, 5));
     await reg.bind(c2, bindArgs('a', 9000, 200, 6));
-    expect(reg.release(c1, { pid: 100, fd: 5, port })).toEqual({ released: 1 });
+    expect(reg.release(c1, { pid: 100, fd: 5, port })).toEqual({ released: 1, reports: 0 });
     expect(instances.of(0)).toHaveLength(1);
     expect(reg.connClosed(c2)).toBe(1);
     expect(instances.of(0)).toHaveLength(0);
@@ -222,7 +222,10 @@ describe('Registry', () => {
       ['b', 'udp', 9000, udpB.port, 1],
     ]);
     // Releasing the UDP socket (pid 100, fd 4) leaves the TCP one of the same process.
-    expect(reg.release(c, { pid: 100, fd: 4, port: udp.port })).toEqual({ released: 1 });
+    expect(reg.release(c, { pid: 100, fd: 4, port: udp.port })).toEqual({
+      released: 1,
+      reports: 0,
+    });
     expect(port(instances.pick(0, WEB_UDP))).toBe(udp.port); // pid 200 still holds it
     expect(reg.connClosed(c)).toBe(2);
     expect(port(instances.pick(0, WEB))).toBe(-1);
@@ -280,8 +283,8 @@ describe('Registry', () => {
     ]);
     // The release of (pid 10, fd 5) on c1 ends that socket's report only; the
     // same fd of another process (pid 20 on c2) keeps its own.
-    expect(reg.release(c1, { pid: 10, fd: 5, proto: 'udp' })).toEqual({ released: 1 });
-    expect(reg.release(c1, { pid: 20, fd: 5 })).toEqual({ released: 0 });
+    expect(reg.release(c1, { pid: 10, fd: 5, proto: 'udp' })).toEqual({ released: 0, reports: 1 });
+    expect(reg.release(c1, { pid: 20, fd: 5 })).toEqual({ released: 0, reports: 0 });
     expect([41000, 41001, 41002].map((p) => reg.localClientAid(tun, p, IPPROTO_UDP))).toEqual([
       -1, 1, 0,
     ]);
@@ -301,7 +304,7 @@ describe('Registry', () => {
     const { port } = await reg.bind(c, bindArgs('a', 9000, 10, 7, '0.0.0.0', 'udp'));
     reg.connectReport({ aid: 'a', proto: 'udp', local: `0.0.0.0:${port}`, pid: 10, fd: 7 }, c);
     expect(reg.localClientAid(cfg.tun.address, port, IPPROTO_UDP)).toBe(0);
-    expect(reg.release(c, { pid: 10, fd: 7, port })).toEqual({ released: 2 });
+    expect(reg.release(c, { pid: 10, fd: 7, port })).toEqual({ released: 1, reports: 1 });
     expect(reg.localClientAid(cfg.tun.address, port, IPPROTO_UDP)).toBe(-1);
     expect(instances.pick(0, WEB_UDP)).toBe(-1);
   });
