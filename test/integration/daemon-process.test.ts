@@ -109,10 +109,13 @@ describe('vpm up as a process: signals, crashes, bad config', () => {
     expect(during.links).toMatch(/vpm0/);
     expect(during.routes).toMatch(new RegExp(`^${VIP.replace(/\./g, '\\.')} dev vpm0`, 'm'));
     expect(during.routes).toMatch(new RegExp(`^default dev vpm0 table ${TABLE}`, 'm'));
-    expect(rulesForTable(lab, topo.host, TABLE)).toHaveLength(1);
-    expect(rulesForTable(lab, topo.host, TABLE)[0]).toMatch(
+    // The TCP reply rule and the ICMP one (errors the host sends about a flow).
+    const rules = rulesForTable(lab, topo.host, TABLE);
+    expect(rules).toHaveLength(2);
+    expect(rules.join('\n')).toMatch(
       /from 198\.19\.255\.1 ipproto tcp sport 19001-19002 lookup 100/,
     );
+    expect(rules.join('\n')).toMatch(/from 198\.19\.255\.1 iif lo ipproto icmp lookup 100/);
     expect(existsSync(vpm.stateFile)).toBe(true);
     await expectWorks();
 
@@ -127,8 +130,8 @@ describe('vpm up as a process: signals, crashes, bad config', () => {
     const first = await up();
     expect(await first.kill()).toEqual({ code: null, signal: 'SIGKILL' });
     await tunGone();
-    // What a crash leaves: the policy rule, ip_forward and the journal that lists them.
-    expect(rulesForTable(lab, topo.host, TABLE)).toHaveLength(1);
+    // What a crash leaves: the policy rules, ip_forward and the journal that lists them.
+    expect(rulesForTable(lab, topo.host, TABLE)).toHaveLength(2);
     expect(hostState(lab, topo.host).ipForward).toBe('1');
     expect(existsSync(first.stateFile)).toBe(true);
 
@@ -136,10 +139,11 @@ describe('vpm up as a process: signals, crashes, bad config', () => {
     const stale = second.logs().find((l) => l.event === 'stale_state_removed');
     expect(stale, second.output()).toBeDefined();
     expect([...(stale!.undone as string[])].sort()).toEqual([
+      `ip rule del pref 100 from 198.19.255.1 ipproto icmp iif lo lookup ${TABLE}`,
       `ip rule del pref 100 from 198.19.255.1 ipproto tcp sport 19001-19002 lookup ${TABLE}`,
       'sysctl net.ipv4.ip_forward=0',
     ]);
-    expect(rulesForTable(lab, topo.host, TABLE)).toHaveLength(1);
+    expect(rulesForTable(lab, topo.host, TABLE)).toHaveLength(2);
     await expectWorks();
 
     expect(await second.stop('SIGTERM')).toEqual({ code: 0, signal: null });
