@@ -4,6 +4,7 @@
  * sendmsg, sendmmsg) or connects to one is reported once, before its first
  * datagram leaves, with its local address:port, its pid and fd; its close (or
  * the loss of its port) ends the report; nothing else is reported or delayed.
+ * A UDP server socket's bind of 9000 is a "udp" bind, and its close releases.
  * The programs are the C probe (fixtures/sockprobe.c) under LD_PRELOAD and a
  * UDP sink (fixtures/udp-sink.py) that prints each datagram as it arrives.
  *
@@ -28,6 +29,7 @@ import {
   compileProbe,
   ev,
   FIXTURES,
+  grant,
   libEnv,
   type ProbeEvent,
   requirePreload,
@@ -267,6 +269,44 @@ describe('libvpm_preload: UDP clients against a stand-in control server', () => 
       [1, 'connect', parent],
       [2, 'connect', child],
       [1, 'release', parent],
+    ]);
+  });
+
+  it('a UDP server socket: bind 9000 is a udp bind (SO_REUSEPORT, getsockname 9000); its close releases the port, and its client report with it', async () => {
+    const s = await serve((req) => (req.cmd === 'bind' ? grant(req, 20031) : okAnswer(req)));
+    const run = await runProbe(lab, ns, probe, libEnv(s.path, 'tenant-a', PORTS), [
+      'bind:udp4:0.0.0.0:9000', // 1: granted 20031
+      'name:1', // 2: 9000
+      `sendon:1:${A3}:5353:2`, // 3: the server is also a client of a UDP service: reported
+      'close:1', // 4: one release, with the port: it ends the registration and the report
+      'bind:udp4:0.0.0.0:9200', // 5: not multiplexed
+    ]);
+    expect(run.exit, run.stderr).toEqual({ code: 0, signal: null });
+    const pid = ev(run, 1).pid;
+    const fd = ev(run, 1).fd!;
+    expect(ev(run, 1)).toMatchObject({ ok: true, port: 9000, reuseport: 1 });
+    expect(ev(run, 2)).toMatchObject({ ok: true, port: 9000 });
+    expect(ev(run, 3)).toMatchObject({ ok: true, port: 9000 }); // getsockname, still
+    expect(ev(run, 5)).toMatchObject({ ok: true, port: 9200, reuseport: 0 });
+    // The datagrams left from the real port.
+    await waitFor(() => received().some((d) => d.from === `${A3}:20031`), {
+      what: 'the datagrams from port 20031',
+    });
+    expect(s.requests.map((r) => [r.req.cmd, r.req.oneway ?? false, r.req.args])).toEqual([
+      ['bind', false, { aid: 'tenant-a', proto: 'udp', vport: 9000, addr: '0.0.0.0', pid, fd }],
+      [
+        'connect',
+        false,
+        {
+          aid: 'tenant-a',
+          proto: 'udp',
+          local: '0.0.0.0:20031',
+          remote: `${A3}:5353`,
+          pid,
+          fd,
+        },
+      ],
+      ['release', true, { aid: 'tenant-a', proto: 'udp', vport: 9000, port: 20031, pid, fd }],
     ]);
   });
 
