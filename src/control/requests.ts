@@ -103,6 +103,11 @@ const connectArgs = {
     },
     remote: { type: 'string' },
     pid,
+    /**
+     * The reporting socket's descriptor. A UDP report lives until `release` of
+     * this (pid, fd) or the end of the connection it came on.
+     */
+    fd,
   },
 } as const;
 

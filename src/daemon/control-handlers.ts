@@ -77,7 +77,8 @@ export function registerControlHandlers(c: ControlServer, d: ControlTarget): voi
   });
   c.on('release', (a, conn) => {
     const r = reg().release(conn, a);
-    log.info(
+    // A UDP client socket's close ends only its report: as quiet as the report.
+    log[r.released === 0 && r.reports > 0 ? 'debug' : 'info'](
       {
         event: 'instance_release',
         aid: a.aid,
@@ -86,13 +87,14 @@ export function registerControlHandlers(c: ControlServer, d: ControlTarget): voi
         pid: a.pid,
         fd: a.fd,
         released: r.released,
+        reports: r.reports,
       },
       'bind released',
     );
     return r;
   });
-  c.on('connect', (a) => {
-    const r = reg().connectReport(a);
+  c.on('connect', (a, conn) => {
+    const r = reg().connectReport(a, conn);
     log.debug(
       { event: 'client_connect', aid: a.aid, local: a.local, remote: a.remote, pid: a.pid },
       'connect reported',

@@ -178,7 +178,8 @@ export class Daemon {
           verifyL4Checksum: cfg.tun.verifyChecksums,
           limits: pipelineLimits(cfg),
           localClientAddr: cfg.tun.localClientAddress,
-          localClientAid: (addr, port) => this.registry?.localClientAid(addr, port) ?? -1,
+          localClientAid: (addr, port, proto) =>
+            this.registry?.localClientAid(addr, port, proto) ?? -1,
           negotiate: (buf, off, len, info, svc, aid, local) =>
             this.coop?.hold(buf, off, len, info, svc, aid, local),
           holdUnknownLocal: cfg.applications.some((a) => a.executables.length > 0),

@@ -19,18 +19,22 @@
  * column), and per-instance state belongs in a column indexed by it (a passive
  * health check, later: "down until t", which `pick` would skip). A reload keeps
  * the index of a static instance that is still configured the same way (AID,
- * address, port, service, virtual port), so such state would outlive the reload too. A freed
- * index is handed out again, oldest freed first, so that a flow of a removed
+ * address, port, service, virtual port, protocol), so such state would outlive
+ * the reload too. A freed index is handed out again, oldest freed first, so that a flow of a removed
  * instance keeps an index that names no other instance for as long as possible;
  * whoever follows a flow's index back to its instance compares the address and
  * port (the flow has them). There is at most one instance per real port, so
  * indices stay below 65536, the 16 bits of the flow column.
  *
- * `pick` runs on the data plane, for a SYN: round robin among the AID's instances
- * that serve the service, in a fixed order (the static ones in configuration
- * order, then the registered ones in the order they came), over one short array,
- * with one counter per AID; it allocates nothing. The counters start again at
- * every `replaceStatic`, as they did when they lived in the rules.
+ * `pick` runs on the data plane, for a flow's first packet (a TCP SYN, a UDP
+ * datagram): round robin among the AID's instances that serve the service (its
+ * service or any, its virtual port or any, its protocol or any: a registered
+ * instance has the protocol it was bound for, so a UDP bind of 9000 never
+ * receives the TCP service's connections on 9000, nor a TCP one its datagrams),
+ * in a fixed order (the static ones in configuration order, then the registered
+ * ones in the order they came), over one short array, with one counter per AID;
+ * it allocates nothing. The counters start again at every `replaceStatic`, as
+ * they did when they lived in the rules.
  */
 
 import type { Rules } from './rules.js';
@@ -45,11 +49,19 @@ export interface InstanceSpec {
   service: number;
   /** Virtual port it serves, or 0 for any. */
   vport: number;
+  /**
+   * IP protocol it serves (IPPROTO_TCP, IPPROTO_UDP), or 0 / absent for any: a
+   * registered instance serves the protocol its socket was bound for, a static
+   * one (a real port of the configuration) whatever its service says.
+   */
+  proto?: number;
 }
 
 export interface Instance extends Readonly<InstanceSpec> {
   /** The stable handle: what `pick` returns and flows record. */
   readonly index: number;
+  /** IP protocol it serves, 0 for any. */
+  readonly proto: number;
   readonly source: 'static' | 'registered';
 }
 
@@ -69,6 +81,8 @@ export class InstanceSet {
   private rr = new Uint32Array(0);
   /** Virtual port of each service index (of the rules given to `replaceStatic`). */
   private vports: readonly number[] = [];
+  /** IP protocol of each service index (the same rules). */
+  private protos: readonly number[] = [];
 
   /**
    * Replace the static instances by those of a new configuration, for the rules
@@ -88,6 +102,7 @@ export class InstanceSet {
     for (const gone of old.values()) this.release(gone.index);
     this.statics = next;
     this.vports = rules.services.map((s) => s.port);
+    this.protos = rules.services.map((s) => s.proto);
     this.rr = new Uint32Array(Math.max(rules.aidNames.length, this.rr.length));
     this.rebuild();
   }
@@ -129,7 +144,8 @@ export class InstanceSet {
     const list = this.byAid[aid];
     if (list === undefined) return false;
     const vport = this.vports[svc] ?? -1;
-    for (let i = 0; i < list.length; i++) if (serves(list[i]!, svc, vport)) return true;
+    const proto = this.protos[svc] ?? -1;
+    for (let i = 0; i < list.length; i++) if (serves(list[i]!, svc, vport, proto)) return true;
     return false;
   }
 
@@ -142,14 +158,15 @@ export class InstanceSet {
     const list = this.byAid[aid];
     if (list === undefined || list.length === 0) return -1;
     const vport = this.vports[svc] ?? -1;
+    const proto = this.protos[svc] ?? -1;
     let n = 0;
-    for (let i = 0; i < list.length; i++) if (serves(list[i]!, svc, vport)) n++;
+    for (let i = 0; i < list.length; i++) if (serves(list[i]!, svc, vport, proto)) n++;
     if (n === 0) return -1;
     let k = this.rr[aid]! % n;
     this.rr[aid] = (this.rr[aid]! + 1) >>> 0;
     for (let i = 0; i < list.length; i++) {
       const inst = list[i]!;
-      if (serves(inst, svc, vport) && k-- === 0) return inst.index;
+      if (serves(inst, svc, vport, proto) && k-- === 0) return inst.index;
     }
     return -1;
   }
@@ -164,6 +181,7 @@ export class InstanceSet {
       port: s.port,
       service: s.service,
       vport: s.vport,
+      proto: s.proto ?? 0,
     });
     this.slots[index] = i;
     return i;
@@ -189,11 +207,20 @@ export class InstanceSet {
   }
 }
 
-function serves(i: Instance, svc: number, vport: number): boolean {
-  return (i.service === -1 || i.service === svc) && (i.vport === 0 || i.vport === vport);
+/**
+ * Does instance `i` serve service `svc` (virtual port `vport`, protocol `proto`)?
+ * Its service, its virtual port and its protocol must each be the service's or
+ * "any": a registered UDP instance of 9000 serves no TCP service on 9000.
+ */
+function serves(i: Instance, svc: number, vport: number, proto: number): boolean {
+  return (
+    (i.service === -1 || i.service === svc) &&
+    (i.vport === 0 || i.vport === vport) &&
+    (i.proto === 0 || i.proto === proto)
+  );
 }
 
 /** What makes a static instance the same one across a reload. */
 function staticKey(s: InstanceSpec): string {
-  return `${s.aid}/${s.addr}/${s.port}/${s.service}/${s.vport}`;
+  return `${s.aid}/${s.addr}/${s.port}/${s.service}/${s.vport}/${s.proto ?? 0}`;
 }

@@ -162,10 +162,11 @@ export interface PipelineOptions {
   /** Address local clients are translated to (routed to the TUN, never assigned). */
   localClientAddr: number;
   /**
-   * The AID index a local client at addr:port announced (bind/connect library), or
-   * -1; consulted for SYNs from this host's own addresses before the selectors.
+   * The AID index a local client at addr:port of IP protocol `proto` announced
+   * (bind/connect library), or -1; consulted for the first packet of a flow (a
+   * SYN, a datagram) from this host's own addresses before the selectors.
    */
-  localClientAid?: (addr: number, port: number) => number;
+  localClientAid?: (addr: number, port: number, proto: number) => number;
   /**
    * Cooperative client side: the first packet of a flow (a TCP SYN, a UDP
    * datagram; `info.protocol` says which) to a service a peer serves. The callee
@@ -893,7 +894,9 @@ export class Pipeline {
     }
     const local = this.localAddrs.has(info.srcAddr);
     let aid =
-      local && this.opts.localClientAid ? this.opts.localClientAid(info.srcAddr, info.srcPort) : -1;
+      local && this.opts.localClientAid
+        ? this.opts.localClientAid(info.srcAddr, info.srcPort, proto)
+        : -1;
     if (aid < 0) aid = rules.selectAid(svc, info.srcAddr, info.srcPort);
     // A held packet must be whole: a fragmented first datagram is not held (the
     // client's next datagram, unfragmented or not, finds the flow negotiated).

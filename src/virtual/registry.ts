@@ -19,6 +19,26 @@
  *
  * Concurrent first binds of one group wait for the same pool request, so a group
  * never holds two ports.
+ *
+ * Protocols. A group is one protocol's: a UDP bind of 9000 registers a UDP
+ * instance (it serves the UDP services on 9000, never the TCP one on the same
+ * address and port: instances.ts matches the protocol), and gets a pool port of
+ * its own. One pool serves both protocols, and a pool port belongs to one group
+ * at a time whatever its protocol, so a real port number names one instance and
+ * `release` by port is unambiguous.
+ *
+ * Local clients (FIG. 8). The library reports the local address:port of a
+ * program's connection to a multiplexed port (`connect`) before its first
+ * packet leaves, so that the pipeline finds the program's AID for that packet
+ * (`localClientAid`). The reports of each protocol are kept apart: TCP port 40000
+ * and UDP port 40000 are two different sockets. A TCP report names one
+ * connection attempt and stays until newer ones push it out (the oldest go first
+ * past 65536). A UDP report names a socket, which sends datagrams, and creates
+ * flows, for as long as it lives: it stays until that socket is closed (the
+ * library's `release` of its pid and fd) or the control connection it came on
+ * closes (the process ended), so neither newer reports nor a busy TCP client push
+ * it out, and a port it no longer holds does not keep its AID for whoever binds
+ * it next.
  */
 
 import type { Socket } from 'node:net';
@@ -28,6 +48,7 @@ import type { BindArgs, ConnectArgs, HelloArgs, ReleaseArgs } from '../control/r
 import type { InstanceSet } from '../datapath/instances.js';
 import type { InstanceView } from '../view/views.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
+import { IPPROTO_TCP, IPPROTO_UDP } from '../wire/ipv4.js';
 import type { PortPool } from './pool.js';
 
 export type RegistryErrorCode =
@@ -66,6 +87,20 @@ interface Group {
 
 const MAX_LOCAL_CLIENTS = 65536;
 
+/** A reported local client: key addr·2^16+port (addr 0 when not chosen yet). */
+interface LocalClient {
+  aid: number;
+  pid: number;
+  remote: string;
+  at: number;
+}
+
+/** A UDP report also names its socket, (pid, fd) on its control connection: it lives as long. */
+interface UdpClient extends LocalClient {
+  fd: number;
+  conn: Socket | null;
+}
+
 function splitHostPort(s: string): { addr: number; port: number } | null {
   const i = s.lastIndexOf(':');
   if (i < 0) return null;
@@ -78,11 +113,12 @@ function splitHostPort(s: string): { addr: number; port: number } | null {
 export class Registry {
   private readonly groups = new Map<string, Group>();
   private readonly byConn = new Map<Socket, Set<Registration>>();
-  /** Reported client connections: key addr·2^16+port (addr 0 when not chosen yet) → AID index. */
-  private readonly localClients = new Map<
-    number,
-    { aid: number; pid: number; remote: string; at: number }
-  >();
+  /** Reported TCP client connections by local address·2^16+port; the oldest go first. */
+  private readonly tcpClients = new Map<number, LocalClient>();
+  /** Reported UDP client sockets by local address·2^16+port, until the socket closes. */
+  private readonly udpClients = new Map<number, UdpClient>();
+  /** The keys of udpClients each control connection reported. */
+  private readonly udpByConn = new Map<Socket, Set<number>>();
   private nextId = 1;
 
   constructor(
@@ -140,8 +176,6 @@ export class Registry {
         `${proto}/${vport} is not the port of a virtual service`,
       );
     }
-    if (proto !== 'tcp')
-      throw new RegistryError('ERR_NOT_MULTIPLEXED', `${proto} is not multiplexed yet`);
     if (!this.pool) {
       throw new RegistryError(
         'ERR_NO_POOL',
@@ -180,6 +214,7 @@ export class Registry {
               port,
               service: -1,
               vport,
+              proto: proto === 'udp' ? IPPROTO_UDP : IPPROTO_TCP,
             });
           }
         }
@@ -211,11 +246,17 @@ export class Registry {
     return a;
   }
 
-  /** The program closed a socket it bound through vpm. */
-  release(conn: Socket, a: ReleaseArgs): { released: number } {
+  /**
+   * The program closed a socket it bound through vpm (its registration of that
+   * port ends), or a UDP socket it reported as a client (its reports end). Both
+   * are matched by (pid, fd) on the connection they came on: `released` counts
+   * the registrations that ended, `reports` the UDP client reports.
+   */
+  release(conn: Socket, a: ReleaseArgs): { released: number; reports: number } {
+    const reports = this.dropUdpClients(conn, a.pid, a.fd);
     const regs = this.byConn.get(conn);
     let n = 0;
-    if (!regs) return { released: 0 };
+    if (!regs) return { released: 0, reports };
     for (const reg of [...regs]) {
       if (reg.fd !== a.fd || reg.pid !== a.pid) continue;
       for (const [key, g] of this.groups) {
@@ -225,11 +266,15 @@ export class Registry {
         }
       }
     }
-    return { released: n };
+    return { released: n, reports };
   }
 
-  /** The control connection closed: every registration made on it ends. */
+  /**
+   * The control connection closed: every registration made on it ends, and so do
+   * its UDP client reports. Returns the number of registrations that ended.
+   */
   connClosed(conn: Socket): number {
+    this.dropUdpClients(conn, -1, -1);
     const regs = this.byConn.get(conn);
     if (!regs) return 0;
     let n = 0;
@@ -267,15 +312,18 @@ export class Registry {
   }
 
   /**
-   * A program under `vpm exec` is about to connect to a multiplexed port: remember
-   * the AID of its local address:port, so that its SYN — which follows this report,
-   * as the library waits for the answer before it connects — can be given to the
-   * instance of the same AID (one daemon for both ends, FIG. 8) or negotiated with
-   * a peer (FIG. 6/7). `local` may have address 0.0.0.0 when the socket's address
-   * is not chosen yet; the port alone then identifies it. Bounded: the oldest entry
-   * goes first.
+   * A program under `vpm exec` is about to send its first packet to a multiplexed
+   * port (a TCP connect; a UDP socket's first datagram to one, or its connect):
+   * remember the AID of its local address:port, so that that packet — which
+   * follows this report, as the library waits for the answer before the packet
+   * can leave — can be given to the instance of the same AID (one daemon for both
+   * ends, FIG. 8) or negotiated with a peer (FIG. 6/7). `local` may have address
+   * 0.0.0.0 when the socket's address is not chosen yet; the port alone then
+   * identifies it. TCP reports are bounded, the oldest going first; a UDP report
+   * lives until its socket's `release` or its connection's end (`conn`; null: no
+   * connection, kept until pushed out like a TCP one).
    */
-  connectReport(a: ConnectArgs): { aid: string } {
+  connectReport(a: ConnectArgs, conn: Socket | null = null): { aid: string } {
     const aid = this.aidIndex(a.aid);
     // The schema checked the form "a.b.c.d:port"; the numbers are checked here.
     const local = splitHostPort(a.local);
@@ -286,26 +334,68 @@ export class Registry {
       );
     }
     const key = local.addr * 0x10000 + local.port;
-    if (this.localClients.size >= MAX_LOCAL_CLIENTS) {
-      const oldest = this.localClients.keys().next().value;
-      if (oldest !== undefined) this.localClients.delete(oldest);
+    const entry = { aid, pid: a.pid ?? 0, remote: a.remote ?? '', at: Date.now() };
+    if (a.proto === 'udp') {
+      const old = this.udpClients.get(key);
+      if (old) this.forgetUdpClient(key, old);
+      else if (this.udpClients.size >= MAX_LOCAL_CLIENTS) {
+        const oldest = this.udpClients.entries().next().value;
+        if (oldest !== undefined) this.forgetUdpClient(oldest[0], oldest[1]);
+      }
+      this.udpClients.set(key, { ...entry, fd: a.fd ?? -1, conn });
+      if (conn) {
+        let keys = this.udpByConn.get(conn);
+        if (!keys) {
+          keys = new Set();
+          this.udpByConn.set(conn, keys);
+        }
+        keys.add(key);
+      }
+    } else {
+      if (this.tcpClients.size >= MAX_LOCAL_CLIENTS) {
+        const oldest = this.tcpClients.keys().next().value;
+        if (oldest !== undefined) this.tcpClients.delete(oldest);
+      }
+      this.tcpClients.delete(key);
+      this.tcpClients.set(key, entry);
     }
-    this.localClients.delete(key);
-    this.localClients.set(key, {
-      aid,
-      pid: a.pid ?? 0,
-      remote: a.remote ?? '',
-      at: Date.now(),
-    });
     return { aid: this.cfg.applications[aid]!.aid };
   }
 
+  private forgetUdpClient(key: number, e: UdpClient): void {
+    this.udpClients.delete(key);
+    if (!e.conn) return;
+    const keys = this.udpByConn.get(e.conn);
+    keys?.delete(key);
+    if (keys?.size === 0) this.udpByConn.delete(e.conn);
+  }
+
+  /** End the UDP reports of (pid, fd) on `conn`; pid -1: all of them. Returns how many. */
+  private dropUdpClients(conn: Socket, pid: number, fd: number): number {
+    const keys = this.udpByConn.get(conn);
+    if (!keys) return 0;
+    let n = 0;
+    for (const key of [...keys]) {
+      const e = this.udpClients.get(key);
+      if (e === undefined || e.conn !== conn) {
+        keys.delete(key);
+      } else if (pid === -1 || (e.pid === pid && e.fd === fd)) {
+        this.forgetUdpClient(key, e);
+        n++;
+      }
+    }
+    if (keys.size === 0) this.udpByConn.delete(conn);
+    return n;
+  }
+
   /**
-   * The AID index reported for a local client at addr:port, or -1. Numeric keys:
-   * this runs for a local client's SYN on the data plane.
+   * The AID index reported for a local client at addr:port of protocol `proto`
+   * (IPPROTO_TCP, IPPROTO_UDP), or -1. Numeric keys: this runs on the data plane,
+   * for a local client's first packet of a flow.
    */
-  localClientAid(addr: number, port: number): number {
-    const e = this.localClients.get(addr * 0x10000 + port) ?? this.localClients.get(port);
+  localClientAid(addr: number, port: number, proto: number = IPPROTO_TCP): number {
+    const m = proto === IPPROTO_UDP ? this.udpClients : this.tcpClients;
+    const e = m.get(addr * 0x10000 + port) ?? m.get(port);
     return e === undefined ? -1 : e.aid;
   }
 
@@ -320,7 +410,8 @@ export class Registry {
       for (const i of app.instances) {
         out.push({
           aid: app.aid,
-          proto: 'tcp',
+          // A static instance serves its service's protocol, or both without one.
+          proto: i.serviceIndex === null ? 'any' : this.cfg.services[i.serviceIndex]!.protocol,
           vport: i.serviceIndex === null ? 0 : this.cfg.services[i.serviceIndex]!.port,
           address: ipv4ToString(i.address),
           port: i.port,

@@ -175,6 +175,14 @@ describe('the args of a command', () => {
       message:
         'bad "connect" request: args.local: "nonsense" is not valid here: expected "a.b.c.d:port"',
     });
+    // A UDP report names its socket: fd is a descriptor number like bind's.
+    expect(
+      (await one(req('connect', { aid: 'tenant-a', proto: 'udp', local: '0.0.0.0:1', fd: -1 })))
+        .error,
+    ).toEqual({
+      code: 'ERR_CONTROL_BAD_REQUEST',
+      message: 'bad "connect" request: args.fd: -1 is below the minimum 0',
+    });
     expect((await one(req('ping', { verbose: true }))).error).toEqual({
       code: 'ERR_CONTROL_BAD_REQUEST',
       message: 'bad "ping" request: args.verbose: unknown field (allowed here: )',

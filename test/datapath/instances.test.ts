@@ -7,17 +7,19 @@
 import { describe, expect, it } from 'vitest';
 import { InstanceSet, type InstanceSpec } from '../../src/datapath/instances.js';
 import { Rules } from '../../src/datapath/rules.js';
-import { ip4, PROTO_TCP } from '../support/builder.js';
+import { ip4, PROTO_TCP, PROTO_UDP } from '../support/builder.js';
 
 const HOST = ip4('198.19.255.1');
 const WEB = 0; // 198.19.0.9:9000
 const ALT = 1; // 198.19.0.10:8080
+const WEB_UDP = 2; // 198.19.0.9:9000, UDP
 
 function rules(aids = ['a', 'b']): Rules {
   return new Rules({
     services: [
       { name: 'web', addr: ip4('198.19.0.9'), port: 9000, proto: PROTO_TCP, peer: -1 },
       { name: 'alt', addr: ip4('198.19.0.10'), port: 8080, proto: PROTO_TCP, peer: -1 },
+      { name: 'web-udp', addr: ip4('198.19.0.9'), port: 9000, proto: PROTO_UDP, peer: -1 },
     ],
     selectors: [],
     aidNames: aids,
@@ -135,6 +137,38 @@ describe('InstanceSet', () => {
     set.removeRegistered(99);
     expect(set.of(0).map((i) => i.port)).toEqual([20002, 20004, 20005]);
     expect(c).toBe(2);
+  });
+
+  it('matches the protocol: a UDP instance of 9000 serves UDP 9000 only, a TCP one TCP only, a static one both', () => {
+    const set = new InstanceSet();
+    set.replaceStatic(rules(), [inst(1, 19002)]);
+    const tcp = set.addRegistered(inst(0, 20000, { vport: 9000, proto: PROTO_TCP }));
+    const udp = set.addRegistered(inst(0, 20001, { vport: 9000, proto: PROTO_UDP }));
+    expect(set.get(udp)).toMatchObject({ proto: PROTO_UDP, vport: 9000 });
+    expect(set.get(0)).toMatchObject({ source: 'static', proto: 0 });
+    expect(picks(set, 0, WEB, 3)).toEqual([20000, 20000, 20000]);
+    expect(picks(set, 0, WEB_UDP, 3)).toEqual([20001, 20001, 20001]);
+    expect(picks(set, 0, ALT, 1)).toEqual([-1]);
+    // A static instance without a protocol serves both (a real port of the configuration).
+    expect(picks(set, 1, WEB, 1)).toEqual([19002]);
+    expect(picks(set, 1, WEB_UDP, 1)).toEqual([19002]);
+    set.removeRegistered(udp);
+    expect(set.serving(0, WEB_UDP)).toBe(false);
+    expect(set.serving(0, WEB)).toBe(true);
+    set.removeRegistered(tcp);
+    set.addRegistered(inst(0, 20002, { vport: 9000, proto: PROTO_UDP }));
+    expect(set.serving(0, WEB)).toBe(false);
+    expect(picks(set, 0, WEB, 1)).toEqual([-1]);
+    expect(picks(set, 0, WEB_UDP, 1)).toEqual([20002]);
+  });
+
+  it('a static instance configured with another protocol after a reload is a new instance', () => {
+    const set = new InstanceSet();
+    set.replaceStatic(rules(), [inst(0, 19001)]);
+    set.replaceStatic(rules(), [inst(0, 19001)]);
+    expect(set.of(0).map((i) => i.index)).toEqual([0]);
+    set.replaceStatic(rules(), [inst(0, 19001, { proto: PROTO_UDP })]);
+    expect(set.of(0).map((i) => [i.index, i.proto])).toEqual([[1, PROTO_UDP]]);
   });
 
   it('removeRegistered leaves static instances alone', () => {

@@ -5,11 +5,15 @@ import { rulesFromConfig, staticInstancesFromConfig } from '../../src/daemon/rul
 import { InstanceSet } from '../../src/datapath/instances.js';
 import { PortPool } from '../../src/virtual/pool.js';
 import { Registry } from '../../src/virtual/registry.js';
+import { IPPROTO_TCP, IPPROTO_UDP } from '../../src/wire/ipv4.js';
 
 const file = (range: string, wait: number, staticB: number[] = []) => ({
   services: [
     { name: 'web', address: '198.19.0.9', port: 9000 },
     { name: 'alt', address: '198.19.0.10', port: 8080 },
+    // UDP on the same address and port as web (service 2), and UDP alone on 5353 (service 3).
+    { name: 'web-udp', address: '198.19.0.9', port: 9000, protocol: 'udp' },
+    { name: 'dns', address: '198.19.0.9', port: 5353, protocol: 'udp' },
   ],
   applications: [{ aid: 'a' }, { aid: 'b', instances: staticB.map((port) => ({ port })) }],
   selectors: [],
@@ -27,14 +31,26 @@ function setup(range = '20000-20001', wait = 50) {
   return { cfg, instances, pool, reg: new Registry(cfg, instances, pool) };
 }
 
-const bindArgs = (aid: string, vport: number, pid = 100, fd = 3, addr = '0.0.0.0') => ({
+const bindArgs = (
+  aid: string,
+  vport: number,
+  pid = 100,
+  fd = 3,
+  addr = '0.0.0.0',
+  proto: 'tcp' | 'udp' = 'tcp',
+) => ({
   aid,
-  proto: 'tcp' as const,
+  proto,
   vport,
   addr,
   pid,
   fd,
 });
+
+const WEB = 0;
+const ALT = 1;
+const WEB_UDP = 2;
+const DNS = 3;
 
 describe('Registry', () => {
   it('groups binds of one AID and virtual port on one real port (AID grouping)', async () => {
@@ -55,11 +71,13 @@ describe('Registry', () => {
         port: r1.port,
         service: -1,
         vport: 9000,
+        proto: 6,
       },
     ]);
-    // The instance serves 9000 only: service 0, not service 1 (port 8080).
-    expect(instances.pick(0, 0)).toBe(0);
-    expect(instances.pick(0, 1)).toBe(-1);
+    // The instance serves TCP 9000 only: web, not alt (port 8080), not web-udp (UDP 9000).
+    expect(instances.pick(0, WEB)).toBe(0);
+    expect(instances.pick(0, ALT)).toBe(-1);
+    expect(instances.pick(0, WEB_UDP)).toBe(-1);
     const list = reg.instances();
     expect(list.find((i) => i.aid === 'a')).toMatchObject({
       vport: 9000,
@@ -75,7 +93,7 @@ describe('Registry', () => {
     const c2 = new Socket();
     const { port } = await reg.bind(c1, bindArgs('a', 9000, 100, 5));
     await reg.bind(c2, bindArgs('a', 9000, 200, 6));
-    expect(reg.release(c1, { pid: 100, fd: 5, port })).toEqual({ released: 1 });
+    expect(reg.release(c1, { pid: 100, fd: 5, port })).toEqual({ released: 1, reports: 0 });
     expect(instances.of(0)).toHaveLength(1);
     expect(reg.connClosed(c2)).toBe(1);
     expect(instances.of(0)).toHaveLength(0);
@@ -131,11 +149,22 @@ describe('Registry', () => {
     await expect(reg.bind(c, bindArgs('a', 9000, 1, 1, '127.0.0.1'))).rejects.toMatchObject({
       code: 'ERR_BIND_ADDRESS',
     });
+    // UDP 8080 is not a service (TCP 8080 is), nor TCP 5353 (UDP 5353 is).
+    await expect(reg.bind(c, bindArgs('a', 8080, 1, 1, '0.0.0.0', 'udp'))).rejects.toMatchObject({
+      code: 'ERR_NOT_MULTIPLEXED',
+      message: 'udp/8080 is not the port of a virtual service',
+    });
+    await expect(reg.bind(c, bindArgs('a', 5353, 1, 1))).rejects.toMatchObject({
+      code: 'ERR_NOT_MULTIPLEXED',
+      message: 'tcp/5353 is not the port of a virtual service',
+    });
     expect(reg.hello({ aid: 'a' })).toMatchObject({
       known: true,
       ports: [
         { proto: 'tcp', vport: 9000 },
         { proto: 'tcp', vport: 8080 },
+        { proto: 'udp', vport: 9000 },
+        { proto: 'udp', vport: 5353 },
       ],
     });
   });
@@ -158,5 +187,125 @@ describe('Registry', () => {
     expect(() => reg.connectReport({ aid: 'zz', local: '0.0.0.0:1' })).toThrow(
       /not in the configuration/,
     );
+  });
+
+  it('a UDP bind of 9000 registers a UDP instance of its own port, beside the TCP one of 9000', async () => {
+    const { reg, instances, pool } = setup('20000-20003');
+    const c = new Socket();
+    const tcp = await reg.bind(c, bindArgs('a', 9000, 100, 3));
+    const udp = await reg.bind(c, bindArgs('a', 9000, 100, 4, '0.0.0.0', 'udp'));
+    // A second copy of the UDP server of a (another process): the same port (SO_REUSEPORT).
+    const udp2 = await reg.bind(new Socket(), bindArgs('a', 9000, 200, 4, '0.0.0.0', 'udp'));
+    const udpB = await reg.bind(c, bindArgs('b', 9000, 100, 5, '0.0.0.0', 'udp'));
+    expect(udp.port).not.toBe(tcp.port);
+    expect(udp2.port).toBe(udp.port);
+    expect(new Set([tcp.port, udp.port, udpB.port]).size).toBe(3);
+    expect(pool.stats().inUse).toBe(3);
+    const port = (k: number) => (k < 0 ? -1 : instances.get(k)!.port);
+    // TCP 9000 goes to the TCP instance, UDP 9000 to the UDP one; UDP 5353 to neither.
+    expect(port(instances.pick(0, WEB))).toBe(tcp.port);
+    expect(port(instances.pick(0, WEB_UDP))).toBe(udp.port);
+    expect(port(instances.pick(0, DNS))).toBe(-1);
+    // b has a UDP instance only: its TCP connections to 9000 find none.
+    expect(port(instances.pick(1, WEB_UDP))).toBe(udpB.port);
+    expect(port(instances.pick(1, WEB))).toBe(-1);
+    expect(instances.serving(1, WEB)).toBe(false);
+    expect(instances.serving(1, WEB_UDP)).toBe(true);
+    expect(
+      reg
+        .instances()
+        .filter((i) => i.source === 'registered')
+        .map((i) => [i.aid, i.proto, i.vport, i.port, i.registrations]),
+    ).toEqual([
+      ['a', 'tcp', 9000, tcp.port, 1],
+      ['a', 'udp', 9000, udp.port, 2],
+      ['b', 'udp', 9000, udpB.port, 1],
+    ]);
+    // Releasing the UDP socket (pid 100, fd 4) leaves the TCP one of the same process.
+    expect(reg.release(c, { pid: 100, fd: 4, port: udp.port })).toEqual({
+      released: 1,
+      reports: 0,
+    });
+    expect(port(instances.pick(0, WEB_UDP))).toBe(udp.port); // pid 200 still holds it
+    expect(reg.connClosed(c)).toBe(2);
+    expect(port(instances.pick(0, WEB))).toBe(-1);
+    expect(pool.stats().inUse).toBe(1);
+  });
+
+  it('shows a static instance with the protocol of its service, or "any" without one', () => {
+    const cfg = parseConfig(
+      {
+        ...file('20000-20001', 50),
+        applications: [
+          { aid: 'a', instances: [{ port: 19001 }, { port: 19002, service: 'dns' }] },
+          { aid: 'b' },
+        ],
+      },
+      'test.json',
+    );
+    const instances = new InstanceSet();
+    instances.replaceStatic(rulesFromConfig(cfg), staticInstancesFromConfig(cfg));
+    const reg = new Registry(cfg, instances, null);
+    expect(reg.instances().map((i) => [i.proto, i.vport, i.port])).toEqual([
+      ['any', 0, 19001],
+      ['udp', 5353, 19002],
+    ]);
+  });
+
+  it('keeps TCP and UDP client reports apart: the same port number is two sockets', () => {
+    const { reg, cfg } = setup();
+    const c = new Socket();
+    reg.connectReport({ aid: 'a', proto: 'tcp', local: '0.0.0.0:40000', pid: 7 }, c);
+    reg.connectReport({ aid: 'b', proto: 'udp', local: '0.0.0.0:40000', pid: 7, fd: 5 }, c);
+    expect(reg.localClientAid(cfg.tun.address, 40000, IPPROTO_TCP)).toBe(0);
+    expect(reg.localClientAid(cfg.tun.address, 40000, IPPROTO_UDP)).toBe(1);
+    // Without a protocol: TCP (the cooperative side asks so).
+    expect(reg.localClientAid(cfg.tun.address, 40000)).toBe(0);
+    // A newer TCP report of port 40000 changes nothing for UDP.
+    reg.connectReport({ aid: 'b', proto: 'tcp', local: '0.0.0.0:40000', pid: 8 }, c);
+    expect(reg.localClientAid(cfg.tun.address, 40000, IPPROTO_TCP)).toBe(1);
+    reg.connectReport({ aid: 'a', local: '198.19.255.1:40000', pid: 8 }, c); // proto absent: TCP
+    expect(reg.localClientAid(cfg.tun.address, 40000, IPPROTO_UDP)).toBe(1);
+  });
+
+  it('a UDP client report lives until its socket is released or its connection closes', () => {
+    const { reg, cfg } = setup();
+    const tun = cfg.tun.address;
+    const c1 = new Socket();
+    const c2 = new Socket();
+    const udp = (aid: string, local: string, pid: number, fd: number, conn: Socket) =>
+      reg.connectReport({ aid, proto: 'udp', local, remote: '198.19.0.9:9000', pid, fd }, conn);
+    expect(udp('b', '0.0.0.0:41000', 10, 5, c1)).toEqual({ aid: 'b' });
+    udp('b', '198.19.255.1:41001', 10, 6, c1);
+    udp('a', '0.0.0.0:41002', 20, 5, c2);
+    expect([41000, 41001, 41002].map((p) => reg.localClientAid(tun, p, IPPROTO_UDP))).toEqual([
+      1, 1, 0,
+    ]);
+    // The release of (pid 10, fd 5) on c1 ends that socket's report only; the
+    // same fd of another process (pid 20 on c2) keeps its own.
+    expect(reg.release(c1, { pid: 10, fd: 5, proto: 'udp' })).toEqual({ released: 0, reports: 1 });
+    expect(reg.release(c1, { pid: 20, fd: 5 })).toEqual({ released: 0, reports: 0 });
+    expect([41000, 41001, 41002].map((p) => reg.localClientAid(tun, p, IPPROTO_UDP))).toEqual([
+      -1, 1, 0,
+    ]);
+    // A report of the same port from another connection takes it over: c1's end no longer touches it.
+    udp('a', '198.19.255.1:41001', 30, 9, c2);
+    expect(reg.connClosed(c1)).toBe(0); // no registrations; its reports end silently
+    expect(reg.localClientAid(tun, 41001, IPPROTO_UDP)).toBe(0);
+    expect(reg.connClosed(c2)).toBe(0);
+    expect([41000, 41001, 41002].map((p) => reg.localClientAid(tun, p, IPPROTO_UDP))).toEqual([
+      -1, -1, -1,
+    ]);
+  });
+
+  it('a release of a socket that is both bound through vpm and reported ends both', async () => {
+    const { reg, cfg, instances } = setup();
+    const c = new Socket();
+    const { port } = await reg.bind(c, bindArgs('a', 9000, 10, 7, '0.0.0.0', 'udp'));
+    reg.connectReport({ aid: 'a', proto: 'udp', local: `0.0.0.0:${port}`, pid: 10, fd: 7 }, c);
+    expect(reg.localClientAid(cfg.tun.address, port, IPPROTO_UDP)).toBe(0);
+    expect(reg.release(c, { pid: 10, fd: 7, port })).toEqual({ released: 1, reports: 1 });
+    expect(reg.localClientAid(cfg.tun.address, port, IPPROTO_UDP)).toBe(-1);
+    expect(instances.pick(0, WEB_UDP)).toBe(-1);
   });
 });

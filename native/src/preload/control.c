@@ -138,7 +138,7 @@ static int ensure_open(int64_t deadline, char *why, size_t why_cap, int *unreach
   sa.sun_family = AF_UNIX;
   strcpy(sa.sun_path, vpm_socket_path);
 
-  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  fd = vpm_real.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) {
     snprintf(why, why_cap, "socket(AF_UNIX): %s", strerror(errno));
     return -1;

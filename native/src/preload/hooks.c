@@ -1,6 +1,7 @@
 /*
- * The virtual layer of vpm: bind / getsockname / connect / close, interposed
- * with LD_PRELOAD into a program that `vpm exec` starts.
+ * The virtual layer of vpm: bind / getsockname / connect / close, and for UDP
+ * sendto / sendmsg / sendmmsg / socket, interposed with LD_PRELOAD into a
+ * program that `vpm exec` starts.
  *
  * Theory of operation
  * -------------------
@@ -20,6 +21,27 @@
  * the daemon learns the AID of a local client's connection: before the SYN
  * leaves for a multiplexed port (a request, answered), after connect() for
  * any other port (one-way).
+ *
+ * UDP sockets are bound the same way (bind of a multiplexed UDP port: a pool
+ * port, SO_REUSEPORT, getsockname says the virtual port, close releases). A
+ * UDP socket is a client of a multiplexed UDP port when it sends a datagram to
+ * one (sendto, sendmsg, sendmmsg with a destination) or connects to one. Its
+ * datagram leaves inside that call, and the daemon classifies the flow on its
+ * first datagram, so the report comes first: the socket gets its local port
+ * (a bind to the wildcard, port 0, if it has none: what the kernel's autobind
+ * would pick), the daemon is told that local address:port is this AID's (a
+ * request: the call waits for the answer), and only then does the datagram go.
+ * connect() sends nothing, so it reports after the real connect() succeeded,
+ * with the address the kernel chose, and returns when the daemon has answered:
+ * a send() after it finds the report in place. Once per socket: the daemon
+ * keys the report by the socket's local address:port, which every datagram
+ * of that socket carries whatever its destination, so a record per descriptor
+ * (udp_seen, the port it was reported with) makes every later datagram, to
+ * any service, one array read. The record ends at close() (which tells the
+ * daemon, "release" of pid and fd, so that the port's next owner is not taken
+ * for this AID), when socket() hands out the same number again (the old
+ * descriptor was closed behind our back), and when a connect(AF_UNSPEC)
+ * leaves the socket on another port (or none).
  *
  * Everything else passes through untouched, errno included: other families,
  * other ports, other protocols, addresses other than the wildcard and IPv4
@@ -45,7 +67,10 @@
  * Locks: table_lock guards the table and is only ever held for a lookup or an
  * update, never across a request to the daemon; control.c serialises requests
  * under its own lock. The hot pass-through paths (close, getsockname of an
- * ordinary socket) only read an atomic counter when nothing is bound.
+ * ordinary socket) only read an atomic counter when nothing is bound; a
+ * datagram's destination port is one bit test (udp_port_bits), and a datagram
+ * of a socket already reported one atomic read (udp_seen); neither takes a
+ * lock, makes a system call or allocates.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -96,6 +121,26 @@ struct bound {
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct bound table[MAX_BOUND];
 static unsigned n_bound; /* read without the lock (atomically) on the fast paths */
+
+/* The multiplexed UDP ports, one bit each: the test every datagram makes. */
+static uint32_t udp_port_bits[65536 / 32];
+static int udp_ports; /* any at all */
+
+/*
+ * UDP sockets reported as clients, by descriptor: the local port they were
+ * reported with (bits 0-15) | UDP_REPORTED, | UDP_INHERITED when an ancestor
+ * reported it before fork() (its report, tied to the ancestor's control
+ * connection, which the inherited descriptor keeps open). 0: not reported.
+ * Descriptors from UDP_SEEN_MAX up have no record: each datagram of theirs to
+ * a multiplexed port is reported again. Read and written atomically; entries
+ * are untouched zero pages until used. udp_seen_hi bounds the used part, so
+ * that fork() marks only that.
+ */
+#define UDP_SEEN_MAX 65536
+#define UDP_REPORTED 0x10000u
+#define UDP_INHERITED 0x20000u
+static uint32_t udp_seen[UDP_SEEN_MAX];
+static int udp_seen_hi;
 
 /* ---- messages ------------------------------------------------------------- */
 
@@ -163,6 +208,10 @@ static void parse_ports(const char *s) {
           strcpy(ports[n_ports].proto, proto[0] == 't' ? "tcp" : "udp");
           ports[n_ports].port = port;
           n_ports++;
+          if (proto[0] == 'u') {
+            udp_port_bits[port >> 5] |= 1u << (port & 31);
+            udp_ports = 1;
+          }
         }
       } else {
         vpm_error("VPM_PORTS: ignoring \"%s\" (want proto:port, e.g. tcp:9000)", item);
@@ -182,6 +231,9 @@ static void atfork_parent(void) { pthread_mutex_unlock(&table_lock); }
 static void atfork_child(void) {
   pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
   for (unsigned i = 0; i < n_bound; i++) table[i].inherited = 1;
+  int hi = __atomic_load_n(&udp_seen_hi, __ATOMIC_RELAXED);
+  for (int fd = 0; fd < hi; fd++)
+    if (udp_seen[fd] != 0) udp_seen[fd] |= UDP_INHERITED;
   table_lock = fresh;
   vpm_ctl_atfork_child();
 }
@@ -195,8 +247,17 @@ static void init(void) {
   vpm_real.getsockname =
       (int (*)(int, struct sockaddr *, socklen_t *))dlsym(RTLD_NEXT, "getsockname");
   vpm_real.close = (int (*)(int))dlsym(RTLD_NEXT, "close");
-  if (!vpm_real.bind || !vpm_real.connect || !vpm_real.getsockname || !vpm_real.close) {
-    vpm_error("cannot find the C library's bind/connect/getsockname/close; not intercepting");
+  vpm_real.socket = (int (*)(int, int, int))dlsym(RTLD_NEXT, "socket");
+  vpm_real.sendto = (ssize_t(*)(int, const void *, size_t, int, const struct sockaddr *,
+                                socklen_t))dlsym(RTLD_NEXT, "sendto");
+  vpm_real.sendmsg = (ssize_t(*)(int, const struct msghdr *, int))dlsym(RTLD_NEXT, "sendmsg");
+  vpm_real.sendmmsg =
+      (int (*)(int, struct mmsghdr *, unsigned int, int))dlsym(RTLD_NEXT, "sendmmsg");
+  if (!vpm_real.bind || !vpm_real.connect || !vpm_real.getsockname || !vpm_real.close ||
+      !vpm_real.socket || !vpm_real.sendto || !vpm_real.sendmsg || !vpm_real.sendmmsg) {
+    vpm_error("cannot find the C library's bind/connect/getsockname/close/socket/sendto/sendmsg/"
+              "sendmmsg; not intercepting");
+    vpm_real.bind = NULL;
     return;
   }
 
@@ -541,13 +602,39 @@ static int local_target(int fd, struct target *local) {
          read_addr((struct sockaddr *)&ss, l, local);
 }
 
-static int connect_args(char *args, size_t cap, const struct target *local,
-                        const struct target *remote) {
-  char lo[INET6_ADDRSTRLEN + 8], r[INET6_ADDRSTRLEN + 8];
+/* Give a socket without a local port one: a bind to the wildcard of its
+ * family, port 0 (what connect() or a first sendto() would pick anyway), and
+ * read back what the kernel chose. 1 on success; errno set otherwise. */
+static int bind_any(int fd, struct target *local) {
+  union {
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+  } any;
+  socklen_t l;
+  memset(&any, 0, sizeof any);
+  if (local->family == AF_INET) {
+    any.in.sin_family = AF_INET;
+    any.in.sin_addr.s_addr = htonl(INADDR_ANY);
+    l = sizeof any.in;
+  } else {
+    any.in6.sin6_family = AF_INET6;
+    any.in6.sin6_addr = in6addr_any;
+    l = sizeof any.in6;
+  }
+  return vpm_real.bind(fd, &any.sa, l) == 0 && local_target(fd, local) && local->port != 0;
+}
+
+/* The args of a "connect" report; fd >= 0 adds the socket's descriptor (UDP:
+ * the report lives until the release of this pid and fd). */
+static int connect_args(char *args, size_t cap, const char *proto, const struct target *local,
+                        const struct target *remote, int fd) {
+  char lo[INET6_ADDRSTRLEN + 8], r[INET6_ADDRSTRLEN + 8], fdtext[24] = "";
   if (!endpoint(lo, sizeof lo, local) || !endpoint(r, sizeof r, remote)) return 0;
+  if (fd >= 0) snprintf(fdtext, sizeof fdtext, ",\"fd\":%d", fd);
   int n = snprintf(args, cap,
-                   "{\"aid\":\"%s\",\"proto\":\"tcp\",\"local\":\"%s\",\"remote\":\"%s\",\"pid\":%d}",
-                   vpm_aid_json, lo, r, (int)getpid());
+                   "{\"aid\":\"%s\",\"proto\":\"%s\",\"local\":\"%s\",\"remote\":\"%s\",\"pid\":%d%s}",
+                   vpm_aid_json, proto, lo, r, (int)getpid(), fdtext);
   return n > 0 && (size_t)n < cap;
 }
 
@@ -571,30 +658,12 @@ static void announce_connect(int fd, const struct target *remote) {
   socklen_t til = sizeof ti;
   if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &til) != 0 || ti.tcpi_state != TCP_CLOSE) return;
   if (!local_target(fd, &local)) return;
-  if (local.port == 0) {
-    union {
-      struct sockaddr sa;
-      struct sockaddr_in in;
-      struct sockaddr_in6 in6;
-    } any;
-    socklen_t l;
-    memset(&any, 0, sizeof any);
-    if (local.family == AF_INET) {
-      any.in.sin_family = AF_INET;
-      any.in.sin_addr.s_addr = htonl(INADDR_ANY);
-      l = sizeof any.in;
-    } else {
-      any.in6.sin6_family = AF_INET6;
-      any.in6.sin6_addr = in6addr_any;
-      l = sizeof any.in6;
-    }
-    if (vpm_real.bind(fd, &any.sa, l) != 0 || !local_target(fd, &local)) {
-      vpm_debug("connect fd %d: could not choose a local port first (%s); not announced", fd,
-                strerror(errno));
-      return;
-    }
+  if (local.port == 0 && !bind_any(fd, &local)) {
+    vpm_debug("connect fd %d: could not choose a local port first (%s); not announced", fd,
+              strerror(errno));
+    return;
   }
-  if (!connect_args(args, sizeof args, &local, remote)) return;
+  if (!connect_args(args, sizeof args, "tcp", &local, remote, -1)) return;
   vpm_debug("connect fd %d to multiplexed port %u: announcing it first", fd, remote->port);
   enum vpm_call_status st = vpm_ctl_call("connect", args, &reply, NULL, 1);
   if (st != VPM_CALL_ANSWER)
@@ -608,9 +677,163 @@ static void announce_connect(int fd, const struct target *remote) {
 static void report_connect(int fd, const struct target *remote) {
   struct target local;
   char args[1024];
-  if (!local_target(fd, &local) || !connect_args(args, sizeof args, &local, remote)) return;
+  if (!local_target(fd, &local) || !connect_args(args, sizeof args, "tcp", &local, remote, -1))
+    return;
   vpm_debug("connect fd %d: reporting", fd);
   vpm_ctl_oneway("connect", args, 1);
+}
+
+/* ---- UDP clients ---------------------------------------------------------- */
+
+/* The destination port of a datagram is a multiplexed UDP port: one bit test,
+ * no system call (every datagram of the program passes here). */
+static int udp_dest_multiplexed(const struct sockaddr *sa, socklen_t len) {
+  uint16_t nport;
+  if (sa == NULL || len < (socklen_t)sizeof(struct sockaddr_in)) return 0;
+  if (sa->sa_family != AF_INET && (sa->sa_family != AF_INET6 || len < 24)) return 0;
+  memcpy(&nport, (const char *)sa + 2, 2); /* sin_port and sin6_port both sit at offset 2 */
+  unsigned port = ntohs(nport);
+  return (udp_port_bits[port >> 5] >> (port & 31)) & 1u;
+}
+
+/* The record of fd (0: none, or fd has no room in the array). */
+static uint32_t udp_record(int fd) {
+  return fd >= 0 && fd < UDP_SEEN_MAX ? __atomic_load_n(&udp_seen[fd], __ATOMIC_ACQUIRE) : 0;
+}
+
+static void udp_set_record(int fd, uint32_t v) {
+  if (fd < 0 || fd >= UDP_SEEN_MAX) return;
+  __atomic_store_n(&udp_seen[fd], v, __ATOMIC_RELEASE);
+  int hi = __atomic_load_n(&udp_seen_hi, __ATOMIC_RELAXED);
+  while (fd >= hi &&
+         !__atomic_compare_exchange_n(&udp_seen_hi, &hi, fd + 1, 1, __ATOMIC_RELAXED,
+                                      __ATOMIC_RELAXED)) {
+  }
+}
+
+/* Take fd's record away (0 if it had none). */
+static uint32_t udp_take_record(int fd) {
+  if (fd < 0 || fd >= UDP_SEEN_MAX) return 0;
+  if (__atomic_load_n(&udp_seen[fd], __ATOMIC_RELAXED) == 0) return 0;
+  return __atomic_exchange_n(&udp_seen[fd], 0, __ATOMIC_ACQ_REL);
+}
+
+/* The daemon may forget the reports of this socket (pid, fd): one-way, on the
+ * open connection only (without one it holds no report of ours). */
+static void udp_forget(int fd, uint32_t record, const char *why) {
+  char args[256];
+  if (record & UDP_INHERITED) {
+    vpm_debug("fd %d: %s; the UDP report of port %u is the parent's and stays", fd, why,
+              record & 0xffffu);
+    return;
+  }
+  int n = snprintf(args, sizeof args, "{\"aid\":\"%s\",\"proto\":\"udp\",\"pid\":%d,\"fd\":%d}",
+                   vpm_aid_json, (int)getpid(), fd);
+  if (n < 0 || (size_t)n >= sizeof args) return;
+  vpm_debug("fd %d: %s; ending the UDP report of port %u", fd, why, record & 0xffffu);
+  vpm_ctl_oneway("release", args, 0);
+}
+
+/*
+ * A UDP socket is about to send to (or has connected to) the multiplexed port
+ * of `dest`: unless this socket was reported already, give it a local port
+ * (a wildcard bind, port 0, if it has none) and tell the daemon its AID (a
+ * request: the datagram goes only after the answer, or after the timeout).
+ * Never changes what the program's call does; errno is the caller's to keep.
+ * `connected`: after a successful connect(), which may have changed the local
+ * address (not the port): report if the record's port is not the socket's.
+ */
+static void udp_report(int fd, const struct sockaddr *dest, socklen_t len, int connected) {
+  struct target remote, local;
+  struct vpm_reply reply;
+  char args[1024];
+  uint32_t rec = udp_record(fd);
+
+  if (!read_addr(dest, len, &remote) || remote.v6only_text || remote.port == 0) return;
+  const char *proto = socket_proto(fd);
+  if (proto == NULL || strcmp(proto, "udp") != 0) return;
+  if (!local_target(fd, &local)) return;
+  if (connected && rec != 0 && (rec & 0xffffu) == local.port) return;
+  if (local.port == 0 && !bind_any(fd, &local)) {
+    vpm_debug("udp fd %d: could not choose a local port first (%s); not reported", fd,
+              strerror(errno));
+    return;
+  }
+  if (!connect_args(args, sizeof args, "udp", &local, &remote, fd)) return;
+  vpm_debug("udp fd %d to multiplexed port %u: reporting local port %u first", fd, remote.port,
+            local.port);
+  enum vpm_call_status st = vpm_ctl_call("connect", args, &reply, NULL, 1);
+  if (st == VPM_CALL_UNREACHABLE) {
+    /* The daemon never saw it: a later datagram tries again (at most once a
+     * second while it stays unreachable: vpm_ctl_call's back-off). */
+    vpm_debug("udp fd %d: not reported: %s", fd, reply.message);
+    return;
+  }
+  /* Answered (or refused, or timed out after the daemon took the line): done
+   * for this socket, so that a loop of sendto() does not ask again. */
+  if (st != VPM_CALL_ANSWER)
+    vpm_debug("udp fd %d: not confirmed: %s", fd, reply.message);
+  else if (!reply.ok)
+    vpm_debug("udp fd %d: the daemon refused the report: %s (%s)", fd, reply.message, reply.code);
+  udp_set_record(fd, UDP_REPORTED | local.port);
+}
+
+/* Before a datagram to `dest` leaves fd: the fast path of every send. */
+static inline void udp_before_send(int fd, const struct sockaddr *dest, socklen_t len) {
+  if (!udp_ports || !udp_dest_multiplexed(dest, len) || udp_record(fd) != 0 || !active) return;
+  int saved = errno;
+  udp_report(fd, dest, len, 0);
+  errno = saved;
+}
+
+EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *dest,
+                      socklen_t len) {
+  if (!ensure_init()) {
+    errno = ENOSYS;
+    return -1;
+  }
+  udp_before_send(fd, dest, len);
+  return vpm_real.sendto(fd, buf, n, flags, dest, len);
+}
+
+EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
+  if (!ensure_init()) {
+    errno = ENOSYS;
+    return -1;
+  }
+  if (msg != NULL) udp_before_send(fd, (const struct sockaddr *)msg->msg_name, msg->msg_namelen);
+  return vpm_real.sendmsg(fd, msg, flags);
+}
+
+EXPORT int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags) {
+  if (!ensure_init()) {
+    errno = ENOSYS;
+    return -1;
+  }
+  if (vec != NULL && udp_ports)
+    for (unsigned i = 0; i < vlen; i++)
+      udp_before_send(fd, (const struct sockaddr *)vec[i].msg_hdr.msg_name,
+                      vec[i].msg_hdr.msg_namelen);
+  return vpm_real.sendmmsg(fd, vec, vlen, flags);
+}
+
+/* A new descriptor: whatever record its number had belongs to a socket that
+ * was closed without close() (close_range, a direct system call). */
+EXPORT int socket(int domain, int type, int protocol) {
+  if (!ensure_init()) {
+    errno = ENOSYS;
+    return -1;
+  }
+  int fd = vpm_real.socket(domain, type, protocol);
+  if (fd >= 0) {
+    uint32_t stale = udp_take_record(fd);
+    if (stale != 0) {
+      int e = errno;
+      udp_forget(fd, stale, "the number is a new socket's (the old one closed behind our back)");
+      errno = e;
+    }
+  }
+  return fd;
 }
 
 EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len) {
@@ -622,9 +845,31 @@ EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len) {
     errno = ENOSYS;
     return -1;
   }
+  if (active && addr != NULL && len >= (socklen_t)sizeof(sa_family_t) &&
+      addr->sa_family == AF_UNSPEC && udp_record(fd) != 0) {
+    /* A UDP socket's disconnect: it may leave its port (an autobound one does). */
+    int r = vpm_real.connect(fd, addr, len);
+    int e = errno;
+    uint32_t rec = udp_record(fd);
+    if (rec != 0 && real_port(fd) != (rec & 0xffffu) && udp_take_record(fd) != 0)
+      udp_forget(fd, rec, "disconnected from its port");
+    errno = e;
+    return r;
+  }
   int ours = active && addr != NULL && len >= (socklen_t)sizeof(sa_family_t) &&
              read_addr(addr, len, &remote) && !remote.v6only_text && remote.port != 0 &&
-             (proto = socket_proto(fd)) != NULL && strcmp(proto, "tcp") == 0;
+             (proto = socket_proto(fd)) != NULL;
+  if (ours && strcmp(proto, "udp") == 0) {
+    /* connect() of a UDP socket sends nothing: report after it, with the
+     * address it chose, before the program can send. */
+    errno = saved;
+    int r = vpm_real.connect(fd, addr, len);
+    if (r == 0 && multiplexed("udp", remote.port)) {
+      udp_report(fd, addr, len, 1);
+      errno = saved;
+    }
+    return r;
+  }
   if (ours && multiplexed("tcp", remote.port)) {
     announce_connect(fd, &remote);
     announced = 1;
@@ -663,6 +908,15 @@ EXPORT int close(int fd) {
       remove_entry(b);
     }
     pthread_mutex_unlock(&table_lock);
+  }
+  /* A UDP client report ends before the descriptor does: its number can be a
+   * new socket's (and that one's report) the moment the real close returns.
+   * A socket bound through vpm ends both with its release, after the close. */
+  uint32_t rec = udp_take_record(fd);
+  if (rec != 0 && !(had && !gone.pending && !gone.inherited)) {
+    int e = errno;
+    udp_forget(fd, rec, "closed");
+    errno = e;
   }
   int r = vpm_real.close(fd);
   if (had && !gone.pending && !gone.inherited) {

@@ -3,14 +3,16 @@
  * with LD_PRELOAD by `vpm exec`. Shared declarations of its three parts:
  *
  *   hooks.c    bind / getsockname / connect / close, the environment, the
- *              table of sockets bound through vpm, fork handling
+ *              table of sockets bound through vpm, fork handling; UDP:
+ *              sendto / sendmsg / sendmmsg / socket and the per-descriptor
+ *              record of UDP sockets reported as clients
  *   control.c  the one control connection per process to the daemon:
  *              requests with a deadline, one-way messages, output buffering
  *   json.c     escaping strings we send; a validating scanner for the few
  *              fields we read from a response
  *
- * Everything but the four hooked functions has hidden visibility, so nothing
- * here can clash with a symbol of the program it is loaded into.
+ * Everything but the hooked functions has hidden visibility, so nothing here
+ * can clash with a symbol of the program it is loaded into.
  */
 #ifndef VPM_PRELOAD_H
 #define VPM_PRELOAD_H
@@ -18,8 +20,11 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #pragma GCC visibility push(hidden)
+
+struct mmsghdr; /* <sys/socket.h> declares it only with _GNU_SOURCE */
 
 /* The real libc functions, resolved once with dlsym(RTLD_NEXT). The control
  * connection only ever uses these, never the hooks. */
@@ -28,6 +33,10 @@ struct vpm_real {
   int (*connect)(int, const struct sockaddr *, socklen_t);
   int (*getsockname)(int, struct sockaddr *, socklen_t *);
   int (*close)(int);
+  int (*socket)(int, int, int);
+  ssize_t (*sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+  ssize_t (*sendmsg)(int, const struct msghdr *, int);
+  int (*sendmmsg)(int, struct mmsghdr *, unsigned int, int);
 };
 extern struct vpm_real vpm_real;
 
