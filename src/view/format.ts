@@ -89,13 +89,13 @@ export function formatInstances(list: InstanceView[]): string {
   ].join('\n');
 }
 
-/** "icmp    errors translated 2  echo replies 5 ...  fragments held 0 released 3". */
+/** "icmp    errors translated 2 ... rate-limited 0" and "frags   waiting 0  released 3". */
 function icmpLine(s: Record<string, unknown>): string {
   const i = (s.icmp ?? {}) as Record<string, number>;
   return (
     `icmp    errors translated ${i.errorsTranslated ?? 0}  passed ${i.passed ?? 0}  echo replies ${i.echoReplies ?? 0}` +
-    `  unreachable sent ${i.unreachableSent ?? 0}  rate-limited ${i.rateLimited ?? 0}` +
-    `  fragments held ${s.fragmentsHeld ?? 0} released ${s.fragmentsReleased ?? 0}`
+    `  unreachable sent ${i.unreachableSent ?? 0}  rate-limited ${i.rateLimited ?? 0}\n` +
+    `frags   waiting ${s.fragmentsHeld ?? 0}  released ${s.fragmentsReleased ?? 0}`
   );
 }
 
