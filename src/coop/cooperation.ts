@@ -31,12 +31,14 @@
  *   of the flow can arrive between the queue being taken and the flow existing.
  *
  * Server side. A PeerServer accepts negotiations from the configured peers. A
- * request is answered with the AIDs that have a live instance for the service and
- * a fresh p2 from the cooperative port range; an ack records the flow (client ⇄
- * VIP:p2 on the wire, ⇄ the instance inside) before the client's SYN arrives, and
- * is confirmed. p2 goes back to its pool (after quarantine) when the flow ends, or
- * at once when the offer is abandoned. A SYN to VIP:p2 that no negotiation
- * announced is dropped by the pipeline (`not_negotiated`).
+ * request names the service and its protocol (absent: TCP); it is answered with
+ * the AIDs that have a live instance for that service and a fresh p2 from the
+ * cooperative port range; an ack records the flow of that protocol (client ⇄
+ * VIP:p2 on the wire, ⇄ the instance inside) before the client's first packet
+ * arrives, and is confirmed. p2 goes back to its pool (after quarantine) when the flow ends, or
+ * at once when the offer is abandoned. A packet opening a flow to VIP:p2 that no
+ * negotiation announced (for its protocol) is dropped by the pipeline
+ * (`not_negotiated`).
  */
 
 import type { Logger } from 'pino';
@@ -52,7 +54,7 @@ import type { PacketInfo } from '../wire/parse.js';
 import { PeerClient } from './client.js';
 import { DEFAULT_HOLD_LIMITS, type Held, HeldFlows, type HoldLimits } from './held.js';
 import { ownerExecutable } from './owner.js';
-import type { Message, Protocol, RequestBody } from './protocol.js';
+import { type Message, type Protocol, type RequestBody, requestProtocol } from './protocol.js';
 import { ReplayCache } from './replay.js';
 import {
   type AbandonReason,
@@ -79,6 +81,7 @@ export interface CooperationDeps {
 }
 
 const protocolName = (proto: number): Protocol => (proto === IPPROTO_UDP ? 'udp' : 'tcp');
+const protocolNumber = (p: Protocol): number => (p === 'udp' ? IPPROTO_UDP : IPPROTO_TCP);
 
 function hexKey(hex: string): Buffer {
   return Buffer.from(hex, 'hex');
@@ -467,12 +470,18 @@ export class Cooperation {
   private onRequest(m: Message<'request'>, peer: PeerInfo): OfferAnswer {
     const [addrText, portText] = m.body.service.split(':') as [string, string];
     const addr = parseIpv4(addrText);
+    const protocol = requestProtocol(m.body);
     const svc =
-      addr === null ? -1 : this.d.rules().findService(addr, Number(portText), IPPROTO_TCP);
+      addr === null
+        ? -1
+        : this.d.rules().findService(addr, Number(portText), protocolNumber(protocol));
     if (svc < 0) {
       return {
         type: 'refuse',
-        body: { reason: 'no_service', message: `${m.body.service} is not a virtual service here` },
+        body: {
+          reason: 'no_service',
+          message: `${m.body.service} is not a ${protocol} virtual service here`,
+        },
       };
     }
     const aids = this.aidsFor(svc);
@@ -483,6 +492,7 @@ export class Cooperation {
           side: 'server',
           peer: peer.name,
           reason: 'no_aid',
+          protocol,
           clientAid: m.body.aid,
           service: m.body.service,
         },
@@ -508,7 +518,11 @@ export class Cooperation {
     const [sAddr, sPort] = neg.request.service.split(':') as [string, string];
     const [cAddr, cPort] = neg.request.client.split(':') as [string, string];
     const vip = parseIpv4(sAddr)!;
-    const svc = rules.findService(vip, Number(sPort), IPPROTO_TCP);
+    const protocol = requestProtocol(neg.request);
+    const proto = protocolNumber(protocol);
+    // The service of the request's protocol: its instances, and the flow's protocol,
+    // which every lookup of the flow (the client's packets to VIP:p2, the replies) matches.
+    const svc = rules.findService(vip, Number(sPort), proto);
     const aid = rules.aidNames.indexOf(m.body.aid);
     const inst = svc >= 0 && aid >= 0 ? this.d.instances.pick(aid, svc) : -1;
     if (inst < 0) {
@@ -524,7 +538,7 @@ export class Cooperation {
     const client = parseIpv4(cAddr)!;
     const s = this.d.pipeline.createFlow(
       {
-        proto: IPPROTO_TCP,
+        proto,
         clientAddr: client,
         clientPort: Number(cPort),
         vipAddr: vip,
@@ -555,6 +569,7 @@ export class Cooperation {
         event: 'flow_negotiated',
         side: 'server',
         peer: peer.name,
+        protocol,
         client: neg.request.client,
         service: neg.request.service,
         aid: m.body.aid,
@@ -581,6 +596,7 @@ export class Cooperation {
         side: 'server',
         peer: peer.name,
         reason: why,
+        protocol: requestProtocol(neg.request),
         clientAid: neg.request.aid,
         serverAids: neg.offer.aids,
         client: neg.request.client,
