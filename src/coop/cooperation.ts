@@ -234,6 +234,7 @@ export class Cooperation {
       if (proto === IPPROTO_UDP) held.enqueue(h, buf, off, len);
       return;
     }
+    if (!held.admit(len)) return; // counted (flowOverflow); the client retries, or not
     // A copy, never a view: `buf` is the device's receive buffer, which the next
     // batch overwrites while the negotiation runs. (It is a Node Buffer, whose
     // slice() is a view despite the Uint8Array type it is passed as.)
@@ -254,7 +255,6 @@ export class Cooperation {
       off,
       len,
     );
-    if (added === null) return; // counted (flowOverflow); the client retries, or not
     // Never inside the batch: the pipeline's scratch state belongs to it until it returns.
     setImmediate(() => {
       this.resolve(added).then(

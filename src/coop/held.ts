@@ -114,17 +114,22 @@ export class HeldFlows {
   }
 
   /**
-   * Hold a new flow whose first packet is buf[off, off+len) (copied). Returns it,
-   * or null — counted in flowOverflow, nothing copied — when maxFlows flows are
-   * held or the copy would pass maxBytes. The caller has checked that the flow
-   * is not held already.
+   * Is there room for one more flow whose first packet is `len` bytes? False —
+   * counted in flowOverflow — when maxFlows flows are held or its copy would pass
+   * maxBytes: the packet is then dropped, and nothing was allocated for it.
    */
-  add(init: HeldInit, buf: Uint8Array, off: number, len: number): Held | null {
+  admit(len: number): boolean {
     const lim = this.limits;
-    if (this.flows >= lim.maxFlows || this.bytes + len > lim.maxBytes) {
-      this.flowOverflow++;
-      return null;
-    }
+    if (this.flows < lim.maxFlows && this.bytes + len <= lim.maxBytes) return true;
+    this.flowOverflow++;
+    return false;
+  }
+
+  /**
+   * Hold a new flow whose first packet is buf[off, off+len) (copied), after
+   * `admit(len)` said yes. The caller has checked that the flow is not held already.
+   */
+  add(init: HeldInit, buf: Uint8Array, off: number, len: number): Held {
     const h: Held = { ...init, pkt: copyOf(buf, off, len), queue: [], live: true };
     const sk = srcKey(h.srcAddr, h.srcPort);
     let inner = this.bySrc.get(sk);
