@@ -35,10 +35,10 @@
  * the AIDs that have a live instance for that service and a fresh p2 from the
  * cooperative port range; an ack records the flow of that protocol (client ⇄
  * VIP:p2 on the wire, ⇄ the instance inside) before the client's first packet
- * arrives, and is confirmed. p2 goes back to its pool (after quarantine) when the flow ends, or
- * at once when the offer is abandoned. A packet opening a flow to VIP:p2 that no
- * negotiation announced (for its protocol) is dropped by the pipeline
- * (`not_negotiated`).
+ * arrives, and is confirmed. p2 goes back to its pool (after quarantine) when the
+ * flow ends, or at once when the offer is abandoned. A packet opening a flow to
+ * VIP:p2 that no negotiation announced (for its protocol) is dropped by the
+ * pipeline (`not_negotiated`).
  */
 
 import type { Logger } from 'pino';
