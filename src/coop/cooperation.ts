@@ -4,46 +4,57 @@
  *
  * Theory of operation.
  *
- * Client side. The pipeline hands over a SYN it must not place by itself — one to
- * a service a peer serves, or one from a local client whose AID only the owner of
- * its socket can tell — and drops it from the batch (reason `negotiating`). Here a
- * copy is held, keyed by the client's address and port (a retransmitted SYN of a
- * held one is dropped the same way and not held twice). Asynchronously:
+ * Client side. The pipeline hands over the first packet of a flow it must not
+ * place by itself — a TCP SYN or a UDP datagram to a service a peer serves, or
+ * one from a local client whose AID only the owner of its socket can tell — and
+ * drops it from the batch (reason `negotiating`). Here a copy is held (held.ts),
+ * keyed by the protocol, the client's address and port and the service's. A
+ * retransmitted SYN of a held flow is dropped the same way and not held twice;
+ * a later datagram of a held UDP flow (the pipeline hands over every one until
+ * the flow exists) is queued behind the first, within the bounds of HoldLimits,
+ * and counted when it does not fit. Asynchronously:
  *   1. the client application's AID: the one the pipeline found (bind/connect
  *      library report, then selectors), else the executable of the socket's owner
  *      (`applications[].executables`);
  *   2. for a peer's service: negotiate with the peer (request → offer → the AID is
  *      checked against the offered ones → ack → confirm), within the timeout; for a
  *      local service: pick the AID's instance;
- *   3. success: the pipeline records the flow and sends the held SYN on, rewritten
- *      (to VIP:p2 for a peer); failure — at any step, recording the flow included
- *      (the pipeline's injectHeld only reports why it could not) — is decided
- *      here, once: one RST (where the held copy allows one), one count
- *      (negotiationsFailed or localClientsRefused), one log line with the reason
- *      and both AIDs where there are two.
+ *   3. success: the pipeline records the flow and sends the held packet on,
+ *      rewritten (to VIP:p2 for a peer), then the queued datagrams in arrival
+ *      order (sendHeld); failure — at any step, recording the flow included (the
+ *      pipeline's injectHeld only reports why it could not) — is decided here,
+ *      once: one answer to the first packet (a RST, an ICMP port unreachable,
+ *      where the held copy allows one), one count (negotiationsFailed or
+ *      localClientsRefused), one log line with the reason and both AIDs where
+ *      there are two; the queued datagrams are dropped and counted, unanswered.
+ *   The decision and what follows it run in one go, without yielding: no packet
+ *   of the flow can arrive between the queue being taken and the flow existing.
  *
  * Server side. A PeerServer accepts negotiations from the configured peers. A
- * request is answered with the AIDs that have a live instance for the service and
- * a fresh p2 from the cooperative port range; an ack records the flow (client ⇄
- * VIP:p2 on the wire, ⇄ the instance inside) before the client's SYN arrives, and
- * is confirmed. p2 goes back to its pool (after quarantine) when the flow ends, or
- * at once when the offer is abandoned. A SYN to VIP:p2 that no negotiation
- * announced is dropped by the pipeline (`not_negotiated`).
+ * request names the service and its protocol (absent: TCP); it is answered with
+ * the AIDs that have a live instance for that service and a fresh p2 from the
+ * cooperative port range; an ack records the flow of that protocol (client ⇄
+ * VIP:p2 on the wire, ⇄ the instance inside) before the client's first packet
+ * arrives, and is confirmed. p2 goes back to its pool (after quarantine) when the
+ * flow ends, or at once when the offer is abandoned. A packet opening a flow to
+ * VIP:p2 that no negotiation announced (for its protocol) is dropped by the
+ * pipeline (`not_negotiated`).
  */
 
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import type { InstanceSet } from '../datapath/instances.js';
-import { type HeldKind, INJECT_MALFORMED, type Pipeline } from '../datapath/pipeline.js';
+import { INJECT_MALFORMED, type Pipeline } from '../datapath/pipeline.js';
 import type { Rules } from '../datapath/rules.js';
 import { CREATE_COLLISION, CREATE_FULL, type FlowKeyArgs, type FlowTable } from '../flow/table.js';
 import { PortPool } from '../virtual/pool.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
-import { IPPROTO_TCP } from '../wire/ipv4.js';
+import { IPPROTO_TCP, IPPROTO_UDP } from '../wire/ipv4.js';
 import type { PacketInfo } from '../wire/parse.js';
 import { PeerClient } from './client.js';
+import { DEFAULT_HOLD_LIMITS, type Held, HeldFlows, type HoldLimits } from './held.js';
 import { ownerExecutable } from './owner.js';
-import type { Message } from './protocol.js';
+import { type Message, type Protocol, type RequestBody, requestProtocol } from './protocol.js';
 import { ReplayCache } from './replay.js';
 import {
   type AbandonReason,
@@ -53,20 +64,6 @@ import {
   type PeerInfo,
   PeerServer,
 } from './server.js';
-
-interface Held {
-  /** The holder's own copy of the SYN. */
-  pkt: Uint8Array;
-  kind: HeldKind;
-  srcAddr: number;
-  srcPort: number;
-  dstAddr: number;
-  dstPort: number;
-  svc: number;
-  aid: number;
-  local: boolean;
-  since: number;
-}
 
 export interface CooperationDeps {
   pipeline: Pipeline;
@@ -79,7 +76,12 @@ export interface CooperationDeps {
   now: () => number;
   /** The AID index the bind/connect library reported for a local client, or -1. */
   localClientAid?: (addr: number, port: number) => number;
+  /** Bounds of the held flows and their queues; DEFAULT_HOLD_LIMITS when absent. */
+  holdLimits?: HoldLimits;
 }
+
+const protocolName = (proto: number): Protocol => (proto === IPPROTO_UDP ? 'udp' : 'tcp');
+const protocolNumber = (p: Protocol): number => (p === 'udp' ? IPPROTO_UDP : IPPROTO_TCP);
 
 function hexKey(hex: string): Buffer {
   return Buffer.from(hex, 'hex');
@@ -94,7 +96,7 @@ function injectFailure(code: number): string {
 }
 
 export class Cooperation {
-  private readonly held = new Map<number, Held>();
+  private readonly held: HeldFlows;
   private readonly clients = new Map<number, PeerClient>();
   private server: PeerServer | null = null;
   private readonly p2Pool: PortPool | null;
@@ -112,6 +114,7 @@ export class Cooperation {
     private readonly d: CooperationDeps,
   ) {
     const co = cfg.cooperative;
+    this.held = new HeldFlows(d.holdLimits ?? DEFAULT_HOLD_LIMITS);
     this.p2Pool =
       co?.listen != null
         ? new PortPool(co.portRange.lo, co.portRange.hi, cfg.timeouts.timeWaitMs, 0)
@@ -189,6 +192,13 @@ export class Cooperation {
     }
   }
 
+  /** Server side: where the peer server listens (its real port when configured as 0), or null. */
+  listenAddress(): { address: string; port: number } | null {
+    if (!this.server) return null;
+    const a = this.server.address();
+    return { address: a.address, port: a.port };
+  }
+
   async close(): Promise<void> {
     for (const c of this.clients.values()) c.close();
     this.clients.clear();
@@ -200,7 +210,12 @@ export class Cooperation {
 
   // ---------------------------------------------------------------- client side
 
-  /** The pipeline's `negotiate` hook: hold a copy of the SYN and resolve it later. */
+  /**
+   * The pipeline's `negotiate` hook: hold a copy of a new flow's first packet and
+   * resolve it later; queue a later datagram of a held UDP flow; drop a
+   * retransmitted SYN of a held TCP flow. Runs inside the batch: copies, counts,
+   * never calls back into the pipeline, never throws.
+   */
   hold(
     buf: Uint8Array,
     off: number,
@@ -210,30 +225,72 @@ export class Cooperation {
     aid: number,
     local: boolean,
   ): void {
-    const key = info.srcAddr * 0x10000 + info.srcPort;
-    if (this.held.has(key)) return; // a retransmission of a SYN already held
+    const proto = info.protocol;
+    const held = this.held;
+    const h = held.get(proto, info.srcAddr, info.srcPort, info.dstAddr, info.dstPort);
+    if (h !== undefined) {
+      // UDP: a later datagram of the flow, sent on after the first (or dropped with it).
+      // TCP: a retransmission of the SYN held; the held one answers for both.
+      if (proto === IPPROTO_UDP) held.enqueue(h, buf, off, len);
+      return;
+    }
+    if (!held.admit(len)) return; // counted (flowOverflow); the client retries, or not
     // A copy, never a view: `buf` is the device's receive buffer, which the next
     // batch overwrites while the negotiation runs. (It is a Node Buffer, whose
     // slice() is a view despite the Uint8Array type it is passed as.)
-    const pkt = new Uint8Array(len);
-    pkt.set(buf.subarray(off, off + len));
-    const h: Held = {
-      pkt,
-      kind: this.d.rules().services[svc]?.peer === -1 ? 'local_client' : 'negotiation',
-      srcAddr: info.srcAddr,
-      srcPort: info.srcPort,
-      dstAddr: info.dstAddr,
-      dstPort: info.dstPort,
-      svc,
-      aid,
-      local,
-      since: this.d.now(),
-    };
-    this.held.set(key, h);
+    const added = held.add(
+      {
+        kind: this.d.rules().services[svc]?.peer === -1 ? 'local_client' : 'negotiation',
+        proto,
+        srcAddr: info.srcAddr,
+        srcPort: info.srcPort,
+        dstAddr: info.dstAddr,
+        dstPort: info.dstPort,
+        svc,
+        aid,
+        local,
+        since: this.d.now(),
+      },
+      buf,
+      off,
+      len,
+    );
     // Never inside the batch: the pipeline's scratch state belongs to it until it returns.
     setImmediate(() => {
-      this.resolve(h).finally(() => this.held.delete(key));
+      this.resolve(added).then(
+        () => this.abandonHeld(added, null),
+        (e: Error) => this.abandonHeld(added, e),
+      );
     });
+  }
+
+  /**
+   * After `resolve`: a flow still held was neither placed nor refused — only a
+   * bug gets here. Refuse it (once), so that nothing stays held for ever.
+   */
+  private abandonHeld(h: Held, err: Error | null): void {
+    if (!h.live) return;
+    this.d.log.error(
+      { event: 'internal_error', err: err?.message ?? 'held flow left undecided' },
+      'a held flow was not resolved',
+    );
+    this.refused++;
+    this.held.droppedAll(this.held.take(h).length);
+    this.d.pipeline.refuseHeld(h.pkt, h.kind, this.d.now());
+  }
+
+  /**
+   * Send the queued datagrams of a flow just placed (slot `s`), in arrival order.
+   * Returns how many went.
+   */
+  private release(queue: readonly Uint8Array[], s: number): number {
+    let n = 0;
+    for (const pkt of queue) {
+      const ok = this.d.pipeline.sendHeld(pkt, s, this.d.now());
+      this.held.settled(ok);
+      if (ok) n++;
+    }
+    return n;
   }
 
   private async resolve(h: Held): Promise<void> {
@@ -241,22 +298,44 @@ export class Cooperation {
     const svcRule = rules.services[h.svc];
     const client = `${ipv4ToString(h.srcAddr)}:${h.srcPort}`;
     const service = `${ipv4ToString(h.dstAddr)}:${h.dstPort}`;
-    // The one place a held SYN is refused: one RST (where one can be built from
-    // the held copy), one count, one log line with the reason.
+    const protocol = protocolName(h.proto);
+    // The one place a held flow is refused: one answer to its first packet (a RST
+    // or an ICMP port unreachable, where one can be built from the held copy), one
+    // count, one log line with the reason; its queued datagrams are dropped and
+    // counted, unanswered.
     const fail = (reason: string, extra: Record<string, unknown> = {}) => {
+      if (!h.live) return;
       this.refused++;
-      const rst = this.d.pipeline.refuseHeld(h.pkt, h.kind);
-      const line = { event: 'flow_refused', reason, client, service, rst, ...extra };
+      const dropped = this.held.take(h).length;
+      this.held.droppedAll(dropped);
+      const rst = this.d.pipeline.refuseHeld(h.pkt, h.kind, this.d.now());
+      const line = {
+        event: 'flow_refused',
+        reason,
+        protocol,
+        client,
+        service,
+        rst,
+        ...(dropped > 0 ? { queuedDropped: dropped } : {}),
+        ...extra,
+      };
       // A held copy that does not parse is vpm's own fault: make it stand out.
       if (reason === 'malformed_held_packet') this.d.log.error(line, 'connection refused');
       else this.d.log.info(line, 'connection refused');
     };
-    /** Record the flow and send the SYN on; false (after refusing) if it cannot be recorded. */
-    const place = (k: FlowKeyArgs, aid: string): boolean => {
+    /**
+     * Record the flow and send the first packet on, then the queued ones; the
+     * number of queued ones sent, or -1 (after refusing) if the flow cannot be
+     * recorded. The queue is taken in the same step: nothing is queued after it.
+     */
+    const place = (k: FlowKeyArgs, aid: string): number => {
+      if (!h.live) return -1;
       const s = this.d.pipeline.injectHeld(h.pkt, k, this.d.now());
-      if (s >= 0) return true;
-      fail(injectFailure(s), { aid });
-      return false;
+      if (s < 0) {
+        fail(injectFailure(s), { aid });
+        return -1;
+      }
+      return this.release(this.held.take(h), s);
     };
     if (!svcRule) return fail('no_service');
     let aid = h.aid;
@@ -267,7 +346,7 @@ export class Cooperation {
       if (aid >= 0) how = 'library report';
     }
     if (aid < 0 && h.local) {
-      const owner = await ownerExecutable(h.srcAddr, h.srcPort).catch(() => null);
+      const owner = await ownerExecutable(h.srcAddr, h.srcPort, protocol).catch(() => null);
       if (owner) {
         aid = this.cfg.applications.findIndex((a) => a.executables.includes(owner.exe));
         if (aid >= 0) how = `executable ${owner.exe} (pid ${owner.pid})`;
@@ -277,7 +356,7 @@ export class Cooperation {
     const aidName = this.cfg.applications[aid]?.aid ?? `#${aid}`;
     const nat = h.local ? this.cfg.tun.localClientAddress : h.srcAddr;
     const k: FlowKeyArgs = {
-      proto: IPPROTO_TCP,
+      proto: h.proto,
       clientAddr: h.srcAddr,
       clientPort: h.srcPort,
       vipAddr: h.dstAddr,
@@ -299,16 +378,19 @@ export class Cooperation {
       k.realAddr = target.addr;
       k.realPort = target.port;
       k.instance = inst;
-      if (!place(k, aidName)) return;
+      const queued = place(k, aidName);
+      if (queued < 0) return;
       this.resolved++;
       this.d.log.info(
         {
           event: 'flow_created',
+          protocol,
           client,
           service,
           aid: aidName,
           how,
           real: `${ipv4ToString(k.realAddr)}:${k.realPort}`,
+          ...(queued > 0 ? { queuedSent: queued } : {}),
         },
         'local client placed by its AID',
       );
@@ -319,11 +401,14 @@ export class Cooperation {
     const pc = this.clients.get(svcRule.peer);
     if (!pc) return fail('no_peer', { peer: peer.name });
     try {
-      const r = await pc.negotiate({
+      const body: RequestBody = {
         client: `${ipv4ToString(nat)}:${h.srcPort}`,
         service,
         aid: aidName,
-      });
+      };
+      // Only UDP says so: a TCP request stays what a peer before UDP understands.
+      if (h.proto === IPPROTO_UDP) body.protocol = 'udp';
+      const r = await pc.negotiate(body);
       if (!r.ok) {
         return fail(r.reason, {
           peer: peer.name,
@@ -335,19 +420,22 @@ export class Cooperation {
       }
       k.realAddr = h.dstAddr; // the wire keeps the VIP ...
       k.realPort = r.port; // ... on the negotiated port p2
-      if (!place(k, aidName)) return;
+      const queued = place(k, aidName);
+      if (queued < 0) return;
       this.resolved++;
       this.d.log.info(
         {
           event: 'flow_negotiated',
           side: 'client',
           peer: peer.name,
+          protocol,
           client,
           service,
           aid: aidName,
           how,
           p2: r.port,
           id: r.id,
+          ...(queued > 0 ? { queuedSent: queued } : {}),
         },
         'connection negotiated with peer',
       );
@@ -382,12 +470,18 @@ export class Cooperation {
   private onRequest(m: Message<'request'>, peer: PeerInfo): OfferAnswer {
     const [addrText, portText] = m.body.service.split(':') as [string, string];
     const addr = parseIpv4(addrText);
+    const protocol = requestProtocol(m.body);
     const svc =
-      addr === null ? -1 : this.d.rules().findService(addr, Number(portText), IPPROTO_TCP);
+      addr === null
+        ? -1
+        : this.d.rules().findService(addr, Number(portText), protocolNumber(protocol));
     if (svc < 0) {
       return {
         type: 'refuse',
-        body: { reason: 'no_service', message: `${m.body.service} is not a virtual service here` },
+        body: {
+          reason: 'no_service',
+          message: `${m.body.service} is not a ${protocol} virtual service here`,
+        },
       };
     }
     const aids = this.aidsFor(svc);
@@ -398,6 +492,7 @@ export class Cooperation {
           side: 'server',
           peer: peer.name,
           reason: 'no_aid',
+          protocol,
           clientAid: m.body.aid,
           service: m.body.service,
         },
@@ -423,7 +518,11 @@ export class Cooperation {
     const [sAddr, sPort] = neg.request.service.split(':') as [string, string];
     const [cAddr, cPort] = neg.request.client.split(':') as [string, string];
     const vip = parseIpv4(sAddr)!;
-    const svc = rules.findService(vip, Number(sPort), IPPROTO_TCP);
+    const protocol = requestProtocol(neg.request);
+    const proto = protocolNumber(protocol);
+    // The service of the request's protocol: its instances, and the flow's protocol,
+    // which every lookup of the flow (the client's packets to VIP:p2, the replies) matches.
+    const svc = rules.findService(vip, Number(sPort), proto);
     const aid = rules.aidNames.indexOf(m.body.aid);
     const inst = svc >= 0 && aid >= 0 ? this.d.instances.pick(aid, svc) : -1;
     if (inst < 0) {
@@ -439,7 +538,7 @@ export class Cooperation {
     const client = parseIpv4(cAddr)!;
     const s = this.d.pipeline.createFlow(
       {
-        proto: IPPROTO_TCP,
+        proto,
         clientAddr: client,
         clientPort: Number(cPort),
         vipAddr: vip,
@@ -470,6 +569,7 @@ export class Cooperation {
         event: 'flow_negotiated',
         side: 'server',
         peer: peer.name,
+        protocol,
         client: neg.request.client,
         service: neg.request.service,
         aid: m.body.aid,
@@ -496,6 +596,7 @@ export class Cooperation {
         side: 'server',
         peer: peer.name,
         reason: why,
+        protocol: requestProtocol(neg.request),
         clientAid: neg.request.aid,
         serverAids: neg.offer.aids,
         client: neg.request.client,
@@ -511,8 +612,12 @@ export class Cooperation {
   stats(): Record<string, unknown> {
     const peers: Record<string, unknown> = {};
     for (const [i, c] of this.clients) peers[this.cfg.cooperative!.peers[i]!.name] = c.stats();
+    const h = this.held.stats();
     return {
-      held: this.held.size,
+      held: h.flows,
+      heldBytes: h.bytes,
+      heldOverflow: h.flowOverflow,
+      queue: h.queue,
       resolved: this.resolved,
       refused: this.refused,
       p2: this.p2Pool?.stats() ?? null,

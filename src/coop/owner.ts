@@ -1,23 +1,38 @@
 /**
- * Who owns a TCP socket: the executable of the process that holds the socket
- * with a given local address and port, found through /proc (the kernel's socket
- * table gives the inode, the processes' fd links give the owner). The seed's
- * configurator maps pathnames to AIDs; this is how vpm learns the pathname of a
- * local client it knows nothing else about.
+ * Who owns a TCP or UDP socket: the executable of the process that holds the
+ * socket with a given local address and port, found through /proc (the kernel's
+ * socket table gives the inode, the processes' fd links give the owner). The
+ * seed's configurator maps pathnames to AIDs; this is how vpm learns the pathname
+ * of a local client it knows nothing else about.
  *
- * It reads files: control plane only (a held SYN waits for it), never per packet.
+ * It reads files: control plane only (a held packet waits for it), never per packet.
  */
 
 import { readdir, readFile, readlink } from 'node:fs/promises';
 
-/** The inode of the TCP socket bound to local addr:port (IPv4 table, then IPv6 v4-mapped), or null. */
-export async function socketInode(addr: number, port: number): Promise<string | null> {
-  const want4 = `${hex32le(addr)}:${port.toString(16).toUpperCase().padStart(4, '0')}`;
-  const want6 = `0000000000000000FFFF0000${hex32le(addr)}:${port.toString(16).toUpperCase().padStart(4, '0')}`;
-  for (const [file, want] of [
-    ['/proc/net/tcp', want4],
-    ['/proc/net/tcp6', want6],
-  ] as const) {
+export type SocketProtocol = 'tcp' | 'udp';
+
+const V4_WILDCARD = '00000000';
+const V6_WILDCARD = '0'.repeat(32);
+
+/**
+ * The inode of the socket of `protocol` bound to local addr:port (IPv4 table,
+ * then IPv6 v4-mapped), or null. A TCP client's socket always has its own address
+ * once it connects; a UDP client that sends without connect() or bind() keeps the
+ * wildcard address (0.0.0.0 or ::) in the table, so for UDP a socket bound to the
+ * wildcard on that port is taken when none is bound to addr itself.
+ */
+export async function socketInode(
+  addr: number,
+  port: number,
+  protocol: SocketProtocol = 'tcp',
+): Promise<string | null> {
+  const p = port.toString(16).toUpperCase().padStart(4, '0');
+  const a = hex32le(addr);
+  const exact = [`${a}:${p}`, `0000000000000000FFFF0000${a}:${p}`];
+  const wildcard = protocol === 'udp' ? [`${V4_WILDCARD}:${p}`, `${V6_WILDCARD}:${p}`] : [];
+  let fallback: string | null = null;
+  for (const file of [`/proc/net/${protocol}`, `/proc/net/${protocol}6`]) {
     let text: string;
     try {
       text = await readFile(file, 'utf8');
@@ -26,13 +41,17 @@ export async function socketInode(addr: number, port: number): Promise<string | 
     }
     for (const line of text.split('\n').slice(1)) {
       const f = line.trim().split(/\s+/);
-      if (f[1] === want && f[9] && f[9] !== '0') return f[9];
+      const local = f[1];
+      const inode = f[9];
+      if (local === undefined || !inode || inode === '0') continue;
+      if (exact.includes(local)) return inode;
+      if (fallback === null && wildcard.includes(local)) fallback = inode;
     }
   }
-  return null;
+  return fallback;
 }
 
-/** /proc/net/tcp prints an IPv4 address as the 4 bytes in memory order (little-endian u32 on x86). */
+/** /proc/net/{tcp,udp} print an IPv4 address as the 4 bytes in memory order (little-endian u32 on x86). */
 function hex32le(a: number): string {
   const b = [a & 0xff, (a >>> 8) & 0xff, (a >>> 16) & 0xff, a >>> 24];
   const le =
@@ -73,11 +92,12 @@ export async function socketOwner(inode: string): Promise<{ pid: number; exe: st
   return null;
 }
 
-/** The executable of the local socket addr:port's owner, or null. */
+/** The executable of the owner of the local `protocol` socket addr:port, or null. */
 export async function ownerExecutable(
   addr: number,
   port: number,
+  protocol: SocketProtocol = 'tcp',
 ): Promise<{ pid: number; exe: string } | null> {
-  const inode = await socketInode(addr, port);
+  const inode = await socketInode(addr, port, protocol);
   return inode === null ? null : socketOwner(inode);
 }

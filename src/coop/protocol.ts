@@ -23,7 +23,8 @@
  * domain label, so a tag made for anything else with the same key never fits.
  *
  * JSON: {"v":1,"type":T,"id":u32,"ts":ms,"nonce":"32 hex","from":name,"body":{...}}
- * with exactly these keys, and a body of exactly the keys of its type. Every
+ * with exactly these keys, and a body of exactly the keys of its type (one is
+ * optional: a request's `protocol`, absent meaning TCP). Every
  * field is validated after authentication: a peer holding the key is trusted to
  * be who it says, not to be bug-free. `from` must equal the header's sender.
  *
@@ -55,6 +56,10 @@ const MAC_LABEL = Buffer.from('vpm-coop\0', 'latin1');
 export const MESSAGE_TYPES = ['request', 'offer', 'ack', 'refuse', 'confirm'] as const;
 export type MessageType = (typeof MESSAGE_TYPES)[number];
 
+/** The transport protocols a negotiation can be for (`request.body.protocol`). */
+export const PROTOCOLS = ['tcp', 'udp'] as const;
+export type Protocol = (typeof PROTOCOLS)[number];
+
 /** Client side -> server side: a client application wants this virtual service. */
 export interface RequestBody {
   /** The client's address and source port, "a.b.c.d:port". */
@@ -63,6 +68,18 @@ export interface RequestBody {
   service: string;
   /** The client application's AID. */
   aid: string;
+  /**
+   * The service's transport protocol. Optional: a request without it is for TCP
+   * (what a peer of the version before UDP sends). vpm sends it for UDP only, so
+   * that its TCP requests stay readable by such a peer (which refuses an unknown
+   * field, and could not serve UDP anyway).
+   */
+  protocol?: Protocol;
+}
+
+/** The protocol a request is for: its `protocol`, TCP when absent. */
+export function requestProtocol(b: RequestBody): Protocol {
+  return b.protocol ?? 'tcp';
 }
 /** Server side -> client side: the AIDs listening on the service, and p2. */
 export interface OfferBody {
@@ -294,14 +311,20 @@ function checkBody(type: MessageType, b: Record<string, unknown>): FieldError | 
   const at = 'body.';
   switch (type) {
     case 'request': {
-      const k = checkKeys(b, at, ['client', 'service', 'aid']);
+      const k = checkKeys(b, at, ['client', 'service', 'aid'], ['protocol']);
       if (k) return k;
       for (const f of ['client', 'service'] as const) {
         const v = b[f];
         if (typeof v !== 'string' || parseEndpoint(v) === null)
           return bad(`${at}${f}`, `${at}${f} must be "a.b.c.d:port", got ${show(v)}`);
       }
-      return isName(b.aid) ? null : bad(`${at}aid`, `${at}aid is not a valid AID: ${show(b.aid)}`);
+      if (!isName(b.aid)) return bad(`${at}aid`, `${at}aid is not a valid AID: ${show(b.aid)}`);
+      if (b.protocol !== undefined && !(PROTOCOLS as readonly unknown[]).includes(b.protocol))
+        return bad(
+          `${at}protocol`,
+          `${at}protocol must be "tcp" or "udp" (or absent: TCP), got ${show(b.protocol)}`,
+        );
+      return null;
     }
     case 'offer':
       return (

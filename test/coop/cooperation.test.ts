@@ -14,6 +14,7 @@ import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Config, parseConfig } from '../../src/config/config.js';
 import { Cooperation } from '../../src/coop/cooperation.js';
+import { DEFAULT_HOLD_LIMITS, type HeldStats, type HoldLimits } from '../../src/coop/held.js';
 import type { Message } from '../../src/coop/protocol.js';
 import { type AckAnswer, type OfferAnswer, PeerServer } from '../../src/coop/server.js';
 import { rulesFromConfig, staticInstancesFromConfig } from '../../src/daemon/rules-from-config.js';
@@ -23,7 +24,7 @@ import { Pipeline } from '../../src/datapath/pipeline.js';
 import { type FlowKeyArgs, FlowTable } from '../../src/flow/table.js';
 import { MemoryTun } from '../../src/tun/memory-tun.js';
 import { Check, checkPacket, PacketInfo } from '../../src/wire/parse.js';
-import { hex, ip4, tcp4 } from '../support/builder.js';
+import { hex, ip4, tcp4, udp4 } from '../support/builder.js';
 import { cleanup, runCleanup, waitFor } from './support.js';
 
 const KEY_HEX = 'c0'.repeat(32);
@@ -50,23 +51,33 @@ const rstFor = (src: number, sp: number, dst: number, dp: number, seq: number) =
 
 afterEach(runCleanup);
 
-/** What the peer does with a request: offer (after `gate`, if set), or refuse. */
+/**
+ * What the peer does with a request: offer (after `gate`, if set), or refuse. The
+ * n-th request (from 0) is offered p2 = P2 + n.
+ */
 class FakePeer {
   gate: Promise<void> | null = null;
   refuse: string | null = null;
   requests: Message<'request'>[] = [];
   handler = {
     request: async (m: Message<'request'>): Promise<OfferAnswer> => {
+      const port = P2 + this.requests.length;
       this.requests.push(m);
       if (this.gate) await this.gate;
       if (this.refuse) return { type: 'refuse', body: { reason: this.refuse, message: 'no' } };
-      return { type: 'offer', body: { aids: ['a1', 'a2'], port: P2 } };
+      return { type: 'offer', body: { aids: ['a1', 'a2'], port } };
     },
     ack: (): AckAnswer => ({ type: 'confirm' }),
   };
 }
 
-async function setup(o: { capacity?: number; beforeCooperation?: (t: FlowTable) => void } = {}) {
+async function setup(
+  o: {
+    capacity?: number;
+    beforeCooperation?: (t: FlowTable) => void;
+    holdLimits?: Partial<HoldLimits>;
+  } = {},
+) {
   const peer = new FakePeer();
   const server = new PeerServer({
     host: '127.0.0.1',
@@ -83,6 +94,10 @@ async function setup(o: { capacity?: number; beforeCooperation?: (t: FlowTable) 
       services: [
         { name: 'web', address: '198.19.0.9', port: 9000, peer: 'server' },
         { name: 'loc', address: '198.19.0.10', port: 9000 },
+        // UDP: the same address and port as web (another service), a second port, a local one.
+        { name: 'dns', protocol: 'udp', address: '198.19.0.9', port: 9000, peer: 'server' },
+        { name: 'dns2', protocol: 'udp', address: '198.19.0.9', port: 9001, peer: 'server' },
+        { name: 'locu', protocol: 'udp', address: '198.19.0.10', port: 9000 },
       ],
       applications: [
         { aid: 'a1' },
@@ -91,6 +106,8 @@ async function setup(o: { capacity?: number; beforeCooperation?: (t: FlowTable) 
       selectors: [
         { service: 'web', clientPorts: '50000-50999', aid: 'a1' },
         { service: 'web', clientPorts: '51000-51999', aid: 'a2' },
+        { service: 'dns', clientPorts: '50000-50999', aid: 'a1' },
+        { service: 'dns2', clientPorts: '50000-50999', aid: 'a1' },
       ],
       default: { refuse: true },
       cooperative: {
@@ -148,6 +165,7 @@ async function setup(o: { capacity?: number; beforeCooperation?: (t: FlowTable) 
     log,
     now: () => clock++,
     localClientAid: (_addr, p) => reported.get(p) ?? -1,
+    holdLimits: { ...DEFAULT_HOLD_LIMITS, ...o.holdLimits },
   });
   await coop.start();
   const c = coop;
@@ -161,7 +179,9 @@ async function setup(o: { capacity?: number; beforeCooperation?: (t: FlowTable) 
   /** The flow_refused lines logged so far: [reason, level, rst sent]. */
   const refusals = () =>
     logs.filter((l) => l.event === 'flow_refused').map((l) => [l.reason, l.level, l.rst]);
-  return { peer, coop: c, tun, table, counters, logs, reported, settle, refusals };
+  /** The holder's queue counters. */
+  const queue = () => c.stats().queue as HeldStats['queue'];
+  return { peer, coop: c, tun, table, counters, logs, reported, settle, refusals, queue };
 }
 
 /** A flow that takes up the ports a held SYN would need (the table's key for side 0 and 1). */
@@ -206,7 +226,7 @@ describe('Cooperation, client side', () => {
   });
 
   it('holds a retransmitted SYN only once', async () => {
-    const { peer, tun, counters, settle } = await setup();
+    const { peer, tun, counters, settle, queue } = await setup();
     let open = () => {};
     peer.gate = new Promise<void>((r) => {
       open = r;
@@ -219,6 +239,9 @@ describe('Cooperation, client side', () => {
     expect(await settle(0)).toEqual([hex(seg(LOCAL_CLIENT, 50002, VIP, P2, SYN, 7000))]);
     expect(peer.requests).toHaveLength(1);
     expect(counters.drops[Drop.NEGOTIATING]).toBe(2);
+    // A TCP request names no protocol (what a peer before UDP understands); nothing is queued.
+    expect(Object.keys(peer.requests[0]!.body).sort()).toEqual(['aid', 'client', 'service']);
+    expect(queue()).toEqual({ datagrams: 0, queued: 0, sent: 0, dropped: 0, overflow: 0 });
   });
 
   it('a refused negotiation: one RST, counted once in negotiationsFailed', async () => {
@@ -310,5 +333,224 @@ describe('Cooperation and the translation table', () => {
     const s = table.create(blocker({}), 1000);
     table.remove(s);
     expect(removed).toEqual([s]);
+  });
+});
+
+// ---------------------------------------------------------------- UDP
+
+const UDP = 17;
+const VIP2_PORT = 9001;
+
+/** Datagram number `n` of a flow from src:sp to dst:dp: its payload says n (and is `size` bytes). */
+const dgram = (src: number, sp: number, dst: number, dp: number, n: number, size = 16) => {
+  const payload = new Uint8Array(size).fill(n & 0xff);
+  return udp4({ src, dst, ident: 0x2000 + n }, { srcPort: sp, dstPort: dp, payload });
+};
+
+/** Datagram n of client port `sp` to VIP:9000, as the application sends it. */
+const out = (sp: number, n: number, size?: number) => dgram(TUN_ADDR, sp, VIP, 9000, n, size);
+/** ... and as vpm sends it on: from the local-client address, to VIP:p2. */
+const onWire = (sp: number, p2: number, n: number, size?: number) =>
+  hex(dgram(LOCAL_CLIENT, sp, VIP, p2, n, size));
+
+/** Gate the fake peer's offers; returns the function that opens it. */
+function gated(peer: FakePeer): () => void {
+  let open = () => {};
+  peer.gate = new Promise<void>((r) => {
+    open = r;
+  });
+  return open;
+}
+
+/** The ICMP messages among written packets: [type, code, destination]. */
+function icmpOf(written: Uint8Array[]): [number, number, number][] {
+  const info = new PacketInfo();
+  const res: [number, number, number][] = [];
+  for (const p of written) {
+    if (checkPacket(p, 0, p.length, info) !== Check.OK || info.protocol !== 1) continue;
+    res.push([p[info.l4Off]!, p[info.l4Off + 1]!, info.dstAddr]);
+  }
+  return res;
+}
+
+describe('Cooperation, client side, UDP: the queue of a flow being negotiated', () => {
+  it('holds the first datagram, queues the later ones, sends them all on VIP:p2 in arrival order', async () => {
+    const { peer, tun, table, counters, settle, queue, coop } = await setup();
+    const open = gated(peer);
+    tun.inject([out(50030, 0)]);
+    await waitFor(() => peer.requests.length === 1);
+    // While the peers negotiate: one at a time, and a batch of three.
+    tun.inject([out(50030, 1)]);
+    tun.inject([out(50030, 2), out(50030, 3), out(50030, 4)]);
+    expect(queue()).toMatchObject({ datagrams: 4, queued: 4, overflow: 0 });
+    expect(coop.stats()).toMatchObject({ held: 1 });
+    expect(tun.written).toEqual([]);
+    open();
+    expect(await settle(0)).toEqual([0, 1, 2, 3, 4].map((n) => onWire(50030, P2, n)));
+    expect(queue()).toEqual({ datagrams: 0, queued: 4, sent: 4, dropped: 0, overflow: 0 });
+    expect(coop.stats()).toMatchObject({ held: 0, heldBytes: 0, resolved: 1 });
+    expect(counters).toMatchObject({ heldInjected: 5, negotiationsFailed: 0 });
+    expect(counters.drops[Drop.NEGOTIATING]).toBe(5);
+    // The request named the protocol; the flow is a UDP one.
+    expect(peer.requests.map((r) => r.body)).toEqual([
+      { client: '198.19.254.2:50030', service: '198.19.0.9:9000', aid: 'a1', protocol: 'udp' },
+    ]);
+    const h = table.lookup(TUN_ADDR, 50030, VIP, 9000, UDP);
+    expect(h).toBeGreaterThanOrEqual(0);
+    expect(table.lookup(TUN_ADDR, 50030, VIP, 9000, 6)).toBe(-1);
+    // From now on the flow exists: datagrams go straight through, replies come back from VIP:9000.
+    const n = tun.written.length;
+    tun.inject([out(50030, 5), dgram(VIP, P2, LOCAL_CLIENT, 50030, 99)]);
+    expect(tun.written.slice(n).map(hex)).toEqual([
+      onWire(50030, P2, 5),
+      hex(dgram(VIP, 9000, TUN_ADDR, 50030, 99)),
+    ]);
+    expect(peer.requests).toHaveLength(1);
+  });
+
+  it('a bound per flow: what does not fit is dropped and counted, the rest goes in order', async () => {
+    const { peer, tun, settle, queue } = await setup({ holdLimits: { maxQueuedPerFlow: 3 } });
+    const open = gated(peer);
+    tun.inject([out(50031, 0)]);
+    await waitFor(() => peer.requests.length === 1);
+    tun.inject([1, 2, 3, 4, 5, 6].map((n) => out(50031, n)));
+    expect(queue()).toMatchObject({ datagrams: 3, queued: 3, overflow: 3 });
+    open();
+    expect(await settle(0)).toEqual([0, 1, 2, 3].map((n) => onWire(50031, P2, n)));
+    expect(queue()).toEqual({ datagrams: 0, queued: 3, sent: 3, dropped: 0, overflow: 3 });
+  });
+
+  it('a bound in total, across flows: the datagrams of every flow count', async () => {
+    const { peer, tun, settle, queue } = await setup({ holdLimits: { maxQueued: 4 } });
+    const open = gated(peer);
+    tun.inject([out(50032, 0), out(50033, 0)]);
+    await waitFor(() => peer.requests.length === 2);
+    tun.inject([1, 2, 3].map((n) => out(50032, n)));
+    tun.inject([1, 2, 3].map((n) => out(50033, n)));
+    expect(queue()).toMatchObject({ datagrams: 4, overflow: 2 });
+    open();
+    const written = await settle(0);
+    const p2Of = (port: number) =>
+      P2 + peer.requests.findIndex((r) => r.body.client.endsWith(`:${port}`));
+    // Each flow's datagrams in their own order; the second flow got one place in the queue.
+    expect(
+      written.filter((w) => [0, 1, 2, 3].some((n) => w === onWire(50032, p2Of(50032), n))),
+    ).toEqual([0, 1, 2, 3].map((n) => onWire(50032, p2Of(50032), n)));
+    expect(
+      written.filter((w) => [0, 1, 2, 3].some((n) => w === onWire(50033, p2Of(50033), n))),
+    ).toEqual([0, 1].map((n) => onWire(50033, p2Of(50033), n)));
+    expect(written).toHaveLength(6);
+    expect(queue()).toEqual({ datagrams: 0, queued: 4, sent: 4, dropped: 0, overflow: 2 });
+  });
+
+  it('a bound in bytes (first packets and queue together), and in flows held', async () => {
+    const len = out(50034, 0, 100).length;
+    const { peer, tun, settle, queue, coop, counters } = await setup({
+      holdLimits: { maxBytes: 3 * len, maxFlows: 1 },
+    });
+    const open = gated(peer);
+    tun.inject([out(50034, 0, 100)]);
+    await waitFor(() => peer.requests.length === 1);
+    tun.inject([1, 2, 3].map((n) => out(50034, n, 100)));
+    expect(queue()).toMatchObject({ datagrams: 2, overflow: 1 });
+    expect(coop.stats()).toMatchObject({ held: 1, heldBytes: 3 * len });
+    // A second flow while one is held (maxFlows 1): dropped uncopied, unanswered, counted.
+    tun.inject([out(50035, 0, 100)]);
+    expect(coop.stats()).toMatchObject({ held: 1, heldOverflow: 1 });
+    open();
+    expect(await settle(0)).toEqual([0, 1, 2].map((n) => onWire(50034, P2, n, 100)));
+    expect(counters).toMatchObject({ negotiationsFailed: 0, icmpUnreachableSent: 0 });
+    // Room again: the second flow's next datagram starts its own negotiation.
+    tun.inject([out(50035, 1, 100)]);
+    expect(await settle(3)).toEqual([onWire(50035, P2 + 1, 1, 100)]);
+    expect(peer.requests).toHaveLength(2);
+  });
+
+  it('a refused negotiation: the first datagram is answered with one ICMP port unreachable, the queued ones are dropped and counted', async () => {
+    const { peer, tun, counters, settle, queue, refusals, logs } = await setup();
+    const open = gated(peer);
+    peer.refuse = 'no_aid';
+    tun.inject([out(50036, 0)]);
+    await waitFor(() => peer.requests.length === 1);
+    tun.inject([1, 2, 3].map((n) => out(50036, n)));
+    open();
+    await settle(0);
+    expect(icmpOf(tun.written)).toEqual([[3, 3, TUN_ADDR]]);
+    expect(tun.written).toHaveLength(1);
+    expect(counters).toMatchObject({
+      negotiationsFailed: 1,
+      icmpUnreachableSent: 1,
+      heldInjected: 0,
+      rstSent: 0,
+    });
+    expect(queue()).toEqual({ datagrams: 0, queued: 3, sent: 0, dropped: 3, overflow: 0 });
+    expect(refusals()).toEqual([['no_aid', INFO, true]]);
+    expect(logs.find((l) => l.event === 'flow_refused')).toMatchObject({
+      protocol: 'udp',
+      queuedDropped: 3,
+    });
+  });
+
+  it('negotiated, but the flow cannot be recorded: one ICMP, the queue dropped', async () => {
+    const { peer, tun, table, counters, settle, queue, refusals } = await setup({ capacity: 1 });
+    expect(table.create(blocker({}), 1000)).toBeGreaterThanOrEqual(0);
+    const open = gated(peer);
+    tun.inject([out(50037, 0)]);
+    await waitFor(() => peer.requests.length === 1);
+    tun.inject([out(50037, 1), out(50037, 2)]);
+    open();
+    await settle(0);
+    expect(icmpOf(tun.written)).toEqual([[3, 3, TUN_ADDR]]);
+    expect(counters).toMatchObject({ negotiationsFailed: 1, heldInjected: 0 });
+    expect(queue()).toMatchObject({ sent: 0, dropped: 2 });
+    expect(refusals()).toEqual([['refused_table_full', INFO, true]]);
+  });
+
+  it('a TCP and a UDP flow from one client port to one VIP:port, and UDP flows to two services, are held and negotiated apart', async () => {
+    const { peer, tun, table, settle, queue } = await setup();
+    const open = gated(peer);
+    const syn = seg(TUN_ADDR, 50038, VIP, 9000, SYN, 4000);
+    tun.inject([syn, out(50038, 0), dgram(TUN_ADDR, 50038, VIP, VIP2_PORT, 0)]);
+    await waitFor(() => peer.requests.length === 3);
+    tun.inject([syn, out(50038, 1), dgram(TUN_ADDR, 50038, VIP, VIP2_PORT, 1)]);
+    // The retransmitted SYN is not queued; a datagram of each UDP flow is.
+    expect(queue()).toMatchObject({ datagrams: 2, overflow: 0 });
+    open();
+    const written = await settle(0);
+    const p2 = (service: string, protocol: string | undefined) =>
+      P2 +
+      peer.requests.findIndex((r) => r.body.service === service && r.body.protocol === protocol);
+    expect(peer.requests.map((r) => [r.body.service, r.body.protocol ?? 'none']).sort()).toEqual([
+      ['198.19.0.9:9000', 'none'],
+      ['198.19.0.9:9000', 'udp'],
+      ['198.19.0.9:9001', 'udp'],
+    ]);
+    const tcpP2 = p2('198.19.0.9:9000', undefined);
+    const udpP2 = p2('198.19.0.9:9000', 'udp');
+    const udp2P2 = p2('198.19.0.9:9001', 'udp');
+    expect(written.sort()).toEqual(
+      [
+        hex(seg(LOCAL_CLIENT, 50038, VIP, tcpP2, SYN, 4000)),
+        onWire(50038, udpP2, 0),
+        onWire(50038, udpP2, 1),
+        hex(dgram(LOCAL_CLIENT, 50038, VIP, udp2P2, 0)),
+        hex(dgram(LOCAL_CLIENT, 50038, VIP, udp2P2, 1)),
+      ].sort(),
+    );
+    expect(table.lookup(TUN_ADDR, 50038, VIP, 9000, 6)).toBeGreaterThanOrEqual(0);
+    expect(table.lookup(TUN_ADDR, 50038, VIP, 9000, UDP)).toBeGreaterThanOrEqual(0);
+    expect(table.lookup(TUN_ADDR, 50038, VIP, VIP2_PORT, UDP)).toBeGreaterThanOrEqual(0);
+  });
+
+  it('a local UDP client placed by its AID (FIG. 8): the datagrams of its first batch follow the first', async () => {
+    const { tun, counters, reported, settle, queue } = await setup();
+    reported.set(52010, 1); // a2, reported after the first datagram
+    // One batch: the first is held, the others queued before the holder runs at all.
+    tun.inject([0, 1, 2].map((n) => dgram(TUN_ADDR, 52010, LOCAL_VIP, 9000, n)));
+    expect(await settle(0)).toEqual(
+      [0, 1, 2].map((n) => hex(dgram(LOCAL_CLIENT, 52010, TUN_ADDR, INSTANCE_A2, n))),
+    );
+    expect(counters).toMatchObject({ heldInjected: 3, localClientsRefused: 0 });
+    expect(queue()).toMatchObject({ queued: 2, sent: 2 });
   });
 });

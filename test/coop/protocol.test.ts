@@ -15,6 +15,7 @@ import {
   type Message,
   makeMessage,
   parseEndpoint,
+  requestProtocol,
 } from '../../src/coop/protocol.js';
 import { ReplayCache } from '../../src/coop/replay.js';
 import { seal } from './support.js';
@@ -74,6 +75,31 @@ describe('encode/decode', () => {
     // refuse without the optional aids
     const bare = makeMessage('refuse', 1, 'vpm-b', { reason: 'no_service', message: '' }, NOW);
     expect(decode(encode(bare, KEY), KEY, replay)).toEqual({ ok: true, msg: bare });
+  });
+
+  it("a request's protocol: optional, tcp or udp; absent means TCP (a peer before UDP)", () => {
+    const replay = cache();
+    for (const protocol of ['udp', 'tcp'] as const) {
+      const msg = makeMessage('request', 5, 'vpm-a', { ...BODIES.request, protocol }, NOW);
+      const r = decode(encode(msg, KEY), KEY, replay);
+      expect(r).toEqual({ ok: true, msg });
+      expect(requestProtocol((r as { msg: Message<'request'> }).msg.body)).toBe(protocol);
+    }
+    // What a peer of the version before UDP sends, written out by hand: no protocol key.
+    const old = seal(
+      'vpm-a',
+      `{"v":1,"type":"request","id":6,"ts":${NOW},"nonce":"${nonce()}","from":"vpm-a","body":{"client":"198.18.0.10:40123","service":"198.19.0.9:9000","aid":"web"}}`,
+      KEY,
+    );
+    const r = decode(old, KEY, replay);
+    expect(r.ok).toBe(true);
+    expect(requestProtocol((r as { msg: Message<'request'> }).msg.body)).toBe('tcp');
+    // The sender refuses an invalid one before it goes out.
+    const bad = makeMessage('request', 7, 'vpm-a', {
+      ...BODIES.request,
+      protocol: 'sctp' as 'udp',
+    });
+    expect(() => encode(bad, KEY)).toThrow(/body\.protocol must be "tcp" or "udp"/);
   });
 
   it('matches an independently computed frame (tag from openssl dgst -sha256 -mac HMAC)', () => {
@@ -303,6 +329,13 @@ describe('validation after authentication (the peer has the key and sends junk)'
     client: req.client,
     service: req.service,
   });
+  field('request protocol "sctp"', {}, 'body.protocol', 'request', { ...req, protocol: 'sctp' });
+  field('request protocol in capitals', {}, 'body.protocol', 'request', {
+    ...req,
+    protocol: 'UDP',
+  });
+  field('request protocol as a number', {}, 'body.protocol', 'request', { ...req, protocol: 17 });
+  field('request protocol null', {}, 'body.protocol', 'request', { ...req, protocol: null });
   field('offer no AIDs', {}, 'body.aids', 'offer', { aids: [], port: 1 });
   field('offer 65 AIDs', {}, 'body.aids', 'offer', {
     aids: Array.from({ length: 65 }, (_, i) => `a${i}`),
