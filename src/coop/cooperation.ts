@@ -75,7 +75,7 @@ export interface CooperationDeps {
   /** Monotonic ms, the pipeline's clock. */
   now: () => number;
   /** The AID index the bind/connect library reported for a local client, or -1. */
-  localClientAid?: (addr: number, port: number) => number;
+  localClientAid?: (addr: number, port: number, proto: number) => number;
   /** Bounds of the held flows and their queues; DEFAULT_HOLD_LIMITS when absent. */
   holdLimits?: HoldLimits;
 }
@@ -342,7 +342,7 @@ export class Cooperation {
     let how = aid >= 0 ? 'report_or_selector' : '';
     if (aid < 0 && h.local && this.d.localClientAid) {
       // The library's report may have arrived after the SYN: ask again.
-      aid = this.d.localClientAid(h.srcAddr, h.srcPort);
+      aid = this.d.localClientAid(h.srcAddr, h.srcPort, h.proto);
       if (aid >= 0) how = 'library report';
     }
     if (aid < 0 && h.local) {

@@ -204,7 +204,8 @@ export class Daemon {
         instances: this.instances,
         log: this.log,
         now: () => performance.now(),
-        localClientAid: (addr, port) => this.registry?.localClientAid(addr, port) ?? -1,
+        localClientAid: (addr, port, proto) =>
+          this.registry?.localClientAid(addr, port, proto) ?? -1,
       });
       await this.coop.start();
       tun.start(

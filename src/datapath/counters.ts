@@ -74,6 +74,8 @@ export const Drop = {
   ICMP_UNSUPPORTED: 33,
   /** An echo request to a virtual service address over the ICMP rate limit (limits.icmpPerSecond). */
   ICMP_RATE_LIMITED: 34,
+  /** A fragment of the first datagram of a flow that must be held (negotiation, owner lookup): only whole datagrams are held. */
+  FRAGMENT_NOT_HELD: 35,
 } as const;
 
 /** Drop reason of each VnetCheck code (indexed by code; 0, OK, is no drop). */

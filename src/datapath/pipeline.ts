@@ -877,6 +877,30 @@ export class Pipeline {
     aid: number,
     local: boolean,
   ): void {
+    const hr = this.hr;
+    if (hr > 0 && buf[off - hr + VNET_OFF_GSO_TYPE] !== VNET_GSO_NONE) {
+      // A super-packet (a UDP_SEGMENT sender's burst) stands for several datagrams:
+      // the holder gets each, as the wire would carry them, with complete checksums.
+      const gsoSize = get16le(buf, off - hr + VNET_OFF_GSO_SIZE);
+      const n = segmentSuperPacket(
+        buf,
+        info,
+        gsoSize,
+        this.segBuf,
+        0,
+        0,
+        this.segOffsets,
+        this.segLengths,
+      );
+      const seg = this.segInfo;
+      for (let k = 0; k < n; k++) {
+        const o = this.segOffsets[k]!;
+        const l = this.segLengths[k]!;
+        if (checkPacket(this.segBuf, o, l, seg) === Check.OK)
+          this.opts.negotiate!(this.segBuf, o, l, seg, svc, aid, local);
+      }
+      return;
+    }
     if (this.partial) completePartialChecksum(buf, info);
     this.opts.negotiate!(buf, off, info.ipTotalLen, info, svc, aid, local);
   }
@@ -898,20 +922,17 @@ export class Pipeline {
         ? this.opts.localClientAid(info.srcAddr, info.srcPort, proto)
         : -1;
     if (aid < 0) aid = rules.selectAid(svc, info.srcAddr, info.srcPort);
-    // A held packet must be whole: a fragmented first datagram is not held (the
-    // client's next datagram, unfragmented or not, finds the flow negotiated).
-    const canHold = this.opts.negotiate !== undefined && !info.isFragment;
-    if (rules.services[svc]!.peer >= 0) {
-      // Served by a peer: hold the packet while the two daemons negotiate (FIG. 6/7).
-      if (!canHold) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
+    // Served by a peer: hold the packet while the two daemons negotiate (FIG. 6/7).
+    // A local client nobody vouched for: its socket's owner may tell (FIG. 8).
+    const peer = rules.services[svc]!.peer >= 0;
+    if (this.opts.negotiate && (peer || (aid < 0 && local && this.opts.holdUnknownLocal))) {
+      // A held packet must be whole: a fragment is dropped unanswered, and the
+      // client's next datagram finds the flow negotiated (or is held itself).
+      if (info.isFragment) return -Drop.FRAGMENT_NOT_HELD;
       this.hold(buf, off, info, svc, aid, local);
       return -Drop.NEGOTIATING;
     }
-    if (aid < 0 && local && this.opts.holdUnknownLocal && canHold) {
-      // A local client nobody vouched for: its socket's owner may tell (FIG. 8).
-      this.hold(buf, off, info, svc, -1, true);
-      return -Drop.NEGOTIATING;
-    }
+    if (peer) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
     if (aid < 0) return this.refused(Drop.REFUSED_NO_SELECTOR, info);
     const instances = this.opts.instances;
     const inst = instances.pick(aid, svc);

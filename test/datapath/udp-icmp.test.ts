@@ -585,3 +585,71 @@ describe('UDP with offloads', () => {
     v.invariant();
   });
 });
+
+describe("holding the first datagrams of a flow to a peer's service", () => {
+  function peerSetup(vnet: boolean) {
+    const tun = new MemoryTun({ batchSize: 16, vnetHdr: vnet, mtu: 9000 });
+    const table = new FlowTable(8, [10_000, 3_600_000, 60_000, 10_000, 30_000, 120_000], 3);
+    const counters = new Counters(1);
+    const held: { pkt: Uint8Array; proto: number; len: number }[] = [];
+    const rules = new Rules({
+      services: [{ name: 'dns', addr: VIP, port: DNS, proto: PROTO_UDP, peer: 0 }],
+      selectors: [],
+      aidNames: ['a'],
+      defaultAid: 0,
+    });
+    const p = new Pipeline(tun, table, rules, counters, {
+      instances: new InstanceSet(),
+      verifyL4Checksum: true,
+      localClientAddr: LOCAL_CLIENT,
+      negotiate: (buf, off, len, info) =>
+        held.push({ pkt: buf.slice(off, off + len), proto: info.protocol, len }),
+    });
+    tun.start((n) => p.processBatch(n, 1000));
+    return { tun, counters, held };
+  }
+
+  it('hands over each datagram of a UDP super-packet, as the wire would carry them', () => {
+    const { tun, held, counters } = peerSetup(true);
+    const payload = randomBytes(new Rng(15), 3000);
+    const seg = udp({ srcPort: 40400, dstPort: DNS, payload }, null);
+    const ps = pseudoSum({ v: 4, src: CLIENT, dst: VIP }, PROTO_UDP, seg.length);
+    seg[6] = ps >> 8;
+    seg[7] = ps & 0xff;
+    const pkt = ipv4({ src: CLIENT, dst: VIP, protocol: PROTO_UDP, df: false }, seg);
+    const h = vnetHdr({
+      flags: VNET_F_NEEDS_CSUM,
+      gsoType: VNET_GSO_UDP_L4,
+      gsoSize: 1000,
+      csumStart: 20,
+      csumOffset: 6,
+    });
+    const frame = new Uint8Array(10 + pkt.length);
+    frame.set(h);
+    frame.set(pkt, 10);
+    tun.inject([frame]);
+    expect(held.map((x) => x.len)).toEqual([1028, 1028, 1028]);
+    for (let k = 0; k < 3; k++) {
+      // The kernel's segmentation: IP ID + k, each its own UDP length and complete checksum.
+      const want = udp4(
+        { src: CLIENT, dst: VIP, df: false, ident: k },
+        { srcPort: 40400, dstPort: DNS, payload: payload.subarray(k * 1000, (k + 1) * 1000) },
+      );
+      expect(hex(held[k]!.pkt)).toBe(hex(want));
+    }
+    expect(counters.drops[Drop.NEGOTIATING]).toBe(1);
+  });
+
+  it('drops a fragmented first datagram unanswered (only whole datagrams are held)', () => {
+    const { tun, held, counters } = peerSetup(false);
+    const frags = fragment(
+      dgram(CLIENT, 40401, VIP, DNS, randomBytes(new Rng(16), 3000), 0x4321),
+      1480,
+    );
+    tun.inject(frags);
+    expect(held).toHaveLength(0);
+    expect(tun.written).toHaveLength(0);
+    expect(counters.drops[Drop.FRAGMENT_NOT_HELD]).toBe(1);
+    expect(counters.drops[Drop.FRAGMENT_NO_FLOW]).toBe(2);
+  });
+});
