@@ -14,7 +14,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NetLab, requireRoot } from '../support/netns.js';
+import { NetLab, requireRoot, waitFor } from '../support/netns.js';
 import { jsonLines, VpmDaemon, vpmArgv, waitJsonEvent } from '../support/vpm.js';
 import { type Topology, twoTenants, VIP } from './topology.js';
 
@@ -181,12 +181,19 @@ describe('an empty pool', () => {
       const err = await waitJsonEvent(lab, w, 'error', 10_000);
       expect(err.code).toBe('EADDRINUSE');
       expect(Date.now() - t0).toBeGreaterThanOrEqual(2500);
-      expect(lab.output(w).stderr).toMatch(/vpm: .*no free port in 21000-21001 within 3000 ms/);
-      expect(
-        small
-          .logs()
-          .some((l) => l.event === 'instance_bind_failed' && l.code === 'ERR_PORTS_EXHAUSTED'),
-      ).toBe(true);
+      // The library's line on stderr and the daemon's log line are written beside the
+      // answer, not before it: wait for each to arrive rather than read at once.
+      await lab.waitForOutput(w, /vpm: .*no free port in 21000-21001 within 3000 ms/, {
+        stream: 'stderr',
+        timeoutMs: 5000,
+      });
+      await waitFor(
+        () =>
+          small
+            .logs()
+            .some((l) => l.event === 'instance_bind_failed' && l.code === 'ERR_PORTS_EXHAUSTED'),
+        { what: 'the daemon to log instance_bind_failed', timeoutMs: 5000 },
+      );
     } finally {
       await small.stop().catch(() => {});
     }
