@@ -6,9 +6,12 @@
  * with the default), and measures the same client/server pair four ways in one
  * run, interleaved: kernel direct, nftables DNAT, vpm with offloads off, and vpm.
  * Metrics: TCP bulk throughput with iperf3 (1 and 4 streams), 64-byte
- * request/response rate with p50/p99 latency (unpinned, and pinned to CPU 0), and
- * connections per second. vpm's own counters are read around each of its
- * measurements. Prints a table to stdout with progress on stderr, and writes the
+ * request/response rate with p50/p99 latency (unpinned, and pinned to CPU 0),
+ * connections per second; and over UDP (a UDP service on the same VIP and port),
+ * the rate of 64-byte datagrams the server receives from a sender as fast as it
+ * goes, with the loss, and a UDP request/response rate (udpbench.c). vpm's own
+ * counters, and its TUN's tx_dropped, are read around each of its measurements.
+ * Prints a table to stdout with progress on stderr, and writes the
  * "End to end" section of docs/benchmarks.md. `--json [FILE]` adds the raw
  * results, `--quick` makes it a smoke test. Everything it creates (namespaces,
  * processes, the temporary directory) is removed at the end, on failure and on
@@ -24,6 +27,7 @@ import { type E2eOptions, parseArgs, USAGE } from './bench/e2e/cli.js';
 import { Lab, type Proc, run, sweepStale } from './bench/e2e/lab.js';
 import {
   type E2eReport,
+  isUdpMetric,
   isVpmPath,
   METRIC_SPECS,
   METRICS,
@@ -41,16 +45,30 @@ import {
   allowedCpus,
   buildTcpbench,
   buildTopology,
+  buildUdpbench,
   commandOnPath,
   cpuSeconds,
+  DAEMONS,
   pin,
   startVpm,
   TARGETS,
   type Topology,
+  tunTxDropped,
+  UDP_SERVER_PORTS,
+  UDP_TARGETS,
   type Vpm,
   vpmStats,
 } from './bench/e2e/topology.js';
-import { iperf, startEchoServer, startIperfServer, tcpbench } from './bench/e2e/workloads.js';
+import {
+  iperf,
+  startEchoServer,
+  startIperfServer,
+  startUdpServer,
+  tcpbench,
+  UDP_BATCH,
+  udpBlast,
+  udpRr,
+} from './bench/e2e/workloads.js';
 import { UsageError } from './bench/errors.js';
 import { readOrNull, writeAtomic } from './bench/files.js';
 import { machineFacts } from './bench/machine.js';
@@ -59,7 +77,7 @@ import { spliceSection } from './bench/report.js';
 const DOC = 'docs/benchmarks.md';
 const CHART = 'docs/e2e-ratios.svg';
 const SECTION = 'e2e';
-/** Payload of one request and of one response. */
+/** Payload of one request and of one response, and of one UDP datagram. */
 const MESSAGE_BYTES = 64;
 /** The CPU of the pinned variant. */
 const PIN_CPU = '0';
@@ -67,12 +85,13 @@ const PIN_CPU = '0';
 /** The phases of a run: the metrics that share one server, and whether they are pinned. */
 const PHASES: readonly {
   metrics: readonly MetricId[];
-  server: 'iperf' | 'echo';
+  server: 'iperf' | 'echo' | 'udp';
   pinned: boolean;
 }[] = [
   { metrics: ['tcp1', 'tcp4'], server: 'iperf', pinned: false },
   { metrics: ['rr', 'crr'], server: 'echo', pinned: false },
   { metrics: ['rrPinned'], server: 'echo', pinned: true },
+  { metrics: ['udp64', 'udpRr'], server: 'udp', pinned: false },
 ];
 
 /** What must be there before anything is created; each problem says how to fix it. */
@@ -113,6 +132,8 @@ interface RunState {
   root: string;
   daemons: Record<VpmPathId, Vpm>;
   bin: string;
+  /** udpbench. */
+  udpBin: string;
   warmup: number;
   samples: Sample[];
   /** Keyed by `${path}/${metric}`. */
@@ -133,7 +154,9 @@ function summary(s: Sample): string {
       ? ` (p50 ${s.p50Us.toFixed(1)} µs, p99 ${s.p99Us?.toFixed(1)} µs${s.errors ? `, ${s.errors} errors` : ''})`
       : s.retransmits !== undefined
         ? ` (${s.retransmits} retransmits)`
-        : '';
+        : s.loss !== undefined
+          ? ` (${s.sent} sent, ${(100 * s.loss).toFixed(1)}% lost)`
+          : '';
   const cpu =
     s.daemonCpuSec !== undefined && s.wallSec
       ? `, vpm CPU ${((100 * s.daemonCpuSec) / s.wallSec).toFixed(0)}%`
@@ -152,12 +175,13 @@ async function measure(st: RunState, metric: MetricId, path: PathId, rep: number
   for (const d of Object.values(st.daemons))
     if (d.proc.exit !== null)
       throw new Error(`vpm (${PATH_NAMES[d.path]}) exited during the run: ${lab.describe(d.proc)}`);
-  const t = TARGETS[path];
+  const t = isUdpMetric(metric) ? UDP_TARGETS[path] : TARGETS[path];
   const vpm = isVpmPath(path) ? st.daemons[path] : null;
   // Only this path reaches its daemon, so the snapshot after its previous
   // measurement still holds before this one.
   const before = vpm ? (st.lastStats[vpm.path] ?? vpmStats(st.root, vpm.socket)) : null;
   const cpu0 = vpm ? cpuSeconds(vpm.proc.pid) : 0;
+  const tunDropped0 = vpm ? tunTxDropped(lab, topo.host, DAEMONS[vpm.path].tun) : 0;
   const t0 = process.hrtime.bigint();
   const sample: Sample = { metric, path, rep, seq, value: Number.NaN, seconds: opts.duration };
   try {
@@ -166,6 +190,22 @@ async function measure(st: RunState, metric: MetricId, path: PathId, rep: number
       sample.value = r.gbps;
       sample.seconds = r.seconds;
       sample.retransmits = r.retransmits;
+    } else if (metric === 'udp64') {
+      const o = { seconds: opts.duration, warmup: st.warmup, size: MESSAGE_BYTES };
+      const r = await udpBlast(lab, topo.client, st.udpBin, t, o);
+      sample.value = r.rate;
+      sample.seconds = r.seconds;
+      sample.sent = r.sent;
+      sample.received = r.received;
+      sample.loss = r.loss;
+    } else if (metric === 'udpRr') {
+      const o = { seconds: opts.duration, warmup: st.warmup, size: MESSAGE_BYTES };
+      const r = await udpRr(lab, topo.client, st.udpBin, t, o);
+      sample.value = r.rate;
+      sample.seconds = r.seconds;
+      sample.p50Us = r.p50Us;
+      sample.p99Us = r.p99Us;
+      sample.errors = r.errors;
     } else {
       const mode = metric === 'crr' ? 'crr' : 'rr';
       const o = { seconds: opts.duration, warmup: st.warmup, size: MESSAGE_BYTES };
@@ -193,7 +233,8 @@ async function measure(st: RunState, metric: MetricId, path: PathId, rep: number
     sample.wallSec = wall;
     const after = vpmStats(st.root, vpm.socket);
     st.lastStats[vpm.path] = after;
-    addDelta(st.activity.get(activityKey(vpm.path, metric))!, before, after, wall, cpu);
+    const tunDropped = tunTxDropped(lab, topo.host, DAEMONS[vpm.path].tun) - tunDropped0;
+    addDelta(st.activity.get(activityKey(vpm.path, metric))!, before, after, wall, cpu, tunDropped);
   }
   process.stderr.write(`${summary(sample)}\n`);
   st.samples.push(sample);
@@ -211,7 +252,9 @@ async function runPhases(st: RunState): Promise<void> {
       server =
         phase.server === 'iperf'
           ? await startIperfServer(lab, topo.host)
-          : await startEchoServer(lab, topo.host, st.bin);
+          : phase.server === 'udp'
+            ? await startUdpServer(lab, topo.host, st.udpBin, UDP_SERVER_PORTS)
+            : await startEchoServer(lab, topo.host, st.bin);
       if (cpus) {
         pin(server.pid, cpus);
         for (const d of daemons) pin(d.proc.pid, cpus);
@@ -268,6 +311,7 @@ async function main(argv: readonly string[]): Promise<number> {
     process.stderr.write(`bench:e2e: namespaces ${lab.id}-{client,host}\n`);
     const topo = buildTopology(lab);
     const built = buildTcpbench(lab, root);
+    const udpBuilt = buildUdpbench(lab, root);
     cc = built.cc;
     const daemons = {} as Record<VpmPathId, Vpm>;
     for (const path of VPM_PATHS) {
@@ -283,6 +327,7 @@ async function main(argv: readonly string[]): Promise<number> {
       root,
       daemons,
       bin: built.bin,
+      udpBin: udpBuilt.bin,
       warmup,
       samples: [],
       activity: new Map(
@@ -319,13 +364,14 @@ async function main(argv: readonly string[]): Promise<number> {
   }
 
   const report: E2eReport = {
-    schema: 'vpm-bench-e2e/2',
+    schema: 'vpm-bench-e2e/3',
     mode: opts.quick ? 'quick' : 'full',
     options: {
       duration: opts.duration,
       reps: opts.reps,
       warmupSec: warmup,
       messageBytes: MESSAGE_BYTES,
+      udpBatch: UDP_BATCH,
     },
     machine,
     tools: {

@@ -1,7 +1,9 @@
 /**
- * Robustness of the checked entry point: a million seeded random and mutated
+ * Robustness of the checked entry points: a million seeded random and mutated
  * buffers through `checkPacket`, and for each accepted one `verifyChecksums` and a
- * read of every field the PacketInfo says is present.
+ * read of every field the PacketInfo says is present (for a first fragment, after
+ * `checkFirstFragment`, against an oracle of its own); and random, cut and mutated
+ * ICMP error bodies through `checkQuoted`.
  *
  * It checks that nothing throws; that every accepted packet's offsets lie inside
  * the bytes it was given; that each mutation class is refused with its own reason
@@ -22,8 +24,11 @@ import {
   CHECK_NAMES,
   Check,
   type CheckCode,
+  checkFirstFragment,
   checkPacket,
+  checkQuoted,
   PacketInfo,
+  QuotedPacket,
 } from '../../src/wire/parse.js';
 import { TcpRepr, TcpSegment } from '../../src/wire/tcp.js';
 import { UdpDatagram, UdpRepr } from '../../src/wire/udp.js';
@@ -361,6 +366,9 @@ describe('checkPacket robustness', () => {
     let accepted = 0;
     let checked = 0;
     let independenceChecks = 0;
+    const firstInfo = new PacketInfo();
+    let firstChecks = 0;
+    let firstAccepted = 0;
 
     // A mutation that does not apply to the sample drawn (an IHL change to IPv6, a
     // data offset to UDP...) draws again: CASES buffers all go through checkPacket.
@@ -455,6 +463,8 @@ describe('checkPacket robustness', () => {
             const mf = rng.int(2) === 0;
             const fo = rng.int(2) === 0 && mf ? 0 : 1 + rng.int(0x1fff);
             set16(work, base + 6, (mf ? 0x2000 : 0) | fo);
+            // A first fragment cut anywhere in (or before) its L4 header, a third of the time.
+            if (fo === 0 && rng.int(3) === 0) set16(work, base + 2, ihl + rng.int(l4Avail + 1));
             set16(work, base + 10, 0);
             set16(work, base + 10, inetChecksum(work.subarray(base, base + ihl)));
           }
@@ -549,6 +559,16 @@ describe('checkPacket robustness', () => {
           fail(`fragment/${s.kind} case ${c}: fragment fields wrong`);
         }
       }
+      // A first fragment: checkFirstFragment against its oracle, on a PacketInfo of its own.
+      let first = -1;
+      if (info.isFragment && info.fragOffset === 0) {
+        firstChecks++;
+        checkPacket(work, off, len, firstInfo);
+        const problem = firstFragmentProblem(work, firstInfo);
+        if (problem) fail(`${mutation}/${s.kind} case ${c}: checkFirstFragment: ${problem}`);
+        first = firstDigest(firstInfo);
+        if (firstInfo.l4Off >= 0) firstAccepted++;
+      }
 
       const parseReprs = (c & 3) === 0;
       let digest: number;
@@ -574,7 +594,11 @@ describe('checkPacket robustness', () => {
       const code2 = checkPacket(work, off, len, info2);
       const verify2 = code2 === Check.OK ? verifyChecksums(work, info2) : -1;
       const digest2 = code2 === Check.OK ? readAll(work, info2, verify2, parseReprs) : -1;
-      if (code2 !== code || verify2 !== verify || digest2 !== digest) {
+      const first2 =
+        code2 === Check.OK && info2.isFragment && info2.fragOffset === 0
+          ? firstDigestAfterCheck(work, info2)
+          : -1;
+      if (code2 !== code || verify2 !== verify || digest2 !== digest || first2 !== first) {
         fail(
           `${mutation}/${s.kind} case ${c}: result depends on bytes outside the packet ` +
             `(code ${code}/${code2}, verify ${verify}/${verify2})`,
@@ -592,6 +616,7 @@ describe('checkPacket robustness', () => {
         checkPacket(fence.view, off, len, info3);
         fence.lo = info3.ipOff;
         fence.hi = info3.ipOff + info3.ipTotalLen;
+        if (info3.isFragment) checkFirstFragment(fence.view, info3);
         readAll(fence.view, info3, verifyChecksums(fence.view, info3), true);
         if (fence.strays.length > 0) {
           fail(
@@ -611,7 +636,7 @@ describe('checkPacket robustness', () => {
       [
         `checkPacket robustness: ${checked} buffers in ${seconds.toFixed(1)} s, ${accepted} accepted, ` +
           `verify ok/bad_ip/bad_l4 = ${verifyCounts.join('/')}, ${independenceChecks} independence re-runs, ` +
-          `${fenced} fenced`,
+          `${fenced} fenced, ${firstChecks} first fragments (${firstAccepted} with their L4 header)`,
         header,
         ...rows,
       ].join('\n'),
@@ -630,5 +655,172 @@ describe('checkPacket robustness', () => {
     // The flips must also have been caught by the checksums, not only by the parser.
     expect(verifyCounts[1]).toBeGreaterThan(0);
     expect(verifyCounts[2]).toBeGreaterThan(0);
+    // First fragments both with and without their whole L4 header.
+    expect(firstAccepted).toBeGreaterThan(0);
+    expect(firstChecks - firstAccepted).toBeGreaterThan(0);
+  });
+});
+
+/**
+ * The L4 header length a first fragment (offset 0) must be accepted with by
+ * checkFirstFragment, or -1: TCP with 20 bytes and its data offset's worth in the
+ * fragment, UDP with 8; nothing else (an oracle from RFC 793/768, RFC 1858).
+ */
+function firstFragmentHeaderLen(b: Uint8Array, off: number): number {
+  const ihl = (b[off]! & 0x0f) * 4;
+  const avail = get16(b, off + 2) - ihl;
+  const proto = b[off + 9];
+  if (proto === PROTO_TCP) {
+    if (avail < 20) return -1;
+    const hl = (b[off + ihl + 12]! >> 4) * 4;
+    return hl >= 20 && hl <= avail ? hl : -1;
+  }
+  if (proto === PROTO_UDP) return avail >= 8 ? 8 : -1;
+  return -1;
+}
+
+/** Run checkFirstFragment on `info` (a first fragment checkPacket accepted) and compare it with the oracle. */
+function firstFragmentProblem(b: Uint8Array, info: PacketInfo): string | null {
+  const off = info.ipOff;
+  const want = firstFragmentHeaderLen(b, off);
+  const got = checkFirstFragment(b, info);
+  if (got !== want >= 0) return `${got ? 'accepted' : 'refused'}, the oracle says ${want}`;
+  if (!got) return info.l4Off === -1 ? null : 'refused, but l4Off set';
+  const ihl = (b[off]! & 0x0f) * 4;
+  const end = off + get16(b, off + 2);
+  if (info.l4Off !== off + ihl) return 'l4Off';
+  if (info.l4HeaderLen !== want) return 'l4HeaderLen';
+  if (info.l4Len !== end - info.l4Off) return 'l4Len';
+  if (info.srcPort !== get16(b, info.l4Off) || info.dstPort !== get16(b, info.l4Off + 2))
+    return 'ports';
+  if (info.payloadOff !== info.l4Off + want || info.payloadOff + info.payloadLen !== end)
+    return 'payload';
+  if (info.protocol === PROTO_TCP && info.tcpFlags !== b[info.l4Off + 13]) return 'tcpFlags';
+  return null;
+}
+
+function firstDigestAfterCheck(b: Uint8Array, info: PacketInfo): number {
+  checkFirstFragment(b, info);
+  return firstDigest(info);
+}
+
+function firstDigest(info: PacketInfo): number {
+  let h = mix(0x811c9dc5, info.l4Off);
+  for (const v of [info.l4HeaderLen, info.l4Len, info.srcPort, info.dstPort, info.payloadLen])
+    h = mix(h, v);
+  return h;
+}
+
+describe('checkQuoted robustness', () => {
+  const QUOTES = 200_000;
+  it(`takes ${QUOTES.toLocaleString('en')} random, cut and mutated ICMP error bodies: exactly the well-formed quotes, read within the body`, () => {
+    const rng = new Rng(0x0c0f_fee5);
+    const pool: Uint8Array[] = [];
+    for (let i = 0; i < 512; i++) {
+      const kind = (['tcp4', 'udp4', 'udp4-nocsum', 'icmp4', 'other4'] as const)[i % 5]!;
+      pool.push(buildSample(rng, kind).bytes);
+    }
+    const work = new Uint8Array(MARGIN + 8 + 1600 + MARGIN);
+    const q = new QuotedPacket();
+    const q2 = new QuotedPacket();
+    const fence = new ReadFence(work);
+    const failures: string[] = [];
+    const fail = (msg: string) => {
+      if (failures.length < 20) failures.push(msg);
+    };
+    let accepted = 0;
+    const refusedFor = new Map<string, number>();
+    for (let c = 0; c < QUOTES; c++) {
+      const p = pool[rng.int(pool.length)]!;
+      // As an error quotes it: the whole packet, its header and 8 bytes, or cut anywhere.
+      const k = rng.int(4);
+      const ihlOf = (p[0]! & 0x0f) * 4;
+      let n = k === 0 ? p.length : k === 1 ? Math.min(p.length, ihlOf + 8) : rng.int(p.length + 1);
+      n = Math.min(n, 548);
+      const base = MARGIN + rng.int(8);
+      for (let i = base - MARGIN; i < base; i++) work[i] = rng.u32();
+      work.set(p.subarray(0, n), base);
+      for (let i = base + n; i < base + n + MARGIN; i++) work[i] = rng.u32();
+      if (n > 0 && rng.int(4) === 0) {
+        // The quoted header damaged: version and IHL, the protocol, or any byte.
+        const m = rng.int(3);
+        if (m === 0) work[base] = rng.int(256);
+        else if (m === 1 && n > 9)
+          work[base + 9] = [PROTO_TCP, PROTO_UDP, 1, 0, rng.int(256)][rng.int(5)]!;
+        else work[base + rng.int(n)] = rng.int(256);
+      }
+      const end = base + n;
+      // The oracle: an IPv4 header (version 4, IHL >= 5) wholly quoted, then 4 bytes of TCP/UDP ports.
+      const v = n > 0 ? work[base]! >> 4 : -1;
+      const ihl = n > 0 ? (work[base]! & 0x0f) * 4 : 0;
+      const why =
+        n < 20
+          ? 'short'
+          : v !== 4
+            ? 'version'
+            : ihl < 20 || base + ihl + 4 > end
+              ? 'ihl'
+              : work[base + 9] !== PROTO_TCP && work[base + 9] !== PROTO_UDP
+                ? 'protocol'
+                : null;
+      let got: boolean;
+      try {
+        got = checkQuoted(work, base, end, q);
+      } catch (e) {
+        fail(`case ${c}: threw ${String(e)}`);
+        continue;
+      }
+      if (got !== (why === null)) {
+        fail(`case ${c}: ${got ? 'accepted' : 'refused'} ${n} bytes, the oracle: ${why ?? 'ok'}`);
+        continue;
+      }
+      if (!got) {
+        refusedFor.set(why!, (refusedFor.get(why!) ?? 0) + 1);
+        continue;
+      }
+      accepted++;
+      const l4 = base + ihl;
+      const at = (i: number) =>
+        ((work[i]! << 24) | (work[i + 1]! << 16) | (work[i + 2]! << 8) | work[i + 3]!) >>> 0;
+      if (
+        q.ipOff !== base ||
+        q.ipHeaderLen !== ihl ||
+        q.protocol !== work[base + 9] ||
+        q.srcAddr !== at(base + 12) ||
+        q.dstAddr !== at(base + 16) ||
+        q.l4Off !== l4 ||
+        q.srcPort !== get16(work, l4) ||
+        q.dstPort !== get16(work, l4 + 2) ||
+        q.l4Quoted !== end - l4
+      )
+        fail(`case ${c}: fields of the quote wrong`);
+      // Independence from the bytes around the body, and on a sample, reads fenced to it.
+      for (let i = base - MARGIN; i < base; i++) work[i]! ^= 0xff;
+      for (let i = end; i < end + MARGIN; i++) work[i]! ^= 0xff;
+      const again = checkQuoted(work, base, end, q2);
+      if (
+        !again ||
+        q2.srcPort !== q.srcPort ||
+        q2.dstPort !== q.dstPort ||
+        q2.srcAddr !== q.srcAddr ||
+        q2.l4Quoted !== q.l4Quoted
+      )
+        fail(`case ${c}: result depends on bytes outside the body`);
+      if ((c & 7) === 0) {
+        fence.strays.length = 0;
+        fence.lo = base;
+        fence.hi = end;
+        checkQuoted(fence.view, base, end, q2);
+        if (fence.strays.length > 0)
+          fail(`case ${c}: read byte(s) ${fence.strays.map((i) => i - base)} outside [0, ${n})`);
+      }
+    }
+    console.log(
+      `checkQuoted robustness: ${QUOTES} bodies, ${accepted} accepted, refused: ${JSON.stringify(Object.fromEntries(refusedFor))}`,
+    );
+    expect(failures).toEqual([]);
+    expect(accepted).toBeGreaterThan(0);
+    for (const why of ['short', 'version', 'ihl', 'protocol'])
+      expect(refusedFor.get(why) ?? 0, `never refused for ${why}`).toBeGreaterThan(0);
   });
 });

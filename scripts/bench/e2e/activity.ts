@@ -40,18 +40,24 @@ export function emptyActivity(metric: MetricId, path: VpmPathId): VpmActivity {
     flowsRefused: 0,
     rstSent: 0,
     writeQueueFull: 0,
+    tunQueueDrops: 0,
   };
 }
 
-/** Add the difference `after - before` of two stats snapshots to `acc`. */
+/**
+ * Add the difference `after - before` of two stats snapshots to `acc`, and the
+ * packets the TUN dropped in between (`tunDropped`, from its tx_dropped).
+ */
 export function addDelta(
   acc: VpmActivity,
   before: Json,
   after: Json,
   wallSec: number,
   cpuSec: number,
+  tunDropped = 0,
 ): void {
   const d = (k: string) => num(after, k) - num(before, k);
+  acc.tunQueueDrops += tunDropped;
   acc.wallSec += wallSec;
   acc.cpuSec += cpuSec;
   acc.packetsIn += d('packetsIn');

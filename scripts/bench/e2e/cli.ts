@@ -4,11 +4,14 @@ import { UsageError } from '../errors.js';
 
 export const USAGE = `usage: npm run bench:e2e [-- OPTIONS]      (or: node dist/scripts/bench-e2e.js [OPTIONS])
 
-Measures one client/server pair three ways, interleaved, in network namespaces it
-creates and removes: kernel direct, nftables DNAT, and through vpm. TCP bulk
-throughput (iperf3, 1 and 4 streams), 64-byte request/response rate and latency
-(unpinned and pinned to CPU 0), and connections per second. Prints a table, and
-writes docs/benchmarks.md (its "End to end" section only). Needs root.
+Measures one client/server pair four ways, interleaved, in network namespaces it
+creates and removes: kernel direct, nftables DNAT, and through vpm (offloads off,
+and on). TCP bulk throughput (iperf3, 1 and 4 streams), 64-byte request/response
+rate and latency (unpinned and pinned to CPU 0), connections per second; UDP:
+64-byte datagrams per second received (and the loss) from a sender as fast as it
+goes, and a UDP request/response rate. Prints a table, and writes
+docs/benchmarks.md (its "End to end" section only) and docs/e2e-ratios.svg.
+Needs root.
 
 options:
   --quick          1 repetition of 1 s per measurement: a smoke test, under a minute

@@ -26,7 +26,7 @@ export const PATH_NAMES: Readonly<Record<PathId, string>> = {
 };
 
 /** The metrics, in the order they are measured and shown. */
-export const METRICS = ['tcp1', 'tcp4', 'rr', 'rrPinned', 'crr'] as const;
+export const METRICS = ['tcp1', 'tcp4', 'rr', 'rrPinned', 'crr', 'udp64', 'udpRr'] as const;
 export type MetricId = (typeof METRICS)[number];
 
 export interface MetricSpec {
@@ -78,7 +78,26 @@ export const METRIC_SPECS: Readonly<Record<MetricId, MetricSpec>> = {
     latency: true,
     pinned: false,
   },
+  udp64: {
+    label: '64 B UDP datagrams, received by the server',
+    short: '64 B UDP',
+    unit: 'datagrams/s',
+    latency: false,
+    pinned: false,
+  },
+  udpRr: {
+    label: '64 B UDP request/response',
+    short: 'UDP req/resp',
+    unit: 'transactions/s',
+    latency: true,
+    pinned: false,
+  },
 };
+
+/** The UDP metrics: their own server and ports (topology.ts, UDP_TARGETS). */
+export function isUdpMetric(m: MetricId): boolean {
+  return m === 'udp64' || m === 'udpRr';
+}
 
 /** One measurement of one metric over one path. */
 export interface Sample {
@@ -97,8 +116,12 @@ export interface Sample {
   p99Us?: number;
   /** iperf3: TCP retransmissions seen by the sender. */
   retransmits?: number;
-  /** tcpbench: failed transactions or connections. */
+  /** tcpbench, udpbench rr: failed transactions or connections (UDP: no answer in time). */
   errors?: number;
+  /** udpbench blast: datagrams sent in the measured time, received by the server, and the share lost. */
+  sent?: number;
+  received?: number;
+  loss?: number;
   /** vpm paths only: CPU seconds the daemon used while the client ran (and its stats were read). */
   daemonCpuSec?: number;
   /** vpm only: wall-clock seconds of the same span. */
@@ -129,6 +152,8 @@ export interface Cell {
   p50Us?: Stats;
   p99Us?: Stats;
   retransmits?: Stats;
+  /** Share of the datagrams sent that the server did not receive (UDP blast). */
+  loss?: Stats;
   errors: number;
   failures: number;
 }
@@ -166,12 +191,25 @@ export interface VpmActivity {
   rstSent: number;
   /** TUN writes the kernel refused for a full queue. */
   writeQueueFull: number;
+  /**
+   * Packets the kernel dropped on their way into the TUN because vpm had not read
+   * the ones before (the device's tx_dropped): lost before vpm saw them.
+   */
+  tunQueueDrops: number;
 }
 
 export interface E2eReport {
-  schema: 'vpm-bench-e2e/2';
+  schema: 'vpm-bench-e2e/3';
   mode: 'full' | 'quick';
-  options: { duration: number; reps: number; warmupSec: number; messageBytes: number };
+  options: {
+    duration: number;
+    reps: number;
+    warmupSec: number;
+    /** Payload of a TCP request/response and of a UDP datagram. */
+    messageBytes: number;
+    /** UDP blast: datagrams per sendmmsg() call. */
+    udpBatch: number;
+  };
   machine: MachineFacts;
   tools: { iperf3: string; cc: string; nft: string };
   /** Load average at the end (the machine facts hold the one at the start). */

@@ -35,14 +35,17 @@ export const REFERENCE = Object.freeze({
   vpmBeforePinnedTps: 37_200,
   dnatCps: 18_000,
   vpmBeforeCps: 9_780,
+  /** The UDP issue: a C TUN rewriter, one packet per read(), 64 B datagrams, over DNAT. */
+  cRewriterUdp64OverDnat: 0.77,
 });
 
-/** The offloads issue's goals: vpm (offloads on) over nftables DNAT in the same run. */
+/** The offloads and UDP issues' goals: vpm (offloads on) over nftables DNAT in the same run. */
 export const GOALS: readonly { metric: MetricId; ratio: number; label: string }[] = [
   { metric: 'tcp1', ratio: 0.6, label: 'TCP 1 stream' },
   { metric: 'tcp4', ratio: 0.5, label: 'TCP 4 streams' },
   { metric: 'rrPinned', ratio: 0.55, label: '64 B request/response, pinned' },
   { metric: 'crr', ratio: 0.7, label: 'connections/s' },
+  { metric: 'udp64', ratio: 0.6, label: '64 B UDP datagrams' },
 ];
 
 export function buildRows(samples: readonly Sample[]): Row[] {
@@ -50,7 +53,7 @@ export function buildRows(samples: readonly Sample[]): Row[] {
     const cells = {} as Record<PathId, Cell>;
     for (const path of PATHS) {
       const s = samples.filter((x) => x.metric === metric && x.path === path);
-      const opt = (k: 'p50Us' | 'p99Us' | 'retransmits'): Stats | undefined =>
+      const opt = (k: 'p50Us' | 'p99Us' | 'retransmits' | 'loss'): Stats | undefined =>
         s.some((x) => x[k] !== undefined) ? stats(s.map((x) => x[k] ?? Number.NaN)) : undefined;
       const cell: Cell = {
         value: stats(s.map((x) => x.value)),
@@ -60,9 +63,11 @@ export function buildRows(samples: readonly Sample[]): Row[] {
       const p50 = opt('p50Us');
       const p99 = opt('p99Us');
       const rtx = opt('retransmits');
+      const loss = opt('loss');
       if (p50) cell.p50Us = p50;
       if (p99) cell.p99Us = p99;
       if (rtx) cell.retransmits = rtx;
+      if (loss) cell.loss = loss;
       cells[path] = cell;
     }
     const dnat = cells.dnat.value.median;
@@ -98,6 +103,11 @@ function fmtUs(x: number): string {
   return Number.isFinite(x) ? fmt3(x) : 'n/a';
 }
 
+function lossCell(c: Cell): string {
+  if (!c.loss || c.loss.n === 0) return 'n/a';
+  return fmtStats(c.loss, fmtPct);
+}
+
 function latencyCell(c: Cell): string {
   if (!c.p50Us || !c.p99Us || c.p50Us.n === 0) return 'n/a';
   return `${fmtUs(c.p50Us.median)} / ${fmtUs(c.p99Us.median)}`;
@@ -126,6 +136,15 @@ function tableRows(rows: readonly Row[]): string[][] {
       fmtRatio(r.dnatOverDirect),
       ...VPM_PATHS.map((p) => fmtRatio(r.overDnat[p])),
     ]);
+    if (r.metric === 'udp64') {
+      out.push([
+        '  loss (sent, not received)',
+        '%',
+        ...PATHS.map((p) => lossCell(r.cells[p])),
+        '',
+        ...VPM_PATHS.map(() => ''),
+      ]);
+    }
     if (spec.latency) {
       out.push([
         '  latency p50 / p99',
@@ -189,6 +208,7 @@ function histogramText(a: VpmActivity): string {
 }
 
 function fmtPct(f: number): string {
+  if (!Number.isFinite(f)) return 'n/a';
   const p = f * 100;
   if (p > 0 && p < 0.01) return '<0.01%';
   return `${p >= 10 ? p.toFixed(0) : p >= 1 ? p.toFixed(1) : p.toFixed(2)}%`;
@@ -197,6 +217,7 @@ function fmtPct(f: number): string {
 function dropsText(a: VpmActivity): string {
   const parts = Object.entries(a.drops).map(([k, n]) => `${k} ${n}`);
   if (a.writeQueueFull > 0) parts.push(`TUN queue full ${a.writeQueueFull}`);
+  if (a.tunQueueDrops > 0) parts.push(`not read, TUN queue full ${a.tunQueueDrops}`);
   return parts.length > 0 ? parts.join(', ') : '0';
 }
 
@@ -314,6 +335,11 @@ function referenceTable(rows: readonly Row[]): string {
       `${fmtRate(REFERENCE.vpmBeforeCps)} (${fmtRatio(REFERENCE.vpmBeforeCps / REFERENCE.dnatCps)} DNAT), before offloads`,
       `${fmtRate(v('crr', 'vpm'))} (${fmtRatio(q('crr', 'vpm'))} DNAT)`,
     ],
+    [
+      '64 B UDP datagrams, C TUN rewriter, one packet per read()',
+      `${fmtRatio(REFERENCE.cRewriterUdp64OverDnat)} DNAT (the UDP issue)`,
+      `vpm: ${fmtRate(v('udp64', 'vpm'))} datagrams/s (${fmtRatio(q('udp64', 'vpm'))} DNAT)`,
+    ],
   ];
   return mdTable(head, body, ['l', 'l', 'l']);
 }
@@ -362,6 +388,21 @@ function readingNotes(r: E2eReport): string {
         `other decides, not the path (see the per-repetition p50s in the JSON). The ` +
         `pinned row is the one to compare.`,
     );
+  const udp = row(r.rows, 'udp64');
+  const udpAct = act('vpm', 'udp64');
+  if (udp && udpAct && udpAct.batches > 0) {
+    const loss = (p: PathId) => udp.cells[p].loss?.median ?? Number.NaN;
+    notes.push(
+      `- 64-byte datagrams, as fast as one sender goes: the server received ` +
+        `${fmtRate(udp.cells.dnat.value.median)}/s through nftables DNAT ` +
+        `(${fmtPct(loss('dnat'))} of what was sent lost on the way) and ` +
+        `${fmtRate(udp.cells.vpm.value.median)}/s through vpm (${fmtPct(loss('vpm'))} lost); ` +
+        `vpm read ${fmt3(udpAct.packetsIn / udpAct.batches)} packets per batch there (a ` +
+        `wake-up's cost shared by a batch, unlike request/response); the kernel dropped ` +
+        `${fmtRate(udpAct.tunQueueDrops)} datagrams in the TUN's queue before vpm could read ` +
+        `them, and vpm's own drops were: ${dropsText({ ...udpAct, tunQueueDrops: 0 })}.`,
+    );
+  }
   const rrAct = act('vpm', 'rr');
   if (rrAct && rrAct.batches > 0)
     notes.push(
@@ -382,7 +423,7 @@ export function markdownSection(r: E2eReport): string {
 <!-- Generated by scripts/bench-e2e.ts (\`npm run bench:e2e\`): edits between the bench:e2e markers are overwritten. -->
 
 One client and one server in two network namespaces, the same pair measured four
-ways in one run: *kernel direct* (the client connects to the server's own address
+ways in one run, over TCP and over UDP: *kernel direct* (the client connects to the server's own address
 and port), *nftables DNAT* (the client connects to the virtual service
 ${'`198.19.0.9:9000`'}, rewritten by an nft \`dnat\` rule in prerouting), *vpm*
 (the same virtual service through \`vpm up\` and its TUN, offloads on: the
@@ -468,6 +509,32 @@ ${readingNotes(r)}
   trip, so a node client and server would measure themselves.
 - Connections per second: the client reuses TIME_WAIT ports (\`tcp_tw_reuse=1\`,
   ports 1024–65535, both set inside the client namespace only).
+- UDP: each daemon also has a UDP service on its VIP and port 9000 (next to the
+  TCP one), served by an instance on a port of its own (\`198.19.255.1:19011\`,
+  \`198.19.254.1:19012\`); direct and DNAT (an nft \`udp dport\` \`dnat\` rule) go to
+  \`198.18.1.1:19100\`. Separate ports because vpm steers every UDP datagram the
+  host sends from an instance port into its TUN, whatever its source address.
+  The load is \`udpbench\` (\`scripts/bench/e2e/udpbench.c\`, compiled at run time
+  like tcpbench), one server process on the three ports.
+- 64-byte UDP datagrams: one connected socket sends ${r.options.messageBytes}-byte datagrams (UDP
+  payload; 92-byte IP packets) as fast as it can, ${r.options.udpBatch} per \`sendmmsg()\`, for
+  ${r.options.warmupSec} s not counted and then ${r.options.duration} s; after 0.3 s for what is still
+  on its way it asks the server (a query datagram over the same path, retried)
+  how many of the measured ones it received. The rate is that count over the
+  sending time; the loss is the share of the datagrams sent that the server did
+  not receive. The sending CPU also does the kernel's receive work for what it
+  sends (a veth hands each packet to the backlog of the CPU that sent it): for
+  kernel direct and DNAT that is the whole path to the server's socket, so there
+  sender and path share one CPU and little is lost: the rate is what one CPU
+  sends and forwards. Through vpm that CPU's part ends at the TUN's queue and the
+  daemon forwards on the other CPU; what it cannot keep up with is dropped in the
+  TUN's queue, before vpm reads it (the TUN's \`tx_dropped\`, read around each vpm
+  measurement: "not read, TUN queue full" in the drops column above): the loss.
+  Batching the sends keeps the sender's own share of its CPU small.
+- UDP request/response: one socket, one ${r.options.messageBytes}-byte request outstanding, echoed
+  by the server; every transaction's time is kept (p50/p99 as for TCP). A
+  request without an answer within 50 ms counts as a failed transaction (and
+  costs those 50 ms); late answers are told apart by a sequence number.
 - Noise: the machine may run other work (load average ${m.loadAvg1.toFixed(2)} at the
   start, ${r.loadAvgEnd.toFixed(2)} at the end); compare the ratios, and the
   min–max spread, rather than absolute numbers across runs.

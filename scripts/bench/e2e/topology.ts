@@ -27,6 +27,16 @@
  * it to the DNAT client's packets, so that the direct and vpm paths run as on a
  * host without nftables (one cheap rule evaluation aside).
  *
+ * UDP: each daemon also has a UDP service on its VIP:9000 (a TCP and a UDP service
+ * share address and port), served by an instance of its own on a port of its own
+ * (19011 for vpm, 19012 for vpm with offloads off), and the direct and DNAT paths
+ * go to a third port, 19100, where no daemon is. They cannot share one port as TCP
+ * does: vpm steers every UDP datagram the host sends from an instance port into
+ * its TUN (`iif lo ipproto udp sport P`: a wildcard-bound server's source address
+ * is only chosen by that very lookup), whatever its source address, so a shared
+ * port would take the direct path's replies, and the other daemon's, into one TUN.
+ * One server process (udpbench.c) listens on all three ports.
+ *
  * Every address is in 198.18.0.0/15 and lives only in these namespaces; every
  * sysctl and nft rule is set inside them.
  */
@@ -42,6 +52,8 @@ export const VIP = '198.19.0.9';
 export const VPORT = 9000;
 export const TUN_ADDR = '198.19.255.1';
 export const REAL_PORT = 19001;
+/** The UDP server's port for the direct and DNAT paths (no daemon's instance port). */
+export const UDP_DIRECT_PORT = 19100;
 
 /** What tells the two daemons apart. */
 interface DaemonSpec {
@@ -51,6 +63,8 @@ interface DaemonSpec {
   tunAddr: string;
   localClientAddr: string;
   table: number;
+  /** Its UDP service's instance port. */
+  udpPort: number;
 }
 
 export const DAEMONS: Readonly<Record<VpmPathId, DaemonSpec>> = {
@@ -61,6 +75,7 @@ export const DAEMONS: Readonly<Record<VpmPathId, DaemonSpec>> = {
     tunAddr: TUN_ADDR,
     localClientAddr: '198.19.255.2',
     table: 100,
+    udpPort: 19011,
   },
   vpmOff: {
     offloads: 'off',
@@ -69,6 +84,7 @@ export const DAEMONS: Readonly<Record<VpmPathId, DaemonSpec>> = {
     tunAddr: '198.19.254.1',
     localClientAddr: '198.19.254.2',
     table: 101,
+    udpPort: 19012,
   },
 };
 
@@ -85,6 +101,20 @@ export const TARGETS: Readonly<Record<PathId, Target>> = {
   vpmOff: { src: '198.18.1.4', dst: DAEMONS.vpmOff.vip, port: VPORT },
   vpm: { src: '198.18.1.5', dst: VIP, port: VPORT },
 };
+
+/** Where each path's UDP client sends from and to (the same sources and VIPs as TCP). */
+export const UDP_TARGETS: Readonly<Record<PathId, Target>> = {
+  direct: { src: TARGETS.direct.src, dst: HOST_ADDR, port: UDP_DIRECT_PORT },
+  dnat: TARGETS.dnat,
+  vpmOff: TARGETS.vpmOff,
+  vpm: TARGETS.vpm,
+};
+
+/** The ports the UDP server listens on: the direct/DNAT one and each daemon's instance. */
+export const UDP_SERVER_PORTS: readonly number[] = [
+  UDP_DIRECT_PORT,
+  ...Object.values(DAEMONS).map((d) => d.udpPort),
+];
 
 export interface Topology {
   client: string;
@@ -105,6 +135,7 @@ function nftRuleset(): string {
   chain nat_prerouting {
     type nat hook prerouting priority dstnat; policy accept;
     ip saddr ${d} ip daddr ${VIP} tcp dport ${VPORT} dnat to ${HOST_ADDR}:${REAL_PORT}
+    ip saddr ${d} ip daddr ${VIP} udp dport ${VPORT} dnat to ${HOST_ADDR}:${UDP_DIRECT_PORT}
   }
 }
 `;
@@ -132,7 +163,9 @@ export { nftRuleset };
 
 /**
  * A daemon's configuration: docs/examples/two-tenants.json with the socket in
- * `dir`, and the TUN, addresses, route table and offloads of `path`'s daemon.
+ * `dir`, and the TUN, addresses, route table and offloads of `path`'s daemon; and
+ * a UDP service on the same VIP and port as the TCP one, served by tenant-a on the
+ * daemon's own UDP port (the TCP instance serves the TCP service only).
  */
 export function vpmConfig(dir: string, path: VpmPathId): Record<string, unknown> {
   const d = DAEMONS[path];
@@ -148,9 +181,18 @@ export function vpmConfig(dir: string, path: VpmPathId): Record<string, unknown>
       rulePriority: d.table,
       offloads: d.offloads,
     },
-    services: [{ name: 'web', address: d.vip, port: VPORT, protocol: 'tcp' }],
+    services: [
+      { name: 'web', address: d.vip, port: VPORT, protocol: 'tcp' },
+      { name: 'dgram', address: d.vip, port: VPORT, protocol: 'udp' },
+    ],
     applications: [
-      { aid: 'tenant-a', instances: [{ port: REAL_PORT }] },
+      {
+        aid: 'tenant-a',
+        instances: [
+          { port: REAL_PORT, service: 'web' },
+          { port: d.udpPort, service: 'dgram' },
+        ],
+      },
       { aid: 'tenant-b', instances: [{ address: d.tunAddr, port: REAL_PORT + 1 }] },
     ],
     selectors: [
@@ -220,6 +262,11 @@ export async function startVpm(
   return { path, proc, socket: (config.control as { socket: string }).socket, config };
 }
 
+/** Packets the kernel dropped on their way into a TUN (its tx_dropped), inside `ns`. */
+export function tunTxDropped(lab: Lab, ns: string, dev: string): number {
+  return Number(lab.run(ns, 'cat', [`/sys/class/net/${dev}/statistics/tx_dropped`]).trim());
+}
+
 /** `vpm stats --json` over the control socket (a unix socket: reachable from any namespace). */
 export function vpmStats(root: string, socket: string): Record<string, unknown> {
   const out = run(process.execPath, [
@@ -261,8 +308,17 @@ export function allowedCpus(): string {
 
 /** Compile the request/response helper (tcpbench.c) into the lab's directory; return its path. */
 export function buildTcpbench(lab: Lab, root: string): { bin: string; cc: string } {
-  const src = join(root, 'scripts/bench/e2e/tcpbench.c');
-  const bin = join(lab.dir, 'tcpbench');
+  return buildHelper(lab, root, 'tcpbench');
+}
+
+/** Compile the UDP helper (udpbench.c) into the lab's directory; return its path. */
+export function buildUdpbench(lab: Lab, root: string): { bin: string; cc: string } {
+  return buildHelper(lab, root, 'udpbench');
+}
+
+function buildHelper(lab: Lab, root: string, name: string): { bin: string; cc: string } {
+  const src = join(root, `scripts/bench/e2e/${name}.c`);
+  const bin = join(lab.dir, name);
   const cc = commandOnPath('cc') ? 'cc' : 'gcc';
   run(cc, ['-O2', '-Wall', '-o', bin, src], 60_000);
   const version = run(cc, ['--version']).split('\n')[0]?.trim() ?? cc;
