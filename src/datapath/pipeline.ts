@@ -262,6 +262,8 @@ export class Pipeline {
   /** A held packet on its way out, behind its header room (injectHeld). */
   private readonly heldBuf: Uint8Array;
   private readonly segLengths = new Uint32Array(MAX_SEGMENTS);
+  /** rescueRefused's copy of a batch write's errnos. */
+  private readonly batchErrnos: Int32Array;
   /** Which flow each fragmented datagram belongs to, and the fragments waiting for their first. */
   private readonly fragments = new FragmentTable();
   private readonly held: HeldFragments;
@@ -293,6 +295,7 @@ export class Pipeline {
     this.icmpLengths = new Uint32Array(n);
     this.segBuf = new Uint8Array(this.hr > 0 ? SEGMENT_SCRATCH : 0);
     this.heldBuf = new Uint8Array(this.hr + MAX_HELD);
+    this.batchErrnos = new Int32Array(n);
     const lim = opts.limits ?? DEFAULT_PIPELINE_LIMITS;
     this.held = new HeldFragments(lim.heldFragments, lim.heldFragmentBytes, this.hr);
     this.fragmentMs = lim.fragmentMs;
@@ -419,9 +422,12 @@ export class Pipeline {
     const dev = this.dev;
     const c = this.counters;
     const hr = this.hr;
+    // The batch's errnos, before sendSegmented's writes refill the device's.
+    const errnos = this.batchErrnos;
+    errnos.set(dev.txErrnos.subarray(0, written));
     let lost = 0;
     for (let i = 0; i < written; i++) {
-      const errno = dev.txErrnos[i]!;
+      const errno = errnos[i]!;
       if (errno === 0) continue;
       const off = this.txOffsets[i]!;
       if (hr > 0 && buf[off - hr + VNET_OFF_GSO_TYPE] !== VNET_GSO_NONE) {
@@ -674,20 +680,28 @@ export class Pipeline {
     const info = this.segInfo;
     const partial = this.partial;
     this.partial = false; // a later fragment carries no L4 checksum
-    let bytes = 0;
     for (let i = 0; i < n; i++) {
       const o = held.outOffsets[i]!;
       checkPacket(arena, o, held.outLengths[i]!, info); // accepted when it was held
       this.translate(arena, o, info, h, now);
-      bytes += held.outLengths[i]!;
     }
     this.partial = partial;
-    const written = this.dev.write(arena, held.outOffsets, held.outLengths, n);
-    const taken = written - this.dev.lastWriteRefused;
+    const dev = this.dev;
+    const written = dev.write(arena, held.outOffsets, held.outLengths, n);
+    // As for the batch: refused on write (EINVAL) is tx_refused, not taken is tx_error.
+    let taken = 0;
+    for (let i = 0; i < written; i++) {
+      const errno = dev.txErrnos[i]!;
+      if (errno === 0) {
+        taken++;
+        c.bytesOut += held.outLengths[i]!;
+      } else {
+        c.drops[errno === EINVAL ? Drop.TX_REFUSED : Drop.TX_ERROR]! += 1;
+      }
+    }
     c.fragmentsReleased += taken;
     c.packetsOut += taken;
-    if (taken === n) c.bytesOut += bytes;
-    c.drops[Drop.TX_ERROR]! += n - taken;
+    c.drops[Drop.TX_ERROR]! += n - written;
   }
 
   /**

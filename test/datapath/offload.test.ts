@@ -461,6 +461,37 @@ describe('a super-packet the kernel refuses on write', () => {
     invariant();
   });
 
+  it('two refused super-packets and a refused plain packet in one batch: each judged by its own errno', () => {
+    // The segments' writes refill the device's errnos: the batch's must be kept apart.
+    const { tun, send, counters, invariant } = setup(true);
+    send(withHdr({}, tcp4({ src: CLIENT, dst: VIP }, { srcPort: 10, dstPort: 9000, flags: SYN })));
+    const plain = withHdr(
+      {},
+      tcp4({ src: CLIENT, dst: VIP }, { srcPort: 10, dstPort: 9000, seq: 7 }),
+    );
+    tun.refuse = (frame) => (frame[1] !== 0 || frame.length === plain.length ? EINVAL : 0);
+    const t = (seq: number) => ({
+      srcPort: 10,
+      dstPort: 9000,
+      flags: ACK,
+      seq,
+      payload: randomBytes(new Rng(seq), 3000),
+    });
+    const out = send(
+      withHdr(partialHdr(1000), tcp4Partial({ src: CLIENT, dst: VIP }, t(1))),
+      plain,
+      withHdr(partialHdr(1000), tcp4Partial({ src: CLIENT, dst: VIP }, t(5001))),
+    );
+    const want = [1, 5001].flatMap((seq) =>
+      segments(tcp4Partial({ src: CLIENT, dst: HOST }, { ...t(seq), dstPort: 19001 }), 1000),
+    );
+    expect(out.map((f) => hex(f.subarray(10)))).toEqual(want.map(hex));
+    expect(counters.gsoRefused).toBe(2);
+    expect(counters.softwareSegmented).toBe(2);
+    expect(counters.drops[Drop.TX_REFUSED]).toBe(1);
+    invariant();
+  });
+
   it('a plain packet the kernel refuses is a counted drop, not a packet out', () => {
     const { tun, send, counters, invariant } = setup(true);
     tun.refuse = () => EINVAL;

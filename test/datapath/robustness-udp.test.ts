@@ -1277,9 +1277,9 @@ function run(seed: number, vnet: boolean, batches: number): RunResult {
     }
     // Now and then the device's queue is full, or the kernel refuses packets on write
     // (EINVAL): counted drops, so no output is required in such a batch. Only plain
-    // packets are refused: a refused super-packet takes the software-segmentation path
-    // (offload.test.ts), where two refusals in one batch lose the second packet
-    // uncounted (txErrnos is overwritten by the segments' write).
+    // packets are refused here: the segments of a refused super-packet carry IP IDs of
+    // their own (id + k), which this model's tagging by IP ID does not follow;
+    // offload.test.ts checks that path, two refusals in one batch included.
     const lossy = chance(15);
     if (lossy) {
       if (chance(2)) tun.writeCapacity = rng.int(frames.length + 2);
