@@ -68,7 +68,7 @@ export const Drop = {
   FRAGMENT_EXPIRED: 30,
   /** An ICMP message whose checksum is wrong. */
   ICMP_BAD_CHECKSUM: 31,
-  /** An ICMP error to a virtual service address (or the local-client address) that quotes no packet of a flow. */
+  /** An ICMP error that quotes no packet of a flow (or too little to tell). */
   ICMP_NO_FLOW: 32,
   /** An ICMP message to a virtual service address other than an error or an echo request (or a fragment of one). */
   ICMP_UNSUPPORTED: 33,
@@ -152,7 +152,7 @@ export class Counters {
   fragmentsReleased = 0;
   /** ICMP errors about a flow, translated (RFC 5508) and forwarded. */
   icmpErrorsTranslated = 0;
-  /** ICMP messages about no flow and not to a virtual address, written back unchanged. */
+  /** ICMP messages that are no errors and not for a virtual address (the host's own, from the TUN address), written back unchanged. */
   icmpPassed = 0;
   /** Echo requests to a virtual service address answered. */
   echoReplies = 0;

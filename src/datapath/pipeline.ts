@@ -706,11 +706,11 @@ export class Pipeline {
 
   /**
    * The ICMP stage. The message's checksum is verified first (ICMP is never
-   * offloaded). An error quoting a flow's packet is translated; an echo request to
-   * a virtual service address is answered in place; an error or another message
-   * for a virtual address (or the local-client address) that is neither is
-   * dropped; anything else (the host's own ICMP, steered through the TUN by the
-   * ICMP reply rule) goes on unchanged.
+   * offloaded). An error quoting a flow's packet is translated, an error about no
+   * flow dropped; an echo request to a virtual service address is answered in
+   * place; another message for a virtual address (or the local-client address) is
+   * dropped; any other message (the host's own, steered through the TUN by the
+   * ICMP reply rule: an echo reply from the TUN address, say) goes on unchanged.
    */
   private icmp(buf: Uint8Array, off: number, info: PacketInfo, now: number): number {
     const m = info.l4Off;
@@ -730,8 +730,11 @@ export class Pipeline {
           return 0;
         }
       }
-      if (ours) return Drop.ICMP_NO_FLOW;
-    } else if (ours) {
+      // About no flow (one that expired, say): unknown to the receiver, and passed on
+      // as it is it would show the receiver an instance's address and port.
+      return Drop.ICMP_NO_FLOW;
+    }
+    if (ours) {
       if (type !== ICMP_ECHO_REQUEST || !rules.isVip(dst)) return Drop.ICMP_UNSUPPORTED;
       if (!this.icmpBucket.take(now)) return Drop.ICMP_RATE_LIMITED;
       this.echoReply(buf, off, m);

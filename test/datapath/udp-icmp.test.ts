@@ -470,7 +470,7 @@ describe('ICMP errors about flows (RFC 5508)', () => {
     );
   });
 
-  it('drops an error with a bad checksum, or to the VIP about no flow; passes the host own ones on', () => {
+  it('drops an error with a bad checksum, or about no flow; passes the host other ICMP on', () => {
     const { send, counters, invariant } = setup();
     const quote = dgram(VIP, DNS, CLIENT, 40299, new Uint8Array(8)).subarray(0, 28);
     const bad = icmpError(CLIENT, VIP, 3, 3, quote);
@@ -482,14 +482,19 @@ describe('ICMP errors about flows (RFC 5508)', () => {
     // A quote too short to hold the ports is no flow either.
     expect(send(icmpError(CLIENT, VIP, 3, 3, quote.subarray(0, 22)))).toHaveLength(0);
     expect(counters.drops[Drop.ICMP_NO_FLOW]).toBe(2);
-    // The host's own error about something else (steered here by the ICMP rule): unchanged.
-    const other = icmpError(
+    // The host's own error about no flow (one that expired, say): dropped, not passed on
+    // with the instance's address and port in it.
+    const stale = icmpError(
       HOST,
-      STRANGER,
+      CLIENT,
       3,
       3,
-      dgram(STRANGER, 1, HOST, 2, new Uint8Array(8)).subarray(0, 28),
+      dgram(CLIENT, 1, HOST, REAL_UDP, new Uint8Array(8)).subarray(0, 28),
     );
+    expect(send(stale)).toHaveLength(0);
+    expect(counters.drops[Drop.ICMP_NO_FLOW]).toBe(3);
+    // The host's other ICMP (an echo reply from the TUN address, steered here by the ICMP rule): unchanged.
+    const other = icmp4({ src: HOST, dst: STRANGER }, { type: 0, rest: 0x00070001 });
     expect(send(other).map(hex)).toEqual([hex(other)]);
     expect(counters.icmpPassed).toBe(1);
     invariant();
