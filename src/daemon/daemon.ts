@@ -484,7 +484,9 @@ export class Daemon {
     this.cfg = plan.config;
     this.pipeline?.setLimits(pipelineLimits(this.cfg));
     this.pipeline?.setHealth(this.cfg.health.downMs);
+    // A shorter (or no) health.downMs applies to the instances marked down now too.
     if (this.cfg.health.downMs === 0) this.instances.clearHealth();
+    else this.instances.capDown(performance.now() + this.cfg.health.downMs);
     this.coop?.update(this.cfg);
     this.log.info(
       { event: 'reloaded', file: next.source, changed: plan.changed },

@@ -282,6 +282,12 @@ export class InstanceSet {
     }
   }
 
+  /** No instance stays down past `until` (a reload with a shorter health.downMs). */
+  capDown(until: number): void {
+    const d = this.downUntil;
+    for (let x = 0; x < d.length; x++) if (d[x]! > until) d[x] = until;
+  }
+
   /** Every instance up again (health.downMs set to 0 on reload). */
   clearHealth(): void {
     this.downUntil.fill(0);
