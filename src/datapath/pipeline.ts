@@ -17,6 +17,13 @@
  *     side back towards the client (source real → VIP:vport, destination back to
  *     the client's own address);
  *   - everything else is dropped with a reason counter.
+ * The passive health check (TCP, docs/architecture.md "How an instance is
+ * chosen"): the SYN that opens a flow to an AID with several instances is
+ * copied (syn-copies.ts) until its instance answers; a RST from the instance
+ * that acknowledges it (nothing listens there) marks the instance down, and the
+ * copy, translated for another instance of the AID, takes the RST's place in the
+ * batch (the flow's server side re-pointed). Only when no instance is left does
+ * the RST go on to the client.
  * Rewritten packets stay where they are in the receive buffer; the output batch is
  * a second pair of offset/length arrays over the same buffer, written back to the
  * device in one call. Generated RSTs and ICMP errors go into their own preallocated
@@ -606,6 +613,7 @@ export class Pipeline {
       const f = info.tcpFlags;
       if ((f & TCP_RST) !== 0) {
         if (!info.isFragment && this.refusedByInstance(buf, off, info, h >> 1, now)) return 0;
+        this.synCopies.release(h >> 1); // the RST goes on: the SYN is answered
       } else if ((f & (TCP_SYN | TCP_ACK)) === (TCP_SYN | TCP_ACK)) {
         this.acceptedByInstance(h >> 1);
       }

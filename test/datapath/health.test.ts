@@ -234,12 +234,13 @@ describe('passive health check', () => {
   });
 
   it('takes only a RST that acknowledges the SYN as a refusal', () => {
-    const { send, counters, instances, now } = setup();
+    const { send, counters, instances, now, p } = setup();
     send(synFrom(40000));
     const wrongAck = seg(HOST, 19001, CLIENT, 40000, RST | ACK, 0, 12345);
     expect(send(wrongAck)).toEqual([hex(seg(VIP, 9000, CLIENT, 40000, RST | ACK, 0, 12345))]);
     expect(instances.isDown(0, now())).toBe(false);
     expect(counters.instanceRefusals).toBe(0);
+    expect(p.synCopiesInUse).toBe(0); // answered all the same
   });
 
   it('is off with downMs 0: the RST goes to the client, nothing is marked', () => {
