@@ -336,7 +336,8 @@ export class Pipeline {
     this.icmpBucket = new TokenBucket(lim.icmpPerSecond);
     const health = opts.health ?? DEFAULT_HEALTH;
     this.downMs = health.downMs;
-    this.synCopies = new SynCopies(health.synCopies, table.capacity);
+    // At most one copy per flow: more would never be used.
+    this.synCopies = new SynCopies(Math.min(health.synCopies, table.capacity), table.capacity);
     const copies = this.synCopies;
     table.addRemoveListener((slot) => copies.release(slot));
   }
