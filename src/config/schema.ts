@@ -460,6 +460,31 @@ export const configSchema = {
         },
       },
     },
+    health: {
+      description:
+        'Passive health check of instances (TCP): an instance that answers a SYN with a RST (nothing listens) is marked down, the SYN is sent to another instance of the application, and new connections skip it for a while.',
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        downMs: {
+          description:
+            'How long an instance that refused a connection gets no new connections (milliseconds; every refusal starts it again, a connection it accepts ends it). 0: no health check and no retry. Applied on reload.',
+          type: 'integer',
+          minimum: 0,
+          maximum: 3600000,
+          default: 10000,
+        },
+        synCopies: {
+          description:
+            'SYNs kept at once, each until its instance answers, so that a refused one can be sent to another instance (120 bytes each). A SYN that finds them all in use is not retried. Read at start-up only.',
+          type: 'integer',
+          minimum: 0,
+          maximum: 1048576,
+          default: 1024,
+        },
+      },
+    },
     timeouts: {
       description:
         'Flow timers, in milliseconds. A flow idle for longer than the timer of its state is removed.',

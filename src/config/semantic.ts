@@ -549,6 +549,7 @@ class Checker {
         heldFragmentBytes: raw.limits.heldFragmentBytes,
         icmpPerSecond: raw.limits.icmpPerSecond,
       },
+      health: { downMs: raw.health.downMs, synCopies: raw.health.synCopies },
       timeouts: {
         embryonicMs: raw.timeouts.embryonicMs,
         establishedIdleMs: raw.timeouts.establishedIdleMs,

@@ -86,6 +86,7 @@ export function configToJson(c: Config): Record<string, unknown> {
             })),
           },
     limits: { ...c.limits },
+    health: { ...c.health },
     timeouts: { ...c.timeouts },
     control: { socket: c.control.socket },
     metrics: {

@@ -159,6 +159,12 @@ export interface Config {
     /** ICMP messages vpm sends per second (burst: a twentieth). Default 1000. */
     readonly icmpPerSecond: number;
   };
+  readonly health: {
+    /** How long an instance that refused a SYN gets no new connections; 0: no check. Default 10000. */
+    readonly downMs: number;
+    /** SYN copies kept for a retry on another instance. Default 1024. */
+    readonly synCopies: number;
+  };
   readonly timeouts: {
     /** Handshake not complete. Default 10000. */
     readonly embryonicMs: number;

@@ -372,7 +372,7 @@ export class Cooperation {
 
     if (svcRule.peer < 0) {
       // A local service: the AID's own instance (FIG. 8).
-      const inst = this.d.instances.pick(aid, h.svc);
+      const inst = this.d.instances.pick(aid, h.svc, this.d.now());
       if (inst < 0) return fail('refused_no_instance', { aid: aidName });
       const target = this.d.instances.get(inst)!;
       k.realAddr = target.addr;
@@ -524,7 +524,7 @@ export class Cooperation {
     // which every lookup of the flow (the client's packets to VIP:p2, the replies) matches.
     const svc = rules.findService(vip, Number(sPort), proto);
     const aid = rules.aidNames.indexOf(m.body.aid);
-    const inst = svc >= 0 && aid >= 0 ? this.d.instances.pick(aid, svc) : -1;
+    const inst = svc >= 0 && aid >= 0 ? this.d.instances.pick(aid, svc, this.d.now()) : -1;
     if (inst < 0) {
       return {
         type: 'refuse',

@@ -9,7 +9,7 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import type { ControlServer } from '../control/server.js';
-import type { FlowView } from '../view/views.js';
+import type { FlowView, InstanceView } from '../view/views.js';
 import type { Registry } from '../virtual/registry.js';
 import { ipv4ToString } from '../wire/address.js';
 import type { ReloadResult } from './reload.js';
@@ -21,6 +21,8 @@ export interface ControlTarget {
   config(): Config;
   stats(): Record<string, unknown>;
   flows(): FlowView[];
+  /** `vpm instances`: static and registered instances, with their health. */
+  instances(): InstanceView[];
   reload(): Promise<ReloadResult>;
   /** The registry of bound instances; null until the daemon has built it. */
   registry(): Registry | null;
@@ -101,7 +103,7 @@ export function registerControlHandlers(c: ControlServer, d: ControlTarget): voi
     );
     return r;
   });
-  c.on('instances', () => reg().instances());
+  c.on('instances', () => d.instances());
   c.onClose = (conn) => {
     const n = d.registry()?.connClosed(conn) ?? 0;
     if (n > 0)

@@ -23,7 +23,7 @@ import type { Config } from '../config/types.js';
 import { ControlServer } from '../control/server.js';
 import { Cooperation } from '../coop/cooperation.js';
 import { Counters, DROP_NAMES } from '../datapath/counters.js';
-import { InstanceSet } from '../datapath/instances.js';
+import { type Instance, InstanceSet } from '../datapath/instances.js';
 import { Pipeline } from '../datapath/pipeline.js';
 import type { Rules } from '../datapath/rules.js';
 import { STATE_NAMES } from '../flow/state.js';
@@ -31,7 +31,7 @@ import { FlowTable } from '../flow/table.js';
 import { cleanStale, HostSetup } from '../host/setup.js';
 import { offloadNames, type TunDevice } from '../tun/device.js';
 import { openTun } from '../tun/kernel-tun.js';
-import type { FlowView } from '../view/views.js';
+import type { FlowView, InstanceView } from '../view/views.js';
 import { PortPool } from '../virtual/pool.js';
 import { Registry } from '../virtual/registry.js';
 import { ipv4ToString, parseIpv4 } from '../wire/address.js';
@@ -42,6 +42,7 @@ import { createLogger } from './log.js';
 import { buildMetrics, serveMetrics } from './metrics.js';
 import { type ReloadResult, reloadPlan } from './reload.js';
 import {
+  healthLimits,
   hostPlanFromConfig,
   pipelineLimits,
   rulesFromConfig,
@@ -177,6 +178,8 @@ export class Daemon {
           instances: this.instances,
           verifyL4Checksum: cfg.tun.verifyChecksums,
           limits: pipelineLimits(cfg),
+          health: healthLimits(cfg),
+          onInstanceEvent: (ev, index) => this.instanceEvent(ev, index),
           localClientAddr: cfg.tun.localClientAddress,
           localClientAid: (addr, port, proto) =>
             this.registry?.localClientAid(addr, port, proto) ?? -1,
@@ -226,6 +229,7 @@ export class Daemon {
         config: () => this.cfg,
         stats: () => this.stats(),
         flows: () => this.flows(),
+        instances: () => this.instanceViews(),
         reload: () => this.reload(),
         registry: () => this.registry,
       });
@@ -301,12 +305,75 @@ export class Daemon {
     }
   }
 
+  /** "addr:port" and AID name of an instance, for logs and metrics. */
+  private instanceLabels(i: Instance): { aid: string; instance: string } {
+    return {
+      aid: this.rules?.aidNames[i.aid] ?? `#${i.aid}`,
+      instance: `${ipv4ToString(i.addr)}:${i.port}`,
+    };
+  }
+
+  /**
+   * The passive health check marked an instance down (it refused a SYN) or up
+   * (it accepted one while down). One line per change of state, so at most one
+   * instance_down per instance per health.downMs.
+   */
+  private instanceEvent(ev: 'down' | 'up', index: number): void {
+    const i = this.instances.get(index);
+    if (!i) return;
+    const h = this.instances.health(index, performance.now());
+    if (ev === 'down')
+      this.log.warn(
+        {
+          event: 'instance_down',
+          ...this.instanceLabels(i),
+          source: i.source,
+          downMs: this.cfg.health.downMs,
+          refusals: h.refusals,
+        },
+        'an instance refused a connection (nothing listening): no new connections for health.downMs',
+      );
+    else
+      this.log.info(
+        { event: 'instance_up', ...this.instanceLabels(i), reason: 'accepted' },
+        'an instance marked down accepted a connection: up again',
+      );
+  }
+
+  /** `vpm instances`: the registry's list with each instance's health. */
+  instanceViews(): InstanceView[] {
+    const list = this.registry?.instances() ?? [];
+    const now = performance.now();
+    const wall = Date.now();
+    return list.map((v) => {
+      const addr = parseIpv4(v.address);
+      const i = addr === null ? undefined : this.instances.byAddress(addr, v.port);
+      if (!i) return v;
+      const h = this.instances.health(i.index, now);
+      return {
+        ...v,
+        health: {
+          state: h.up ? 'up' : 'down',
+          downUntil: h.up ? null : new Date(wall + (h.downUntil - now)).toISOString(),
+          downForMs: h.up ? 0 : Math.ceil(h.downUntil - now),
+          refusals: h.refusals,
+        },
+      };
+    });
+  }
+
   private expire(): void {
     const table = this.table;
     const counters = this.counters;
     if (!table || !counters) return;
     const now = performance.now();
     this.pipeline?.expireFragments(now);
+    this.instances.healthTick(now, (i) =>
+      this.log.info(
+        { event: 'instance_up', ...this.instanceLabels(i), reason: 'down_time_over' },
+        'an instance marked down gets new connections again (health.downMs over)',
+      ),
+    );
     const debug = this.log.isLevelEnabled('debug');
     counters.flowsExpired += table.expire(now, EXPIRE_BUDGET, (s) => {
       if (debug)
@@ -348,8 +415,18 @@ export class Daemon {
 
   stats(): Record<string, unknown> {
     const c = this.counters!;
+    const snap = c.snapshot(this.rules!.aidNames);
+    const now = performance.now();
     return {
-      ...c.snapshot(this.rules!.aidNames),
+      ...snap,
+      health: {
+        ...(snap.health as Record<string, number>),
+        synCopiesInUse: this.pipeline?.synCopiesInUse ?? 0,
+        instances: this.instances.all().map((i) => {
+          const h = this.instances.health(i.index, now);
+          return { ...this.instanceLabels(i), up: h.up, refusals: h.refusals };
+        }),
+      },
       flowsActive: this.table!.size,
       udpFlowsActive: this.table!.udpSize,
       flowsCapacity: this.table!.capacity,
@@ -406,6 +483,10 @@ export class Daemon {
     this.table?.timeouts.set(timerTimeouts(next));
     this.cfg = plan.config;
     this.pipeline?.setLimits(pipelineLimits(this.cfg));
+    this.pipeline?.setHealth(this.cfg.health.downMs);
+    // A shorter (or no) health.downMs applies to the instances marked down now too.
+    if (this.cfg.health.downMs === 0) this.instances.clearHealth();
+    else this.instances.capDown(performance.now() + this.cfg.health.downMs);
     this.coop?.update(this.cfg);
     this.log.info(
       { event: 'reloaded', file: next.source, changed: plan.changed },

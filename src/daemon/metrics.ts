@@ -37,6 +37,14 @@ interface Snapshot {
     unreachableSent: number;
     rateLimited: number;
   };
+  health: {
+    instanceRefusals: number;
+    synRetried: number;
+    refusalsForwarded: number;
+    synNotKept: number;
+    synCopiesInUse: number;
+    instances: { aid: string; instance: string; up: boolean; refusals: number }[];
+  };
   batches: number;
   batchSizes: Record<string, number>;
   perAid: Record<string, { bytesIn: number; bytesOut: number }>;
@@ -168,6 +176,39 @@ export function buildMetrics(stats: StatsSource): Registry {
       m({ kind: 'unreachable_sent' }, s.icmp.unreachableSent);
       m({ kind: 'rate_limited' }, s.icmp.rateLimited);
     },
+  );
+  g(
+    'vpm_instance_up',
+    'Passive health check: 1 if the instance gets new connections, 0 while it is marked down (it refused one).',
+    ['aid', 'instance'],
+    (m, s) => {
+      for (const i of s.health.instances) m({ aid: i.aid, instance: i.instance }, i.up ? 1 : 0);
+    },
+  );
+  g(
+    'vpm_instance_refusals_total',
+    'SYNs the instance answered with a RST (nothing listening).',
+    ['aid', 'instance'],
+    (m, s) => {
+      for (const i of s.health.instances) m({ aid: i.aid, instance: i.instance }, i.refusals);
+    },
+  );
+  g(
+    'vpm_health_total',
+    'Passive health check: refusals by instances, refused SYNs sent to another instance (syn_retried), refusals passed on to the client (refusal_forwarded), SYNs not kept for a retry (syn_not_kept: the copies were all in use).',
+    ['kind'],
+    (m, s) => {
+      m({ kind: 'instance_refusal' }, s.health.instanceRefusals);
+      m({ kind: 'syn_retried' }, s.health.synRetried);
+      m({ kind: 'refusal_forwarded' }, s.health.refusalsForwarded);
+      m({ kind: 'syn_not_kept' }, s.health.synNotKept);
+    },
+  );
+  g(
+    'vpm_syn_copies_in_use',
+    'SYNs kept until their instance answers (health.synCopies).',
+    [],
+    (m, s) => m({}, s.health.synCopiesInUse),
   );
   g('vpm_fragments_held', 'IPv4 fragments waiting for their first fragment.', [], (m, s) =>
     m({}, s.fragmentsHeld),

@@ -4,12 +4,12 @@
  *
  * A few settings are read once, at start-up: the TUN device (its name, addresses,
  * MTU, offloads, routing table and rule priority), the control socket, the size of
- * the translation table and of the fragment wait buffer, the port pool and the
- * cooperative set-up. When a reload
+ * the translation table, of the fragment wait buffer and of the SYN copies
+ * (health.synCopies), the port pool and the cooperative set-up. When a reload
  * finds them changed it says so (`reload_partial`, `needsRestart`) and the daemon
  * keeps running with the old ones. Everything else is applied live: services,
  * applications, selectors and the default for new connections, timeouts for every
- * flow's next timer, the ICMP rate limit; the daemon's Daemon.reload applies them.
+ * flow's next timer, the ICMP rate limit, health.downMs; the daemon's Daemon.reload applies them.
  */
 
 import type { Config } from '../config/types.js';
@@ -21,6 +21,7 @@ export const RESTART_SETTINGS = [
   'limits.maxFlows',
   'limits.heldFragments',
   'limits.heldFragmentBytes',
+  'health.synCopies',
   'pool',
   'cooperative',
 ] as const;
@@ -34,6 +35,7 @@ export const LIVE_SETTINGS = [
   'default',
   'timeouts',
   'limits.icmpPerSecond',
+  'health.downMs',
 ] as const;
 export type LiveSetting = (typeof LIVE_SETTINGS)[number];
 
@@ -43,6 +45,7 @@ const RESTART_VALUE: Record<RestartSetting, (c: Config) => unknown> = {
   'limits.maxFlows': (c) => c.limits.maxFlows,
   'limits.heldFragments': (c) => c.limits.heldFragments,
   'limits.heldFragmentBytes': (c) => c.limits.heldFragmentBytes,
+  'health.synCopies': (c) => c.health.synCopies,
   pool: (c) => c.pool,
   cooperative: (c) => c.cooperative,
 };
@@ -55,7 +58,7 @@ export interface ReloadPlan {
   /**
    * The configuration the daemon runs with from now on: the new one, with the
    * restart-only sections (`tun`, `control`, `limits` but its ICMP rate, `pool`,
-   * `cooperative`) kept from the running one.
+   * `cooperative`, `health.synCopies`) kept from the running one.
    */
   config: Config;
 }
@@ -75,6 +78,7 @@ const LIVE_VALUE: Record<LiveSetting, (c: Config) => unknown> = {
   default: (c) => c.default,
   timeouts: (c) => c.timeouts,
   'limits.icmpPerSecond': (c) => c.limits.icmpPerSecond,
+  'health.downMs': (c) => c.health.downMs,
 };
 
 const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
@@ -92,6 +96,7 @@ export function reloadPlan(current: Config, next: Config): ReloadPlan {
       control: current.control,
       limits: { ...current.limits, icmpPerSecond: next.limits.icmpPerSecond },
       pool: current.pool,
+      health: { ...next.health, synCopies: current.health.synCopies },
     },
   };
 }

@@ -5,7 +5,7 @@
 
 import type { Config } from '../config/types.js';
 import type { InstanceSpec } from '../datapath/instances.js';
-import type { PipelineLimits } from '../datapath/pipeline.js';
+import type { HealthLimits, PipelineLimits } from '../datapath/pipeline.js';
 import { Rules } from '../datapath/rules.js';
 import type { HostPlan } from '../host/setup.js';
 import { ipv4ToString } from '../wire/address.js';
@@ -96,6 +96,11 @@ export function timerTimeouts(cfg: Config): number[] {
     t.udpUnrepliedMs,
     t.udpAssuredMs,
   ];
+}
+
+/** The passive health check's settings. */
+export function healthLimits(cfg: Config): HealthLimits {
+  return { downMs: cfg.health.downMs, synCopies: cfg.health.synCopies };
 }
 
 /** The pipeline's fragment and ICMP limits. */

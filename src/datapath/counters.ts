@@ -7,7 +7,10 @@
  *     packetsIn === packetsOut + sum(drops) + fragmentsHeld
  *
  * (a held fragment later goes out, counted in packetsOut, or is dropped as
- * fragment_expired or fragment_no_flow).
+ * fragment_expired or fragment_no_flow). An instance's RST that refused a SYN
+ * which vpm then sends to another instance (the passive health check) is
+ * answered in place: the retried SYN takes its place in the batch, one packet in,
+ * one out (`synRetried` counts them; no drop).
  *
  * Counters are numbers in typed arrays, bumped by index on the hot path (no
  * strings, no objects); names exist only for the control plane.
@@ -160,6 +163,14 @@ export class Counters {
   icmpUnreachableSent = 0;
   /** ICMP messages vpm did not send because of the rate limit (limits.icmpPerSecond). */
   icmpRateLimited = 0;
+  /** Passive health check: RSTs by which an instance refused a SYN (it was marked down). */
+  instanceRefusals = 0;
+  /** Refused SYNs sent again to another instance of the AID (the RST answered in place: one packet out). */
+  synRetried = 0;
+  /** Refusals passed on to the client: no other instance left, or the SYN was not kept. */
+  refusalsForwarded = 0;
+  /** SYNs not kept for a retry: the copy pool (health.synCopies) was full, or the SYN too long. */
+  synNotKept = 0;
   /** Per AID index: bytes client → server and server → client. */
   readonly aidBytesIn: Float64Array;
   readonly aidBytesOut: Float64Array;
@@ -223,6 +234,12 @@ export class Counters {
       localClientsRefused: this.localClientsRefused,
       fragmentsHeld: this.fragmentsHeld,
       fragmentsReleased: this.fragmentsReleased,
+      health: {
+        instanceRefusals: this.instanceRefusals,
+        synRetried: this.synRetried,
+        refusalsForwarded: this.refusalsForwarded,
+        synNotKept: this.synNotKept,
+      },
       icmp: {
         errorsTranslated: this.icmpErrorsTranslated,
         passed: this.icmpPassed,

@@ -16,8 +16,8 @@
  *
  * Every instance has an index, its handle, which stays the same for as long as the
  * instance lives: `pick` returns it, a flow records it (the FlowTable `instance`
- * column), and per-instance state belongs in a column indexed by it (a passive
- * health check, later: "down until t", which `pick` would skip). A reload keeps
+ * column), and per-instance state belongs in a column indexed by it: the
+ * passive health check's "down until t" and refusal count (below). A reload keeps
  * the index of a static instance that is still configured the same way (AID,
  * address, port, service, virtual port, protocol), so such state would outlive
  * the reload too. A freed index is handed out again, oldest freed first, so that a flow of a removed
@@ -35,6 +35,17 @@
  * ones in the order they came), over one short array, with one counter per AID;
  * it allocates nothing. The counters start again at every `replaceStatic`, as
  * they did when they lived in the rules.
+ *
+ * Health (passive, TCP). The pipeline marks an instance down when it answers a
+ * SYN with a RST (`markDown(index, until)`, until = now + health.downMs; every
+ * later refusal pushes it further) and up again when it answers one with a
+ * SYN+ACK (`markUp`). `pick(aid, svc, now)` goes round robin over the serving
+ * instances that are up (down until ≤ now); when all of them are down it goes
+ * round robin over all of them, as without a check, so a recovered instance is
+ * found. `pickRetry` picks the instance a refused SYN is sent to next: one not
+ * tried yet for that SYN, an up one (round robin) if there is one, else the one
+ * whose down time ends first. `healthTick(now, fn)` (the daemon's timer) reports
+ * each instance whose down time ran out. A freed index starts up, with no refusals.
  */
 
 import type { Rules } from './rules.js';
@@ -83,6 +94,12 @@ export class InstanceSet {
   private vports: readonly number[] = [];
   /** IP protocol of each service index (the same rules). */
   private protos: readonly number[] = [];
+  /** Per index: down until this time (ms, the pipeline's clock); 0: up. */
+  private downUntil = new Float64Array(16);
+  /** Per index: marked down and not yet reported up again (healthTick, markUp). */
+  private downFlag = new Uint8Array(16);
+  /** Per index: SYNs it answered with a RST. */
+  private refusalCount = new Float64Array(16);
 
   /**
    * Replace the static instances by those of a new configuration, for the rules
@@ -151,28 +168,156 @@ export class InstanceSet {
 
   /**
    * Pick an instance of `aid` that serves service `svc`, round robin among those
-   * that do: its index, or -1 when there is none. Two passes over a short array,
-   * no allocation: this runs for every SYN.
+   * that do and are up at `now` (all of them, when none is up): its index, or -1
+   * when there is none. Two passes over a short array, no allocation: this runs
+   * for every SYN.
    */
-  pick(aid: number, svc: number): number {
+  pick(aid: number, svc: number, now = 0): number {
     const list = this.byAid[aid];
     if (list === undefined || list.length === 0) return -1;
     const vport = this.vports[svc] ?? -1;
     const proto = this.protos[svc] ?? -1;
+    const down = this.downUntil;
     let n = 0;
-    for (let i = 0; i < list.length; i++) if (serves(list[i]!, svc, vport, proto)) n++;
+    let up = 0;
+    for (let i = 0; i < list.length; i++) {
+      const inst = list[i]!;
+      if (!serves(inst, svc, vport, proto)) continue;
+      n++;
+      if (down[inst.index]! <= now) up++;
+    }
     if (n === 0) return -1;
-    let k = this.rr[aid]! % n;
+    const onlyUp = up > 0;
+    let k = this.rr[aid]! % (onlyUp ? up : n);
     this.rr[aid] = (this.rr[aid]! + 1) >>> 0;
     for (let i = 0; i < list.length; i++) {
       const inst = list[i]!;
-      if (serves(inst, svc, vport, proto) && k-- === 0) return inst.index;
+      if (!serves(inst, svc, vport, proto)) continue;
+      if (onlyUp && down[inst.index]! > now) continue;
+      if (k-- === 0) return inst.index;
     }
     return -1;
   }
 
+  /**
+   * The instance a refused SYN of `aid` to `svc` goes to next: one that serves
+   * the service and is none of `tried[from .. from+count)`; an up one (round
+   * robin) if there is one, else the one whose down time ends first. -1: none
+   * left. No allocation (the pipeline's rare path).
+   */
+  pickRetry(
+    aid: number,
+    svc: number,
+    now: number,
+    tried: Uint16Array,
+    from: number,
+    count: number,
+  ): number {
+    const list = this.byAid[aid];
+    if (list === undefined) return -1;
+    const vport = this.vports[svc] ?? -1;
+    const proto = this.protos[svc] ?? -1;
+    const down = this.downUntil;
+    let up = 0;
+    let soonest = -1;
+    for (let i = 0; i < list.length; i++) {
+      const inst = list[i]!;
+      if (!serves(inst, svc, vport, proto) || wasTried(inst.index, tried, from, count)) continue;
+      if (down[inst.index]! <= now) up++;
+      else if (soonest < 0 || down[inst.index]! < down[soonest]!) soonest = inst.index;
+    }
+    if (up === 0) return soonest;
+    let k = this.rr[aid]! % up;
+    this.rr[aid] = (this.rr[aid]! + 1) >>> 0;
+    for (let i = 0; i < list.length; i++) {
+      const inst = list[i]!;
+      if (!serves(inst, svc, vport, proto) || wasTried(inst.index, tried, from, count)) continue;
+      if (down[inst.index]! <= now && k-- === 0) return inst.index;
+    }
+    return -1;
+  }
+
+  /** Instance `index` refused a connection: down until `until`. Returns true if it was up. */
+  markDown(index: number, until: number, now: number): boolean {
+    if (index >= this.downUntil.length) return false;
+    const wasUp = this.downUntil[index]! <= now;
+    this.refusalCount[index]! += 1;
+    if (until > this.downUntil[index]!) this.downUntil[index] = until;
+    this.downFlag[index] = 1;
+    return wasUp;
+  }
+
+  /** Instance `index` accepted a connection: up at once. Returns true if it was marked down. */
+  markUp(index: number): boolean {
+    if (index >= this.downUntil.length || this.downFlag[index] === 0) return false;
+    this.downUntil[index] = 0;
+    this.downFlag[index] = 0;
+    return true;
+  }
+
+  /** True if instance `index` is marked down at `now`. */
+  isDown(index: number, now: number): boolean {
+    return index < this.downUntil.length && this.downUntil[index]! > now;
+  }
+
+  /** The health of instance `index` at `now` (control plane: `vpm instances`, metrics). */
+  health(index: number, now: number): { up: boolean; downUntil: number; refusals: number } {
+    const until = index < this.downUntil.length ? this.downUntil[index]! : 0;
+    return {
+      up: until <= now,
+      downUntil: until > now ? until : 0,
+      refusals: index < this.refusalCount.length ? this.refusalCount[index]! : 0,
+    };
+  }
+
+  /** Call `fn` for each instance whose down time ran out since it was marked (the daemon's timer). */
+  healthTick(now: number, fn: (i: Instance) => void): void {
+    const f = this.downFlag;
+    for (let x = 0; x < this.slots.length; x++) {
+      if (f[x] === 0 || this.downUntil[x]! > now) continue;
+      f[x] = 0;
+      this.downUntil[x] = 0;
+      const i = this.slots[x];
+      if (i) fn(i);
+    }
+  }
+
+  /** No instance stays down past `until` (a reload with a shorter health.downMs). */
+  capDown(until: number): void {
+    const d = this.downUntil;
+    for (let x = 0; x < d.length; x++) if (d[x]! > until) d[x] = until;
+  }
+
+  /** Every instance up again (health.downMs set to 0 on reload). */
+  clearHealth(): void {
+    this.downUntil.fill(0);
+    this.downFlag.fill(0);
+  }
+
+  /** The live instance with this real address and port (the one instance of a real port), if any. */
+  byAddress(addr: number, port: number): Instance | undefined {
+    for (const i of this.slots) if (i && i.addr === addr && i.port === port) return i;
+    return undefined;
+  }
+
   private allocate(s: InstanceSpec, source: Instance['source']): Instance {
     const index = this.free.length > 0 ? this.free.shift()! : this.slots.length;
+    if (index >= this.downUntil.length) {
+      const n = this.downUntil.length * 2;
+      const d = new Float64Array(n);
+      d.set(this.downUntil);
+      this.downUntil = d;
+      const f = new Uint8Array(n);
+      f.set(this.downFlag);
+      this.downFlag = f;
+      const r = new Float64Array(n);
+      r.set(this.refusalCount);
+      this.refusalCount = r;
+    }
+    // A new instance starts up, without refusals.
+    this.downUntil[index] = 0;
+    this.downFlag[index] = 0;
+    this.refusalCount[index] = 0;
     const i: Instance = Object.freeze({
       index,
       source,
@@ -218,6 +363,11 @@ function serves(i: Instance, svc: number, vport: number, proto: number): boolean
     (i.vport === 0 || i.vport === vport) &&
     (i.proto === 0 || i.proto === proto)
   );
+}
+
+function wasTried(index: number, tried: Uint16Array, from: number, count: number): boolean {
+  for (let j = 0; j < count; j++) if (tried[from + j] === index) return true;
+  return false;
 }
 
 /** What makes a static instance the same one across a reload. */

@@ -17,6 +17,13 @@
  *     side back towards the client (source real → VIP:vport, destination back to
  *     the client's own address);
  *   - everything else is dropped with a reason counter.
+ * The passive health check (TCP, docs/architecture.md "How an instance is
+ * chosen"): the SYN that opens a flow to an AID with several instances is
+ * copied (syn-copies.ts) until its instance answers; a RST from the instance
+ * that acknowledges it (nothing listens there) marks the instance down, and the
+ * copy, translated for another instance of the AID, takes the RST's place in the
+ * batch (the flow's server side re-pointed). Only when no instance is left does
+ * the RST go on to the client.
  * Rewritten packets stay where they are in the receive buffer; the output batch is
  * a second pair of offset/length arrays over the same buffer, written back to the
  * device in one call. Generated RSTs and ICMP errors go into their own preallocated
@@ -45,6 +52,7 @@ import { sum16 } from '../checksum/sum.js';
 import {
   FIN_FROM_CLIENT,
   FIN_FROM_SERVER,
+  FlowState,
   isReusable,
   nextState,
   nextUdpState,
@@ -86,7 +94,7 @@ import {
   setSrcPortWithChecksumUpdate,
 } from '../wire/rewrite.js';
 import { SEGMENT_NOT_GSO, segmentSuperPacket } from '../wire/segment.js';
-import { TCP_ACK, TCP_FIN, TCP_SYN } from '../wire/tcp.js';
+import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../wire/tcp.js';
 import { completePartialChecksum, Verify, verifyL4Checksum } from '../wire/verify.js';
 import {
   checkVnetHdr,
@@ -109,6 +117,7 @@ import { ICMP_ERROR_MAX, TokenBucket, writeIcmpError } from './icmp-out.js';
 import type { InstanceSet } from './instances.js';
 import { RST_LEN, writeRst } from './rst.js';
 import type { Rules } from './rules.js';
+import { MAX_TRIES, SYN_COPY_MAX, SynCopies } from './syn-copies.js';
 
 /** What the pipeline needs of a device: the batched interface of src/tun. */
 export type PacketDevice = Pick<
@@ -123,6 +132,7 @@ export type PacketDevice = Pick<
   | 'write'
   | 'writeTx'
   | 'setOffload'
+  | 'slotSize'
 >;
 
 /** Room for the segments of one super-packet on the software path (128 segments of 1448 bytes fit). */
@@ -150,6 +160,19 @@ export const DEFAULT_PIPELINE_LIMITS: Readonly<PipelineLimits> = Object.freeze({
   heldFragmentBytes: 1 << 20,
   fragmentMs: 5000,
   icmpPerSecond: 1000,
+});
+
+/** The passive health check of instances (config `health`). */
+export interface HealthLimits {
+  /** How long an instance that refused a SYN (RST) gets no new connections; 0: no check, no retry. */
+  downMs: number;
+  /** SYN copies kept for a retry on another instance (fixed at start-up). */
+  synCopies: number;
+}
+
+export const DEFAULT_HEALTH: Readonly<HealthLimits> = Object.freeze({
+  downMs: 10_000,
+  synCopies: 1024,
 });
 
 export interface PipelineOptions {
@@ -195,6 +218,13 @@ export interface PipelineOptions {
    * (logs); must not throw.
    */
   onDeviceEvent?: (event: 'gso_refused', errno: number) => void;
+  /** The passive health check; DEFAULT_HEALTH when absent. */
+  health?: HealthLimits;
+  /**
+   * Instance `instance` (its index) was marked down (it refused a SYN) or up again
+   * (it accepted one while marked down). Control plane (logs); must not throw.
+   */
+  onInstanceEvent?: (event: 'down' | 'up', instance: number) => void;
   /** Called when a flow is created or refused (control plane: logs). Must not throw. */
   onFlowEvent?: (
     event: 'created' | 'refused',
@@ -270,6 +300,10 @@ export class Pipeline {
   private fragmentMs: number;
   /** Everything vpm sends of ICMP is rate-limited together. */
   private readonly icmpBucket: TokenBucket;
+  /** health.downMs (0: the passive health check is off). */
+  private downMs: number;
+  /** SYNs kept until their instance answers (health.synCopies). */
+  private readonly synCopies: SynCopies;
 
   constructor(
     private readonly dev: PacketDevice,
@@ -300,6 +334,22 @@ export class Pipeline {
     this.held = new HeldFragments(lim.heldFragments, lim.heldFragmentBytes, this.hr);
     this.fragmentMs = lim.fragmentMs;
     this.icmpBucket = new TokenBucket(lim.icmpPerSecond);
+    const health = opts.health ?? DEFAULT_HEALTH;
+    this.downMs = health.downMs;
+    // At most one copy per flow: more would never be used.
+    this.synCopies = new SynCopies(Math.min(health.synCopies, table.capacity), table.capacity);
+    const copies = this.synCopies;
+    table.addRemoveListener((slot) => copies.release(slot));
+  }
+
+  /** SYN copies held now (a gauge, for `vpm stats`). */
+  get synCopiesInUse(): number {
+    return this.synCopies.inUse;
+  }
+
+  /** New health.downMs (config reload): applies to the next refusal. */
+  setHealth(downMs: number): void {
+    this.downMs = downMs;
   }
 
   /** True once a refused super-packet turned segmentation over to vpm. */
@@ -558,6 +608,16 @@ export class Pipeline {
       const r = this.classify(buf, off, info, now);
       if (r < 0) return -r;
       h = r * 2;
+      if (tcp && this.downMs > 0 && !info.isFragment) this.keepSyn(buf, off, info, r);
+    } else if (tcp && (h & 1) === 1 && t.state[h >> 1] === FlowState.SYN_SENT) {
+      // The instance's answer to the SYN: the passive health check's two events.
+      const f = info.tcpFlags;
+      if ((f & TCP_RST) !== 0) {
+        if (!info.isFragment && this.refusedByInstance(buf, off, info, h >> 1, now)) return 0;
+        this.synCopies.release(h >> 1); // the RST goes on: the SYN is answered
+      } else if ((f & (TCP_SYN | TCP_ACK)) === (TCP_SYN | TCP_ACK)) {
+        this.acceptedByInstance(h >> 1);
+      }
     }
     this.lastHandle = h;
     this.translate(buf, off, info, h, now);
@@ -952,7 +1012,7 @@ export class Pipeline {
     if (peer) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
     if (aid < 0) return this.refused(Drop.REFUSED_NO_SELECTOR, info);
     const instances = this.opts.instances;
-    const inst = instances.pick(aid, svc);
+    const inst = instances.pick(aid, svc, now);
     if (inst < 0) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
     const target = instances.get(inst)!;
     const k = this.key;
@@ -974,6 +1034,125 @@ export class Pipeline {
     this.counters.flowsCreated++;
     this.opts.onFlowEvent?.('created', s, 0, info);
     return s;
+  }
+
+  /**
+   * Keep a copy of the SYN that just opened flow `s` (not translated yet), for a
+   * retry on another instance should this one refuse it. Only when the AID has
+   * another instance; a full pool is counted (synNotKept), the SYN goes on.
+   */
+  private keepSyn(buf: Uint8Array, off: number, info: PacketInfo, s: number): void {
+    const t = this.table;
+    if (this.opts.instances.of(t.aid[s]!).length < 2) return;
+    const hr = this.hr;
+    const copies = this.synCopies;
+    const len = info.ipTotalLen;
+    const k =
+      hr > 0 && buf[off - hr + VNET_OFF_GSO_TYPE] !== VNET_GSO_NONE
+        ? -1
+        : copies.take(s, buf, off, len, t.instance[s]!);
+    if (k < 0) {
+      this.counters.synNotKept++;
+      return;
+    }
+    if (this.partial) {
+      // The copy must stand alone (it may go out behind an all-zero header).
+      const ci = this.segInfo;
+      if (checkPacket(copies.buf, k * SYN_COPY_MAX, len, ci) === Check.OK)
+        completePartialChecksum(copies.buf, ci);
+    }
+  }
+
+  /** Is flow `s` pointed at the instance its `instance` column names (not at a peer)? */
+  private instanceOf(s: number): number {
+    const t = this.table;
+    const idx = t.instance[s]!;
+    const inst = this.opts.instances.get(idx);
+    return inst !== undefined && inst.addr === t.realAddr[s] && inst.port === t.realPort[s]
+      ? idx
+      : -1;
+  }
+
+  /** The instance of flow `s` answered its SYN with a SYN+ACK: it is up. */
+  private acceptedByInstance(s: number): void {
+    this.synCopies.release(s);
+    const idx = this.instanceOf(s);
+    if (idx >= 0 && this.opts.instances.markUp(idx)) this.opts.onInstanceEvent?.('up', idx);
+  }
+
+  /**
+   * A RST from the instance of flow `s` (in SYN_SENT) at buf[off]: the instance
+   * refused the SYN (nothing listens). Mark it down and, if the SYN was kept and
+   * another instance of the AID is left, re-point the flow at that one and put
+   * the SYN, translated for it, where the RST was: true, the packet goes out (the
+   * RST was answered in place, so it counts as one packet out). False: the RST
+   * goes on to the client as any packet of the flow.
+   */
+  private refusedByInstance(
+    buf: Uint8Array,
+    off: number,
+    info: PacketInfo,
+    s: number,
+    now: number,
+  ): boolean {
+    if (this.downMs <= 0 || (info.tcpFlags & TCP_ACK) === 0) return false;
+    const idx = this.instanceOf(s);
+    if (idx < 0) return false;
+    const copies = this.synCopies;
+    const c = this.counters;
+    const k = copies.of(s);
+    if (k >= 0) {
+      // A RST that acknowledges the kept SYN, and only that one, is a refusal.
+      const seq = get32(
+        copies.buf,
+        k * SYN_COPY_MAX + ((copies.buf[k * SYN_COPY_MAX]! & 15) << 2) + 4,
+      );
+      if (get32(buf, info.l4Off + 8) !== (seq + 1) >>> 0) return false;
+    }
+    const instances = this.opts.instances;
+    c.instanceRefusals++;
+    if (instances.markDown(idx, now + this.downMs, now)) this.opts.onInstanceEvent?.('down', idx);
+    if (k < 0) {
+      c.refusalsForwarded++;
+      return false;
+    }
+    const t = this.table;
+    const len = copies.lengths[k]!;
+    const next =
+      copies.triedCount[k]! >= MAX_TRIES
+        ? -1
+        : instances.pickRetry(
+            t.aid[s]!,
+            t.service[s]!,
+            now,
+            copies.tried,
+            k * MAX_TRIES,
+            copies.triedCount[k]!,
+          );
+    const target = next >= 0 ? instances.get(next) : undefined;
+    if (
+      target === undefined ||
+      len > this.dev.slotSize - this.hr ||
+      !t.repoint(s, target.addr, target.port, next)
+    ) {
+      copies.release(s);
+      c.refusalsForwarded++;
+      return false;
+    }
+    copies.addTried(k, next);
+    // The kept SYN replaces the RST in the batch, behind an all-zero header.
+    const hr = this.hr;
+    if (hr > 0) buf.fill(0, off - hr, off);
+    const from = k * SYN_COPY_MAX;
+    const cb = copies.buf;
+    for (let i = 0; i < len; i++) buf[off + i] = cb[from + i]!;
+    if (checkPacket(buf, off, len, info) !== Check.OK) return false; // kept whole: cannot happen
+    this.partial = false;
+    this.complete = true;
+    this.translate(buf, off, info, s * 2, now);
+    this.lastHandle = s * 2;
+    c.synRetried++;
+    return true;
   }
 
   private refused(reason: number, info: PacketInfo): number {

@@ -319,6 +319,26 @@ export class FlowTable {
     if (this.proto[s] === IPPROTO_UDP) this.udpSize--;
   }
 
+  /**
+   * Point live flow `s` at another server side: real addr:port and instance (the
+   * passive health check sends a refused SYN to another instance of the AID).
+   * Side 1's key changes, side 0's stays. Returns false, changing nothing, when
+   * the new side-1 key is another flow's.
+   */
+  repoint(s: number, realAddr: number, realPort: number, instance: number): boolean {
+    const proto = this.proto[s]!;
+    const natAddr = this.natAddr[s]!;
+    const natPort = this.natPort[s]!;
+    const other = this.lookup(realAddr, realPort, natAddr, natPort, proto);
+    if (other >= 0) return other === s * 2 + 1;
+    this.unindex(s * 2 + 1);
+    this.realAddr[s] = realAddr;
+    this.realPort[s] = realPort;
+    this.instance[s] = instance;
+    this.insert(s * 2 + 1, this.hash(realAddr, realPort, natAddr, natPort, proto));
+    return true;
+  }
+
   /** Set the state and move the flow to the tail of its (possibly new) timer class. */
   touch(s: number, state: number, now: number): void {
     this.lastSeen[s] = now;

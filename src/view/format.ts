@@ -52,6 +52,7 @@ export function formatStats(s: Record<string, unknown>): string {
     `flows   active ${s.flowsActive}/${s.flowsCapacity} (udp ${s.udpFlowsActive ?? 0})  created ${s.flowsCreated}  expired ${s.flowsExpired}  refused ${s.flowsRefused}  rst sent ${s.rstSent}`,
     `drops   ${nonzero.length === 0 ? 'none' : nonzero.map(([k, v]) => `${k} ${v}`).join(', ')}`,
     icmpLine(s),
+    healthLine(s),
     offloadLine(s),
     `batches ${s.batches}  sizes ${Object.entries(s.batchSizes as Record<string, number>)
       .filter(([, v]) => v > 0)
@@ -67,7 +68,7 @@ export function formatStats(s: Record<string, unknown>): string {
 }
 
 export function formatInstances(list: InstanceView[]): string {
-  const head = ['AID', 'VPORT', 'REAL', 'PIDS', 'SOURCE', 'SINCE'];
+  const head = ['AID', 'VPORT', 'REAL', 'PIDS', 'SOURCE', 'SINCE', 'HEALTH', 'REFUSALS'];
   const rows = list.map((i) => [
     i.aid,
     i.vport === 0 ? 'any' : `${i.proto}/${i.vport}`,
@@ -75,6 +76,12 @@ export function formatInstances(list: InstanceView[]): string {
     i.pids.length === 0 ? '-' : i.pids.join(','),
     i.source === 'static' ? 'config' : `vpm exec (${i.registrations})`,
     i.since || '-',
+    !i.health
+      ? '-'
+      : i.health.state === 'up'
+        ? 'up'
+        : `down ${(i.health.downForMs / 1000).toFixed(1)}s`,
+    i.health ? String(i.health.refusals) : '-',
   ]);
   const widths = head.map((h, k) => Math.max(h.length, ...rows.map((r) => r[k]!.length)));
   const line = (r: string[]) =>
@@ -96,6 +103,15 @@ function icmpLine(s: Record<string, unknown>): string {
     `icmp    errors translated ${i.errorsTranslated ?? 0}  passed ${i.passed ?? 0}  echo replies ${i.echoReplies ?? 0}` +
     `  unreachable sent ${i.unreachableSent ?? 0}  rate-limited ${i.rateLimited ?? 0}\n` +
     `frags   waiting ${s.fragmentsHeld ?? 0}  released ${s.fragmentsReleased ?? 0}`
+  );
+}
+
+/** "health  refusals 3  syn retried 2  refusals forwarded 1  not kept 0  copies in use 1". */
+function healthLine(s: Record<string, unknown>): string {
+  const h = (s.health ?? {}) as Record<string, number>;
+  return (
+    `health  instance refusals ${h.instanceRefusals ?? 0}  syn retried ${h.synRetried ?? 0}` +
+    `  refusals forwarded ${h.refusalsForwarded ?? 0}  syn not kept ${h.synNotKept ?? 0}  syn copies in use ${h.synCopiesInUse ?? 0}`
   );
 }
 

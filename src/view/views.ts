@@ -34,6 +34,19 @@ export interface InstanceView {
   registrations: number;
   since: string;
   source: 'static' | 'registered';
+  /** The passive health check's view of it (absent: not known to the data plane). */
+  health?: InstanceHealthView;
+}
+
+/** An instance's health (`vpm instances`). */
+export interface InstanceHealthView {
+  state: 'up' | 'down';
+  /** When it gets new connections again (ISO time), null while up. */
+  downUntil: string | null;
+  /** Milliseconds until then, 0 while up. */
+  downForMs: number;
+  /** SYNs it answered with a RST (nothing listening) since it came. */
+  refusals: number;
 }
 
 /** One virtual service (the control request `services`). */

@@ -287,6 +287,7 @@ describe('round trip', () => {
       ],
       default: { aid: 'b' },
       limits: { maxFlows: 1000, heldFragments: 10, heldFragmentBytes: 20000, icmpPerSecond: 7 },
+      health: { downMs: 250, synCopies: 16 },
       timeouts: {
         embryonicMs: 500,
         establishedIdleMs: 5000,
@@ -390,7 +391,7 @@ describe('errors name the file, the field path and the bad value', () => {
       'config.json: services[0].prot: unknown field; did you mean "port"?',
     ]);
     expect(errorsOf((c) => (c.color = 'blue'))).toEqual([
-      'config.json: color: unknown field (allowed here: $schema, tun, services, applications, selectors, default, pool, cooperative, limits, timeouts, control, metrics, log)',
+      'config.json: color: unknown field (allowed here: $schema, tun, services, applications, selectors, default, pool, cooperative, limits, health, timeouts, control, metrics, log)',
     ]);
   });
 

@@ -10,6 +10,7 @@ import { RESTART_SETTINGS, reloadPlan } from '../../src/daemon/reload.js';
 type File = Record<string, unknown> & {
   tun?: Record<string, unknown>;
   limits?: Record<string, unknown>;
+  health?: Record<string, unknown>;
   timeouts?: Record<string, unknown>;
 };
 
@@ -73,6 +74,7 @@ describe('reloadPlan', () => {
       ['limits.maxFlows', (f) => (f.limits = { maxFlows: 1024 })],
       ['limits.heldFragments', (f) => (f.limits = { heldFragments: 3 })],
       ['limits.heldFragmentBytes', (f) => (f.limits = { heldFragmentBytes: 3000 })],
+      ['health.synCopies', (f) => (f.health = { synCopies: 3 })],
       ['pool', (f) => (f.pool = { range: '20000-20099' })],
       ['cooperative', (f) => (f.cooperative = COOP)],
     ];
@@ -84,6 +86,7 @@ describe('reloadPlan', () => {
       expect(plan.config.tun, setting).toEqual(current.tun);
       expect(plan.config.control, setting).toEqual(current.control);
       expect(plan.config.limits, setting).toEqual(current.limits);
+      expect(plan.config.health, setting).toEqual(current.health);
       expect(plan.config.pool, setting).toEqual(current.pool);
       expect(plan.config.cooperative, setting).toEqual(current.cooperative);
     }
@@ -95,6 +98,14 @@ describe('reloadPlan', () => {
     expect(plan.needsRestart).toEqual(['limits.maxFlows']);
     expect(plan.changed).toEqual(['limits.icmpPerSecond']);
     expect(plan.config.limits).toEqual({ ...current.limits, icmpPerSecond: 5 });
+  });
+
+  it('applies health.downMs live and keeps the number of SYN copies', () => {
+    const current = load(base());
+    const plan = planFor((f) => (f.health = { downMs: 500, synCopies: 8 }));
+    expect(plan.needsRestart).toEqual(['health.synCopies']);
+    expect(plan.changed).toEqual(['health.downMs']);
+    expect(plan.config.health).toEqual({ downMs: 500, synCopies: current.health.synCopies });
   });
 
   it('reports several restart-only settings in a fixed order, beside live changes', () => {

@@ -194,3 +194,78 @@ describe('Rules', () => {
     expect(Object.isFrozen(r.aidNames)).toBe(true);
   });
 });
+
+describe('InstanceSet health (the passive check)', () => {
+  const at = (set: InstanceSet, aid: number, svc: number, now: number, n: number) => {
+    const out: number[] = [];
+    for (let i = 0; i < n; i++) out.push(set.get(set.pick(aid, svc, now))!.port);
+    return out;
+  };
+
+  it('skips an instance marked down until its time is over, and counts its refusals', () => {
+    const set = new InstanceSet();
+    set.replaceStatic(rules(), [inst(0, 19001), inst(0, 19002), inst(0, 19003)]);
+    expect(set.markDown(1, 2000, 1000)).toBe(true);
+    expect(set.markDown(1, 2500, 1100)).toBe(false); // already down: pushed further
+    expect(at(set, 0, WEB, 1200, 4)).toEqual([19001, 19003, 19001, 19003]);
+    expect(set.health(1, 1200)).toEqual({ up: false, downUntil: 2500, refusals: 2 });
+    expect(at(set, 0, WEB, 2500, 3).sort()).toEqual([19001, 19002, 19003]);
+    expect(set.health(1, 2500)).toEqual({ up: true, downUntil: 0, refusals: 2 });
+  });
+
+  it('goes round robin over all when all are down', () => {
+    const set = new InstanceSet();
+    set.replaceStatic(rules(), [inst(0, 19001), inst(0, 19002)]);
+    set.markDown(0, 5000, 0);
+    set.markDown(1, 5000, 0);
+    expect(at(set, 0, WEB, 100, 4)).toEqual([19001, 19002, 19001, 19002]);
+  });
+
+  it('picks a retry among those not tried: up ones first, else the one up soonest', () => {
+    const set = new InstanceSet();
+    set.replaceStatic(rules(), [inst(0, 19001), inst(0, 19002), inst(0, 19003), inst(1, 19004)]);
+    const tried = Uint16Array.of(0, 0, 0, 0);
+    expect(set.get(set.pickRetry(0, WEB, 0, tried, 0, 1))!.port).not.toBe(19001);
+    set.markDown(1, 9000, 0);
+    expect(set.get(set.pickRetry(0, WEB, 0, tried, 0, 1))!.port).toBe(19003);
+    set.markDown(2, 8000, 0);
+    // Both others down: the one whose down time ends first.
+    expect(set.get(set.pickRetry(0, WEB, 0, tried, 0, 1))!.port).toBe(19003);
+    tried[1] = 2;
+    expect(set.get(set.pickRetry(0, WEB, 0, tried, 0, 2))!.port).toBe(19002);
+    tried[2] = 1;
+    expect(set.pickRetry(0, WEB, 0, tried, 0, 3)).toBe(-1); // never another AID's
+  });
+
+  it('marks up on an accepted connection; reports ran-out marks once; caps and clears on reload', () => {
+    const set = new InstanceSet();
+    set.replaceStatic(rules(), [inst(0, 19001), inst(0, 19002)]);
+    set.markDown(0, 5000, 0);
+    set.markDown(1, 5000, 0);
+    expect(set.markUp(0)).toBe(true);
+    expect(set.markUp(0)).toBe(false);
+    expect(set.isDown(0, 10)).toBe(false);
+    const ticked: number[] = [];
+    set.healthTick(4999, (i) => ticked.push(i.port));
+    expect(ticked).toEqual([]);
+    set.capDown(1000);
+    set.healthTick(1000, (i) => ticked.push(i.port));
+    set.healthTick(2000, (i) => ticked.push(i.port));
+    expect(ticked).toEqual([19002]);
+    set.markDown(1, 5000, 2000);
+    set.clearHealth();
+    expect(set.isDown(1, 2000)).toBe(false);
+  });
+
+  it('keeps the health of an unchanged static instance across a reload; a new index starts up', () => {
+    const set = new InstanceSet();
+    const r = rules();
+    set.replaceStatic(r, [inst(0, 19001), inst(0, 19002)]);
+    set.markDown(1, 5000, 0);
+    set.replaceStatic(r, [inst(0, 19002)]);
+    expect(set.health(1, 0)).toEqual({ up: false, downUntil: 5000, refusals: 1 });
+    set.replaceStatic(r, []);
+    const k = set.addRegistered(inst(0, 20000));
+    expect(set.health(k, 0)).toEqual({ up: true, downUntil: 0, refusals: 0 });
+  });
+});
