@@ -19,7 +19,7 @@ export interface ControlTarget {
   readonly log: Logger;
   /** The configuration running now (it changes on reload). */
   config(): Config;
-  stats(): Record<string, unknown>;
+  stats(): Record<string, unknown> | Promise<Record<string, unknown>>;
   flows(): FlowView[];
   reload(): Promise<ReloadResult>;
   /** The registry of bound instances; null until the daemon has built it. */
