@@ -129,7 +129,7 @@ export function buildMetrics(stats: StatsSource, device?: DeviceSource): Registr
   );
   g(
     'vpm_drops_total',
-    'Packets dropped, by reason (docs/errors.md). packets in = out + drops.',
+    'Packets dropped, by reason (docs/errors.md). packets in = out + drops, of the packets vpm read (those the kernel dropped first: vpm_device_dropped_total).',
     ['reason'],
     (m, s) => {
       for (let i = 1; i < DROP_REASONS; i++)
