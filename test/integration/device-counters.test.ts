@@ -93,7 +93,6 @@ describe('vpm stats: the TUN device counters', () => {
     const d = daemon!;
     const before = await d.stats();
     expect(device(before)).toMatchObject({ name: 'vpm0' });
-    expect(device(before).txPackets).toBe(before.packetsIn);
 
     process.kill(d.pid, 'SIGSTOP');
     try {
