@@ -5,6 +5,7 @@
  * (bad values exit 2, naming the value) and resolves the socket and device.
  */
 
+import { statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
 import { DEFAULT_SOCKET } from './daemon-cmds.js';
@@ -43,6 +44,20 @@ export function positiveSeconds(flag: string, v: string): number {
   return n;
 }
 
+/**
+ * `-c` is the packet count, as in tcpdump, though every other vpm command takes
+ * the config file with it: a value that is no count but names an existing file
+ * was meant as the config, and is refused with a hint rather than as a number.
+ * (A count is a count even where a file of that name exists.)
+ */
+export function packetCount(v: string): number {
+  if (!/^\d+$/.test(v) && statSync(v, { throwIfNoEntry: false })?.isFile() === true)
+    throw new UsageError(
+      `-c: "${v}" is a file, but -c is a packet count here, as in tcpdump; for the config file use --config ${v}`,
+    );
+  return positiveInt('-c', v);
+}
+
 function nonEmpty(flag: string, v: string | undefined): string | null {
   if (v === undefined) return null;
   if (v.trim() === '') throw new UsageError(`${flag}: the value is empty`);
@@ -68,7 +83,7 @@ export function registerDump(program: Command): void {
     .option('-s, --socket <path>', `control socket of the daemon (default ${DEFAULT_SOCKET})`)
     .option('--config <file>', 'take the control socket and the TUN name from this config file')
     .action(async (filterWords: string[], f: DumpFlags) => {
-      const count = f.count === undefined ? 0 : positiveInt('-c', f.count);
+      const count = f.count === undefined ? 0 : packetCount(f.count);
       const seconds = f.seconds === undefined ? 0 : positiveSeconds('-G', f.seconds);
       const bufferKiB = f.bufferSize === undefined ? null : positiveInt('-B', f.bufferSize);
       if (bufferKiB !== null && (bufferKiB < 64 || bufferKiB > 4 * 1024 * 1024))

@@ -167,16 +167,51 @@ export function configWarnings(c: Config): string[] {
     out.push(
       `timeouts.udpAssuredMs ${c.timeouts.udpAssuredMs} is below ${RFC4787_MIN_MS}, the least RFC 4787 (REQ-5) allows a UDP mapping: a UDP flow idle longer than that loses its translation, and a client behind vpm that sends keep-alives every 2 minutes loses its server`,
     );
-  const selected = new Set(c.selectors.map((s) => s.aidIndex));
-  if (!c.default.refuse) selected.add(c.default.aidIndex);
+  out.push(...applicationWarnings(c));
+  return out;
+}
+
+/**
+ * What is wrong with the applications, in the modes the config runs in. An AID
+ * is named by a selector or the default; by its executables (a local client's
+ * socket owner); on a cooperative server side (`cooperative.listen`), by the
+ * peers' negotiations, which are offered the AIDs that serve the service; on a
+ * cooperative client side (a service with a `peer`), by the local clients that
+ * report it (`vpm exec --aid`, the bind/connect library). Only an AID none of
+ * these can name is warned about. An instance is needed only where a connection
+ * selected for the AID goes to a service served here (a peer's service is
+ * served by the peer); with a pool, instances come from `vpm exec` by design.
+ */
+function applicationWarnings(c: Config): string[] {
+  const out: string[] = [];
+  const local = (i: number | null) =>
+    i === null ? c.services.some((s) => s.peer === null) : c.services[i]!.peer === null;
+  const named = new Set<number>();
+  /** AIDs that selectors or the default send connections to a local service to. */
+  const servedHere = new Set<number>();
+  for (const s of c.selectors) {
+    named.add(s.aidIndex);
+    if (local(s.serviceIndex)) servedHere.add(s.aidIndex);
+  }
+  if (!c.default.refuse) {
+    named.add(c.default.aidIndex);
+    if (local(null)) servedHere.add(c.default.aidIndex);
+  }
+  const serverSide = c.cooperative?.listen != null && local(null);
+  const clientSide = c.services.some((s) => s.peer !== null);
   for (const a of c.applications) {
-    if (!selected.has(a.index))
-      out.push(`applications[${a.index}] (${a.aid}) is not named by any selector or the default`);
-    else if (a.instances.length === 0)
+    const negotiated = serverSide && (a.instances.length > 0 || c.pool !== null);
+    if (!named.has(a.index) && a.executables.length === 0 && !negotiated && !clientSide) {
+      const why =
+        a.instances.length === 0 && c.pool === null
+          ? `${serverSide ? ', nor offered to peers' : ''}, and it has no instance and there is no pool: no connection ever reaches it`
+          : `: only a local client run with vpm exec --aid ${a.aid} reaches it`;
       out.push(
-        c.pool === null
-          ? `applications[${a.index}] (${a.aid}) has no instance and there is no pool: connections selected for it are refused`
-          : `applications[${a.index}] (${a.aid}) has no static instance: connections selected for it are refused until one registers (vpm exec --aid ${a.aid})`,
+        `applications[${a.index}] (${a.aid}) is not named by any selector or the default${why}`,
+      );
+    } else if (servedHere.has(a.index) && a.instances.length === 0 && c.pool === null)
+      out.push(
+        `applications[${a.index}] (${a.aid}) has no instance and there is no pool: connections selected for it are refused`,
       );
   }
   return out;

@@ -19,7 +19,7 @@ export interface ControlTarget {
   readonly log: Logger;
   /** The configuration running now (it changes on reload). */
   config(): Config;
-  stats(): Record<string, unknown>;
+  stats(): Record<string, unknown> | Promise<Record<string, unknown>>;
   flows(): FlowView[];
   /** `vpm instances`: static and registered instances, with their health. */
   instances(): InstanceView[];

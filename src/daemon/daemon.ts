@@ -38,6 +38,7 @@ import { ipv4ToString, parseIpv4 } from '../wire/address.js';
 import { IPPROTO_UDP } from '../wire/ipv4.js';
 import type { PacketInfo } from '../wire/parse.js';
 import { registerControlHandlers } from './control-handlers.js';
+import { readDeviceCounters } from './device-counters.js';
 import { createLogger } from './log.js';
 import { buildMetrics, serveMetrics } from './metrics.js';
 import { type ReloadResult, reloadPlan } from './reload.js';
@@ -227,7 +228,7 @@ export class Daemon {
       registerControlHandlers(this.control, {
         log: this.log,
         config: () => this.cfg,
-        stats: () => this.stats(),
+        stats: () => this.statsWithDevice(),
         flows: () => this.flows(),
         instances: () => this.instanceViews(),
         reload: () => this.reload(),
@@ -237,7 +238,10 @@ export class Daemon {
       const m = cfg.metrics.listen;
       if (m)
         this.metrics = await serveMetrics(
-          buildMetrics(() => this.stats()),
+          buildMetrics(
+            () => this.stats(),
+            () => this.deviceCounters(),
+          ),
           m.address,
           m.port,
         );
@@ -440,6 +444,20 @@ export class Daemon {
       pool: this.pool?.stats() ?? null,
       cooperative: this.cfg.cooperative ? this.coop?.stats() : null,
     };
+  }
+
+  /** The TUN's own counters, kept by the kernel (device-counters.ts); null if unreadable. */
+  deviceCounters() {
+    return this.tun ? readDeviceCounters(this.tun.name) : Promise.resolve(null);
+  }
+
+  /**
+   * `vpm stats`: vpm's counters and, beside them, the device's, read from the
+   * kernel (packets dropped before vpm could read them are counted only there).
+   */
+  async statsWithDevice(): Promise<Record<string, unknown>> {
+    const device = await this.deviceCounters();
+    return { ...this.stats(), device };
   }
 
   /**

@@ -8,6 +8,7 @@ import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { DROP_NAMES, DROP_REASONS } from '../datapath/counters.js';
 import { ipv4ToString } from '../wire/address.js';
+import type { DeviceCounters } from './device-counters.js';
 
 /** What the metrics read: the same snapshot `vpm stats` returns. */
 export type StatsSource = () => Record<string, unknown>;
@@ -62,8 +63,14 @@ interface Snapshot {
   tun: { offloads: string[] };
 }
 
-/** Build a registry whose metrics are filled from `stats()` on every scrape. */
-export function buildMetrics(stats: StatsSource): Registry {
+/** The TUN device's own counters (device-counters.ts), read at scrape time. */
+export type DeviceSource = () => Promise<DeviceCounters | null>;
+
+/**
+ * Build a registry whose metrics are filled from `stats()` (and the device's
+ * counters from `device()`) on every scrape.
+ */
+export function buildMetrics(stats: StatsSource, device?: DeviceSource): Registry {
   const reg = new Registry();
   let snap: Snapshot | null = null;
   // Each gauge's collect() reads the same snapshot, taken once per scrape by the first.
@@ -130,7 +137,7 @@ export function buildMetrics(stats: StatsSource): Registry {
   );
   g(
     'vpm_drops_total',
-    'Packets dropped, by reason (docs/errors.md). packets in = out + drops.',
+    'Packets dropped, by reason (docs/errors.md). packets in = out + drops, of the packets vpm read (those the kernel dropped first: vpm_device_dropped_total).',
     ['reason'],
     (m, s) => {
       for (let i = 1; i < DROP_REASONS; i++)
@@ -284,7 +291,63 @@ export function buildMetrics(stats: StatsSource): Registry {
   g('vpm_uptime_seconds', 'Seconds since the daemon started.', [], (m, s) =>
     m({}, s.uptimeMs / 1000),
   );
+  if (device) deviceMetrics(reg, device);
   return reg;
+}
+
+/**
+ * vpm_device_*: the TUN's counters kept by the kernel, one read of
+ * /proc/self/net/dev per scrape (taken by the first of these metrics, awaited by
+ * the others). direction "tx" is toward vpm (tx_dropped: packets the kernel
+ * dropped because vpm had not read its queue), "rx" what vpm wrote back.
+ */
+function deviceMetrics(reg: Registry, device: DeviceSource): void {
+  let pending: Promise<DeviceCounters | null> = Promise.resolve(null);
+  const families: [string, string, (d: DeviceCounters) => [number, number]][] = [
+    [
+      'vpm_device_packets_total',
+      "The TUN device's packets, by the kernel's count: tx = read by vpm, rx = written by vpm.",
+      (d) => [d.txPackets, d.rxPackets],
+    ],
+    [
+      'vpm_device_bytes_total',
+      "The TUN device's bytes, by the kernel's count: tx = read by vpm, rx = written by vpm.",
+      (d) => [d.txBytes, d.rxBytes],
+    ],
+    [
+      'vpm_device_dropped_total',
+      'Packets the kernel dropped on the TUN device: tx = not read by vpm (its queue was full), rx = written by vpm and dropped.',
+      (d) => [d.txDropped, d.rxDropped],
+    ],
+    [
+      'vpm_device_errors_total',
+      "The TUN device's error counters (/proc/net/dev errs).",
+      (d) => [d.txErrors, d.rxErrors],
+    ],
+    [
+      'vpm_device_fifo_errors_total',
+      "The TUN device's FIFO (overrun) counters (/proc/net/dev fifo).",
+      (d) => [d.txFifo, d.rxFifo],
+    ],
+  ];
+  families.forEach(([name, help, pick], k) => {
+    new Counter({
+      name,
+      help,
+      labelNames: ['direction'],
+      registers: [reg],
+      async collect() {
+        if (k === 0) pending = device();
+        const d = await pending;
+        this.reset();
+        if (d === null) return;
+        const [tx, rx] = pick(d);
+        // prom-client Counters only go up: set the kernel's value.
+        this.inc({ direction: 'tx' }, tx);
+        this.inc({ direction: 'rx' }, rx);
+      },
+    });
+  });
 }
 
 /** Serve GET /metrics on `address:port` (a loopback address; the config checks it). */

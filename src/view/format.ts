@@ -51,6 +51,7 @@ export function formatStats(s: Record<string, unknown>): string {
     `bytes   in ${s.bytesIn}  out ${s.bytesOut}`,
     `flows   active ${s.flowsActive}/${s.flowsCapacity} (udp ${s.udpFlowsActive ?? 0})  created ${s.flowsCreated}  expired ${s.flowsExpired}  refused ${s.flowsRefused}  rst sent ${s.rstSent}`,
     `drops   ${nonzero.length === 0 ? 'none' : nonzero.map(([k, v]) => `${k} ${v}`).join(', ')}`,
+    ...deviceLines(s),
     icmpLine(s),
     healthLine(s),
     offloadLine(s),
@@ -94,6 +95,26 @@ export function formatInstances(list: InstanceView[]): string {
     ...rows.map(line),
     `${list.length} instance${list.length === 1 ? '' : 's'}`,
   ].join('\n');
+}
+
+/**
+ * The TUN's own counters, kept by the kernel (`device` in the stats; tx is
+ * toward vpm): "device  vpm0 (the kernel's counters): handed to vpm 12, not read
+ * by vpm (TUN queue full) 3; written by vpm 12, dropped 0", and a line of errors
+ * and FIFO overruns when there are any.
+ */
+function deviceLines(s: Record<string, unknown>): string[] {
+  const d = s.device as Record<string, number | string> | null | undefined;
+  if (d === undefined) return [];
+  if (d === null) return ["device  the TUN's counters could not be read (/proc/self/net/dev)"];
+  const lines = [
+    `device  ${d.name} (the kernel's counters): handed to vpm ${d.txPackets}, not read by vpm (TUN queue full) ${d.txDropped}; written by vpm ${d.rxPackets}, dropped ${d.rxDropped}`,
+  ];
+  if (Number(d.txErrors) + Number(d.txFifo) + Number(d.rxErrors) + Number(d.rxFifo) > 0)
+    lines.push(
+      `device  errors toward vpm ${d.txErrors}, fifo ${d.txFifo}; from vpm ${d.rxErrors}, fifo ${d.rxFifo}`,
+    );
+  return lines;
 }
 
 /** "icmp    errors translated 2 ... rate-limited 0" and "frags   waiting 0  released 3". */

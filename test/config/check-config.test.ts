@@ -155,6 +155,86 @@ describe('vpm check-config', () => {
     );
   });
 
+  describe('warns only about what is wrong in the mode the config runs in', () => {
+    const KEY = 'ab'.repeat(32);
+    const web = { name: 'web', address: '198.19.0.9', port: 9000 };
+    const check = (name: string, cfg: Record<string, unknown>) => {
+      const path = file(name, JSON.stringify(cfg));
+      const r = vpm('check-config', path);
+      expect(r.code, r.stderr).toBe(0);
+      return { path, warnings: r.stderr };
+    };
+
+    it('a cooperative server: its AIDs are chosen by the negotiation, not by selectors', () => {
+      const r = check('coop-server.json', {
+        services: [web],
+        applications: [
+          { aid: 'a1', instances: [{ port: 19001 }] },
+          { aid: 'a2', instances: [{ port: 19002 }] },
+          { aid: 'pooled' },
+        ],
+        pool: { range: '20000-20999' },
+        default: { refuse: true },
+        cooperative: {
+          name: 'server',
+          listen: '198.18.20.2:7070',
+          peers: [{ name: 'client', key: KEY }],
+        },
+      });
+      expect(r.warnings).toBe('');
+    });
+
+    it('a cooperative client side: AIDs from selectors or vpm exec, instances at the peer', () => {
+      const r = check('coop-client.json', {
+        services: [{ ...web, peer: 'server' }],
+        applications: [{ aid: 'a1' }, { aid: 'from-exec' }],
+        selectors: [{ clientPorts: '50000-50999', aid: 'a1' }],
+        default: { refuse: true },
+        cooperative: {
+          name: 'client',
+          peers: [{ name: 'server', address: '198.18.20.2', port: 7070, key: KEY }],
+        },
+      });
+      expect(r.warnings).toBe('');
+    });
+
+    it('pool-only applications: instances come from vpm exec by design', () => {
+      const r = check('pool-only.json', {
+        services: [web],
+        applications: [{ aid: 'a' }, { aid: 'b' }],
+        selectors: [{ clients: ['198.18.2.0/24'], aid: 'b' }],
+        default: { aid: 'a' },
+        pool: { range: '20000-20999' },
+      });
+      expect(r.warnings).toBe('');
+    });
+
+    it('still warns where something is wrong', () => {
+      const noPool = check('no-pool.json', {
+        services: [web],
+        applications: [{ aid: 'a' }, { aid: 'b', instances: [{ port: 19002 }] }],
+        default: { aid: 'a' },
+      });
+      expect(noPool.warnings).toBe(
+        `${noPool.path}: warning: applications[0] (a) has no instance and there is no pool: connections selected for it are refused\n` +
+          `${noPool.path}: warning: applications[1] (b) is not named by any selector or the default: only a local client run with vpm exec --aid b reaches it\n`,
+      );
+      const server = check('coop-server-bad.json', {
+        services: [web],
+        applications: [{ aid: 'a1', instances: [{ port: 19001 }] }, { aid: 'ghost' }],
+        default: { refuse: true },
+        cooperative: {
+          name: 'server',
+          listen: '198.18.20.2:7070',
+          peers: [{ name: 'client', key: KEY }],
+        },
+      });
+      expect(server.warnings).toBe(
+        `${server.path}: warning: applications[1] (ghost) is not named by any selector or the default, nor offered to peers, and it has no instance and there is no pool: no connection ever reaches it\n`,
+      );
+    });
+  });
+
   it('is a usage error (exit 2) without a file', () => {
     const r = vpm('check-config');
     expect(r.code).toBe(2);

@@ -203,7 +203,7 @@ describe('defaults', () => {
     const c = parseConfig(o, 'min.json');
     expect(c.applications.map((a) => a.instances)).toEqual([[], []]);
     expect(configWarnings(c)).toEqual([
-      'applications[0] (a) is not named by any selector or the default',
+      'applications[0] (a) is not named by any selector or the default, and it has no instance and there is no pool: no connection ever reaches it',
       'applications[1] (b) has no instance and there is no pool: connections selected for it are refused',
     ]);
   });

@@ -436,6 +436,20 @@ describe('vpm dump errors', () => {
     expect(r.stderr).toContain('--flow: no flow 999999');
   });
 
+  it('-c with the path of an existing file (the config, as in the other commands) exits 2 with a hint', async () => {
+    const cfg = join(dir, 'vpm.json');
+    writeFileSync(cfg, '{}\n');
+    const r = await dumpFails(['-c', cfg]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(
+      `vpm: -c: "${cfg}" is a file, but -c is a packet count here, as in tcpdump; for the config file use --config ${cfg}\n`,
+    );
+    // A path that names no file is just a bad count.
+    const n = await dumpFails(['-i', 'vpm0', '-c', join(dir, 'none.json')]);
+    expect(n.code).toBe(2);
+    expect(n.stderr).toContain('is not a positive integer');
+  });
+
   it('without permission to capture, exits 1 naming the device', async () => {
     const child = lab.spawn(host, 'setpriv', [
       '--reuid=65534',
