@@ -5,7 +5,8 @@
  * persistent: it disappears with the daemon's file descriptor, and with it its
  * address, its routes and its per-device sysctls. What outlives a crash is:
  *   - the policy rules that steer replies from instance ports into the TUN, and
- *   - the global net.ipv4.ip_forward sysctl.
+ *   - the global net.ipv4.ip_forward sysctl, and what the kernel changes with it
+ *     (all.accept_redirects, default.forwarding, every device's forwarding).
  * Each of those changes is appended to a journal (a JSON state file, written
  * before the change is made, so a crash between the two leaves at worst an undo
  * of something absent, which is harmless) and undone in reverse order on exit. A
@@ -37,10 +38,20 @@
  *   ip rule add pref R from A ipproto udp lookup T (when a service is UDP), and
  *   ip rule add pref R iif lo ipproto udp sport P lookup T (each port range)
  *   ip rule add pref R from A ipproto icmp iif lo lookup T
- *   sysctl net.ipv4.ip_forward=1
+ *   sysctl net.ipv4.ip_forward=1, after journalling what the kernel changes with
+ *   it: conf.all.accept_redirects, conf.default.forwarding, conf.<dev>.forwarding
+ *   of every device (see setIpForward)
  */
 
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname } from 'node:path';
 import { HostError, run } from './run.js';
 import { readSysctl, writeSysctl } from './sysctl.js';
@@ -70,7 +81,18 @@ export interface HostPlan {
 export type Change =
   | { kind: 'rule'; args: string[] }
   | { kind: 'route'; args: string[] }
-  | { kind: 'sysctl'; key: string; old: string; value: string };
+  | {
+      kind: 'sysctl';
+      key: string;
+      old: string;
+      value: string;
+      /**
+       * A per-device sysctl (net.ipv4.conf.<device>.*): skipped on undo when the
+       * device no longer exists. Absent in journals written before side effects
+       * were recorded, and for host-wide keys.
+       */
+      device?: string;
+    };
 
 export interface Journal {
   pid: number;
@@ -184,7 +206,7 @@ export class HostSetup {
         }
         await this.addRule(['pref', String(plan.rulePriority), 'iif', dev, 'lookup', out]);
       }
-      await this.setSysctl('net.ipv4.ip_forward', '1');
+      await this.setIpForward();
     } catch (e) {
       await this.undoNow();
       throw e;
@@ -220,12 +242,27 @@ export class HostSetup {
     await run('ip', ['rule', 'add', ...args]);
   }
 
-  private async setSysctl(key: string, value: string): Promise<void> {
+  /**
+   * net.ipv4.ip_forward=1, and what the kernel changes with it. Writing
+   * ip_forward (which is conf.all.forwarding) runs inet_forward_change
+   * (net/ipv4/devinet.c) whenever the value changes: it sets
+   * conf.all.accept_redirects to the opposite of the new value,
+   * conf.default.forwarding to it, and conf.<dev>.forwarding of every device to
+   * it. Restoring ip_forward=0 therefore turns all.accept_redirects on and every
+   * device's forwarding off, whatever they were before. So before the change,
+   * the values it will overwrite are journalled, ahead of ip_forward itself:
+   * undo (newest first) restores ip_forward, and then those, on the devices that
+   * still exist. Only IPv4 has such a side effect here: vpm's one IPv6 sysctl is
+   * per device (the TUN's disable_ipv6), which touches no other.
+   */
+  private async setIpForward(): Promise<void> {
+    const key = 'net.ipv4.ip_forward';
     const old = await readSysctl(key);
-    if (old === value) return;
-    this.journal.changes.push({ kind: 'sysctl', key, old, value });
+    if (old === '1') return;
+    for (const c of await forwardSideEffects('1')) this.journal.changes.push(c);
+    this.journal.changes.push({ kind: 'sysctl', key, old, value: '1' });
     this.save();
-    await writeSysctl(key, value);
+    await writeSysctl(key, '1');
   }
 
   /** Undo every journalled change, newest first, and remove the state file. */
@@ -327,6 +364,45 @@ export function ruleShows(line: string, args: readonly string[]): boolean {
   });
 }
 
+const IPV4_CONF = '/proc/sys/net/ipv4/conf';
+
+/** Does network device `dev` (as in /proc/sys/net/ipv4/conf) exist in this namespace? */
+function deviceExists(dev: string): boolean {
+  return existsSync(`${IPV4_CONF}/${dev}`);
+}
+
+/**
+ * The sysctls that writing ip_forward=`on` changes as a side effect (see
+ * setIpForward), with their current values: conf.all.accept_redirects (set to
+ * !on), conf.default.forwarding and each device's forwarding (set to on).
+ */
+export async function forwardSideEffects(on: '0' | '1'): Promise<Change[]> {
+  const out: Change[] = [];
+  const one = async (dev: string, name: string, value: string, device?: string) => {
+    const key = `net.ipv4.conf.${dev}.${name}`;
+    const old = await readSysctl(key);
+    out.push(
+      device === undefined
+        ? { kind: 'sysctl', key, old, value }
+        : { kind: 'sysctl', key, old, value, device },
+    );
+  };
+  await one('all', 'accept_redirects', on === '1' ? '0' : '1');
+  await one('default', 'forwarding', on);
+  // Device names may hold dots: the key carries them as '/' (see sysctl.ts).
+  const devs = readdirSync(IPV4_CONF)
+    .filter((d) => d !== 'all' && d !== 'default')
+    .sort();
+  for (const d of devs) {
+    try {
+      await one(d.replace(/\./g, '/'), 'forwarding', on, d);
+    } catch {
+      // the device went away meanwhile: nothing of it to restore
+    }
+  }
+  return out;
+}
+
 /** Undo a journal's changes, newest first. Errors are collected, not thrown halfway. */
 export async function undoJournal(j: Journal): Promise<string[]> {
   const errors: string[] = [];
@@ -341,7 +417,7 @@ export async function undoJournal(j: Journal): Promise<string[]> {
         } catch {
           // already gone (its device went away)
         }
-      } else {
+      } else if (c.device === undefined || deviceExists(c.device)) {
         await writeSysctl(c.key, c.old);
       }
     } catch (e) {
@@ -413,8 +489,13 @@ export async function cleanStale(stateFile: string): Promise<string[]> {
       `vpm is already running for ${j.tunName} (pid ${j.pid}, state ${stateFile})`,
     );
   }
-  const done = j.changes.map((c) =>
-    c.kind === 'sysctl' ? `sysctl ${c.key}=${c.old}` : `ip ${c.kind} del ${c.args.join(' ')}`,
+  // A device's sysctl is restored only while the device exists (the TUN is gone).
+  const done = j.changes.flatMap((c) =>
+    c.kind !== 'sysctl'
+      ? [`ip ${c.kind} del ${c.args.join(' ')}`]
+      : c.device === undefined || deviceExists(c.device)
+        ? [`sysctl ${c.key}=${c.old}`]
+        : [],
   );
   const errors = await undoJournal(j);
   if (errors.length > 0)
