@@ -37,6 +37,8 @@
  *   ip rule add pref R from A ipproto tcp lookup T (when a service is TCP)
  *   ip rule add pref R from A ipproto udp lookup T (when a service is UDP), and
  *   ip rule add pref R iif lo ipproto udp sport P lookup T (each port range)
+ *   ip rule add pref R from X ipproto tcp sport P lookup T (each instance address
+ *     X other than A, each port range of its instances; when a service is TCP)
  *   ip rule add pref R from A ipproto icmp iif lo lookup T
  *   sysctl net.ipv4.ip_forward=1, after journalling what the kernel changes with
  *   it: conf.all.accept_redirects, conf.default.forwarding, conf.<dev>.forwarding
@@ -67,6 +69,12 @@ export interface HostPlan {
   replyPorts: readonly { lo: number; hi: number }[];
   /** The protocols of the virtual services: the reply rules of each (see replyRules). */
   replyProtocols: readonly ('tcp' | 'udp')[];
+  /**
+   * Instances on a local address other than the TUN's (`instances[].address`):
+   * each address with its instances' ports, merged into ranges. Their TCP
+   * replies go into the TUN by address and port (see replyRules).
+   */
+  otherInstanceAddrs?: readonly { addr: string; ports: readonly { lo: number; hi: number }[] }[];
   routeTable: number;
   rulePriority: number;
   /**
@@ -293,7 +301,16 @@ export class HostSetup {
  * itself sends (`iif lo`): a server bound to the wildcard address answers with
  * sendto(), and its source address is chosen by this very route lookup — table
  * T's route through the TUN gives it A — so a rule on the source could not
- * match it.
+ * match it. That rule also steers the UDP replies of an instance on another
+ * local address X (`instances[].address`).
+ *
+ * For TCP instances on another local address X (the uplink's, say): one rule per
+ * address and instance port range, `from X ipproto tcp sport P`. X is not vpm's:
+ * the host's own traffic from it (ssh, anything) must keep its routes, so the
+ * rule names the ports. The price is the path-MTU lookup above: a "fragmentation
+ * needed" for such an instance's connection lands on the main table's route (see
+ * docs/deployment.md). No ICMP rule for X either: it would send every ICMP error
+ * the host sends from its uplink into vpm, which drops those about no flow.
  */
 function replyRules(plan: HostPlan): string[][] {
   const pref = ['pref', String(plan.rulePriority)];
@@ -302,13 +319,18 @@ function replyRules(plan: HostPlan): string[][] {
   for (const proto of plan.replyProtocols) {
     out.push([...pref, 'from', plan.tunAddr, 'ipproto', proto, ...lookup]);
     if (proto !== 'udp') continue;
-    for (const r of plan.replyPorts) {
-      const sport = r.lo === r.hi ? String(r.lo) : `${r.lo}-${r.hi}`;
-      out.push([...pref, 'iif', 'lo', 'ipproto', proto, 'sport', sport, ...lookup]);
-    }
+    for (const r of plan.replyPorts)
+      out.push([...pref, 'iif', 'lo', 'ipproto', proto, 'sport', portSpec(r), ...lookup]);
   }
+  if (plan.replyProtocols.includes('tcp'))
+    for (const { addr, ports } of plan.otherInstanceAddrs ?? [])
+      for (const r of ports)
+        out.push([...pref, 'from', addr, 'ipproto', 'tcp', 'sport', portSpec(r), ...lookup]);
   return out;
 }
+
+const portSpec = (r: { lo: number; hi: number }) =>
+  r.lo === r.hi ? String(r.lo) : `${r.lo}-${r.hi}`;
 
 /** A reply rule (of `replyRules`), as journalled: TCP or UDP to the route table. */
 function isReplyRule(args: readonly string[]): boolean {
