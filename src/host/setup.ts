@@ -55,6 +55,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { dirname } from 'node:path';
+import { netnsLink } from '../base/netns.js';
 import { HostError, run } from './run.js';
 import { readSysctl, writeSysctl } from './sysctl.js';
 
@@ -506,9 +507,13 @@ export async function cleanStale(stateFile: string): Promise<string[]> {
   const j = readJournal(stateFile);
   if (j === null) return [];
   if (j.pid !== process.pid && journalOwnerAlive(j)) {
+    const elsewhere = netnsLink(j.pid) !== netnsLink('self');
     throw new HostError(
       'ERR_ALREADY_RUNNING',
-      `vpm is already running for ${j.tunName} (pid ${j.pid}, state ${stateFile})`,
+      `vpm is already running for ${j.tunName} (pid ${j.pid}, state ${stateFile})` +
+        (elsewhere
+          ? ': it runs in another network namespace with the same control socket directory; set control.socket in this config to a path of its own'
+          : ''),
     );
   }
   // A device's sysctl is restored only while the device exists (the TUN is gone).
