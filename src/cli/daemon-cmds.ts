@@ -4,15 +4,21 @@
  */
 
 import type { Command } from 'commander';
+import { defaultControlSocket, netnsLink } from '../base/netns.js';
 import { loadConfig } from '../config/load.js';
 import { controlRequest } from '../control/client.js';
 import { Daemon, stateFileFor } from '../daemon/daemon.js';
-import { cleanStale, journalOwnerAlive, pidAlive, readJournal } from '../host/setup.js';
+import { cleanStale, HostError, journalOwnerAlive, pidAlive, readJournal } from '../host/setup.js';
 import { formatFlows, formatInstances, formatStats } from '../view/format.js';
 import type { FlowView, InstanceView } from '../view/views.js';
 import { CliError, UsageError } from './errors.js';
 
-export const DEFAULT_SOCKET = '/run/vpm/vpm0.sock';
+/**
+ * The control socket of a daemon with the default TUN name in this network
+ * namespace: the path its config would default to (base/netns.ts), so that
+ * `ip netns exec X vpm stats` finds the daemon of namespace X.
+ */
+export const DEFAULT_SOCKET = defaultControlSocket('vpm0');
 
 interface SocketOpts {
   socket?: string;
@@ -70,6 +76,12 @@ export function registerDaemonCommands(program: Command): void {
       const file = stateFileFor(cfg);
       const j = readJournal(file);
       if (j && journalOwnerAlive(j)) {
+        // Never stop the daemon of another network namespace that shares the path.
+        if (netnsLink(j.pid) !== netnsLink('self'))
+          throw new HostError(
+            'ERR_ALREADY_RUNNING',
+            `the daemon of ${file} (pid ${j.pid}) runs in another network namespace: run vpm down there, and give each daemon a control.socket of its own`,
+          );
         process.kill(j.pid, 'SIGTERM');
         const deadline = Date.now() + timeout;
         while (pidAlive(j.pid) && Date.now() < deadline)

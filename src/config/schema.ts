@@ -554,7 +554,8 @@ export const configSchema = {
       default: {},
       properties: {
         socket: {
-          description: 'Absolute path of the control socket. Default: /run/vpm/<tun.name>.sock.',
+          description:
+            'Absolute path of the control socket. Default: /run/vpm/<tun.name>.sock in the initial network namespace, /run/vpm/netns/<ip netns name>/<tun.name>.sock (or /run/vpm/netns/net-<inode>/<tun.name>.sock) in another.',
           type: 'string',
           title: 'absolute path of at most 107 bytes',
           pattern: '^/',

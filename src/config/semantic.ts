@@ -12,6 +12,7 @@
  */
 
 import { IPv4, IPv4CidrRange, IPv4Prefix, Validator } from 'ip-num';
+import { defaultControlSocket } from '../base/netns.js';
 import type { ConfigProblem } from './errors.js';
 import type { RawConfig } from './schema.js';
 import type {
@@ -480,7 +481,8 @@ class Checker {
     }
 
     // Control socket and metrics.
-    const socket = raw.control.socket ?? `/run/vpm/${t.name}.sock`;
+    // Unique per network namespace (base/netns.ts): the CLI computes the same.
+    const socket = raw.control.socket ?? defaultControlSocket(t.name);
     const socketBytes = Buffer.byteLength(socket);
     if (socketBytes > MAX_SOCKET_PATH_BYTES)
       this.bad(

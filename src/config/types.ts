@@ -182,7 +182,7 @@ export interface Config {
     readonly fragmentMs: number;
   };
   readonly control: {
-    /** Control socket path. Default /run/vpm/<tun.name>.sock. */
+    /** Control socket path. Default per network namespace (base/netns.ts defaultControlSocket). */
     readonly socket: string;
   };
   readonly metrics: {

@@ -13,11 +13,14 @@
  * their translation. What a reload changes is decided by `reloadPlan` (reload.ts).
  */
 
+import { existsSync } from 'node:fs';
 import type { Server } from 'node:http';
+import { connect } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
+import { netnsLink } from '../base/netns.js';
 import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/types.js';
 import { ControlServer } from '../control/server.js';
@@ -28,7 +31,7 @@ import { Pipeline } from '../datapath/pipeline.js';
 import type { Rules } from '../datapath/rules.js';
 import { STATE_NAMES } from '../flow/state.js';
 import { FlowTable } from '../flow/table.js';
-import { cleanStale, HostSetup } from '../host/setup.js';
+import { cleanStale, HostError, HostSetup, journalOwnerAlive, readJournal } from '../host/setup.js';
 import { offloadNames, type TunDevice } from '../tun/device.js';
 import { openTun } from '../tun/kernel-tun.js';
 import type { FlowView, InstanceView } from '../view/views.js';
@@ -52,8 +55,11 @@ import {
 } from './rules-from-config.js';
 
 /**
- * The journal of host changes lives beside the control socket, so that daemons of
- * different network namespaces (each with its own socket path) never share one.
+ * The journal of host changes lives beside the control socket, so that daemons
+ * with different socket paths never share one. The default socket path is unique
+ * per network namespace (base/netns.ts), so two daemons with one TUN name in two
+ * namespaces have two journals; two configs that set the same control.socket
+ * share both, and the second daemon refuses to start (`refuseHeldSocket`).
  */
 export const stateFileFor = (cfg: Config) =>
   join(dirname(cfg.control.socket), `${cfg.tun.name}.state.json`);
@@ -83,6 +89,43 @@ export function localAddresses(): Set<number> {
     }
   }
   return out;
+}
+
+/** Does a live process accept connections on the unix socket `path`? */
+function socketAnswers(path: string): Promise<boolean> {
+  if (!existsSync(path)) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const c = connect(path);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+}
+
+/**
+ * Refuse to start, before anything is touched, when the control socket is held
+ * by a running daemon: of this config, of another TUN with the same socket path,
+ * or of another network namespace (a path is not per namespace). Its listener
+ * would otherwise be replaced, and its journal shared.
+ */
+async function refuseHeldSocket(path: string, stateFile: string): Promise<void> {
+  if (!(await socketAnswers(path))) return;
+  let owner: number | null = null;
+  try {
+    const j = readJournal(stateFile);
+    if (j && journalOwnerAlive(j)) owner = j.pid;
+  } catch {
+    // an unreadable journal: cleanStale would say so; the socket is the news here
+  }
+  const elsewhere = owner !== null && netnsLink(owner) !== netnsLink('self');
+  const who =
+    owner === null ? '' : ` (pid ${owner}${elsewhere ? ', in another network namespace' : ''})`;
+  throw new HostError(
+    'ERR_ALREADY_RUNNING',
+    `vpm is already running with control socket ${path}${who}: to run another daemon beside it (in another network namespace, or for another TUN), set control.socket in its config to a path of its own`,
+  );
 }
 
 export class Daemon {
@@ -120,6 +163,7 @@ export class Daemon {
     const cfg = this.cfg;
     const stateFile = stateFileFor(cfg);
     try {
+      await refuseHeldSocket(cfg.control.socket, stateFile);
       const stale = await cleanStale(stateFile);
       if (stale.length > 0)
         this.log.warn(

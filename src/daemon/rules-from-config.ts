@@ -62,6 +62,38 @@ export function replyPortRanges(cfg: Config): { lo: number; hi: number }[] {
   return out;
 }
 
+/** Merge ports into as few ranges as possible. */
+function mergePorts(ports: readonly number[]): { lo: number; hi: number }[] {
+  const out: { lo: number; hi: number }[] = [];
+  for (const p of [...new Set(ports)].sort((a, b) => a - b)) {
+    const last = out[out.length - 1];
+    if (last && last.hi + 1 === p) last.hi = p;
+    else out.push({ lo: p, hi: p });
+  }
+  return out;
+}
+
+/**
+ * The static instances on a local address other than the TUN's (and not the
+ * wildcard), by address in configuration order, with their ports merged into ranges.
+ */
+export function otherInstanceAddrs(
+  cfg: Config,
+): { addr: string; ports: { lo: number; hi: number }[] }[] {
+  const byAddr = new Map<number, number[]>();
+  for (const a of cfg.applications)
+    for (const i of a.instances) {
+      if (i.address === cfg.tun.address || i.address === 0) continue;
+      const ports = byAddr.get(i.address) ?? [];
+      ports.push(i.port);
+      byAddr.set(i.address, ports);
+    }
+  return [...byAddr].map(([addr, ports]) => ({
+    addr: ipv4ToString(addr),
+    ports: mergePorts(ports),
+  }));
+}
+
 export function hostPlanFromConfig(cfg: Config, tunName: string): HostPlan {
   return {
     tunName,
@@ -74,6 +106,7 @@ export function hostPlanFromConfig(cfg: Config, tunName: string): HostPlan {
     replyProtocols: (['tcp', 'udp'] as const).filter((p) =>
       cfg.services.some((s) => s.protocol === p),
     ),
+    otherInstanceAddrs: otherInstanceAddrs(cfg),
     routeTable: cfg.tun.routeTable,
     rulePriority: cfg.tun.rulePriority,
     peerVips: cfg.services

@@ -5,7 +5,8 @@
  * persistent: it disappears with the daemon's file descriptor, and with it its
  * address, its routes and its per-device sysctls. What outlives a crash is:
  *   - the policy rules that steer replies from instance ports into the TUN, and
- *   - the global net.ipv4.ip_forward sysctl.
+ *   - the global net.ipv4.ip_forward sysctl, and what the kernel changes with it
+ *     (all.accept_redirects, default.forwarding, every device's forwarding).
  * Each of those changes is appended to a journal (a JSON state file, written
  * before the change is made, so a crash between the two leaves at worst an undo
  * of something absent, which is harmless) and undone in reverse order on exit. A
@@ -36,12 +37,25 @@
  *   ip rule add pref R from A ipproto tcp lookup T (when a service is TCP)
  *   ip rule add pref R from A ipproto udp lookup T (when a service is UDP), and
  *   ip rule add pref R iif lo ipproto udp sport P lookup T (each port range)
+ *   ip rule add pref R from X ipproto tcp sport P lookup T (each instance address
+ *     X other than A, each port range of its instances; when a service is TCP)
  *   ip rule add pref R from A ipproto icmp iif lo lookup T
- *   sysctl net.ipv4.ip_forward=1
+ *   sysctl net.ipv4.ip_forward=1, after journalling what the kernel changes with
+ *   it: conf.all.accept_redirects, conf.default.forwarding, conf.<dev>.forwarding
+ *   of every device (see setIpForward)
  */
 
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname } from 'node:path';
+import { netnsLink } from '../base/netns.js';
 import { HostError, run } from './run.js';
 import { readSysctl, writeSysctl } from './sysctl.js';
 
@@ -56,6 +70,12 @@ export interface HostPlan {
   replyPorts: readonly { lo: number; hi: number }[];
   /** The protocols of the virtual services: the reply rules of each (see replyRules). */
   replyProtocols: readonly ('tcp' | 'udp')[];
+  /**
+   * Instances on a local address other than the TUN's (`instances[].address`):
+   * each address with its instances' ports, merged into ranges. Their TCP
+   * replies go into the TUN by address and port (see replyRules).
+   */
+  otherInstanceAddrs?: readonly { addr: string; ports: readonly { lo: number; hi: number }[] }[];
   routeTable: number;
   rulePriority: number;
   /**
@@ -70,7 +90,18 @@ export interface HostPlan {
 export type Change =
   | { kind: 'rule'; args: string[] }
   | { kind: 'route'; args: string[] }
-  | { kind: 'sysctl'; key: string; old: string; value: string };
+  | {
+      kind: 'sysctl';
+      key: string;
+      old: string;
+      value: string;
+      /**
+       * A per-device sysctl (net.ipv4.conf.<device>.*): skipped on undo when the
+       * device no longer exists. Absent in journals written before side effects
+       * were recorded, and for host-wide keys.
+       */
+      device?: string;
+    };
 
 export interface Journal {
   pid: number;
@@ -184,7 +215,7 @@ export class HostSetup {
         }
         await this.addRule(['pref', String(plan.rulePriority), 'iif', dev, 'lookup', out]);
       }
-      await this.setSysctl('net.ipv4.ip_forward', '1');
+      await this.setIpForward();
     } catch (e) {
       await this.undoNow();
       throw e;
@@ -220,12 +251,27 @@ export class HostSetup {
     await run('ip', ['rule', 'add', ...args]);
   }
 
-  private async setSysctl(key: string, value: string): Promise<void> {
+  /**
+   * net.ipv4.ip_forward=1, and what the kernel changes with it. Writing
+   * ip_forward (which is conf.all.forwarding) runs inet_forward_change
+   * (net/ipv4/devinet.c) whenever the value changes: it sets
+   * conf.all.accept_redirects to the opposite of the new value,
+   * conf.default.forwarding to it, and conf.<dev>.forwarding of every device to
+   * it. Restoring ip_forward=0 therefore turns all.accept_redirects on and every
+   * device's forwarding off, whatever they were before. So before the change,
+   * the values it will overwrite are journalled, ahead of ip_forward itself:
+   * undo (newest first) restores ip_forward, and then those, on the devices that
+   * still exist. Only IPv4 has such a side effect here: vpm's one IPv6 sysctl is
+   * per device (the TUN's disable_ipv6), which touches no other.
+   */
+  private async setIpForward(): Promise<void> {
+    const key = 'net.ipv4.ip_forward';
     const old = await readSysctl(key);
-    if (old === value) return;
-    this.journal.changes.push({ kind: 'sysctl', key, old, value });
+    if (old === '1') return;
+    for (const c of await forwardSideEffects('1')) this.journal.changes.push(c);
+    this.journal.changes.push({ kind: 'sysctl', key, old, value: '1' });
     this.save();
-    await writeSysctl(key, value);
+    await writeSysctl(key, '1');
   }
 
   /** Undo every journalled change, newest first, and remove the state file. */
@@ -256,7 +302,16 @@ export class HostSetup {
  * itself sends (`iif lo`): a server bound to the wildcard address answers with
  * sendto(), and its source address is chosen by this very route lookup — table
  * T's route through the TUN gives it A — so a rule on the source could not
- * match it.
+ * match it. That rule also steers the UDP replies of an instance on another
+ * local address X (`instances[].address`).
+ *
+ * For TCP instances on another local address X (the uplink's, say): one rule per
+ * address and instance port range, `from X ipproto tcp sport P`. X is not vpm's:
+ * the host's own traffic from it (ssh, anything) must keep its routes, so the
+ * rule names the ports. The price is the path-MTU lookup above: a "fragmentation
+ * needed" for such an instance's connection lands on the main table's route (see
+ * docs/deployment.md). No ICMP rule for X either: it would send every ICMP error
+ * the host sends from its uplink into vpm, which drops those about no flow.
  */
 function replyRules(plan: HostPlan): string[][] {
   const pref = ['pref', String(plan.rulePriority)];
@@ -265,13 +320,18 @@ function replyRules(plan: HostPlan): string[][] {
   for (const proto of plan.replyProtocols) {
     out.push([...pref, 'from', plan.tunAddr, 'ipproto', proto, ...lookup]);
     if (proto !== 'udp') continue;
-    for (const r of plan.replyPorts) {
-      const sport = r.lo === r.hi ? String(r.lo) : `${r.lo}-${r.hi}`;
-      out.push([...pref, 'iif', 'lo', 'ipproto', proto, 'sport', sport, ...lookup]);
-    }
+    for (const r of plan.replyPorts)
+      out.push([...pref, 'iif', 'lo', 'ipproto', proto, 'sport', portSpec(r), ...lookup]);
   }
+  if (plan.replyProtocols.includes('tcp'))
+    for (const { addr, ports } of plan.otherInstanceAddrs ?? [])
+      for (const r of ports)
+        out.push([...pref, 'from', addr, 'ipproto', 'tcp', 'sport', portSpec(r), ...lookup]);
   return out;
 }
+
+const portSpec = (r: { lo: number; hi: number }) =>
+  r.lo === r.hi ? String(r.lo) : `${r.lo}-${r.hi}`;
 
 /** A reply rule (of `replyRules`), as journalled: TCP or UDP to the route table. */
 function isReplyRule(args: readonly string[]): boolean {
@@ -327,6 +387,45 @@ export function ruleShows(line: string, args: readonly string[]): boolean {
   });
 }
 
+const IPV4_CONF = '/proc/sys/net/ipv4/conf';
+
+/** Does network device `dev` (as in /proc/sys/net/ipv4/conf) exist in this namespace? */
+function deviceExists(dev: string): boolean {
+  return existsSync(`${IPV4_CONF}/${dev}`);
+}
+
+/**
+ * The sysctls that writing ip_forward=`on` changes as a side effect (see
+ * setIpForward), with their current values: conf.all.accept_redirects (set to
+ * !on), conf.default.forwarding and each device's forwarding (set to on).
+ */
+export async function forwardSideEffects(on: '0' | '1'): Promise<Change[]> {
+  const out: Change[] = [];
+  const one = async (dev: string, name: string, value: string, device?: string) => {
+    const key = `net.ipv4.conf.${dev}.${name}`;
+    const old = await readSysctl(key);
+    out.push(
+      device === undefined
+        ? { kind: 'sysctl', key, old, value }
+        : { kind: 'sysctl', key, old, value, device },
+    );
+  };
+  await one('all', 'accept_redirects', on === '1' ? '0' : '1');
+  await one('default', 'forwarding', on);
+  // Device names may hold dots: the key carries them as '/' (see sysctl.ts).
+  const devs = readdirSync(IPV4_CONF)
+    .filter((d) => d !== 'all' && d !== 'default')
+    .sort();
+  for (const d of devs) {
+    try {
+      await one(d.replace(/\./g, '/'), 'forwarding', on, d);
+    } catch {
+      // the device went away meanwhile: nothing of it to restore
+    }
+  }
+  return out;
+}
+
 /** Undo a journal's changes, newest first. Errors are collected, not thrown halfway. */
 export async function undoJournal(j: Journal): Promise<string[]> {
   const errors: string[] = [];
@@ -341,7 +440,7 @@ export async function undoJournal(j: Journal): Promise<string[]> {
         } catch {
           // already gone (its device went away)
         }
-      } else {
+      } else if (c.device === undefined || deviceExists(c.device)) {
         await writeSysctl(c.key, c.old);
       }
     } catch (e) {
@@ -408,13 +507,22 @@ export async function cleanStale(stateFile: string): Promise<string[]> {
   const j = readJournal(stateFile);
   if (j === null) return [];
   if (j.pid !== process.pid && journalOwnerAlive(j)) {
+    const elsewhere = netnsLink(j.pid) !== netnsLink('self');
     throw new HostError(
       'ERR_ALREADY_RUNNING',
-      `vpm is already running for ${j.tunName} (pid ${j.pid}, state ${stateFile})`,
+      `vpm is already running for ${j.tunName} (pid ${j.pid}, state ${stateFile})` +
+        (elsewhere
+          ? ': it runs in another network namespace with the same control socket directory; set control.socket in this config to a path of its own'
+          : ''),
     );
   }
-  const done = j.changes.map((c) =>
-    c.kind === 'sysctl' ? `sysctl ${c.key}=${c.old}` : `ip ${c.kind} del ${c.args.join(' ')}`,
+  // A device's sysctl is restored only while the device exists (the TUN is gone).
+  const done = j.changes.flatMap((c) =>
+    c.kind !== 'sysctl'
+      ? [`ip ${c.kind} del ${c.args.join(' ')}`]
+      : c.device === undefined || deviceExists(c.device)
+        ? [`sysctl ${c.key}=${c.old}`]
+        : [],
   );
   const errors = await undoJournal(j);
   if (errors.length > 0)

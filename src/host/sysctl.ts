@@ -11,8 +11,12 @@ function path(key: string): string {
     throw new HostError('ERR_HOST_SYSCTL', `bad sysctl name "${key}"`);
   }
   // net.ipv4.conf.vpm0.rp_filter -> /proc/sys/net/ipv4/conf/vpm0/rp_filter. Interface
-  // names may contain dots, so the caller passes them with '/' already (sysctl -w style).
-  return `/proc/sys/${key.replace(/\./g, '/')}`;
+  // names may contain dots, so the caller passes them with '/' instead (sysctl -w
+  // style): net.ipv4.conf.eth0/100.forwarding -> /proc/sys/net/ipv4/conf/eth0.100/forwarding.
+  return `/proc/sys/${key
+    .split('.')
+    .map((part) => part.replace(/\//g, '.'))
+    .join('/')}`;
 }
 
 export async function readSysctl(key: string): Promise<string> {

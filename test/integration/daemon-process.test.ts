@@ -138,6 +138,12 @@ describe('vpm up as a process: signals, crashes, bad config', () => {
     expect([...(stale!.undone as string[])].sort()).toEqual([
       `ip rule del pref 100 from 198.19.255.1 ipproto icmp iif lo lookup ${TABLE}`,
       `ip rule del pref 100 from 198.19.255.1 ipproto tcp lookup ${TABLE}`,
+      // What the kernel changed with ip_forward (the TUN, gone, is not restored).
+      'sysctl net.ipv4.conf.all.accept_redirects=1',
+      'sysctl net.ipv4.conf.default.forwarding=0',
+      'sysctl net.ipv4.conf.ha.forwarding=0',
+      'sysctl net.ipv4.conf.hb.forwarding=0',
+      'sysctl net.ipv4.conf.lo.forwarding=0',
       'sysctl net.ipv4.ip_forward=0',
     ]);
     expect(rulesForTable(lab, topo.host, TABLE)).toHaveLength(2);

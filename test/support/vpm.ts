@@ -367,6 +367,23 @@ export function hostState(lab: NetLab, ns: string): HostState {
   };
 }
 
+/**
+ * Every IPv4 and IPv6 per-device and host-wide `conf` sysctl inside `ns`
+ * (/proc/sys/net/ipv{4,6}/conf/{all,default,DEV}/*, and net.ipv4.ip_forward), one
+ * "path:value" line each, sorted; the devices in `skip` (the TUN, which exists only
+ * while vpm is up) left out. Unreadable entries (ipv6 stable_secret) are left out.
+ */
+export function hostSysctls(lab: NetLab, ns: string, skip: readonly string[] = ['vpm0']): string[] {
+  const out = lab.run(ns, 'sh', [
+    '-c',
+    'grep -rs . /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf /proc/sys/net/ipv6/conf || true',
+  ]);
+  return out
+    .split('\n')
+    .filter((l) => l !== '' && !skip.some((d) => l.includes(`/conf/${d}/`)))
+    .sort();
+}
+
 /** The lines of `ip rule show` that use the routing table `table`. */
 export function rulesForTable(lab: NetLab, ns: string, table: number): string[] {
   return lab
