@@ -435,6 +435,14 @@ export const configSchema = {
           maximum: 4194304,
           default: 65536,
         },
+        embryonicFlows: {
+          description:
+            'Most embryonic flows at once: TCP connections whose handshake has not completed and UDP flows the server has not answered. A new flow beyond it, or one that finds the table full, takes the place of the embryonic flow seen last longest ago (counted: embryonicEvicted); established flows are never evicted. At most limits.maxFlows. null: a quarter of limits.maxFlows (at least 1). Read at start-up.',
+          type: ['integer', 'null'],
+          minimum: 1,
+          maximum: 4194304,
+          default: null,
+        },
         heldFragments: {
           description:
             'IPv4 fragments that arrive before the first fragment of their datagram (which carries the ports) wait for it; at most this many at once. More are dropped (fragment_held_overflow).',

@@ -99,6 +99,19 @@ class Checker {
     this.problems.push({ path: formatPath(path), value, message });
   }
 
+  /** limits.embryonicFlows resolved: null is a quarter of maxFlows (at least 1); more than maxFlows is a problem. */
+  private embryonicFlows(maxFlows: number, given: number | null): number {
+    if (given === null) return Math.max(1, Math.floor(maxFlows / 4));
+    if (given > maxFlows) {
+      this.bad(
+        ['limits', 'embryonicFlows'],
+        given,
+        `${given} is more than limits.maxFlows (${maxFlows}): embryonic flows are a share of the table`,
+      );
+    }
+    return given;
+  }
+
   /** A unicast address usable for a service, the TUN or an instance; 0 if it does not parse. */
   private address(path: readonly PathSegment[], s: string, role: string): number {
     const a = parseAddress(s);
@@ -547,6 +560,7 @@ class Checker {
       cooperative,
       limits: {
         maxFlows: raw.limits.maxFlows,
+        embryonicFlows: this.embryonicFlows(raw.limits.maxFlows, raw.limits.embryonicFlows),
         heldFragments: raw.limits.heldFragments,
         heldFragmentBytes: raw.limits.heldFragmentBytes,
         icmpPerSecond: raw.limits.icmpPerSecond,

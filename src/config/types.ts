@@ -152,6 +152,8 @@ export interface Config {
   readonly limits: {
     /** Translation table capacity. Default 65536. */
     readonly maxFlows: number;
+    /** Most embryonic flows (TCP handshake not complete, UDP unreplied) at once. Default (null in the file): maxFlows / 4, at least 1. */
+    readonly embryonicFlows: number;
     /** IPv4 fragments waiting for their first fragment. Default 256. */
     readonly heldFragments: number;
     /** Bytes of those. Default 1048576. */

@@ -199,7 +199,12 @@ export class Daemon {
       this.host = host;
       await host.apply(hostPlanFromConfig(cfg, tun.name));
 
-      this.table = new FlowTable(cfg.limits.maxFlows, timerTimeouts(cfg));
+      this.table = new FlowTable(
+        cfg.limits.maxFlows,
+        timerTimeouts(cfg),
+        undefined,
+        cfg.limits.embryonicFlows,
+      );
       this.rules = rulesFromConfig(cfg);
       this.instances.replaceStatic(this.rules, staticInstancesFromConfig(cfg));
       if (cfg.pool) {
@@ -478,6 +483,9 @@ export class Daemon {
       flowsActive: this.table!.size,
       udpFlowsActive: this.table!.udpSize,
       flowsCapacity: this.table!.capacity,
+      flowsEmbryonic: this.table!.embryonicSize,
+      embryonicCapacity: this.table!.embryonicLimit,
+      embryonicEvicted: this.table!.embryonicEvicted,
       uptimeMs: Date.now() - this.startedAt,
       tun: {
         name: this.tun?.name,

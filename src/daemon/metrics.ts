@@ -22,6 +22,9 @@ interface Snapshot {
   flowsActive: number;
   udpFlowsActive: number;
   flowsCapacity: number;
+  flowsEmbryonic: number;
+  embryonicCapacity: number;
+  embryonicEvicted: number;
   flowsCreated: number;
   flowsExpired: number;
   flowsRefused: number;
@@ -150,6 +153,24 @@ export function buildMetrics(stats: StatsSource, device?: DeviceSource): Registr
   });
   g('vpm_flows_capacity', 'Capacity of the translation table.', [], (m, s) =>
     m({}, s.flowsCapacity),
+  );
+  g(
+    'vpm_flows_embryonic',
+    'Embryonic flows in the table: TCP handshake not complete, UDP not answered.',
+    [],
+    (m, s) => m({}, s.flowsEmbryonic),
+  );
+  g(
+    'vpm_flows_embryonic_capacity',
+    'Their share of the table (limits.embryonicFlows).',
+    [],
+    (m, s) => m({}, s.embryonicCapacity),
+  );
+  g(
+    'vpm_flows_embryonic_evicted_total',
+    'Embryonic flows evicted, the oldest first, to make room for a new flow (the flood policy).',
+    [],
+    (m, s) => m({}, s.embryonicEvicted),
   );
   g('vpm_flows_created_total', 'Flows created.', [], (m, s) => m({}, s.flowsCreated));
   g('vpm_flows_expired_total', 'Flows removed by their idle timers.', [], (m, s) =>

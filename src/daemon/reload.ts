@@ -4,7 +4,7 @@
  *
  * A few settings are read once, at start-up: the TUN device (its name, addresses,
  * MTU, offloads, routing table and rule priority), the control socket, the size of
- * the translation table, of the fragment wait buffer and of the SYN copies
+ * the translation table and its embryonic share, of the fragment wait buffer and of the SYN copies
  * (health.synCopies), the port pool and the cooperative set-up. When a reload
  * finds them changed it says so (`reload_partial`, `needsRestart`) and the daemon
  * keeps running with the old ones. Everything else is applied live: services,
@@ -19,6 +19,7 @@ export const RESTART_SETTINGS = [
   'tun',
   'control.socket',
   'limits.maxFlows',
+  'limits.embryonicFlows',
   'limits.heldFragments',
   'limits.heldFragmentBytes',
   'health.synCopies',
@@ -43,6 +44,7 @@ const RESTART_VALUE: Record<RestartSetting, (c: Config) => unknown> = {
   tun: (c) => c.tun,
   'control.socket': (c) => c.control.socket,
   'limits.maxFlows': (c) => c.limits.maxFlows,
+  'limits.embryonicFlows': (c) => c.limits.embryonicFlows,
   'limits.heldFragments': (c) => c.limits.heldFragments,
   'limits.heldFragmentBytes': (c) => c.limits.heldFragmentBytes,
   'health.synCopies': (c) => c.health.synCopies,

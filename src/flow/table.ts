@@ -27,12 +27,23 @@
  * expire: `expire(now)` pops heads until one is still fresh. No scan of the table,
  * no work per packet beyond a few array writes.
  *
+ * Floods (limits.embryonicFlows). Embryonic flows — TCP flows whose handshake
+ * has not completed (SYN_SENT, SYN_RECEIVED: timer class EMBRYONIC) and UDP flows
+ * not answered yet (UDP_UNREPLIED) — may hold at most `embryonicLimit` slots. A
+ * new flow that finds that share used, or the whole table full while some flow
+ * is embryonic, takes the place of the least recently active embryonic flow: the
+ * head of the EMBRYONIC or of the UDP_UNREPLIED list, whichever was seen last
+ * longer ago (two heads compared, no scan). The evicted flow is removed like any
+ * other (remove listeners run) and counted in `embryonicEvicted`. A flow that has
+ * been answered (established, closing, UDP assured, ...) is never evicted: a table
+ * full of them refuses new flows (CREATE_FULL).
+ *
  * Nothing here allocates or throws after construction (adding a remove listener
  * aside: that is control-plane wiring, done at start-up).
  */
 
 import { IPPROTO_UDP } from '../wire/ipv4.js';
-import { FlowState, STATE_TIMER, TIMER_CLASSES } from './state.js';
+import { FlowState, STATE_TIMER, TIMER_CLASSES, TimerClass } from './state.js';
 
 const NIL = -1;
 
@@ -110,6 +121,12 @@ export class FlowTable {
   /** Live flows, and the UDP ones among them. */
   size = 0;
   udpSize = 0;
+  /** Most embryonic flows (TCP handshake not complete, UDP unreplied) at once: limits.embryonicFlows. */
+  readonly embryonicLimit: number;
+  /** Embryonic flows evicted to make room for a new flow (a counter). */
+  embryonicEvicted = 0;
+  /** Flows on each timer class's list. */
+  private readonly classSize: Int32Array;
   /** See addRemoveListener. */
   private readonly removeListeners: ((slot: number) => void)[] = [];
 
@@ -117,13 +134,21 @@ export class FlowTable {
     capacity: number,
     timeoutsMs: readonly number[],
     seed = (Math.random() * 0x1_0000_0000) >>> 0,
+    embryonicLimit = capacity,
   ) {
     if (!Number.isInteger(capacity) || capacity < 1 || capacity > 1 << 22) {
       throw new RangeError(`flow table capacity ${capacity} must be an integer in 1..${1 << 22}`);
     }
     if (timeoutsMs.length !== TIMER_CLASSES)
       throw new RangeError(`expected ${TIMER_CLASSES} timeouts`);
+    if (!Number.isInteger(embryonicLimit) || embryonicLimit < 1 || embryonicLimit > capacity) {
+      throw new RangeError(
+        `embryonic flow limit ${embryonicLimit} must be an integer in 1..${capacity} (the table's capacity)`,
+      );
+    }
     this.capacity = capacity;
+    this.embryonicLimit = embryonicLimit;
+    this.classSize = new Int32Array(TIMER_CLASSES);
     const size = nextPow2(capacity * 2 * 4);
     this.mask = size - 1;
     this.index = new Int32Array(size);
@@ -245,15 +270,22 @@ export class FlowTable {
 
   /**
    * Record a new flow in state SYN_SENT (TCP) or UDP_UNREPLIED (UDP). Returns its slot, CREATE_FULL when no slot
-   * is free, or CREATE_COLLISION when either side's key is already in use.
+   * is free and no flow is embryonic, or CREATE_COLLISION when either side's key is already in use. When the
+   * embryonic share is used up, or no slot is free, the oldest embryonic flow is removed first (the flood policy).
    */
   create(k: FlowKeyArgs, now: number): number {
-    if (this.freeTop === 0) return CREATE_FULL;
+    const embryonic = this.embryonicSize;
+    if (this.freeTop === 0 && embryonic === 0) return CREATE_FULL;
     if (
       this.lookup(k.clientAddr, k.clientPort, k.vipAddr, k.vport, k.proto) >= 0 ||
       this.lookup(k.realAddr, k.realPort, k.natAddr, k.natPort, k.proto) >= 0
     ) {
       return CREATE_COLLISION;
+    }
+    if (this.freeTop === 0 || embryonic >= this.embryonicLimit) {
+      // The flood policy (see the top of the file): the oldest embryonic flow gives way.
+      this.remove(this.oldestEmbryonic());
+      this.embryonicEvicted++;
     }
     const s = this.freeStack[--this.freeTop]!;
     this.proto[s] = k.proto;
@@ -286,6 +318,23 @@ export class FlowTable {
     this.size++;
     if (k.proto === IPPROTO_UDP) this.udpSize++;
     return s;
+  }
+
+  /** Embryonic flows now: TCP handshake not complete, UDP not answered. */
+  get embryonicSize(): number {
+    return this.classSize[TimerClass.EMBRYONIC]! + this.classSize[TimerClass.UDP_UNREPLIED]!;
+  }
+
+  /**
+   * The embryonic flow seen last longest ago (-1: none): the older of the heads of
+   * the two embryonic lists. Each list is in order of last activity.
+   */
+  oldestEmbryonic(): number {
+    const a = this.heads[TimerClass.EMBRYONIC]!;
+    const b = this.heads[TimerClass.UDP_UNREPLIED]!;
+    if (a === NIL) return b;
+    if (b === NIL) return a;
+    return this.lastSeen[b]! < this.lastSeen[a]! ? b : a;
   }
 
   /**
@@ -361,6 +410,7 @@ export class FlowTable {
     if (t === NIL) this.heads[c] = s;
     else this.next[t] = s;
     this.tails[c] = s;
+    this.classSize[c]! += 1;
   }
 
   private unlink(s: number, c: number): void {
@@ -370,6 +420,7 @@ export class FlowTable {
     else this.next[p] = n;
     if (n === NIL) this.tails[c] = p;
     else this.prev[n] = p;
+    this.classSize[c]! -= 1;
   }
 
   /**

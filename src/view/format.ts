@@ -50,6 +50,7 @@ export function formatStats(s: Record<string, unknown>): string {
     `packets in ${s.packetsIn}  out ${s.packetsOut}  dropped ${s.dropsTotal}`,
     `bytes   in ${s.bytesIn}  out ${s.bytesOut}`,
     `flows   active ${s.flowsActive}/${s.flowsCapacity} (udp ${s.udpFlowsActive ?? 0})  created ${s.flowsCreated}  expired ${s.flowsExpired}  refused ${s.flowsRefused}  rst sent ${s.rstSent}`,
+    `embryonic ${s.flowsEmbryonic ?? 0}/${s.embryonicCapacity ?? 0}  evicted ${s.embryonicEvicted ?? 0}`,
     `drops   ${nonzero.length === 0 ? 'none' : nonzero.map(([k, v]) => `${k} ${v}`).join(', ')}`,
     ...deviceLines(s),
     icmpLine(s),

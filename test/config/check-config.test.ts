@@ -66,6 +66,8 @@ describe('vpm check-config', () => {
     // ... and the defaults of the sections added since: no cooperation, no executables.
     original.cooperative = null;
     for (const a of original.applications) a.executables = [];
+    // The embryonic share, null in the file, resolved: a quarter of maxFlows.
+    original.limits.embryonicFlows = 16384;
     expect(effective).toEqual(original);
     const again = vpm('check-config', file('effective.json', r.stdout));
     expect(again.code).toBe(0);

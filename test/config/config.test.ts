@@ -170,6 +170,7 @@ describe('defaults', () => {
     expect(c.default).toEqual({ refuse: true });
     expect(c.limits).toEqual({
       maxFlows: 65536,
+      embryonicFlows: 16384,
       heldFragments: 256,
       heldFragmentBytes: 1048576,
       icmpPerSecond: 1000,
@@ -286,7 +287,13 @@ describe('round trip', () => {
         { clients: ['0.0.0.0/0'], clientPorts: '1-1023', aid: 'a' },
       ],
       default: { aid: 'b' },
-      limits: { maxFlows: 1000, heldFragments: 10, heldFragmentBytes: 20000, icmpPerSecond: 7 },
+      limits: {
+        maxFlows: 1000,
+        embryonicFlows: 100,
+        heldFragments: 10,
+        heldFragmentBytes: 20000,
+        icmpPerSecond: 7,
+      },
       health: { downMs: 250, synCopies: 16 },
       timeouts: {
         embryonicMs: 500,
@@ -651,6 +658,17 @@ describe('errors name the file, the field path and the bad value', () => {
       // tenant-b was renamed away, so the selector naming it is wrong now as well.
       'config.json: selectors[1].aid: "tenant-b" is not an application (known: "tenant-a")',
     ]);
+  });
+
+  it('limits.embryonicFlows: a quarter of maxFlows by default, at most maxFlows', () => {
+    const load = (limits: Record<string, unknown>) =>
+      parseConfig({ ...minimal(), limits }, 'c.json');
+    expect(errorsOf((c) => (c.limits = { maxFlows: 64, embryonicFlows: 65 }))).toEqual([
+      'config.json: limits.embryonicFlows: 65 is more than limits.maxFlows (64): embryonic flows are a share of the table',
+    ]);
+    expect(load({ maxFlows: 64 }).limits.embryonicFlows).toBe(16);
+    expect(load({ maxFlows: 3 }).limits.embryonicFlows).toBe(1);
+    expect(load({ maxFlows: 64, embryonicFlows: 64 }).limits.embryonicFlows).toBe(64);
   });
 
   it('lists at most 50 problems in the message, all of them in `problems`', () => {

@@ -21,6 +21,7 @@ import { rulesFromConfig, staticInstancesFromConfig } from '../../src/daemon/rul
 import { Counters, Drop } from '../../src/datapath/counters.js';
 import { InstanceSet } from '../../src/datapath/instances.js';
 import { Pipeline } from '../../src/datapath/pipeline.js';
+import { FlowState } from '../../src/flow/state.js';
 import { type FlowKeyArgs, FlowTable } from '../../src/flow/table.js';
 import { MemoryTun } from '../../src/tun/memory-tun.js';
 import { Check, checkPacket, PacketInfo } from '../../src/wire/parse.js';
@@ -260,7 +261,9 @@ describe('Cooperation, client side', () => {
 
   it('negotiated, but the table is full: one RST, logged refused_table_full', async () => {
     const { tun, table, counters, settle, refusals } = await setup({ capacity: 1 });
-    expect(table.create(blocker({}), 1000)).toBeGreaterThanOrEqual(0);
+    const b = table.create(blocker({}), 1000);
+    expect(b).toBeGreaterThanOrEqual(0);
+    table.touch(b, FlowState.ESTABLISHED, 1000); // an embryonic one would give way
     tun.inject([seg(TUN_ADDR, 50004, VIP, 9000, SYN, 400)]);
     expect(await settle(0)).toEqual([hex(rstFor(TUN_ADDR, 50004, VIP, 9000, 400))]);
     expect(counters).toMatchObject({ negotiationsFailed: 1, rstSent: 1, heldInjected: 0 });
@@ -313,7 +316,9 @@ describe('Cooperation, local clients whose AID is looked up (FIG. 8)', () => {
 
   it('the table is full: one RST, logged refused_table_full, counted in localClientsRefused', async () => {
     const { tun, table, counters, reported, settle, refusals } = await setup({ capacity: 1 });
-    expect(table.create(blocker({}), 1000)).toBeGreaterThanOrEqual(0);
+    const b = table.create(blocker({}), 1000);
+    expect(b).toBeGreaterThanOrEqual(0);
+    table.touch(b, FlowState.ESTABLISHED, 1000); // an embryonic one would give way
     reported.set(52003, 1);
     tun.inject([seg(TUN_ADDR, 52003, LOCAL_VIP, 9000, SYN, 100)]);
     expect(await settle(0)).toEqual([hex(rstFor(TUN_ADDR, 52003, LOCAL_VIP, 9000, 100))]);
@@ -493,7 +498,9 @@ describe('Cooperation, client side, UDP: the queue of a flow being negotiated', 
 
   it('negotiated, but the flow cannot be recorded: one ICMP, the queue dropped', async () => {
     const { peer, tun, table, counters, settle, queue, refusals } = await setup({ capacity: 1 });
-    expect(table.create(blocker({}), 1000)).toBeGreaterThanOrEqual(0);
+    const b = table.create(blocker({}), 1000);
+    expect(b).toBeGreaterThanOrEqual(0);
+    table.touch(b, FlowState.ESTABLISHED, 1000); // an embryonic one would give way
     const open = gated(peer);
     tun.inject([out(50037, 0)]);
     await waitFor(() => peer.requests.length === 1);

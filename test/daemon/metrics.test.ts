@@ -27,6 +27,9 @@ function snapshot(): Record<string, unknown> {
     flowsActive: 0,
     udpFlowsActive: 0,
     flowsCapacity: 64,
+    flowsEmbryonic: 7,
+    embryonicCapacity: 16,
+    embryonicEvicted: 42,
     uptimeMs: 1000,
     tun: { offloads: [] },
     pool: null,
@@ -46,5 +49,14 @@ describe('health metrics', () => {
     expect(text).toContain('vpm_health_total{kind="refusal_forwarded"} 1');
     expect(text).toContain('vpm_health_total{kind="syn_not_kept"} 4');
     expect(text).toContain('vpm_syn_copies_in_use 5');
+  });
+});
+
+describe('flood policy metrics', () => {
+  it('exports the embryonic flows, their share and the evictions', async () => {
+    const text = await buildMetrics(snapshot).metrics();
+    expect(text).toContain('vpm_flows_embryonic 7');
+    expect(text).toContain('vpm_flows_embryonic_capacity 16');
+    expect(text).toContain('vpm_flows_embryonic_evicted_total 42');
   });
 });

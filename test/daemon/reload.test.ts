@@ -71,7 +71,8 @@ describe('reloadPlan', () => {
     const cases: [string, (f: File) => void][] = [
       ['tun', (f) => (f.tun = { name: 'vpm0', mtu: 9000 })],
       ['control.socket', (f) => (f.control = { socket: '/run/vpm/other.sock' })],
-      ['limits.maxFlows', (f) => (f.limits = { maxFlows: 1024 })],
+      ['limits.maxFlows', (f) => (f.limits = { maxFlows: 131072, embryonicFlows: 16384 })],
+      ['limits.embryonicFlows', (f) => (f.limits = { embryonicFlows: 100 })],
       ['limits.heldFragments', (f) => (f.limits = { heldFragments: 3 })],
       ['limits.heldFragmentBytes', (f) => (f.limits = { heldFragmentBytes: 3000 })],
       ['health.synCopies', (f) => (f.health = { synCopies: 3 })],
@@ -95,7 +96,8 @@ describe('reloadPlan', () => {
   it('applies the ICMP rate live and keeps the rest of limits', () => {
     const current = load(base());
     const plan = planFor((f) => (f.limits = { icmpPerSecond: 5, maxFlows: 1024 }));
-    expect(plan.needsRestart).toEqual(['limits.maxFlows']);
+    // The embryonic share left to its default follows maxFlows: it changes too.
+    expect(plan.needsRestart).toEqual(['limits.maxFlows', 'limits.embryonicFlows']);
     expect(plan.changed).toEqual(['limits.icmpPerSecond']);
     expect(plan.config.limits).toEqual({ ...current.limits, icmpPerSecond: 5 });
   });

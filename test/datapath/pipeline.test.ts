@@ -97,6 +97,7 @@ function makeInstances(rules: Rules, opts: { instancesB?: TestInstance[] } = {})
 function setup(
   o: {
     capacity?: number;
+    embryonic?: number;
     instancesB?: TestInstance[];
     writeCapacity?: number;
     verify?: boolean;
@@ -110,6 +111,7 @@ function setup(
     o.capacity ?? 64,
     [10_000, 3_600_000, 60_000, 10_000, 30_000, 120_000],
     7,
+    o.embryonic,
   );
   const counters = new Counters(2);
   const events: string[] = [];
@@ -241,8 +243,11 @@ describe('Pipeline', () => {
 
   it('refuses new connections when the table is full and leaves established flows alone', () => {
     const { send, counters, invariant } = setup({ capacity: 2 });
-    send(seg(CLIENT_A, 40001, VIP, 9000, SYN));
-    send(seg(CLIENT_A, 40002, VIP, 9000, SYN));
+    for (const port of [40001, 40002]) {
+      send(seg(CLIENT_A, port, VIP, 9000, SYN));
+      send(seg(HOST, 19001, CLIENT_A, port, SYN | ACK, 1, 1001));
+      send(seg(CLIENT_A, port, VIP, 9000, ACK, 1001, 2));
+    }
     const out = send(seg(CLIENT_A, 40003, VIP, 9000, SYN, 5));
     expect(out).toEqual([
       hex(
@@ -254,9 +259,74 @@ describe('Pipeline', () => {
     ]);
     expect(counters.drops[Drop.REFUSED_TABLE_FULL]).toBe(1);
     // The existing flows still pass.
-    expect(send(seg(HOST, 19001, CLIENT_A, 40001, SYN | ACK, 1, 1001))).toEqual([
-      hex(seg(VIP, 9000, CLIENT_A, 40001, SYN | ACK, 1, 1001)),
+    expect(send(seg(HOST, 19001, CLIENT_A, 40001, ACK, 2, 1001))).toEqual([
+      hex(seg(VIP, 9000, CLIENT_A, 40001, ACK, 2, 1001)),
     ]);
+    invariant();
+  });
+
+  it('a SYN flood at the table limit: established flows keep translating, the oldest embryonic flows give way, counted', () => {
+    const { send, table, counters, invariant, setNow } = setup({ capacity: 16, embryonic: 4 });
+    // 12 established connections.
+    for (let i = 0; i < 12; i++) {
+      const port = 30000 + i;
+      send(seg(CLIENT_A, port, VIP, 9000, SYN));
+      send(seg(HOST, 19001, CLIENT_A, port, SYN | ACK, 1, 1001));
+      send(seg(CLIENT_A, port, VIP, 9000, ACK, 1001, 2));
+    }
+    expect(table.size).toBe(12);
+    // A flood of 200 SYNs from as many ports, never answered, a millisecond apart.
+    let now = 1000;
+    for (let i = 0; i < 200; i++) {
+      setNow(++now);
+      expect(send(seg(CLIENT_A, 50000 + i, VIP, 9000, SYN))).toEqual([
+        hex(seg(CLIENT_A, 50000 + i, HOST, 19001, SYN)),
+      ]);
+      // Established connections keep working in the middle of it.
+      const port = 30000 + (i % 12);
+      expect(send(seg(CLIENT_A, port, VIP, 9000, ACK | PSH, 1001, 2))).toEqual([
+        hex(seg(CLIENT_A, port, HOST, 19001, ACK | PSH, 1001, 2)),
+      ]);
+    }
+    expect(table.size).toBe(16);
+    expect(table.embryonicSize).toBe(4);
+    expect(table.embryonicEvicted).toBe(196);
+    expect(counters.drops[Drop.REFUSED_TABLE_FULL]).toBe(0);
+    // The four newest SYNs hold the share; the oldest were evicted: their SYN+ACK finds no flow.
+    for (let i = 196; i < 200; i++)
+      expect(table.lookup(CLIENT_A, 50000 + i, VIP, 9000, PROTO_TCP)).toBeGreaterThanOrEqual(0);
+    expect(send(seg(HOST, 19001, CLIENT_A, 50000, SYN | ACK, 1, 1001))).toEqual([]);
+    expect(counters.drops[Drop.NO_FLOW]).toBe(1);
+    for (let i = 0; i < 12; i++) {
+      const s = table.lookup(CLIENT_A, 30000 + i, VIP, 9000, PROTO_TCP) >> 1;
+      expect(table.state[s]).toBe(FlowState.ESTABLISHED);
+    }
+    // After the flood a new connection completes.
+    setNow(++now);
+    expect(send(seg(CLIENT_B, 41000, VIP, 9000, SYN))).toEqual([
+      hex(seg(CLIENT_B, 41000, HOST, 19002, SYN)),
+    ]);
+    expect(send(seg(HOST, 19002, CLIENT_B, 41000, SYN | ACK, 1, 1001))).toEqual([
+      hex(seg(VIP, 9000, CLIENT_B, 41000, SYN | ACK, 1, 1001)),
+    ]);
+    expect(send(seg(CLIENT_B, 41000, VIP, 9000, ACK, 1001, 2))).toEqual([
+      hex(seg(CLIENT_B, 41000, HOST, 19002, ACK, 1001, 2)),
+    ]);
+    invariant();
+  });
+
+  it('a table full of established flows refuses new ones (refused_table_full), evicting none', () => {
+    const { send, table, counters, invariant } = setup({ capacity: 4, embryonic: 2 });
+    for (let i = 0; i < 4; i++) {
+      const port = 30000 + i;
+      send(seg(CLIENT_A, port, VIP, 9000, SYN));
+      send(seg(HOST, 19001, CLIENT_A, port, SYN | ACK, 1, 1001));
+      send(seg(CLIENT_A, port, VIP, 9000, ACK, 1001, 2));
+    }
+    for (let i = 0; i < 10; i++) send(seg(CLIENT_A, 50000 + i, VIP, 9000, SYN));
+    expect(counters.drops[Drop.REFUSED_TABLE_FULL]).toBe(10);
+    expect(table.embryonicEvicted).toBe(0);
+    expect(table.size).toBe(4);
     invariant();
   });
 

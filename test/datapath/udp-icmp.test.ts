@@ -77,9 +77,22 @@ function makeRules(): Rules {
   });
 }
 
-function setup(o: { limits?: Partial<PipelineLimits>; vnetHdr?: boolean; batch?: number } = {}) {
+function setup(
+  o: {
+    limits?: Partial<PipelineLimits>;
+    vnetHdr?: boolean;
+    batch?: number;
+    capacity?: number;
+    embryonic?: number;
+  } = {},
+) {
   const tun = new MemoryTun({ batchSize: o.batch ?? 128, vnetHdr: o.vnetHdr ?? false, mtu: 9000 });
-  const table = new FlowTable(64, [10_000, 3_600_000, 60_000, 10_000, 30_000, 120_000], 11);
+  const table = new FlowTable(
+    o.capacity ?? 64,
+    [10_000, 3_600_000, 60_000, 10_000, 30_000, 120_000],
+    11,
+    o.embryonic,
+  );
   const counters = new Counters(1);
   const rules = makeRules();
   const instances = new InstanceSet();
@@ -247,6 +260,55 @@ describe('UDP flows', () => {
     expect(table.expire(now, 100)).toBe(1);
     expect(table.size).toBe(0);
     expect(table.udpSize).toBe(0);
+  });
+
+  it('a datagram flood from many source ports at the table limit: assured flows keep translating, the oldest unreplied give way, counted', () => {
+    const { send, table, counters, invariant, advance } = setup({ capacity: 16, embryonic: 4 });
+    const q = randomBytes(new Rng(3), 20);
+    const r = randomBytes(new Rng(4), 20);
+    // 12 assured flows: a datagram each way.
+    for (let i = 0; i < 12; i++) {
+      send(dgram(CLIENT, 30000 + i, VIP, DNS, q));
+      send(dgram(HOST, REAL_UDP, CLIENT, 30000 + i, r, 9));
+    }
+    // 300 one-way datagrams from as many ports, one per ms.
+    for (let i = 0; i < 300; i++) {
+      advance(1);
+      expect(send(dgram(CLIENT, 10000 + i, VIP, DNS, q)).map(hex)).toEqual([
+        hex(dgram(CLIENT, 10000 + i, HOST, REAL_UDP, q)),
+      ]);
+      const port = 30000 + (i % 12);
+      expect(send(dgram(HOST, REAL_UDP, CLIENT, port, r, 9)).map(hex)).toEqual([
+        hex(dgram(VIP, DNS, CLIENT, port, r, 9)),
+      ]);
+    }
+    expect(table.size).toBe(16);
+    expect(table.embryonicSize).toBe(4);
+    expect(table.embryonicEvicted).toBe(296);
+    expect(counters.drops[Drop.REFUSED_TABLE_FULL]).toBe(0);
+    // A late answer to an evicted flow finds none.
+    expect(send(dgram(HOST, REAL_UDP, CLIENT, 10000, r, 9))).toEqual([]);
+    expect(counters.drops[Drop.NO_FLOW]).toBe(1);
+    // After the flood, a new client flow is created and answered.
+    advance(1);
+    expect(send(dgram(CLIENT, 41000, VIP, DNS, q)).map(hex)).toEqual([
+      hex(dgram(CLIENT, 41000, HOST, REAL_UDP, q)),
+    ]);
+    expect(send(dgram(HOST, REAL_UDP, CLIENT, 41000, r, 9)).map(hex)).toEqual([
+      hex(dgram(VIP, DNS, CLIENT, 41000, r, 9)),
+    ]);
+    // Full of assured flows (4 more assured ones): a new datagram is refused, port unreachable.
+    for (let i = 0; i < 3; i++) {
+      send(dgram(CLIENT, 42000 + i, VIP, DNS, q));
+      send(dgram(HOST, REAL_UDP, CLIENT, 42000 + i, r, 9));
+    }
+    expect(table.embryonicSize).toBe(0);
+    expect(table.size).toBe(16);
+    const out = send(dgram(CLIENT, 43000, VIP, DNS, q));
+    expect(out).toHaveLength(1);
+    expect(counters.drops[Drop.REFUSED_TABLE_FULL]).toBe(1);
+    expect(counters.icmpUnreachableSent).toBe(1);
+    invariant();
   });
 
   it('keeps a checksum of 0 ("none") at 0 and sends a computed 0 as 0xffff', () => {

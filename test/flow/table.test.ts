@@ -47,11 +47,16 @@ describe('FlowTable', () => {
 
   it('refuses a duplicate key on either side, and a full table', () => {
     const t = new FlowTable(2, TIMEOUTS, 2);
-    expect(t.create(key(1), 0)).toBeGreaterThanOrEqual(0);
+    const a = t.create(key(1), 0);
+    expect(a).toBeGreaterThanOrEqual(0);
     expect(t.create(key(1), 0)).toBe(CREATE_COLLISION);
     // Different client side, same server side (nat+real) → collision.
     expect(t.create(key(1, { vipAddr: 0xc613000a }), 0)).toBe(CREATE_COLLISION);
-    expect(t.create(key(2), 0)).toBeGreaterThanOrEqual(0);
+    const b = t.create(key(2), 0);
+    expect(b).toBeGreaterThanOrEqual(0);
+    // Full of established flows (embryonic ones would give way: see the flood tests).
+    t.touch(a, FlowState.ESTABLISHED, 0);
+    t.touch(b, FlowState.ESTABLISHED, 0);
     expect(t.create(key(3), 0)).toBe(CREATE_FULL);
     expect(t.size).toBe(2);
   });
@@ -74,6 +79,7 @@ describe('FlowTable', () => {
               else if (model.size >= 128) expect(s).toBe(CREATE_FULL);
               else {
                 expect(s).toBeGreaterThanOrEqual(0);
+                t.touch(s, FlowState.ESTABLISHED, 0); // never evicted: the model holds
                 model.set(i, s);
               }
             } else if (model.has(i)) {
@@ -124,6 +130,7 @@ describe('FlowTable', () => {
   it('reuses freed slots, gives fresh ids, and lists live flows', () => {
     const t = new FlowTable(4, TIMEOUTS, 4);
     const slots = [1, 2, 3, 4].map((i) => t.create(key(i), 0));
+    for (const s of slots) t.touch(s, FlowState.ESTABLISHED, 0);
     expect(new Set(slots).size).toBe(4);
     expect(t.create(key(5), 0)).toBe(CREATE_FULL);
     const s1 = slots[2]!;
@@ -134,6 +141,7 @@ describe('FlowTable', () => {
     const s2 = t.create(key(6), 0);
     expect(s2).toBe(s1); // the freed slot, not a new one: there is no other
     expect(t.id[s2]).not.toBe(id1);
+    t.touch(s2, FlowState.ESTABLISHED, 0);
     expect(t.create(key(7), 0)).toBe(CREATE_FULL); // freed once, so reusable once
     const seen: number[] = [];
     t.forEach((s) => {
@@ -187,5 +195,85 @@ describe('FlowTable remove listeners', () => {
     expect(() => t.addRemoveListener(() => {})).toThrow(
       new RangeError(`a flow table takes at most ${MAX_REMOVE_LISTENERS} remove listeners`),
     );
+  });
+});
+
+describe('FlowTable flood policy (limits.embryonicFlows)', () => {
+  const udp = (i: number) => key(i, { proto: 17 });
+  const live = (t: FlowTable, k: FlowKeyArgs) =>
+    t.lookup(k.clientAddr, k.clientPort, k.vipAddr, k.vport, k.proto) >= 0;
+
+  it('keeps embryonic flows to their share: the oldest gives way, established flows never', () => {
+    const t = new FlowTable(8, TIMEOUTS, 5, 3);
+    const est = [1, 2, 3].map((i) => t.create(key(i), i));
+    for (const s of est) t.touch(s, FlowState.ESTABLISHED, 3);
+    // A flood of 100 SYNs, one per ms: at most 3 embryonic at once.
+    for (let i = 0; i < 100; i++) {
+      expect(t.create(key(1000 + i), 10 + i)).toBeGreaterThanOrEqual(0);
+      expect(t.embryonicSize).toBe(Math.min(i + 1, 3));
+    }
+    expect(t.embryonicEvicted).toBe(97);
+    expect(t.size).toBe(6);
+    for (const i of [1, 2, 3]) expect(live(t, key(i))).toBe(true);
+    for (let i = 0; i < 97; i++) expect(live(t, key(1000 + i))).toBe(false);
+    for (let i = 97; i < 100; i++) expect(live(t, key(1000 + i))).toBe(true);
+  });
+
+  it('with UDP: unreplied flows are embryonic, assured ones are not; the older head of the two lists goes', () => {
+    const t = new FlowTable(8, TIMEOUTS, 6, 2);
+    const a = t.create(udp(1), 0);
+    t.touch(a, FlowState.UDP_ASSURED, 0);
+    const syn = t.create(key(2), 1); // TCP embryonic, seen at 1
+    const u = t.create(udp(3), 2); // UDP unreplied, seen at 2
+    t.touch(syn, FlowState.SYN_SENT, 3); // a retransmitted SYN: now the UDP one is older
+    expect(t.oldestEmbryonic()).toBe(u);
+    expect(t.create(udp(4), 4)).toBeGreaterThanOrEqual(0);
+    expect(live(t, udp(3))).toBe(false);
+    expect(live(t, key(2))).toBe(true);
+    expect(t.oldestEmbryonic()).toBe(syn);
+    expect(t.create(udp(5), 5)).toBeGreaterThanOrEqual(0);
+    expect(live(t, key(2))).toBe(false);
+    expect(live(t, udp(1))).toBe(true);
+    expect(t.embryonicEvicted).toBe(2);
+    expect(t.udpSize).toBe(3);
+  });
+
+  it('a full table: a new flow takes the oldest embryonic slot below the share; full of established ones, it is refused', () => {
+    const t = new FlowTable(4, TIMEOUTS, 7, 4);
+    const s = [1, 2, 3].map((i) => t.create(key(i), i));
+    for (const x of s) t.touch(x, FlowState.ESTABLISHED, 3);
+    expect(t.create(key(4), 4)).toBeGreaterThanOrEqual(0);
+    expect(t.create(key(5), 5)).toBeGreaterThanOrEqual(0); // evicts 4 (table full)
+    expect(live(t, key(4))).toBe(false);
+    expect(t.embryonicEvicted).toBe(1);
+    t.touch(t.lookup(0xc6120100, 1024 + 5, 0xc6130009, 9000, 6) >> 1, FlowState.SYN_RECEIVED, 6);
+    t.touch(t.lookup(0xc6120100, 1024 + 5, 0xc6130009, 9000, 6) >> 1, FlowState.ESTABLISHED, 6);
+    expect(t.create(key(6), 7)).toBe(CREATE_FULL);
+    expect(t.create(udp(7), 7)).toBe(CREATE_FULL);
+    expect(t.embryonicEvicted).toBe(1);
+    expect(t.size).toBe(4);
+  });
+
+  it('an evicted flow is removed like any other: remove listeners are told, while it is still there', () => {
+    const t = new FlowTable(4, TIMEOUTS, 8, 1);
+    const seen: string[] = [];
+    t.addRemoveListener((s) => seen.push(`${s} port ${t.clientPort[s]} state ${t.state[s]}`));
+    const a = t.create(key(1), 0);
+    const b = t.create(key(2), 1);
+    expect(seen).toEqual([`${a} port 1025 state ${FlowState.SYN_SENT}`]);
+    expect(b).toBe(a); // the slot freed, reused
+  });
+
+  it('a collision evicts nothing', () => {
+    const t = new FlowTable(4, TIMEOUTS, 9, 1);
+    t.create(key(1), 0);
+    expect(t.create(key(1), 1)).toBe(CREATE_COLLISION);
+    expect(t.embryonicEvicted).toBe(0);
+    expect(live(t, key(1))).toBe(true);
+  });
+
+  it('rejects an embryonic share beyond the capacity with a clear error', () => {
+    expect(() => new FlowTable(8, TIMEOUTS, 1, 9)).toThrow(/embryonic flow limit 9 .*1\.\.8/);
+    expect(() => new FlowTable(8, TIMEOUTS, 1, 0)).toThrow(/embryonic flow limit 0/);
   });
 });
