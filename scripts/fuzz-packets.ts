@@ -13,7 +13,8 @@
  * is (40%) or mutated (bytes flipped, cut, grown, an IP length or IHL or the
  * protocol changed, a hostile virtio-net header, or all garbage). The clock
  * moves between batches (sometimes past every timeout), the daemon's timer runs
- * every 256 batches, and some batches meet a device that refuses every write.
+ * every 256 batches, and some batches meet a device that refuses writes (plain
+ * packets only for the first 90% of the run, super-packets too after that).
  *
  * Prints packets/s, the counters and the drops by reason. On a crash (an
  * exception, a broken invariant) it prints the seed, the batch and the error,
@@ -288,6 +289,9 @@ function main(): void {
     const r = rng.int(1000);
     h.now += r < 600 ? 0 : r < 900 ? rng.int(50) : r < 995 ? rng.int(3000) : 40_000;
     h.refuseWrites = rng.int(200) === 0;
+    // Super-packets are refused only in the last tenth: the first refusal turns
+    // segmentation over to vpm for good, and whole super-packets out are covered before.
+    h.refuseSuper = sent >= n * 0.9;
     try {
       h.inject(batch);
       h.refuseWrites = false;

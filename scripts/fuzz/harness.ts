@@ -108,8 +108,13 @@ export class PipelineHarness {
   table!: FlowTable;
   instances!: InstanceSet;
   now = 10_000;
-  /** Refuse every packet written (EINVAL) while set. */
+  /** Refuse packets written (EINVAL) while set: every one, or only plain ones (see refuseSuper). */
   refuseWrites = false;
+  /**
+   * With refuseWrites, refuse super-packets too (the default). The first refused
+   * super-packet turns segmentation over to vpm for the pipeline's life.
+   */
+  refuseSuper = true;
   private readonly opts: Required<HarnessOptions>;
   private readonly info = new PacketInfo();
   private checkedOut = 0;
@@ -117,7 +122,9 @@ export class PipelineHarness {
   constructor(opts: HarnessOptions = {}) {
     this.opts = { capacity: 64, batchSize: 16, seed: 1, ...opts };
     this.tun = new MemoryTun({ batchSize: this.opts.batchSize, vnetHdr: true });
-    this.tun.refuse = () => (this.refuseWrites ? EINVAL : 0);
+    // frame[1]: the virtio-net header's gso_type (0: a plain packet).
+    this.tun.refuse = (frame) =>
+      this.refuseWrites && (this.refuseSuper || frame[1] === 0) ? EINVAL : 0;
     this.reset();
   }
 

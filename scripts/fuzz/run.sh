@@ -4,7 +4,7 @@
 # any of parse, pipeline, control, coop (default: all four). Each target starts
 # from its seed corpus, test/fuzz/corpus/<target>/ (read only), and keeps what
 # it finds in tmp/fuzz/corpus/<target>/ (kept between runs, not committed);
-# a crash is written to tmp/fuzz/crash-<target>-*. Logs: tmp/fuzz/<target>.log.
+# a crash is written to tmp/fuzz/<target>-crash-*. Logs: tmp/fuzz/<target>.log.
 # Exits non-zero if any target found a crash.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,13 +26,13 @@ for t in "${targets[@]}"; do
   # the target in scripts/fuzz/), not node_modules.
   npx jazzer "$js" --sync -i src -i scripts/fuzz -e node_modules \
     "tmp/fuzz/corpus/$t" "test/fuzz/corpus/$t" -- \
-    -max_total_time="$time" -artifact_prefix="tmp/fuzz/crash-$t-" -print_final_stats=1 \
+    -max_total_time="$time" -artifact_prefix="tmp/fuzz/$t-" -print_final_stats=1 \
     >"tmp/fuzz/$t.log" 2>&1
   rc=$?
   grep -E '^#[0-9]+ +DONE|^Done [0-9]+ runs|stat::number_of_executed_units|stat::peak_rss|cov: ' "tmp/fuzz/$t.log" | grep -E 'DONE|Done|stat::' | sed 's/^/   /'
   if [ "$rc" -ne 0 ]; then
     failed=$((failed + 1))
-    echo "!! fuzz $t: exit $rc, see tmp/fuzz/$t.log and tmp/fuzz/crash-$t-*"
+    echo "!! fuzz $t: exit $rc, see tmp/fuzz/$t.log and tmp/fuzz/$t-crash-*"
     grep -m 20 -E 'Error|==[0-9]+==|crash-' "tmp/fuzz/$t.log" | sed 's/^/   /'
   fi
 done
