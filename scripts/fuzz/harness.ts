@@ -81,8 +81,8 @@ function instances(r: Rules): InstanceSet {
   const set = new InstanceSet();
   set.replaceStatic(r, [
     { aid: 0, addr: HOST, port: PORT_A, service: 0, vport: 0 },
-    // Two instances of tenant a's UDP service and of tenant b: round robin, SYN copies.
     { aid: 0, addr: HOST, port: PORT_A, service: 1, vport: 0 },
+    // Two instances of tenant b: round robin, SYN copies, the health check's retry.
     { aid: 1, addr: HOST, port: PORT_B, service: -1, vport: 0 },
     { aid: 1, addr: HOST, port: PORT_B + 1, service: -1, vport: 0 },
   ]);
