@@ -9,7 +9,8 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 
 # linux-perf: `npm run bench:wakeup` (perf trace, perf record). bind9-dnsutils (dig) and
 # dnsmasq-base (the dnsmasq program, no system service): the UDP integration tests.
-DEB_PKGS=(build-essential python3 libpcap-dev iproute2 iputils-ping tcpdump tshark iperf3 curl nftables ethtool procps util-linux linux-perf bind9-dnsutils dnsmasq-base)
+# patchelf: makes Jazzer.js's prebuilt fuzzer load on this glibc (`npm run fuzz`, scripts/fuzz/compat.ts).
+DEB_PKGS=(build-essential python3 libpcap-dev iproute2 iputils-ping tcpdump tshark iperf3 curl nftables ethtool procps util-linux linux-perf bind9-dnsutils dnsmasq-base patchelf)
 
 missing=()
 for p in "${DEB_PKGS[@]}"; do
@@ -38,3 +39,5 @@ say "building the native addon"
 npm run --silent build:native
 say "compiling TypeScript"
 npm run --silent build
+# Jazzer.js's fuzzer addon is prebuilt for glibc 2.38: patched once per install if it does not load.
+node dist/scripts/fuzz/compat.js
