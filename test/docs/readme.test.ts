@@ -291,9 +291,8 @@ describe('README: "Using vpm on a host" and its console blocks, run in a sandbox
       [...vpmArgv(), ...argv(step!.cmd).slice(1)],
       { cwd: dir },
     );
-    await lab
-      .waitForOutput(dump, /listening on/, { stream: 'stderr', timeoutMs: 15_000 })
-      .catch(() => lab.waitForOutput(dump, /listening on/, { stream: 'stdout', timeoutMs: 1000 }));
+    // The dump says "listening on" on stderr once its capture is open.
+    await lab.waitForOutput(dump, /listening on/, { stream: 'stderr', timeoutMs: 15_000 });
     // "with the config above and a client in 198.18.1.0/24"
     const c = await runClient(lab, topo.tenantA, { mode: 'hello', host: '198.19.0.9', port: 9000 });
     expect(c.event, c.output).toBe('done');
