@@ -15,7 +15,9 @@
  * and counted when it does not fit. Asynchronously:
  *   1. the client application's AID: the one the pipeline found (bind/connect
  *      library report, then selectors), else the executable of the socket's owner
- *      (`applications[].executables`);
+ *      (`applications[].executables`), else the user owning the socket
+ *      (`applications[].users`, only AIDs that list users explicitly: the seed's
+ *      logical user);
  *   2. for a peer's service: negotiate with the peer (request → offer → the AID is
  *      checked against the offered ones → ack → confirm), within the timeout; for a
  *      local service: pick the AID's instance;
@@ -53,7 +55,7 @@ import { IPPROTO_TCP, IPPROTO_UDP } from '../wire/ipv4.js';
 import type { PacketInfo } from '../wire/parse.js';
 import { PeerClient } from './client.js';
 import { DEFAULT_HOLD_LIMITS, type Held, HeldFlows, type HoldLimits } from './held.js';
-import { ownerExecutable } from './owner.js';
+import { ownerExecutable, socketEntry } from './owner.js';
 import { type Message, type Protocol, type RequestBody, requestProtocol } from './protocol.js';
 import { ReplayCache } from './replay.js';
 import {
@@ -76,6 +78,8 @@ export interface CooperationDeps {
   now: () => number;
   /** The AID index the bind/connect library reported for a local client, or -1. */
   localClientAid?: (addr: number, port: number, proto: number) => number;
+  /** The AID index a local client's socket belongs to by its owner's uid (applications[].users), or -1. */
+  aidOfUser?: (uid: number) => number;
   /** Bounds of the held flows and their queues; DEFAULT_HOLD_LIMITS when absent. */
   holdLimits?: HoldLimits;
 }
@@ -350,6 +354,13 @@ export class Cooperation {
       if (owner) {
         aid = this.cfg.applications.findIndex((a) => a.executables.includes(owner.exe));
         if (aid >= 0) how = `executable ${owner.exe} (pid ${owner.pid})`;
+      }
+    }
+    if (aid < 0 && h.local && this.d.aidOfUser) {
+      const entry = await socketEntry(h.srcAddr, h.srcPort, protocol).catch(() => null);
+      if (entry) {
+        aid = this.d.aidOfUser(entry.uid);
+        if (aid >= 0) how = `user ${entry.uid}`;
       }
     }
     if (aid < 0) return fail('no_aid');

@@ -18,6 +18,8 @@ import type { Config } from '../config/types.js';
 export const RESTART_SETTINGS = [
   'tun',
   'control.socket',
+  'control.group',
+  'control.monitorGroup',
   'limits.maxFlows',
   'limits.embryonicFlows',
   'limits.heldFragments',
@@ -43,6 +45,8 @@ export type LiveSetting = (typeof LIVE_SETTINGS)[number];
 const RESTART_VALUE: Record<RestartSetting, (c: Config) => unknown> = {
   tun: (c) => c.tun,
   'control.socket': (c) => c.control.socket,
+  'control.group': (c) => c.control.group,
+  'control.monitorGroup': (c) => c.control.monitorGroup,
   'limits.maxFlows': (c) => c.limits.maxFlows,
   'limits.embryonicFlows': (c) => c.limits.embryonicFlows,
   'limits.heldFragments': (c) => c.limits.heldFragments,
