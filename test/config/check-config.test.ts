@@ -194,7 +194,9 @@ describe('vpm check-config', () => {
         default: { refuse: true },
         cooperative: {
           name: 'client',
-          peers: [{ name: 'server', address: '198.18.20.2', port: 7070, keys: [{ id: 'k1', key: KEY }] }],
+          peers: [
+            { name: 'server', address: '198.18.20.2', port: 7070, keys: [{ id: 'k1', key: KEY }] },
+          ],
         },
       });
       expect(r.warnings).toBe('');
