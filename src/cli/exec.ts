@@ -16,9 +16,9 @@ import type { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
 import { controlRequest } from '../control/client.js';
 import { endLikeChild, runChild } from '../exec/child.js';
-import { ExecError } from '../exec/environment.js';
 import {
   DEFAULT_TIMEOUT_MS,
+  ExecError,
   execEnvironment,
   parseHello,
   portsList,
