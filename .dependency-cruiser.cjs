@@ -20,7 +20,7 @@ const LAYERS = {
   flow: ['wire', 'base'],
   tun: ['native', 'wire', 'base'],
   host: ['base'],
-  control: ['config', 'view', 'base'],
+  control: ['config', 'view', 'native', 'base'],
   config: ['wire', 'base'],
   datapath: ['flow', 'tun', 'config', 'wire', 'checksum', 'base'],
   virtual: ['datapath', 'control', 'config', 'view', 'wire', 'base'],

@@ -41,3 +41,7 @@ if [ ! -f "$lib" ] || [ -n "$(find src/preload -newer "$lib" -print -quit)" ]; t
   gcc -O2 -fPIC -shared -Wall -Wextra -o "$lib.tmp" src/preload/*.c -ldl -lpthread || { rm -f "$lib.tmp"; fail "compiling the interception library failed (errors above)"; }
   mv -f "$lib.tmp" "$lib"
 fi
+# Programs of other users load it (vpm exec as nobody, a server that drops to its
+# own user): readable and reachable whatever the umask was (docs/security.md).
+chmod 0755 . build
+chmod 0755 "$lib"

@@ -39,5 +39,8 @@ say "building the native addon"
 npm run --silent build:native
 say "compiling TypeScript"
 npm run --silent build
+# vpm exec runs as the users the config allows: the CLI and its packages must be
+# readable by them whatever the umask was (docs/security.md).
+chmod -R a+rX dist node_modules native/build
 # Jazzer.js's fuzzer addon is prebuilt for glibc 2.38: patched once per install if it does not load.
 node dist/scripts/fuzz/compat.js

@@ -15,6 +15,7 @@
 
 #include "checksum.h"
 #include "capture.h"
+#include "cred.h"
 #include "tun_napi.h"
 
 #define THROW(env, kind, ...)                                   \
@@ -128,6 +129,12 @@ static napi_value init(napi_env env, napi_value exports) {
       {"capStats", NULL, vpm_js_cap_stats, NULL, NULL, NULL, napi_default, NULL},
       {"capClose", NULL, vpm_js_cap_close, NULL, NULL, NULL, napi_default, NULL},
       {"capDevices", NULL, vpm_js_cap_devices, NULL, NULL, NULL, napi_default, NULL},
+      /* Control socket peers and user/group names (cred.c) */
+      {"peerCred", NULL, vpm_js_peer_cred, NULL, NULL, NULL, napi_default, NULL},
+      {"lookupUser", NULL, vpm_js_lookup_user, NULL, NULL, NULL, napi_default, NULL},
+      {"lookupGroup", NULL, vpm_js_lookup_group, NULL, NULL, NULL, napi_default, NULL},
+      {"userName", NULL, vpm_js_user_name, NULL, NULL, NULL, napi_default, NULL},
+      {"groupName", NULL, vpm_js_group_name, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -62,6 +62,12 @@ export const ERROR_CODES = [
   'ERR_CONTROL_BAD_REQUEST',
   'ERR_CONTROL_VERSION',
   'ERR_CONTROL_UNKNOWN_COMMAND',
+  // control socket access (src/control/access.ts)
+  'ERR_CONTROL_DENIED',
+  'ERR_AID_DENIED',
+  'ERR_PID_MISMATCH',
+  // the native addon's SO_PEERCRED (native/src/cred.c; the control server treats the caller as unknown)
+  'ERR_PEERCRED',
   'ERR_INTERNAL',
   // pcap reader (PcapError)
   'ERR_PCAP_TRUNCATED',

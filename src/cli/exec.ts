@@ -18,10 +18,13 @@ import { controlRequest } from '../control/client.js';
 import { endLikeChild, runChild } from '../exec/child.js';
 import {
   DEFAULT_TIMEOUT_MS,
+  ExecError,
   execEnvironment,
   parseHello,
   portsList,
   preloadLibraryPath,
+  readable,
+  unreadableByOthers,
 } from '../exec/environment.js';
 import { DEFAULT_SOCKET } from './daemon-cmds.js';
 import { UsageError } from './errors.js';
@@ -81,10 +84,24 @@ export function registerExec(program: Command): void {
           `vpm: note: the daemon at ${socket} has no port pool (pool.range): binds of ${portsList(hello.ports) || 'multiplexed ports'} will be refused; connects are reported as AID ${o.aid}\n`,
         );
       }
+      const lib = preloadLibraryPath();
+      if (!readable(lib)) {
+        throw new ExecError(
+          'ERR_PRELOAD_MISSING',
+          `the interception library ${lib} is not readable by this user (uid ${process.getuid?.()}): install vpm where every allowed user can read it (docs/security.md)`,
+        );
+      }
+      // A program that drops to another user (setpriv, runuser, its own setuid)
+      // loads the library after the exec, as that user.
+      const why = unreadableByOthers(lib);
+      if (why !== null && process.getuid?.() === 0)
+        process.stderr.write(
+          `vpm: note: ${why}: a program that runs as another user will run without vpm's library (install vpm where every allowed user can read it)\n`,
+        );
       const env = execEnvironment(process.env, {
         socket,
         hello,
-        lib: preloadLibraryPath(),
+        lib,
         timeoutMs,
         debug: o.debug === true,
       });

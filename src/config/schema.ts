@@ -44,6 +44,24 @@ export const nameDef = {
   pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$',
 } as const satisfies JSONSchema;
 
+/** A local user or group: its name, or its numeric id. */
+export const userDef = {
+  title: 'a user or group name, or a numeric id',
+  oneOf: [
+    {
+      type: 'string',
+      pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\\$?$',
+    },
+    { type: 'integer', minimum: 0, maximum: 4294967294 },
+  ],
+} as const satisfies JSONSchema;
+
+const hexKeyDef = {
+  type: 'string',
+  title: '64 to 256 hex digits',
+  pattern: '^([0-9a-fA-F]{2}){32,128}$',
+} as const satisfies JSONSchema;
+
 export const configSchema = {
   $schema: 'https://json-schema.org/draft/2020-12/schema',
   $id: 'urn:vpm:config',
@@ -208,6 +226,13 @@ export const configSchema = {
               pattern: '^/',
               maxLength: 4096,
             },
+          },
+          users: {
+            description:
+              "Local users (names or numeric uids) whose programs may register instances of this AID under vpm exec and report its client connections; a local client connection whose socket one of them owns gets this AID when neither the bind/connect library, a selector nor executables say otherwise (the seed's logical user). Root may always. Absent: root only.",
+            type: 'array',
+            maxItems: 1024,
+            items: { $ref: '#/$defs/user' },
           },
           instances: {
             description:
@@ -388,7 +413,7 @@ export const configSchema = {
           items: {
             type: 'object',
             additionalProperties: false,
-            required: ['name', 'key'],
+            required: ['name'],
             properties: {
               name: {
                 description: "The peer's name, as it names itself in its messages.",
@@ -404,12 +429,33 @@ export const configSchema = {
                 $ref: '#/$defs/port',
                 default: 7070,
               },
+              keys: {
+                description:
+                  'The pre-shared keys of this peer, each with an id (TLS 1.3 PSK identity "<client name>/<id>"; see docs/security.md). The first is the one this daemon uses when it connects to the peer; all are accepted from it. Two during a key rollover. Exactly one of keys and key.',
+                type: 'array',
+                minItems: 1,
+                maxItems: 8,
+                items: {
+                  type: 'object',
+                  additionalProperties: false,
+                  required: ['id', 'key'],
+                  properties: {
+                    id: {
+                      description: 'The key id, sent in clear text in the TLS handshake.',
+                      $ref: '#/$defs/name',
+                    },
+                    key: {
+                      description:
+                        'The key, 32 to 128 bytes as hex (64 to 256 hex digits). Both peers configure the same key under the same id.',
+                      ...hexKeyDef,
+                    },
+                  },
+                },
+              },
               key: {
                 description:
-                  'The shared key, 32 to 128 bytes as hex (64 to 256 hex digits). Both peers configure the same key.',
-                type: 'string',
-                title: '64 to 256 hex digits',
-                pattern: '^([0-9a-fA-F]{2}){32,128}$',
+                  'Deprecated: one shared key, 32 to 128 bytes as hex; the same as keys: [{"id": "default", "key": ...}].',
+                ...hexKeyDef,
               },
             },
           },
@@ -556,11 +602,22 @@ export const configSchema = {
       },
     },
     control: {
-      description: 'The unix control socket (root-only) used by the CLI and the bind library.',
+      description:
+        'The unix control socket used by the CLI and the bind library, and who may use it (docs/security.md).',
       type: 'object',
       additionalProperties: false,
       default: {},
       properties: {
+        group: {
+          description:
+            'Group (name or gid) owning the control socket, mode 0660: its members can connect; what each caller may do is decided per request by its uid (applications[].users, monitorGroup; root: everything). Absent: the socket is root-only (0600), or, when applications[].users or monitorGroup grant something to non-root users, connectable by every local user (0666) and decided per request.',
+          $ref: '#/$defs/user',
+        },
+        monitorGroup: {
+          description:
+            'Group (name or gid) whose members may use the read-only requests (flows, stats, instances, services, ping), but neither register nor reload. Absent: none.',
+          $ref: '#/$defs/user',
+        },
         socket: {
           description:
             'Absolute path of the control socket. Default: /run/vpm/<tun.name>.sock in the initial network namespace, /run/vpm/netns/<ip netns name>/<tun.name>.sock (or /run/vpm/netns/net-<inode>/<tun.name>.sock) in another.',
@@ -602,7 +659,7 @@ export const configSchema = {
       },
     },
   },
-  $defs: { ipv4: ipv4Def, cidr: cidrDef, port: portDef, name: nameDef },
+  $defs: { ipv4: ipv4Def, cidr: cidrDef, port: portDef, name: nameDef, user: userDef },
 } as const;
 
 /**

@@ -23,6 +23,7 @@ import type {
   DefaultConfig,
   InstanceConfig,
   PeerConfig,
+  PeerKey,
   PoolConfig,
   PortRange,
   SelectorConfig,
@@ -242,7 +243,37 @@ class Checker {
           pe.address === undefined
             ? null
             : this.address(['cooperative', 'peers', i, 'address'], pe.address, 'a peer address');
-        return { name: pe.name, address, port: pe.port, key: pe.key.toLowerCase() };
+        let keys: PeerKey[] = [];
+        if (pe.keys !== undefined && pe.key !== undefined)
+          this.bad(
+            ['cooperative', 'peers', i, 'key'],
+            pe.key,
+            'give either keys or the deprecated key, not both',
+          );
+        else if (pe.keys !== undefined) {
+          const seen = new Set<string>();
+          keys = pe.keys.map((k, j) => {
+            if (seen.has(k.id))
+              this.bad(
+                ['cooperative', 'peers', i, 'keys', j, 'id'],
+                k.id,
+                `${showValue(k.id)} is already a key id of peer ${showValue(pe.name)}`,
+              );
+            seen.add(k.id);
+            return { id: k.id, key: k.key.toLowerCase() };
+          });
+        } else if (pe.key !== undefined) {
+          keys = [{ id: 'default', key: pe.key.toLowerCase() }];
+          deprecated.push(
+            `cooperative.peers[${i}].key is deprecated: write keys: [{"id": "default", "key": ...}] (several keys allow a rollover)`,
+          );
+        } else
+          this.bad(
+            ['cooperative', 'peers', i],
+            pe.name,
+            `peer ${showValue(pe.name)} has no key: give keys: [{"id": ..., "key": ...}]`,
+          );
+        return { name: pe.name, address, port: pe.port, key: keys[0]?.key ?? '', keys };
       });
       let listen: CooperativeConfig['listen'] = null;
       if (co.listen !== null) {
@@ -439,7 +470,13 @@ class Checker {
         }
         return { address, port: inst.port, serviceIndex };
       });
-      applications.push({ index: i, aid: app.aid, instances, executables: [...app.executables] });
+      applications.push({
+        index: i,
+        aid: app.aid,
+        instances,
+        executables: [...app.executables],
+        users: app.users === undefined ? null : [...app.users],
+      });
     });
     const aids = [...appByAid.keys()];
 
@@ -575,7 +612,11 @@ class Checker {
         udpAssuredMs: raw.timeouts.udpAssuredMs,
         fragmentMs: raw.timeouts.fragmentMs,
       },
-      control: { socket },
+      control: {
+        socket,
+        group: raw.control.group ?? null,
+        monitorGroup: raw.control.monitorGroup ?? null,
+      },
       metrics: { listen },
       log: { level: raw.log.level },
     };

@@ -44,6 +44,7 @@ export function configToJson(c: Config): Record<string, unknown> {
     applications: c.applications.map((a) => ({
       aid: a.aid,
       executables: [...a.executables],
+      ...(a.users === null ? {} : { users: [...a.users] }),
       instances: a.instances.map((i) => ({
         address: ipv4ToString(i.address),
         port: i.port,
@@ -82,13 +83,20 @@ export function configToJson(c: Config): Record<string, unknown> {
               name: p.name,
               ...(p.address === null ? {} : { address: ipv4ToString(p.address) }),
               port: p.port,
-              key: p.key,
+              // The deprecated single key is written as it was given.
+              ...(p.keys.length === 1 && p.keys[0]!.id === 'default'
+                ? { key: p.key }
+                : { keys: p.keys.map((k) => ({ id: k.id, key: k.key })) }),
             })),
           },
     limits: { ...c.limits },
     health: { ...c.health },
     timeouts: { ...c.timeouts },
-    control: { socket: c.control.socket },
+    control: {
+      socket: c.control.socket,
+      ...(c.control.group === null ? {} : { group: c.control.group }),
+      ...(c.control.monitorGroup === null ? {} : { monitorGroup: c.control.monitorGroup }),
+    },
     metrics: {
       listen:
         c.metrics.listen === null

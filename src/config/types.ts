@@ -89,6 +89,12 @@ export interface ApplicationConfig {
   readonly instances: readonly InstanceConfig[];
   /** Programs (absolute paths) whose local client connections belong to this AID. Default []. */
   readonly executables: readonly string[];
+  /**
+   * Local users (names or uids, as written) who may register instances of this
+   * AID and report its client connections, and whose local client connections
+   * belong to it; null (absent): root only. Resolved to uids by src/control/access.ts.
+   */
+  readonly users: readonly (string | number)[] | null;
 }
 
 export interface PeerConfig {
@@ -96,7 +102,15 @@ export interface PeerConfig {
   /** Address of the peer's negotiation endpoint (u32), or null if it only connects to us. */
   readonly address: number | null;
   readonly port: number;
-  /** Shared HMAC key, hex. */
+  /** The first of `keys`' keys, hex (the one this daemon offers). */
+  readonly key: string;
+  /** The pre-shared keys by id, lower-case hex; the first is offered, all are accepted. */
+  readonly keys: readonly PeerKey[];
+}
+
+/** One pre-shared key of a peer (`peers[].keys`; the deprecated `key` is id "default"). */
+export interface PeerKey {
+  readonly id: string;
   readonly key: string;
 }
 
@@ -186,6 +200,10 @@ export interface Config {
   readonly control: {
     /** Control socket path. Default per network namespace (base/netns.ts defaultControlSocket). */
     readonly socket: string;
+    /** Group owning the socket (name or gid, as written), or null (default). */
+    readonly group: string | number | null;
+    /** Group allowed the read-only requests (name or gid, as written), or null (default). */
+    readonly monitorGroup: string | number | null;
   };
   readonly metrics: {
     /** Loopback address and port of /metrics, or null (default) for none. */

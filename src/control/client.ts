@@ -40,7 +40,7 @@ export async function controlRequest(
         fail(
           new ControlError(
             'ERR_PERMISSION',
-            `permission denied on ${socketPath} (the control socket is root-only)`,
+            `permission denied on ${socketPath}: this user may not connect to the control socket (control.group, applications[].users: docs/security.md)`,
           ),
         );
       } else {

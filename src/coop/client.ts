@@ -26,6 +26,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
+import { type TLSSocket, connect as tlsConnect } from 'node:tls';
 import {
   ChannelEnd,
   type ChannelOptions,
@@ -47,6 +48,7 @@ import {
   type RequestBody,
 } from './protocol.js';
 import type { ChannelStats } from './stats.js';
+import { clientTlsOptions } from './tls.js';
 
 export interface PeerClientOptions extends ChannelOptions {
   /** The peer's negotiation endpoint. */
@@ -54,8 +56,13 @@ export interface PeerClientOptions extends ChannelOptions {
   port: number;
   /** The peer's name: replies must come from it. */
   peer: string;
-  /** The key shared with this peer. */
+  /** The key shared with this peer (the HMAC key; with `psk`, the same key). */
   key: Uint8Array;
+  /**
+   * TLS 1.3 with this pre-shared key, offered under `identity`
+   * (src/coop/tls.ts). Absent: plain TCP (tests of the framing alone).
+   */
+  psk?: { identity: string; key: Uint8Array };
   /** Deadline of one call (request or ack), connecting included. Default 1000. */
   timeoutMs?: number;
   /**
@@ -80,6 +87,10 @@ export interface PeerClientStats extends ChannelStats {
   disconnects: number;
   /** Replies for calls that had already given up. */
   late: number;
+  /** The TLS version of the connection up now ("TLSv1.3"), null when none or plain. */
+  tls: string | null;
+  /** The PSK identity offered ("<name>/<key id>"), null when plain. */
+  pskIdentity: string | null;
 }
 
 export type NegotiationResult =
@@ -121,6 +132,8 @@ export class PeerClient {
   private unreachable = 0;
   private disconnects = 0;
   private late = 0;
+  /** The TLS socket of the connection up now (getProtocol for stats). */
+  private tlsSocket: TLSSocket | null = null;
 
   constructor(private readonly opts: PeerClientOptions) {
     this.end = new ChannelEnd(opts, new Map([[opts.peer, opts.key]]));
@@ -216,7 +229,27 @@ export class PeerClient {
       unreachable: this.unreachable,
       disconnects: this.disconnects,
       late: this.late,
+      tls:
+        this.conn !== null && this.tlsSocket !== null
+          ? (this.tlsSocket.getProtocol() ?? null)
+          : null,
+      pskIdentity: this.opts.psk?.identity ?? null,
     };
+  }
+
+  /**
+   * Offer another key from the next connection on (a reload, a key rollover).
+   * `stillAccepted`: whether the current connection's key remains valid; if
+   * not, the connection is closed (calls in flight on it fail) and the next
+   * call connects with the new key.
+   */
+  setKey(psk: { identity: string; key: Uint8Array }, stillAccepted: boolean): void {
+    const old = this.opts.psk;
+    if (old === undefined) return;
+    (this.opts as { psk?: typeof psk }).psk = psk;
+    this.opts.key = psk.key;
+    this.end.setKey(this.opts.peer, psk.key);
+    if (!stillAccepted) this.conn?.close();
   }
 
   /** Fail every call in flight (ERR_PEER_CLOSED), close the connection; later calls fail too. */
@@ -343,7 +376,14 @@ export class PeerClient {
         ),
       );
     this.connecting = new Promise<FramedConnection | null>((resolve, reject) => {
-      const s = connect({ host: this.opts.host, port: this.opts.port });
+      const psk = this.opts.psk;
+      const s: Socket = psk
+        ? tlsConnect({
+            host: this.opts.host,
+            port: this.opts.port,
+            ...clientTlsOptions(psk.identity, psk.key),
+          })
+        : connect({ host: this.opts.host, port: this.opts.port });
       let done = false;
       const end = (): void => {
         done = true;
@@ -364,7 +404,7 @@ export class PeerClient {
         this.failure = e.code ?? e.message;
         reject(new CoopError('ERR_PEER_UNREACHABLE', `${this.where}: ${this.failure}`));
       });
-      s.once('connect', () => {
+      s.once(psk ? 'secureConnect' : 'connect', () => {
         if (done) return;
         end();
         s.removeAllListeners('error');
@@ -380,6 +420,7 @@ export class PeerClient {
   }
 
   private attach(s: Socket): FramedConnection {
+    this.tlsSocket = this.opts.psk ? (s as TLSSocket) : null;
     const conn: FramedConnection = new FramedConnection(this.end, s, this.where, {
       message: (msg) => this.onMessage(conn, msg),
       unusable: (r) => this.onUnusable(r),

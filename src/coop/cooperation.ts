@@ -15,7 +15,9 @@
  * and counted when it does not fit. Asynchronously:
  *   1. the client application's AID: the one the pipeline found (bind/connect
  *      library report, then selectors), else the executable of the socket's owner
- *      (`applications[].executables`);
+ *      (`applications[].executables`), else the user owning the socket
+ *      (`applications[].users`, only AIDs that list users explicitly: the seed's
+ *      logical user);
  *   2. for a peer's service: negotiate with the peer (request → offer → the AID is
  *      checked against the offered ones → ack → confirm), within the timeout; for a
  *      local service: pick the AID's instance;
@@ -53,7 +55,7 @@ import { IPPROTO_TCP, IPPROTO_UDP } from '../wire/ipv4.js';
 import type { PacketInfo } from '../wire/parse.js';
 import { PeerClient } from './client.js';
 import { DEFAULT_HOLD_LIMITS, type Held, HeldFlows, type HoldLimits } from './held.js';
-import { ownerExecutable } from './owner.js';
+import { ownerExecutable, socketEntry } from './owner.js';
 import { type Message, type Protocol, type RequestBody, requestProtocol } from './protocol.js';
 import { ReplayCache } from './replay.js';
 import {
@@ -64,6 +66,7 @@ import {
   type PeerInfo,
   PeerServer,
 } from './server.js';
+import { type PskTable, pskIdentity, pskTable } from './tls.js';
 
 export interface CooperationDeps {
   pipeline: Pipeline;
@@ -76,12 +79,24 @@ export interface CooperationDeps {
   now: () => number;
   /** The AID index the bind/connect library reported for a local client, or -1. */
   localClientAid?: (addr: number, port: number, proto: number) => number;
+  /** The AID index a local client's socket belongs to by its owner's uid (applications[].users), or -1. */
+  aidOfUser?: (uid: number) => number;
   /** Bounds of the held flows and their queues; DEFAULT_HOLD_LIMITS when absent. */
   holdLimits?: HoldLimits;
 }
 
 const protocolName = (proto: number): Protocol => (proto === IPPROTO_UDP ? 'udp' : 'tcp');
 const protocolNumber = (p: Protocol): number => (p === 'udp' ? IPPROTO_UDP : IPPROTO_TCP);
+
+/** Every key of every peer, by PSK identity: what the server side accepts. */
+function pskTableOf(co: NonNullable<Config['cooperative']>): PskTable {
+  return pskTable(
+    co.peers.map((p) => ({
+      name: p.name,
+      keys: p.keys.map((k) => ({ id: k.id, key: hexKey(k.key) })),
+    })),
+  );
+}
 
 function hexKey(hex: string): Buffer {
   return Buffer.from(hex, 'hex');
@@ -137,9 +152,41 @@ export class Cooperation {
     }
   }
 
-  /** A reloaded configuration (its cooperative section is kept: changing it needs a restart). */
+  /**
+   * A reloaded configuration. Its cooperative section is kept (changing it
+   * needs a restart) but for the peers' keys (a rollover, docs/security.md):
+   * the server accepts the new set at once and closes connections made with a
+   * key it no longer accepts; each client offers its peer's first key from its
+   * next connection on, and reconnects at once if its current key is gone.
+   */
   update(cfg: Config): void {
-    this.cfg = { ...cfg, cooperative: this.cfg.cooperative };
+    const old = this.cfg.cooperative;
+    const next = cfg.cooperative;
+    let co = old;
+    if (old && next) {
+      const keysOf = new Map(next.peers.map((p) => [p.name, p]));
+      co = {
+        ...old,
+        peers: old.peers.map((p) => {
+          const n = keysOf.get(p.name);
+          return n ? { ...p, keys: n.keys, key: n.key } : p;
+        }),
+      };
+    }
+    this.cfg = { ...cfg, cooperative: co };
+    if (!co || !old) return;
+    this.server?.setPsk(pskTableOf(co));
+    co!.peers.forEach((p, i) => {
+      const client = this.clients.get(i);
+      const before = old.peers[i]?.keys[0];
+      if (!client || !p.keys[0] || !before) return;
+      if (before.id === p.keys[0].id && before.key === p.keys[0].key) return;
+      const kept = p.keys.some((k) => k.id === before.id && k.key === before.key);
+      client.setKey(
+        { identity: pskIdentity(co!.name, p.keys[0].id), key: hexKey(p.keys[0].key) },
+        kept,
+      );
+    });
   }
 
   async start(): Promise<void> {
@@ -155,6 +202,8 @@ export class Cooperation {
           name: co.name,
           peer: p.name,
           key: hexKey(p.key),
+          // TLS 1.3 with the first of the peer's keys (src/coop/tls.ts).
+          psk: { identity: pskIdentity(co.name, p.keys[0]!.id), key: hexKey(p.key) },
           timeoutMs: co.timeoutMs,
           replay: this.replay,
           onEvent: (e) =>
@@ -168,6 +217,7 @@ export class Cooperation {
         port: co.listen.port,
         name: co.name,
         keys: new Map(co.peers.map((p) => [p.name, hexKey(p.key)])),
+        psk: pskTableOf(co),
         replay: this.replay,
         handler: {
           request: (m, peer) => this.onRequest(m, peer),
@@ -350,6 +400,13 @@ export class Cooperation {
       if (owner) {
         aid = this.cfg.applications.findIndex((a) => a.executables.includes(owner.exe));
         if (aid >= 0) how = `executable ${owner.exe} (pid ${owner.pid})`;
+      }
+    }
+    if (aid < 0 && h.local && this.d.aidOfUser) {
+      const entry = await socketEntry(h.srcAddr, h.srcPort, protocol).catch(() => null);
+      if (entry) {
+        aid = this.d.aidOfUser(entry.uid);
+        if (aid >= 0) how = `user ${entry.uid}`;
       }
     }
     if (aid < 0) return fail('no_aid');

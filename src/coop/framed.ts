@@ -136,6 +136,11 @@ export class ChannelEnd {
     return cloneStats(this.counters);
   }
 
+  /** Use `key` for peer `name` from now on (a client's key change; the map is its own). */
+  setKey(name: string, key: Uint8Array): void {
+    if (this.keys instanceof Map) this.keys.set(name, key);
+  }
+
   /** The key shared with peer `to`. */
   keyFor(to: string): Uint8Array | undefined {
     return this.keys instanceof Uint8Array ? this.keys : this.keys.get(to);
@@ -176,12 +181,17 @@ export class FramedConnection {
   private frameTimer: NodeJS.Timeout | null = null;
   private open = true;
 
-  /** `socket` is connected; `remote` names the other end in events and messages. */
+  /**
+   * `socket` is connected; `remote` names the other end in events and messages.
+   * `keys`: this connection's own (a TLS connection's: the peer its PSK belongs
+   * to, with that key); default the end's.
+   */
   constructor(
     private readonly end: ChannelEnd,
     private readonly socket: Socket,
     readonly remote: string,
     private readonly handler: FramedHandler,
+    private readonly keys: KeyLookup = end.keys,
   ) {
     socket.setNoDelay(true);
     socket.on('error', () => {}); // the `close` that follows is what counts
@@ -209,7 +219,7 @@ export class FramedConnection {
 
   /** Encode and write (throws like ChannelEnd.build); false if the connection is unusable. */
   send<T extends MessageType>(to: string, type: T, id: number, body: BodyOf[T]): boolean {
-    const key = this.end.keyFor(to);
+    const key = this.keys instanceof Uint8Array ? this.keys : this.keys.get(to);
     // No key cannot happen: `to` is our peer, or authenticated with this very key.
     if (!this.open || !key) return false;
     return this.put(this.end.build(key, type, id, body));
@@ -284,7 +294,7 @@ export class FramedConnection {
 
   private onFrame(frame: Buffer): void {
     const end = this.end;
-    const r = decode(frame, end.keys, end.replay, { now: end.now() });
+    const r = decode(frame, this.keys, end.replay, { now: end.now() });
     if (!r.ok) {
       if (isUnauthenticated(r.reason) || r.reason === 'replayed') {
         this.fault(r.reason, r.detail, `sent a frame refused as ${r.reason} (${r.detail})`);

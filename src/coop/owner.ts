@@ -27,11 +27,24 @@ export async function socketInode(
   port: number,
   protocol: SocketProtocol = 'tcp',
 ): Promise<string | null> {
+  return (await socketEntry(addr, port, protocol))?.inode ?? null;
+}
+
+/**
+ * The inode and owning uid (the kernel's table records the uid of the socket's
+ * creator) of the socket of `protocol` bound to local addr:port, found as
+ * socketInode finds it, or null.
+ */
+export async function socketEntry(
+  addr: number,
+  port: number,
+  protocol: SocketProtocol = 'tcp',
+): Promise<{ inode: string; uid: number } | null> {
   const p = port.toString(16).toUpperCase().padStart(4, '0');
   const a = hex32le(addr);
   const exact = [`${a}:${p}`, `0000000000000000FFFF0000${a}:${p}`];
   const wildcard = protocol === 'udp' ? [`${V4_WILDCARD}:${p}`, `${V6_WILDCARD}:${p}`] : [];
-  let fallback: string | null = null;
+  let fallback: { inode: string; uid: number } | null = null;
   for (const file of [`/proc/net/${protocol}`, `/proc/net/${protocol}6`]) {
     let text: string;
     try {
@@ -43,9 +56,10 @@ export async function socketInode(
       const f = line.trim().split(/\s+/);
       const local = f[1];
       const inode = f[9];
-      if (local === undefined || !inode || inode === '0') continue;
-      if (exact.includes(local)) return inode;
-      if (fallback === null && wildcard.includes(local)) fallback = inode;
+      const uid = Number(f[7]);
+      if (local === undefined || !inode || inode === '0' || !Number.isInteger(uid)) continue;
+      if (exact.includes(local)) return { inode, uid };
+      if (fallback === null && wildcard.includes(local)) fallback = { inode, uid };
     }
   }
   return fallback;

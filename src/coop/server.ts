@@ -29,6 +29,7 @@
  */
 
 import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import { ChannelEnd, type ChannelOptions, FramedConnection, type UnusableFrame } from './framed.js';
 import {
   type AnyMessage,
@@ -40,6 +41,7 @@ import {
   type RequestBody,
 } from './protocol.js';
 import { type ChannelStats, zeroes } from './stats.js';
+import { type PskEntry, type PskTable, pskIdentity, serverTlsOptions } from './tls.js';
 
 /** Who is on the other end of a server connection. */
 export interface PeerInfo {
@@ -110,6 +112,12 @@ export interface PeerServerOptions extends ChannelOptions {
   maxConnections?: number;
   /** Open negotiations per connection; more are refused `busy`. Default 256. */
   maxNegotiations?: number;
+  /**
+   * TLS 1.3 with these pre-shared keys (src/coop/tls.ts): each connection is
+   * bound to the peer whose key it was made with. Absent: plain TCP (tests of
+   * the framing alone).
+   */
+  psk?: PskTable;
 }
 
 export interface PeerServerStats extends ChannelStats {
@@ -120,6 +128,11 @@ export interface PeerServerStats extends ChannelStats {
   offered: number;
   confirmed: number;
   abandoned: Record<AbandonReason, number>;
+  /** TLS: handshakes that failed (unknown identity, wrong key, not TLS 1.3, not TLS). */
+  tlsHandshakeFailures: number;
+  /** TLS: connections by the protocol version negotiated ("TLSv1.3"), and the key ids used. */
+  tlsProtocols: Record<string, number>;
+  tlsKeys: Record<string, number>;
 }
 
 interface NegState {
@@ -129,6 +142,8 @@ interface NegState {
 }
 
 interface ServerConn {
+  /** The PSK identity the connection was made with (TLS), or null. */
+  identity: string | null;
   serial: number;
   framed: FramedConnection;
   negs: Map<number, NegState>;
@@ -148,18 +163,59 @@ export class PeerServer {
   private offered = 0;
   private confirmed = 0;
   private readonly abandoned = zeroes(ABANDON_REASONS);
+  private psk: PskTable | null;
+  /** The PSK entry each TLS socket's handshake used. */
+  private readonly pskOf = new WeakMap<TLSSocket, PskEntry>();
+  private tlsHandshakeFailures = 0;
+  private readonly tlsProtocols: Record<string, number> = {};
+  private readonly tlsKeys: Record<string, number> = {};
 
   constructor(private readonly opts: PeerServerOptions) {
     this.end = new ChannelEnd(opts, opts.keys);
     this.offerTimeoutMs = opts.offerTimeoutMs ?? 2000;
     this.maxConnections = opts.maxConnections ?? 64;
     this.maxNegotiations = opts.maxNegotiations ?? 256;
+    this.psk = opts.psk ?? null;
+  }
+
+  /**
+   * Replace the accepted keys (a reload, a key rollover); the connections made
+   * with a key no longer accepted are closed (their peer reconnects with a key
+   * that is, or fails).
+   */
+  setPsk(psk: PskTable): void {
+    this.psk = psk;
+    for (const c of [...this.conns])
+      if (c.identity !== null && !psk.has(c.identity)) c.framed.close();
   }
 
   async listen(): Promise<AddressInfo> {
     if (this.server) throw new CoopError('ERR_PEER_LISTENING', 'PeerServer is already listening');
     this.closing = false;
-    const server = createServer((s) => this.accept(s));
+    const server = this.psk
+      ? createTlsServer(
+          serverTlsOptions((socket, identity) => {
+            const e = this.psk?.get(identity);
+            if (!e) return null;
+            this.pskOf.set(socket, e);
+            return e.key;
+          }),
+          (s) => this.accept(s),
+        )
+      : createServer((s) => this.accept(s));
+    if (this.psk) {
+      server.on('tlsClientError', (e: Error, s: TLSSocket) => {
+        this.tlsHandshakeFailures++;
+        this.end.counters.refused.tls++;
+        this.end.event({
+          kind: 'refused',
+          reason: 'tls',
+          detail: e.message,
+          remote: `${s.remoteAddress ?? '?'}:${s.remotePort ?? 0}`,
+        });
+        s.destroy();
+      });
+    }
     await new Promise<void>((resolve, reject) => {
       const fail = (e: NodeJS.ErrnoException) =>
         reject(
@@ -196,6 +252,9 @@ export class PeerServer {
       offered: this.offered,
       confirmed: this.confirmed,
       abandoned: { ...this.abandoned },
+      tlsHandshakeFailures: this.tlsHandshakeFailures,
+      tlsProtocols: { ...this.tlsProtocols },
+      tlsKeys: { ...this.tlsKeys },
     };
   }
 
@@ -216,15 +275,37 @@ export class PeerServer {
       socket.destroy();
       return;
     }
+    let keys: KeyLookup = this.opts.keys;
+    let identity: string | null = null;
+    if (this.psk) {
+      const tlsSocket = socket as TLSSocket;
+      const e = this.pskOf.get(tlsSocket);
+      const proto = tlsSocket.getProtocol?.() ?? 'none';
+      if (!e) {
+        socket.destroy(); // cannot happen: the handshake needed the key
+        return;
+      }
+      identity = pskIdentity(e.peer, e.id);
+      keys = new Map([[e.peer, e.key]]);
+      this.tlsProtocols[proto] = (this.tlsProtocols[proto] ?? 0) + 1;
+      this.tlsKeys[identity] = (this.tlsKeys[identity] ?? 0) + 1;
+    }
     // The handlers run on the socket's events, never before `c` is assigned.
     const c: ServerConn = {
+      identity,
       serial: ++this.serial,
       negs: new Map(),
-      framed: new FramedConnection(this.end, socket, remote, {
-        message: (msg) => this.onMessage(c, msg),
-        unusable: (r) => this.onUnusable(c, r),
-        closed: () => this.onClose(c),
-      }),
+      framed: new FramedConnection(
+        this.end,
+        socket,
+        remote,
+        {
+          message: (msg) => this.onMessage(c, msg),
+          unusable: (r) => this.onUnusable(c, r),
+          closed: () => this.onClose(c),
+        },
+        keys,
+      ),
     };
     this.conns.add(c);
     this.connections++;

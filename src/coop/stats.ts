@@ -6,8 +6,12 @@
 
 import { DECODE_REASONS, MESSAGE_TYPES, type MessageType, REFUSE_REASONS } from './protocol.js';
 
-/** Why a frame or a connection was refused by the channel (decode reasons plus two). */
-export const CHANNEL_REFUSALS = [...DECODE_REASONS, 'frame_timeout', 'unexpected'] as const;
+/**
+ * Why a frame or a connection was refused by the channel (decode reasons plus
+ * three; `tls`: a TLS handshake that failed — unknown PSK identity, wrong key,
+ * not TLS 1.3).
+ */
+export const CHANNEL_REFUSALS = [...DECODE_REASONS, 'frame_timeout', 'unexpected', 'tls'] as const;
 export type ChannelRefusal = (typeof CHANNEL_REFUSALS)[number];
 
 export type ChannelEvent =

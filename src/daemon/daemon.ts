@@ -23,6 +23,7 @@ import type { Logger } from 'pino';
 import { netnsLink } from '../base/netns.js';
 import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/types.js';
+import { AccessPolicy } from '../control/access.js';
 import { ControlServer } from '../control/server.js';
 import { Cooperation } from '../coop/cooperation.js';
 import { Counters, DROP_NAMES } from '../datapath/counters.js';
@@ -134,6 +135,8 @@ export class Daemon {
   private tun: TunDevice | null = null;
   private host: HostSetup | null = null;
   private control: ControlServer | null = null;
+  /** Who may do what on the control socket (src/control/access.ts); follows reloads. */
+  private access: AccessPolicy = AccessPolicy.rootOnly();
   private table: FlowTable | null = null;
   private pipeline: Pipeline | null = null;
   private counters: Counters | null = null;
@@ -163,6 +166,8 @@ export class Daemon {
     const cfg = this.cfg;
     const stateFile = stateFileFor(cfg);
     try {
+      // Users and groups by name first: a name this host does not know changes nothing.
+      this.access = AccessPolicy.fromConfig(cfg);
       await refuseHeldSocket(cfg.control.socket, stateFile);
       const stale = await cleanStale(stateFile);
       if (stale.length > 0)
@@ -235,7 +240,9 @@ export class Daemon {
             this.registry?.localClientAid(addr, port, proto) ?? -1,
           negotiate: (buf, off, len, info, svc, aid, local) =>
             this.coop?.hold(buf, off, len, info, svc, aid, local),
-          holdUnknownLocal: cfg.applications.some((a) => a.executables.length > 0),
+          holdUnknownLocal: cfg.applications.some(
+            (a) => a.executables.length > 0 || (a.users !== null && a.users.length > 0),
+          ),
           onFlowEvent: (ev, slot, reason, info) => this.flowEvent(ev, slot, reason, info),
           onDeviceEvent: (ev, errno) =>
             this.log.warn(
@@ -259,6 +266,7 @@ export class Daemon {
         now: () => performance.now(),
         localClientAid: (addr, port, proto) =>
           this.registry?.localClientAid(addr, port, proto) ?? -1,
+        aidOfUser: (uid) => this.access.aidOfUser(uid),
       });
       await this.coop.start();
       tun.start(
@@ -273,7 +281,22 @@ export class Daemon {
       );
       this.timer = setInterval(() => this.expire(), EXPIRE_INTERVAL_MS);
 
-      this.control = new ControlServer(cfg.control.socket);
+      this.control = new ControlServer(cfg.control.socket, () => this.access);
+      this.control.onRefused = (cmd, r, peer) =>
+        this.log.warn(
+          {
+            event: 'control_refused',
+            cmd,
+            code: r.code,
+            reason: r.reason,
+            uid: peer.uid,
+            gid: peer.gid,
+            pid: peer.pid,
+          },
+          `control request refused: ${r.message}`,
+        );
+      this.control.onWarning = (message) =>
+        this.log.warn({ event: 'control_unreachable', detail: message }, message);
       registerControlHandlers(this.control, {
         log: this.log,
         config: () => this.cfg,
@@ -494,6 +517,7 @@ export class Daemon {
         ...this.tun?.stats(),
       },
       pool: this.pool?.stats() ?? null,
+      control: this.control?.stats(),
       cooperative: this.cfg.cooperative ? this.coop?.stats() : null,
     };
   }
@@ -528,6 +552,8 @@ export class Daemon {
   private async reloadNow(): Promise<ReloadResult> {
     const next = loadConfig(this.cfg.source);
     const plan = reloadPlan(this.cfg, next);
+    // Users and groups by name: a name this host does not know fails the reload, before any change.
+    const access = AccessPolicy.fromConfig(plan.config);
     if (plan.needsRestart.length > 0) {
       this.log.warn(
         { event: 'reload_partial', needsRestart: plan.needsRestart },
@@ -552,6 +578,7 @@ export class Daemon {
     }
     this.table?.timeouts.set(timerTimeouts(next));
     this.cfg = plan.config;
+    this.access = access;
     this.pipeline?.setLimits(pipelineLimits(this.cfg));
     this.pipeline?.setHealth(this.cfg.health.downMs);
     // A shorter (or no) health.downMs applies to the instances marked down now too.

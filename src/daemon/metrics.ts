@@ -53,6 +53,8 @@ interface Snapshot {
   batchSizes: Record<string, number>;
   perAid: Record<string, { bytesIn: number; bytesOut: number }>;
   pool: { inUse: number; free: number; quarantined: number; waiting: number } | null;
+  /** The control socket's counters (absent before it listens). */
+  control?: { connections: number; refused: Record<string, number> };
   uptimeMs: number;
   offload: {
     superPacketsIn: number;
@@ -260,6 +262,14 @@ export function buildMetrics(stats: StatsSource, device?: DeviceSource): Registr
         m({ aid, direction: 'in' }, b.bytesIn);
         m({ aid, direction: 'out' }, b.bytesOut);
       }
+    },
+  );
+  g(
+    'vpm_control_refused_total',
+    "Control requests refused by the access policy, by reason: command (not allowed for the caller), aid (an AID the caller may not use), pid (a pid that is not the caller's).",
+    ['reason'],
+    (m, s) => {
+      for (const [reason, n] of Object.entries(s.control?.refused ?? {})) m({ reason }, n);
     },
   );
   g('vpm_pool_ports', 'Ports of the pool by state.', ['state'], (m, s) => {

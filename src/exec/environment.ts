@@ -4,8 +4,8 @@
  * daemon's answer to `hello`. Pure functions: src/cli/exec.ts does the I/O.
  */
 
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { accessSync, constants, existsSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { VpmError } from '../base/errors.js';
 import { packageRoot } from '../base/paths.js';
 
@@ -15,6 +15,36 @@ export const DEFAULT_TIMEOUT_MS = 3000;
 /** native/build/libvpm_preload.so, built by scripts/build-native.sh. */
 export function preloadLibraryPath(): string {
   return join(packageRoot(), 'native', 'build', 'libvpm_preload.so');
+}
+
+/**
+ * Why another user could not load the library at `lib` (a directory above it
+ * that others cannot search, or the file not readable by others), or null.
+ * ld.so skips a preload library it cannot open with only a warning, and the
+ * program would then bind its real port 9000 outside vpm.
+ */
+export function unreadableByOthers(lib: string): string | null {
+  try {
+    if ((statSync(lib).mode & 0o004) === 0) return `${lib} is not readable by other users`;
+    for (let d = dirname(lib); ; d = dirname(d)) {
+      const m = statSync(d).mode & 0o7777;
+      if ((m & 0o001) === 0)
+        return `${d} (mode ${m.toString(8).padStart(4, '0')}) is not searchable by other users`;
+      if (dirname(d) === d) return null;
+    }
+  } catch (e) {
+    return (e as Error).message;
+  }
+}
+
+/** Can this process read `lib`? */
+export function readable(lib: string): boolean {
+  try {
+    accessSync(lib, constants.R_OK);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** A multiplexed port, as `hello` lists it. */

@@ -133,6 +133,22 @@ export interface NativeAddon {
   /** Names of the devices libpcap can open in this network namespace. */
   capDevices(): string[];
   tunStats(handle: { readonly name: string }): NativeTunStats;
+
+  // Control socket peers and names (native/src/cred.c; used by src/control/access.ts).
+  /**
+   * SO_PEERCRED and SO_PEERGROUPS of the unix socket `fd`: the peer's pid, uid,
+   * gid and supplementary groups when it connected, as this process's namespaces
+   * see them. Throws an Error with code ERR_PEERCRED and errno.
+   */
+  peerCred(fd: number): { pid: number; uid: number; gid: number; groups: number[] };
+  /** getpwnam_r: the uid of user `name`, or null. */
+  lookupUser(name: string): number | null;
+  /** getgrnam_r: the gid of group `name`, or null. */
+  lookupGroup(name: string): number | null;
+  /** getpwuid_r: the name of `uid`, or null. */
+  userName(uid: number): string | null;
+  /** getgrgid_r: the name of `gid`, or null. */
+  groupName(gid: number): string | null;
 }
 
 let addon: NativeAddon | null = null;

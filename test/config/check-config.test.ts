@@ -180,7 +180,7 @@ describe('vpm check-config', () => {
         cooperative: {
           name: 'server',
           listen: '198.18.20.2:7070',
-          peers: [{ name: 'client', key: KEY }],
+          peers: [{ name: 'client', keys: [{ id: 'k1', key: KEY }] }],
         },
       });
       expect(r.warnings).toBe('');
@@ -194,7 +194,9 @@ describe('vpm check-config', () => {
         default: { refuse: true },
         cooperative: {
           name: 'client',
-          peers: [{ name: 'server', address: '198.18.20.2', port: 7070, key: KEY }],
+          peers: [
+            { name: 'server', address: '198.18.20.2', port: 7070, keys: [{ id: 'k1', key: KEY }] },
+          ],
         },
       });
       expect(r.warnings).toBe('');
@@ -228,7 +230,7 @@ describe('vpm check-config', () => {
         cooperative: {
           name: 'server',
           listen: '198.18.20.2:7070',
-          peers: [{ name: 'client', key: KEY }],
+          peers: [{ name: 'client', keys: [{ id: 'k1', key: KEY }] }],
         },
       });
       expect(server.warnings).toBe(

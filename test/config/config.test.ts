@@ -90,12 +90,14 @@ describe('the example config', () => {
         aid: 'tenant-a',
         instances: [{ address: ip('198.19.255.1'), port: 19001, serviceIndex: null }],
         executables: [],
+        users: null,
       },
       {
         index: 1,
         aid: 'tenant-b',
         instances: [{ address: ip('198.19.255.1'), port: 19002, serviceIndex: null }],
         executables: [],
+        users: null,
       },
     ]);
     expect(c.selectors).toEqual([

@@ -100,6 +100,7 @@ async function setup() {
     name: 'client',
     peer: 'server',
     key: Buffer.from(KEY_HEX, 'hex'),
+    psk: { identity: 'client/default', key: Buffer.from(KEY_HEX, 'hex') },
     timeoutMs: 5000,
   });
   cleanup.push(() => client.close());

@@ -17,6 +17,7 @@ import { Cooperation } from '../../src/coop/cooperation.js';
 import { DEFAULT_HOLD_LIMITS, type HeldStats, type HoldLimits } from '../../src/coop/held.js';
 import type { Message } from '../../src/coop/protocol.js';
 import { type AckAnswer, type OfferAnswer, PeerServer } from '../../src/coop/server.js';
+import { pskTable } from '../../src/coop/tls.js';
 import { rulesFromConfig, staticInstancesFromConfig } from '../../src/daemon/rules-from-config.js';
 import { Counters, Drop } from '../../src/datapath/counters.js';
 import { InstanceSet } from '../../src/datapath/instances.js';
@@ -85,6 +86,10 @@ async function setup(
     port: 0,
     name: 'server',
     keys: Buffer.from(KEY_HEX, 'hex'),
+    // The daemon's client side speaks TLS 1.3 with its peer's key (src/coop/tls.ts).
+    psk: pskTable([
+      { name: 'client', keys: [{ id: 'default', key: Buffer.from(KEY_HEX, 'hex') }] },
+    ]),
     handler: peer.handler,
   });
   const { port } = await server.listen();

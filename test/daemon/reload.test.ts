@@ -71,6 +71,11 @@ describe('reloadPlan', () => {
     const cases: [string, (f: File) => void][] = [
       ['tun', (f) => (f.tun = { name: 'vpm0', mtu: 9000 })],
       ['control.socket', (f) => (f.control = { socket: '/run/vpm/other.sock' })],
+      ['control.group', (f) => (f.control = { ...(f.control as object), group: 65534 })],
+      [
+        'control.monitorGroup',
+        (f) => (f.control = { ...(f.control as object), monitorGroup: 65534 }),
+      ],
       ['limits.maxFlows', (f) => (f.limits = { maxFlows: 131072, embryonicFlows: 16384 })],
       ['limits.embryonicFlows', (f) => (f.limits = { embryonicFlows: 100 })],
       ['limits.heldFragments', (f) => (f.limits = { heldFragments: 3 })],
@@ -91,6 +96,22 @@ describe('reloadPlan', () => {
       expect(plan.config.pool, setting).toEqual(current.pool);
       expect(plan.config.cooperative, setting).toEqual(current.cooperative);
     }
+  });
+
+  it("applies the peers' keys live (a rollover), keeping the rest of cooperative", () => {
+    const current = load({ ...base(), cooperative: COOP });
+    const k2 = { id: 'k2', key: 'd1'.repeat(32) };
+    const plan = reloadPlan(
+      current,
+      load({
+        ...base(),
+        cooperative: { ...COOP, timeoutMs: 777, peers: [{ name: 'client', keys: [k2] }] },
+      }),
+    );
+    expect(plan.needsRestart).toEqual(['cooperative']);
+    expect(plan.changed).toEqual(['cooperative.peers[].keys']);
+    expect(plan.config.cooperative!.timeoutMs).toBe(current.cooperative!.timeoutMs);
+    expect(plan.config.cooperative!.peers[0]!.keys).toEqual([k2]);
   });
 
   it('applies the ICMP rate live and keeps the rest of limits', () => {

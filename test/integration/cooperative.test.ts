@@ -17,10 +17,18 @@
  * router, and to its own TUN by each vpm.
  */
 
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { controlRequest } from '../../src/control/client.js';
 import { NetLab, requireRoot, waitFor } from '../support/netns.js';
-import { jsonLines, type VpmConfigFile, VpmDaemon, vpmArgv } from '../support/vpm.js';
+import {
+  jsonLines,
+  type VpmConfigFile,
+  VpmDaemon,
+  vpmArgv,
+  writeVpmConfig,
+} from '../support/vpm.js';
 import { CLIENT_FIXTURE, clientResult, runClient, spawnClient, startInstance } from './topology.js';
 
 const FORGE = fileURLToPath(new URL('./fixtures/forge.mjs', import.meta.url));
@@ -326,5 +334,100 @@ describe('cooperative multiplexing between two vpm daemons', () => {
       .not_negotiated!;
     expect(after - before).toBeGreaterThanOrEqual(1);
     expect((await vpmS.flows()).filter((f) => String(f.service).endsWith(':40500'))).toEqual([]);
+  });
+
+  // Last: it leaves both daemons on the new key.
+  it('the channel is TLS 1.3, a capture shows no AID in clear text; during a key rollover a peer with the old key negotiates, after it not', async () => {
+    const K2 = 'e5f6a7b8'.repeat(8);
+    const reload = async (d: VpmDaemon, cfg: VpmConfigFile, peer: Record<string, unknown>) => {
+      const co = cfg.cooperative as Record<string, unknown>;
+      const old = (co.peers as Record<string, unknown>[])[0]!;
+      const { key: _k, ...rest } = old;
+      writeVpmConfig(d.dir, { ...cfg, cooperative: { ...co, peers: [{ ...rest, ...peer }] } });
+      await controlRequest(d.socket, 'reload');
+    };
+    const a1 = (localPort: number) =>
+      runClient(lab, client, { mode: 'hello', host: VIP, port: 9000, localPort });
+    const channel = async () =>
+      ((await vpmS.stats()) as unknown as { cooperative: { server: Record<string, unknown> } })
+        .cooperative.server as {
+        tlsHandshakeFailures: number;
+        tlsProtocols: Record<string, number>;
+      };
+    const peerStats = async () =>
+      (
+        (await vpmC.stats()) as unknown as {
+          cooperative: { peers: Record<string, { tls: string | null; pskIdentity: string }> };
+        }
+      ).cooperative.peers.server!;
+
+    const pcap = `${lab.tempDir()}/channel.pcap`;
+    const dump = lab.spawn(router, 'tcpdump', [
+      ...['-i', 'r1', '--immediate-mode', '-nn', '-U', '-s', '0', '-w', pcap],
+      ...['tcp', 'port', '7070'],
+    ]);
+    await lab.waitForOutput(dump, /listening on/, { stream: 'stderr', timeoutMs: 10_000 });
+
+    // The connection up now: TLS 1.3, with the deprecated single key ("default").
+    expect((await a1(50010)).event).toBe('done');
+    expect(await peerStats()).toMatchObject({ tls: 'TLSv1.3', pskIdentity: 'client/default' });
+    expect((await channel()).tlsProtocols).toEqual({ 'TLSv1.3': expect.any(Number) });
+
+    // Rollover, step 1: the server accepts the new key and the old one.
+    await reload(vpmS, serverCfg, {
+      keys: [
+        { id: 'new', key: K2 },
+        { id: 'default', key: KEY },
+      ],
+    });
+    expect((await a1(50011)).event).toBe('done');
+    // A fresh handshake with the old key too (the forge fixture's valid request is answered).
+    const forged = lab.run(router, process.execPath, [
+      FORGE,
+      JSON.stringify({
+        host: '198.18.20.2',
+        port: 7070,
+        from: 'client',
+        key: KEY,
+        service: `${VIP}:9000`,
+      }),
+    ]);
+    const res = jsonLines(forged).find((e) => e.event === 'done')!.results as Record<
+      string,
+      { answerBytes: number }
+    >;
+    expect(res.valid!.answerBytes, forged).toBeGreaterThan(0);
+
+    // Step 3 (here before step 2, to show it): the server drops the old key; its
+    // connection made with it is closed, and the old key no longer negotiates.
+    const failedBefore = (await channel()).tlsHandshakeFailures;
+    await reload(vpmS, serverCfg, { keys: [{ id: 'new', key: K2 }] });
+    expect((await a1(50012)).event).not.toBe('done');
+    await waitFor(async () => (await channel()).tlsHandshakeFailures > failedBefore, {
+      what: 'the handshake with the old key to be refused',
+    });
+
+    // Step 2: the client offers the new key: it negotiates again.
+    await reload(vpmC, clientCfg, { keys: [{ id: 'new', key: K2 }] });
+    expect((await a1(50013)).event).toBe('done');
+    expect(await peerStats()).toMatchObject({ tls: 'TLSv1.3', pskIdentity: 'client/new' });
+
+    await lab.stop(dump, 'SIGINT', 5000);
+    const bytes = readFileSync(pcap);
+    // In clear: the PSK identities (the client's name and the key ids), never a message.
+    expect(bytes.includes('client/new')).toBe(true);
+    expect(bytes.includes('client/default')).toBe(true);
+    for (const secret of ['"a1"', '"aid"', '"request"', '"offer"', VIP, '198.19.254.2'])
+      expect(bytes.includes(secret), secret).toBe(false);
+    // Every ServerHello says TLS 1.3 (supported_versions 0x0304).
+    const versions = lab
+      .run(router, 'tshark', [
+        ...['-r', pcap, '-d', 'tcp.port==7070,tls', '-Y', 'tls.handshake.type == 2'],
+        ...['-T', 'fields', '-e', 'tls.handshake.extensions.supported_version'],
+      ])
+      .split('\n')
+      .filter((l) => l.trim() !== '');
+    expect(versions.length).toBeGreaterThanOrEqual(2);
+    for (const v of versions) expect(v.trim()).toBe('0x0304');
   });
 });

@@ -172,7 +172,9 @@ static int ensure_open(int64_t deadline, char *why, size_t why_cap, int *unreach
     if (e == ENOENT || e == ECONNREFUSED)
       snprintf(why, why_cap, "vpm is not running (no daemon at %s)", vpm_socket_path);
     else if (e == EACCES)
-      snprintf(why, why_cap, "permission denied on %s (the control socket is root-only)",
+      snprintf(why, why_cap,
+               "permission denied on %s: this user may not connect to the control socket "
+               "(control.group, applications[].users: docs/security.md)",
                vpm_socket_path);
     else
       snprintf(why, why_cap, "cannot connect to the vpm daemon at %s: %s", vpm_socket_path,

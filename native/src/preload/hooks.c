@@ -182,6 +182,7 @@ static const char *errno_name(int e) {
   switch (e) {
   case EADDRINUSE: return "EADDRINUSE";
   case EADDRNOTAVAIL: return "EADDRNOTAVAIL";
+  case EACCES: return "EACCES";
   case ENOBUFS: return "ENOBUFS";
   default: return "an error";
   }
@@ -317,6 +318,12 @@ static void init(void) {
 static int ensure_init(void) {
   pthread_once(&once, init);
   return vpm_real.bind != NULL;
+}
+
+/* A refusal of the daemon's access policy: the program's user may not do this. */
+static int denied_code(const char *code) {
+  return strcmp(code, "ERR_AID_DENIED") == 0 || strcmp(code, "ERR_CONTROL_DENIED") == 0 ||
+         strcmp(code, "ERR_PID_MISMATCH") == 0;
 }
 
 /* ---- the table ------------------------------------------------------------ */
@@ -482,7 +489,11 @@ static int bind_through_vpm(int fd, const struct sockaddr *addr, socklen_t len, 
     vpm_error("%s; bind of %s %s:%u fails with %s", reply.message, proto, t->addr, t->port,
               errno_name(e));
   } else if (!reply.ok) {
-    e = strcmp(reply.code, "ERR_PORTS_EXHAUSTED") == 0 ? EADDRINUSE : EADDRNOTAVAIL;
+    /* Refused by the daemon's access policy (docs/security.md): EACCES, as a
+     * privileged port refuses an unprivileged program. */
+    e = strcmp(reply.code, "ERR_PORTS_EXHAUSTED") == 0 ? EADDRINUSE
+        : denied_code(reply.code)                     ? EACCES
+                                                      : EADDRNOTAVAIL;
     vpm_error("%s (%s); bind of %s %s:%u fails with %s", reply.message, reply.code, proto,
               t->addr, t->port, errno_name(e));
   }
@@ -668,6 +679,8 @@ static void announce_connect(int fd, const struct target *remote) {
   enum vpm_call_status st = vpm_ctl_call("connect", args, &reply, NULL, 1);
   if (st != VPM_CALL_ANSWER)
     vpm_debug("connect fd %d: not announced: %s", fd, reply.message);
+  else if (!reply.ok && denied_code(reply.code))
+    vpm_error("%s (%s); connect fd %d goes ahead without an AID", reply.message, reply.code, fd);
   else if (!reply.ok)
     vpm_debug("connect fd %d: the daemon refused the announcement: %s (%s)", fd, reply.message,
               reply.code);
