@@ -1,8 +1,8 @@
 /**
  * Data-plane counters. Every packet read from the device is written back
  * (forwarded, after translation, or answered in place), dropped with exactly one
- * reason, or — an IPv4 fragment that came before the first fragment of its
- * datagram — waiting for that first fragment, so at every moment between batches:
+ * reason, or — a fragment (IPv4, IPv6) that came before the first fragment of
+ * its datagram — waiting for that first fragment, so at every moment between batches:
  *
  *     packetsIn === packetsOut + sum(drops) + fragmentsHeld
  *
@@ -159,17 +159,17 @@ export class Counters {
   /** Super-packets vpm segmented itself (after a refusal), and the segments it wrote. */
   softwareSegmented = 0;
   softwareSegments = 0;
-  /** IPv4 fragments waiting for their datagram's first fragment now (a gauge). */
+  /** Fragments (IPv4, IPv6) waiting for their datagram's first fragment now (a gauge). */
   fragmentsHeld = 0;
   /** Fragments that waited and went out once their first fragment came. */
   fragmentsReleased = 0;
-  /** ICMP errors about a flow, translated (RFC 5508) and forwarded. */
+  /** ICMP and ICMPv6 errors about a flow, translated (RFC 5508) and forwarded. */
   icmpErrorsTranslated = 0;
   /** ICMP messages that are no errors and not for a virtual address (the host's own, from the TUN address), written back unchanged. */
   icmpPassed = 0;
-  /** Echo requests to a virtual service address answered. */
+  /** Echo requests (ICMP, ICMPv6) to a virtual service address answered. */
   echoReplies = 0;
-  /** ICMP port unreachable sent for refused UDP datagrams. */
+  /** ICMP (ICMPv6) port unreachable sent for refused UDP (UDP/IPv6) datagrams. */
   icmpUnreachableSent = 0;
   /** ICMP messages vpm did not send because of the rate limit (limits.icmpPerSecond). */
   icmpRateLimited = 0;

@@ -519,6 +519,36 @@ describe('Pipeline over IPv6', () => {
     invariant();
   });
 
+  it('segments a TSO6 super-packet in software when the kernel refuses it (no IP id; payload length per segment)', () => {
+    const { send, counters, tun, invariant } = setup({ vnet: true });
+    tun.refuse = (frame) => (frame[1] !== 0 ? 22 : 0);
+    const frame = (h: Parameters<typeof vnetHdr>[0], pkt: Uint8Array) => {
+      const f = new Uint8Array(10 + pkt.length);
+      f.set(vnetHdr(h), 0);
+      f.set(pkt, 10);
+      return f;
+    };
+    const syn = { srcPort: 40000, dstPort: 9000, flags: SYN, seq: 1000 };
+    send(frame({}, tcp6({ src: CLIENT_A, dst: VIP }, syn)));
+    const payload = new Uint8Array(5000).map((_, i) => (i * 5) & 0xff);
+    const t = { srcPort: 40000, dstPort: 9000, flags: ACK | PSH | FIN, seq: 1001, ack: 1, payload };
+    const tso = {
+      flags: VNET_F_NEEDS_CSUM,
+      csumStart: 40,
+      csumOffset: 16,
+      gsoType: VNET_GSO_TCPV6,
+      gsoSize: 1200,
+    };
+    const out = send(frame(tso, tcp6Partial({ src: CLIENT_A, dst: VIP }, t)));
+    expect(out).toEqual(
+      tcp6Segments({ src: CLIENT_A, dst: HOST }, { ...t, dstPort: 19001 }, 1200).map(hex),
+    );
+    expect(counters.gsoRefused).toBe(1);
+    expect(counters.softwareSegmented).toBe(1);
+    expect(counters.softwareSegments).toBe(5);
+    invariant();
+  });
+
   it('drops IPv6 with a bad or too long extension header chain, and other upper layers, by reason', () => {
     const { send, counters, invariant } = setup();
     const nine: Ext6[] = Array.from({ length: 9 }, () => ({ type: NH_DEST_OPTS }));
