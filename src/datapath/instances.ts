@@ -79,7 +79,6 @@ export interface InstanceSpec {
 export interface Instance extends Readonly<InstanceSpec> {
   /** The stable handle: what `pick` returns and flows record. */
   readonly index: number;
-  readonly addr6: Uint32Array | null;
   /** IP protocol it serves, 0 for any. */
   readonly proto: number;
   readonly source: 'static' | 'registered';
@@ -343,7 +342,8 @@ export class InstanceSet {
       source,
       aid: s.aid,
       addr: s.addr,
-      addr6: s.addr6 ? Uint32Array.from(s.addr6.subarray(0, 4)) : null,
+      // Present on every instance (one shape); undefined without an IPv6 address.
+      addr6: s.addr6 ? Uint32Array.from(s.addr6.subarray(0, 4)) : undefined,
       port: s.port,
       service: s.service,
       vport: s.vport,
@@ -388,7 +388,7 @@ function serves(i: Instance, svc: number, vport: number, proto: number): boolean
 
 /** Has instance `i` an address of `family` (4 or 6)? */
 function hasFamily(i: Instance, family: number): boolean {
-  return family === 6 ? i.addr6 !== null : i.addr !== -1;
+  return family === 6 ? (i.addr6 ?? null) !== null : i.addr !== -1;
 }
 
 function wasTried(index: number, tried: Uint16Array, from: number, count: number): boolean {

@@ -1359,7 +1359,7 @@ export class Pipeline {
     const inst = this.opts.instances.get(idx);
     if (inst === undefined || inst.port !== t.realPort[s]) return -1;
     if (t.family[s] === 6)
-      return inst.addr6 !== null && same6From(inst.addr6, t.addr6, s * 16 + 12) ? idx : -1;
+      return inst.addr6 && same6From(inst.addr6, t.addr6, s * 16 + 12) ? idx : -1;
     return inst.addr === t.realAddr[s] ? idx : -1;
   }
 
@@ -1426,7 +1426,7 @@ export class Pipeline {
     if (
       target === undefined ||
       len > this.dev.slotSize - this.hr ||
-      !t.repoint(s, target.addr, target.port, next, target.addr6)
+      !t.repoint(s, target.addr, target.port, next, target.addr6 ?? null)
     ) {
       copies.release(s);
       c.refusalsForwarded++;
