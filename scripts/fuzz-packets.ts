@@ -9,7 +9,9 @@
  * The packets: a pool of valid ones built by the test builders (TCP handshakes,
  * data, FINs and RSTs both ways, partial checksums, super-packets, UDP both ways,
  * ICMP echoes and errors quoting vpm's packets, IPv4 fragments, closed ports, no
- * service, IPv6) for a few dozen clients; each packet is one of the pool as it
+ * service; the same over IPv6 — behind random extension header chains, with
+ * ICMPv6 packet too big and echo, fragment headers, TSO6, neighbour discovery
+ * and MLD chatter) for a few dozen clients; each packet is one of the pool as it
  * is (40%) or mutated (bytes flipped, cut, grown, an IP length or IHL or the
  * protocol changed, a hostile virtio-net header, or all garbage). The clock
  * moves between batches (sometimes past every timeout), the daemon's timer runs
@@ -28,22 +30,50 @@ import {
   VNET_F_DATA_VALID,
   VNET_F_NEEDS_CSUM,
   VNET_GSO_TCPV4,
+  VNET_GSO_TCPV6,
   VNET_GSO_UDP_L4,
 } from '../src/wire/virtio.js';
 import {
+  icmp,
   icmp4,
+  icmp6,
   ip4,
   ip6,
   ipv4,
+  ipv6x,
+  randomExt6,
   tcp4,
   tcp4Partial,
   tcp6,
+  tcp6Partial,
+  tcp6x,
   udp,
   udp4,
+  udp6Fragments,
+  udp6x,
   vnetHdr,
 } from '../test/support/builder.js';
 import { Rng } from '../test/support/rng.js';
-import { HOST, LOCAL_CLIENT, PipelineHarness, PORT_A, PORT_B, VIP, VPORT } from './fuzz/harness.js';
+import {
+  HOST,
+  HOST6,
+  LOCAL_CLIENT,
+  LOCAL_CLIENT6,
+  PipelineHarness,
+  PORT_A,
+  PORT_B,
+  VIP,
+  VIP6,
+  VPORT,
+} from './fuzz/harness.js';
+
+/** The 4 words of an IPv6 address as its 16 bytes. */
+function bytes6(w: Uint32Array): Uint8Array {
+  const b = new Uint8Array(16);
+  const v = new DataView(b.buffer);
+  for (let i = 0; i < 4; i++) v.setUint32(4 * i, w[i]!);
+  return b;
+}
 
 const SYN = 0x02;
 const ACK = 0x10;
@@ -67,7 +97,7 @@ function parseArgs(argv: string[]): { n: number; seed: number } {
 }
 
 /** The pool of valid frames (virtio-net header + packet). */
-function pool(rng: Rng): Uint8Array[] {
+export function pool(rng: Rng): Uint8Array[] {
   const out: Uint8Array[] = [];
   const frame = (hdr: Uint8Array, pkt: Uint8Array) => {
     const f = new Uint8Array(hdr.length + pkt.length);
@@ -184,6 +214,100 @@ function pool(rng: Rng): Uint8Array[] {
       frame(plain, ipv4({ ...up, protocol: 47 }, payload(20)));
     }
   }
+  // IPv6: the same flows, behind random extension header chains now and then.
+  const vip6 = bytes6(VIP6);
+  const host6 = bytes6(HOST6);
+  const lc6 = bytes6(LOCAL_CLIENT6);
+  const clients6 = [
+    ...Array.from({ length: 6 }, (_, i) => ip6(`2001:2:0:a::${i + 2}`)), // tenant a
+    ...Array.from({ length: 4 }, (_, i) => ip6(`2001:2:0:b::${i + 2}`)), // tenant b (ports >= 1024)
+    ip6('2001:2:0:c8::1'), // no selector
+    host6, // a local client
+  ];
+  const partial6 = vnetHdr({ flags: VNET_F_NEEDS_CSUM, csumStart: 40, csumOffset: 16 });
+  for (const c of clients6) {
+    const nat = c === host6 ? lc6 : c;
+    const tenantA = c[7] === 0x0a || c === host6;
+    for (const cport of [1000, 40000, 50000]) {
+      const real = tenantA ? PORT_A : rng.int(2) ? PORT_B : PORT_B + 1;
+      const seq = rng.u32();
+      const sseq = rng.u32();
+      const up = { src: c, dst: vip6, flowLabel: rng.int(0x100000) };
+      const down = { src: host6, dst: nat };
+      const ext = () => (rng.int(3) === 0 ? randomExt6(rng, 3) : []);
+      const t = (flags: number, data = 0) => ({
+        srcPort: cport,
+        dstPort: VPORT,
+        seq,
+        ack: sseq + 1,
+        flags,
+        payload: payload(data),
+      });
+      const r = (flags: number, data = 0) => ({
+        srcPort: real,
+        dstPort: cport,
+        seq: sseq,
+        ack: seq + 1,
+        flags,
+        payload: payload(data),
+      });
+      frame(plain, tcp6x(up, ext(), { ...t(SYN), ack: 0 }));
+      frame(plain, tcp6x(down, ext(), r(SYN | ACK)));
+      frame(plain, tcp6(up, t(ACK)));
+      frame(plain, tcp6x(up, ext(), t(ACK | PSH, 1 + rng.int(200))));
+      frame(partial6, tcp6Partial(up, t(ACK | PSH, 1 + rng.int(200))));
+      frame(valid, tcp6(down, r(ACK | PSH, 1 + rng.int(300))));
+      frame(plain, tcp6(up, t(FIN | ACK)));
+      frame(plain, tcp6(down, r(RST | ACK)));
+      const gsoSize = 100 + rng.int(1300);
+      frame(
+        vnetHdr({
+          flags: VNET_F_NEEDS_CSUM,
+          gsoType: VNET_GSO_TCPV6,
+          hdrLen: 60,
+          gsoSize,
+          csumStart: 40,
+          csumOffset: 16,
+        }),
+        tcp6Partial(up, t(ACK, gsoSize * (2 + rng.int(4)))),
+      );
+      const u = { srcPort: cport, dstPort: VPORT, payload: payload(rng.int(100)) };
+      frame(plain, udp6x(up, ext(), u));
+      frame(
+        plain,
+        udp6x(down, [], { srcPort: real, dstPort: cport, payload: payload(rng.int(100)) }),
+      );
+      frame(plain, icmp6(up, { type: 128, rest: rng.u32(), data: payload(16) }));
+      // Packet too big from the instance's side about what vpm sent it; time exceeded the other way.
+      const toServer = tcp6({ src: nat, dst: host6 }, r(ACK, 1200));
+      frame(
+        plain,
+        icmp6({ src: host6, dst: nat }, { type: 2, rest: 1280, data: toServer.subarray(0, 1232) }),
+      );
+      const toClient = tcp6({ src: vip6, dst: c }, r(SYN | ACK));
+      frame(plain, icmp6({ src: ip6('2001:2:0:99::1'), dst: vip6 }, { type: 3, data: toClient }));
+      // A UDP datagram in fragments (a fragment header each).
+      for (const f of udp6Fragments(up, { ...u, payload: payload(100) }, 48, rng.u32()))
+        frame(plain, f);
+      frame(plain, tcp6(up, { srcPort: cport, dstPort: 81, flags: SYN }));
+    }
+  }
+  // Neighbour discovery and MLD chatter, as the kernel sends it on the TUN.
+  const ll = ip6('fe80::1');
+  frame(plain, icmp6({ src: ll, dst: ip6('ff02::2'), hopLimit: 255 }, { type: 133 }));
+  frame(
+    plain,
+    icmp6({ src: ip6('::'), dst: ip6('ff02::1:ff00:9'), hopLimit: 255 }, { type: 135, data: vip6 }),
+  );
+  frame(
+    plain,
+    ipv6x(
+      { src: ll, dst: ip6('ff02::16'), hopLimit: 1 },
+      [{ type: 0 }],
+      58,
+      icmp({ type: 143, data: payload(20) }, { v: 6, src: ll, dst: ip6('ff02::16') }),
+    ),
+  );
   frame(
     plain,
     tcp6(
@@ -200,7 +324,7 @@ function put16(b: Uint8Array, i: number, v: number): void {
 }
 
 /** A mutated copy of `f` (frame: 10-byte header + packet). */
-function mutate(rng: Rng, f: Uint8Array, maxLen: number): Uint8Array {
+export function mutate(rng: Rng, f: Uint8Array, maxLen: number): Uint8Array {
   let b: Uint8Array = f.slice();
   const rounds = 1 + rng.int(3);
   for (let k = 0; k < rounds; k++) {
@@ -224,15 +348,22 @@ function mutate(rng: Rng, f: Uint8Array, maxLen: number): Uint8Array {
         b = g;
         break;
       }
-      case 4: // IPv4 total length
-        if (b.length >= 14)
+      case 4: // IPv4 total length, IPv6 payload length
+        if (b.length >= 16 && b[10]! >> 4 === 6)
+          put16(b, 14, rng.int(3) === 0 ? rng.int(0x10000) : b.length - 50 + rng.int(9) - 4);
+        else if (b.length >= 14)
           put16(b, 12, rng.int(3) === 0 ? rng.int(0x10000) : b.length - 10 + rng.int(9) - 4);
         break;
       case 5: // version/IHL
         if (b.length > 10) b[10] = rng.int(3) === 0 ? rng.int(256) : 0x40 | rng.int(16);
         break;
-      case 6: // protocol, flags/fragment offset
-        if (b.length >= 20) {
+      case 6: // protocol, flags/fragment offset; IPv6: the next header of the header or a chain member
+        if (b.length >= 50 && b[10]! >> 4 === 6) {
+          const nh = [0, 6, 17, 43, 44, 58, 59, 60, rng.int(256)][rng.int(9)]!;
+          if (rng.int(2)) b[16] = nh;
+          else b[50 + 8 * rng.int(3)] = nh; // where an extension header's next header may be
+          if (b.length > 51 && rng.int(3) === 0) b[51] = rng.int(256); // its length
+        } else if (b.length >= 20) {
           if (rng.int(2)) b[19] = [1, 6, 17, 58, rng.int(256)][rng.int(5)]!;
           else put16(b, 16, rng.int(0x10000));
         }
@@ -245,7 +376,10 @@ function mutate(rng: Rng, f: Uint8Array, maxLen: number): Uint8Array {
         }
         break;
       case 8: // an L4 port or a TCP data offset
-        if (b.length >= 44) {
+        if (b.length >= 64 && b[10]! >> 4 === 6) {
+          const at = 50 + rng.int(40); // extension headers or the L4 header
+          if (at < b.length) b[at] = rng.int(256);
+        } else if (b.length >= 44) {
           const ihl = (b[10]! & 0x0f) * 4;
           const at = 10 + ihl + rng.int(14);
           if (at < b.length) b[at] = rng.int(256);
@@ -336,4 +470,5 @@ function main(): void {
   for (const [k, v] of drops) console.log(`  ${k.padEnd(28)} ${v}`);
 }
 
-main();
+// Run as a script (node dist/scripts/fuzz-packets.js), not when a test imports the pool.
+if (process.argv[1]?.endsWith('fuzz-packets.js')) main();

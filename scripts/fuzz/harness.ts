@@ -1,8 +1,9 @@
 /**
  * The pipeline under fuzzing: a Pipeline over a MemoryTun with virtio-net headers
  * (offloads on), configured with a TCP and a UDP service on the same VIP:port
- * (the configuration of test/datapath/robustness-udp.test.ts), and the invariants
- * checked after every batch. Shared by the coverage-guided target
+ * (the configuration of test/datapath/robustness-udp.test.ts) on an IPv4 and an
+ * IPv6 VIP (the flow table has its IPv6 columns), and the invariants checked
+ * after every batch. Shared by the coverage-guided target
  * (targets/pipeline.ts) and the plain random/mutation run (scripts/fuzz-packets.ts).
  *
  * A broken invariant is thrown as an Error: to the fuzzer, a crash.
@@ -36,6 +37,28 @@ export const NET_C = ip4('198.18.3.0');
 export const PORT_A = 19001;
 export const PORT_B = 19002;
 
+/** IPv6 (2001:2::/48): the VIP, the instances' address, the local-client address, tenants' /64s. */
+export const VIP6 = Uint32Array.of(0x20010002, 0x00000001, 0, 9);
+export const HOST6 = Uint32Array.of(0x20010002, 0x000000ff, 0, 1);
+export const LOCAL_CLIENT6 = Uint32Array.of(0x20010002, 0x000000ff, 0, 2);
+/** Tenant a's clients: 2001:2:0:a::/64; tenant b's: 2001:2:0:b::/64. */
+export const NET_A6 = Uint32Array.of(0x20010002, 0x0000000a, 0, 0);
+export const NET_B6 = Uint32Array.of(0x20010002, 0x0000000b, 0, 0);
+
+/** An IPv6 /64 (or /128 with `host`) as cidr6Words (base, mask). */
+function cidr6(base: Uint32Array, host = false): Uint32Array {
+  return Uint32Array.of(
+    base[0]!,
+    base[1]!,
+    host ? base[2]! : 0,
+    host ? base[3]! : 0,
+    0xffffffff,
+    0xffffffff,
+    host ? 0xffffffff : 0,
+    host ? 0xffffffff : 0,
+  );
+}
+
 const LIMITS: PipelineLimits = {
   heldFragments: 24,
   heldFragmentBytes: 12_000,
@@ -50,15 +73,25 @@ function rules(): Rules {
   const mask24 = Uint32Array.of(0xffffff00);
   return new Rules({
     services: [
-      { name: 'web', addr: VIP, port: VPORT, proto: PROTO_TCP, peer: -1 },
-      { name: 'dns', addr: VIP, port: VPORT, proto: PROTO_UDP, peer: -1 },
+      { name: 'web', addr: VIP, addr6: VIP6, port: VPORT, proto: PROTO_TCP, peer: -1 },
+      { name: 'dns', addr: VIP, addr6: VIP6, port: VPORT, proto: PROTO_UDP, peer: -1 },
     ],
     selectors: [
-      { service: -1, cidrBase: Uint32Array.of(NET_A), cidrMask: mask24, ...all, aid: 0 },
+      {
+        service: -1,
+        cidrBase: Uint32Array.of(NET_A),
+        cidrMask: mask24,
+        cidr6Words: cidr6(NET_A6),
+        anyClient: false,
+        ...all,
+        aid: 0,
+      },
       {
         service: -1,
         cidrBase: Uint32Array.of(HOST),
         cidrMask: Uint32Array.of(0xffffffff),
+        cidr6Words: cidr6(HOST6, true),
+        anyClient: false,
         ...all,
         aid: 0,
       },
@@ -66,6 +99,8 @@ function rules(): Rules {
         service: -1,
         cidrBase: Uint32Array.of(NET_B),
         cidrMask: mask24,
+        cidr6Words: cidr6(NET_B6),
+        anyClient: false,
         portLo: 1024,
         portHi: 65535,
         aid: 1,
@@ -80,11 +115,11 @@ function rules(): Rules {
 function instances(r: Rules): InstanceSet {
   const set = new InstanceSet();
   set.replaceStatic(r, [
-    { aid: 0, addr: HOST, port: PORT_A, service: 0, vport: 0 },
-    { aid: 0, addr: HOST, port: PORT_A, service: 1, vport: 0 },
+    { aid: 0, addr: HOST, addr6: HOST6, port: PORT_A, service: 0, vport: 0 },
+    { aid: 0, addr: HOST, addr6: HOST6, port: PORT_A, service: 1, vport: 0 },
     // Two instances of tenant b: round robin, SYN copies, the health check's retry.
-    { aid: 1, addr: HOST, port: PORT_B, service: -1, vport: 0 },
-    { aid: 1, addr: HOST, port: PORT_B + 1, service: -1, vport: 0 },
+    { aid: 1, addr: HOST, addr6: HOST6, port: PORT_B, service: -1, vport: 0 },
+    { aid: 1, addr: HOST, addr6: HOST6, port: PORT_B + 1, service: -1, vport: 0 },
   ]);
   return set;
 }
@@ -134,7 +169,13 @@ export class PipelineHarness {
     this.checkedOut = 0;
     this.refuseWrites = false;
     this.now = 10_000;
-    this.table = new FlowTable(this.opts.capacity, TIMEOUTS, this.opts.seed);
+    this.table = new FlowTable(
+      this.opts.capacity,
+      TIMEOUTS,
+      this.opts.seed,
+      this.opts.capacity,
+      true,
+    );
     this.counters = new Counters(2);
     const r = rules();
     this.instances = instances(r);
@@ -148,9 +189,12 @@ export class PipelineHarness {
         verifyL4Checksum: true,
         limits: LIMITS,
         localClientAddr: LOCAL_CLIENT,
+        localClientAddr6: LOCAL_CLIENT6,
       },
       new Set([HOST]),
     );
+    this.pipeline.localAddrs6 = HOST6;
+    this.pipeline.localAddrs6Count = 1;
     this.readBase = this.tun.stats().readPackets;
     this.tun.start((n) => this.pipeline.processBatch(n, this.now));
   }
@@ -173,7 +217,7 @@ export class PipelineHarness {
 
   /**
    * The invariants: every packet read was counted in, packetsIn = packetsOut +
-   * drops + fragmentsHeld, and every packet written is IPv4 that checkPacket accepts.
+   * drops + fragmentsHeld, and every packet written is IPv4 or IPv6 that checkPacket accepts.
    */
   check(where: string): void {
     const c = this.counters;
@@ -189,7 +233,7 @@ export class PipelineHarness {
     for (let i = this.checkedOut; i < w.length; i++) {
       const f = w[i]!;
       const r = checkPacket(f, 10, f.length - 10, this.info);
-      if (r !== Check.OK || this.info.version !== 4)
+      if (r !== Check.OK)
         throw new Error(
           `invariant (${where}): a packet written does not pass checkPacket: ${CHECK_NAMES[r]}`,
         );

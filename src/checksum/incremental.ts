@@ -24,6 +24,11 @@
  *    from), to))`) and gVisor's rewritePacket on a partial packet;
  *  - the IPv4 header checksum is always a complete one: update16/update32.
  * The same holds for a UDP partial sum, which is never 0 (no "no checksum" case).
+ *
+ * A 128-bit field (an IPv6 address) is eight 16-bit fields: `delta32` gives the
+ * unfolded ~m + m' of each 32-bit word, the four are added (at most 2^20, no
+ * precision lost) and applied once with `updateDelta` / `updatePartialDelta`:
+ * one's complement addition is associative, so this equals eight update16 steps.
  */
 
 import { fold } from './sum.js';
@@ -56,4 +61,19 @@ export function updatePartial32(sum: number, old: number, now: number): number {
   return fold(
     (sum & 0xffff) + (~(old >>> 16) & 0xffff) + (~old & 0xffff) + (now >>> 16) + (now & 0xffff),
   );
+}
+
+/** ~old + now of a 32-bit word, in 16-bit halves, unfolded (< 2^18): sum several, then apply one `updateDelta`. */
+export function delta32(old: number, now: number): number {
+  return (~old >>> 16) + (~old & 0xffff) + (now >>> 16) + (now & 0xffff);
+}
+
+/** New checksum field value after covered words changed by the summed `delta32`s `d` (RFC 1624 eqn. 3). */
+export function updateDelta(check: number, d: number): number {
+  return ~fold((~check & 0xffff) + d) & 0xffff;
+}
+
+/** New partial (pseudo-header) sum after pseudo-header words changed by the summed `delta32`s `d`. */
+export function updatePartialDelta(sum: number, d: number): number {
+  return fold((sum & 0xffff) + d);
 }

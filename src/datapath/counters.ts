@@ -1,8 +1,8 @@
 /**
  * Data-plane counters. Every packet read from the device is written back
  * (forwarded, after translation, or answered in place), dropped with exactly one
- * reason, or — an IPv4 fragment that came before the first fragment of its
- * datagram — waiting for that first fragment, so at every moment between batches:
+ * reason, or — a fragment (IPv4, IPv6) that came before the first fragment of
+ * its datagram — waiting for that first fragment, so at every moment between batches:
  *
  *     packetsIn === packetsOut + sum(drops) + fragmentsHeld
  *
@@ -25,60 +25,70 @@ import { Check } from '../wire/parse.js';
  */
 export const Drop = {
   ...Check,
-  BAD_IP_CHECKSUM: 8,
-  BAD_L4_CHECKSUM: 9,
-  /** IPv6 reached the TUN (not multiplexed yet). */
-  IPV6: 10,
-  /** An IPv4 protocol other than TCP, UDP and ICMP. */
-  UNSUPPORTED_PROTOCOL: 11,
-  /** A later IPv4 fragment of a datagram whose first fragment matched no flow (or whose flow is gone). */
-  FRAGMENT_NO_FLOW: 12,
+  BAD_IP_CHECKSUM: 10,
+  BAD_L4_CHECKSUM: 11,
+  /** IPv6 reached the TUN of a daemon whose configuration has no IPv6 address (its flow table has no IPv6 columns). */
+  IPV6: 12,
+  /** An IP protocol (IPv6: upper-layer header) other than TCP, UDP and ICMP (IPv6: ICMPv6). */
+  UNSUPPORTED_PROTOCOL: 13,
+  /** A later fragment (IPv4, IPv6) of a datagram whose first fragment matched no flow (or whose flow is gone). */
+  FRAGMENT_NO_FLOW: 14,
   /** A TCP packet other than a SYN, or a UDP datagram to no service, that belongs to no flow. */
-  NO_FLOW: 13,
+  NO_FLOW: 15,
   /** A TCP SYN to an address/port that is no virtual service. */
-  NOT_SERVICE: 14,
+  NOT_SERVICE: 16,
   /** A new flow (TCP SYN, UDP datagram) that no selector matched and no default took: answered (RST, ICMP port unreachable). */
-  REFUSED_NO_SELECTOR: 15,
+  REFUSED_NO_SELECTOR: 17,
   /** A new flow for an AID without a live instance: answered. */
-  REFUSED_NO_INSTANCE: 16,
+  REFUSED_NO_INSTANCE: 18,
   /** A new flow while the translation table was full: answered. */
-  REFUSED_TABLE_FULL: 17,
+  REFUSED_TABLE_FULL: 19,
   /** A new flow whose translated ports are already in use by another flow: answered. */
-  REFUSED_COLLISION: 18,
+  REFUSED_COLLISION: 20,
   /** The device did not take the packet on write (queue full). */
-  TX_ERROR: 19,
+  TX_ERROR: 21,
   /** The first packet of a flow to a cooperative service, held while the peers negotiate (re-sent, rewritten, when they agree). */
-  NEGOTIATING: 20,
+  NEGOTIATING: 22,
   /** A new flow to VIP:p2 (a cooperative port) that no negotiation announced. */
-  NOT_NEGOTIATED: 21,
+  NOT_NEGOTIATED: 23,
   /** A new flow to a virtual service address on a port that is no service: answered like a closed port (RST, ICMP port unreachable). */
-  REFUSED_NO_SERVICE: 22,
+  REFUSED_NO_SERVICE: 24,
   /** Virtio-net header: flag bits other than NEEDS_CSUM/DATA_VALID, or both. */
-  VNET_BAD_FLAGS: 23,
+  VNET_BAD_FLAGS: 25,
   /** Virtio-net header: a gso_type vpm does not know (UFO, or ECN without TCP). */
-  VNET_BAD_GSO_TYPE: 24,
+  VNET_BAD_GSO_TYPE: 26,
   /** Virtio-net header: a super-packet that does not fit its gso_type, has gso_size 0, or no NEEDS_CSUM. */
-  VNET_BAD_GSO: 25,
+  VNET_BAD_GSO: 27,
   /** Virtio-net header: csum_start/csum_offset are not the packet's TCP/UDP checksum field. */
-  VNET_BAD_CSUM: 26,
+  VNET_BAD_CSUM: 28,
   /** The kernel refused the packet on write (EINVAL): not delivered. */
-  TX_REFUSED: 27,
-  /** A first IPv4 fragment (offset 0) that does not hold the whole TCP/UDP header (RFC 1858's tiny fragments). */
-  FRAGMENT_TOO_SHORT: 28,
+  TX_REFUSED: 29,
+  /** A first fragment (offset 0, IPv4 or IPv6) that does not hold the whole TCP/UDP header (RFC 1858's tiny fragments). */
+  FRAGMENT_TOO_SHORT: 30,
   /** A fragment that came before its first fragment found the wait buffer full (limits.heldFragments, heldFragmentBytes). */
-  FRAGMENT_HELD_OVERFLOW: 29,
+  FRAGMENT_HELD_OVERFLOW: 31,
   /** A fragment waited longer than timeouts.fragmentMs for its first fragment. */
-  FRAGMENT_EXPIRED: 30,
+  FRAGMENT_EXPIRED: 32,
   /** An ICMP message whose checksum is wrong. */
-  ICMP_BAD_CHECKSUM: 31,
+  ICMP_BAD_CHECKSUM: 33,
   /** An ICMP error that quotes no packet of a flow (or too little to tell). */
-  ICMP_NO_FLOW: 32,
+  ICMP_NO_FLOW: 34,
   /** An ICMP message to a virtual service address other than an error or an echo request (or a fragment of one). */
-  ICMP_UNSUPPORTED: 33,
+  ICMP_UNSUPPORTED: 35,
   /** An echo request to a virtual service address over the ICMP rate limit (limits.icmpPerSecond). */
-  ICMP_RATE_LIMITED: 34,
+  ICMP_RATE_LIMITED: 36,
   /** A fragment of the first datagram of a flow that must be held (negotiation, owner lookup): only whole datagrams are held. */
-  FRAGMENT_NOT_HELD: 35,
+  FRAGMENT_NOT_HELD: 37,
+  /** A UDP/IPv6 datagram with a checksum of 0: invalid over IPv6 (RFC 8200 §8.1), discarded as the kernel does. */
+  BAD_UDP6_ZERO_CHECKSUM: 38,
+  /**
+   * ICMPv6 neighbour discovery and router chatter (RFC 4861 router/neighbour
+   * solicitation and advertisement, redirect; inverse ND, SEND, multicast router
+   * discovery): the kernel's own on a point-to-point TUN, meaningless to vpm.
+   */
+  ICMPV6_ND: 39,
+  /** ICMPv6 multicast listener queries, reports and done (MLD, MLDv2: RFC 2710, RFC 3810). */
+  ICMPV6_MLD: 40,
 } as const;
 
 /** Drop reason of each VnetCheck code (indexed by code; 0, OK, is no drop). */
@@ -149,17 +159,17 @@ export class Counters {
   /** Super-packets vpm segmented itself (after a refusal), and the segments it wrote. */
   softwareSegmented = 0;
   softwareSegments = 0;
-  /** IPv4 fragments waiting for their datagram's first fragment now (a gauge). */
+  /** Fragments (IPv4, IPv6) waiting for their datagram's first fragment now (a gauge). */
   fragmentsHeld = 0;
   /** Fragments that waited and went out once their first fragment came. */
   fragmentsReleased = 0;
-  /** ICMP errors about a flow, translated (RFC 5508) and forwarded. */
+  /** ICMP and ICMPv6 errors about a flow, translated (RFC 5508) and forwarded. */
   icmpErrorsTranslated = 0;
   /** ICMP messages that are no errors and not for a virtual address (the host's own, from the TUN address), written back unchanged. */
   icmpPassed = 0;
-  /** Echo requests to a virtual service address answered. */
+  /** Echo requests (ICMP, ICMPv6) to a virtual service address answered. */
   echoReplies = 0;
-  /** ICMP port unreachable sent for refused UDP datagrams. */
+  /** ICMP (ICMPv6) port unreachable sent for refused UDP (UDP/IPv6) datagrams. */
   icmpUnreachableSent = 0;
   /** ICMP messages vpm did not send because of the rate limit (limits.icmpPerSecond). */
   icmpRateLimited = 0;

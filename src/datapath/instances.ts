@@ -46,6 +46,11 @@
  * tried yet for that SYN, an up one (round robin) if there is one, else the one
  * whose down time ends first. `healthTick(now, fn)` (the daemon's timer) reports
  * each instance whose down time ran out. A freed index starts up, with no refusals.
+ *
+ * Families. An instance has an IPv4 address (`addr`, -1 without) and/or an
+ * IPv6 one (`addr6`, four words, null without); `pick` and `pickRetry` take the
+ * family of the client's packet and consider only instances with an address of
+ * that family: vpm does not translate between families.
  */
 
 import type { Rules } from './rules.js';
@@ -54,7 +59,10 @@ import type { Rules } from './rules.js';
 export interface InstanceSpec {
   /** AID index (position in `applications`). */
   aid: number;
+  /** IPv4 address, or -1 when the instance has none. */
   addr: number;
+  /** IPv6 address (4 words), or null / absent when the instance has none. */
+  addr6?: Uint32Array | null;
   port: number;
   /** Service index it serves, or -1 for any service. */
   service: number;
@@ -169,10 +177,10 @@ export class InstanceSet {
   /**
    * Pick an instance of `aid` that serves service `svc`, round robin among those
    * that do and are up at `now` (all of them, when none is up): its index, or -1
-   * when there is none. Two passes over a short array, no allocation: this runs
-   * for every SYN.
+   * when there is none. Only instances with an address of `family` (4, 6)
+   * count. Two passes over a short array, no allocation: this runs for every SYN.
    */
-  pick(aid: number, svc: number, now = 0): number {
+  pick(aid: number, svc: number, now = 0, family = 4): number {
     const list = this.byAid[aid];
     if (list === undefined || list.length === 0) return -1;
     const vport = this.vports[svc] ?? -1;
@@ -182,7 +190,7 @@ export class InstanceSet {
     let up = 0;
     for (let i = 0; i < list.length; i++) {
       const inst = list[i]!;
-      if (!serves(inst, svc, vport, proto)) continue;
+      if (!serves(inst, svc, vport, proto) || !hasFamily(inst, family)) continue;
       n++;
       if (down[inst.index]! <= now) up++;
     }
@@ -192,7 +200,7 @@ export class InstanceSet {
     this.rr[aid] = (this.rr[aid]! + 1) >>> 0;
     for (let i = 0; i < list.length; i++) {
       const inst = list[i]!;
-      if (!serves(inst, svc, vport, proto)) continue;
+      if (!serves(inst, svc, vport, proto) || !hasFamily(inst, family)) continue;
       if (onlyUp && down[inst.index]! > now) continue;
       if (k-- === 0) return inst.index;
     }
@@ -202,8 +210,8 @@ export class InstanceSet {
   /**
    * The instance a refused SYN of `aid` to `svc` goes to next: one that serves
    * the service and is none of `tried[from .. from+count)`; an up one (round
-   * robin) if there is one, else the one whose down time ends first. -1: none
-   * left. No allocation (the pipeline's rare path).
+   * robin) if there is one, else the one whose down time ends first; with an
+   * address of `family`. -1: none left. No allocation (the pipeline's rare path).
    */
   pickRetry(
     aid: number,
@@ -212,6 +220,7 @@ export class InstanceSet {
     tried: Uint16Array,
     from: number,
     count: number,
+    family = 4,
   ): number {
     const list = this.byAid[aid];
     if (list === undefined) return -1;
@@ -222,7 +231,12 @@ export class InstanceSet {
     let soonest = -1;
     for (let i = 0; i < list.length; i++) {
       const inst = list[i]!;
-      if (!serves(inst, svc, vport, proto) || wasTried(inst.index, tried, from, count)) continue;
+      if (
+        !serves(inst, svc, vport, proto) ||
+        !hasFamily(inst, family) ||
+        wasTried(inst.index, tried, from, count)
+      )
+        continue;
       if (down[inst.index]! <= now) up++;
       else if (soonest < 0 || down[inst.index]! < down[soonest]!) soonest = inst.index;
     }
@@ -231,7 +245,12 @@ export class InstanceSet {
     this.rr[aid] = (this.rr[aid]! + 1) >>> 0;
     for (let i = 0; i < list.length; i++) {
       const inst = list[i]!;
-      if (!serves(inst, svc, vport, proto) || wasTried(inst.index, tried, from, count)) continue;
+      if (
+        !serves(inst, svc, vport, proto) ||
+        !hasFamily(inst, family) ||
+        wasTried(inst.index, tried, from, count)
+      )
+        continue;
       if (down[inst.index]! <= now && k-- === 0) return inst.index;
     }
     return -1;
@@ -323,6 +342,8 @@ export class InstanceSet {
       source,
       aid: s.aid,
       addr: s.addr,
+      // Present on every instance (one shape); undefined without an IPv6 address.
+      addr6: s.addr6 ? Uint32Array.from(s.addr6.subarray(0, 4)) : undefined,
       port: s.port,
       service: s.service,
       vport: s.vport,
@@ -365,6 +386,11 @@ function serves(i: Instance, svc: number, vport: number, proto: number): boolean
   );
 }
 
+/** Has instance `i` an address of `family` (4 or 6)? */
+function hasFamily(i: Instance, family: number): boolean {
+  return family === 6 ? (i.addr6 ?? null) !== null : i.addr !== -1;
+}
+
 function wasTried(index: number, tried: Uint16Array, from: number, count: number): boolean {
   for (let j = 0; j < count; j++) if (tried[from + j] === index) return true;
   return false;
@@ -372,5 +398,6 @@ function wasTried(index: number, tried: Uint16Array, from: number, count: number
 
 /** What makes a static instance the same one across a reload. */
 function staticKey(s: InstanceSpec): string {
-  return `${s.aid}/${s.addr}/${s.port}/${s.service}/${s.vport}/${s.proto ?? 0}`;
+  const a6 = s.addr6 ? Array.from(s.addr6.subarray(0, 4)).join('.') : '';
+  return `${s.aid}/${s.addr}/${a6}/${s.port}/${s.service}/${s.vport}/${s.proto ?? 0}`;
 }

@@ -45,9 +45,22 @@
  * offloads are turned off so that the kernel stops making super-packets, and
  * super-packets still queued are segmented before they are written: counted,
  * reported through onDeviceEvent, never a silent drop.
+ *
+ * IPv6. With a flow table that has IPv6 columns (the configuration has an
+ * IPv6 address), IPv6 packets take the same stages as IPv4 ones, each in its
+ * own small branch after the one `version` compare (the IPv4 path stays first
+ * and unchanged but for that compare): TCP and UDP classified and translated
+ * through the IPv6 pseudo-header (a UDP checksum of 0 is invalid and dropped),
+ * RSTs and ICMPv6 port unreachables for refused flows, fragments by their
+ * fragment header, ICMPv6 errors about a flow translated, echo requests to an
+ * IPv6 VIP answered, neighbour discovery and MLD (the kernel's chatter on the
+ * TUN) dropped by reason, TSO6 super-packets passed through. A client of one
+ * family reaches only instances with an address of that family. Without IPv6
+ * columns every IPv6 packet is one drop, `ipv6`.
  */
 
 import { update16 } from '../checksum/incremental.js';
+import { pseudoHeader6 } from '../checksum/pseudo.js';
 import { sum16 } from '../checksum/sum.js';
 import {
   FIN_FROM_CLIENT,
@@ -67,10 +80,18 @@ import {
   ICMP_HEADER_LEN,
   ICMP_OFF_CHECKSUM,
   ICMP_PORT_UNREACHABLE,
+  ICMP6_DEST_UNREACHABLE,
+  ICMP6_ECHO_REPLY,
+  ICMP6_ECHO_REQUEST,
+  ICMP6_PORT_UNREACHABLE,
+  isIcmp6Error,
+  isIcmp6Mld,
+  isIcmp6NeighbourDiscovery,
   isIcmpError,
 } from '../wire/icmp.js';
 import {
   IPPROTO_ICMP,
+  IPPROTO_ICMPV6,
   IPPROTO_TCP,
   IPPROTO_UDP,
   IPV4_OFF_CHECKSUM,
@@ -79,11 +100,13 @@ import {
   IPV4_OFF_SRC,
   IPV4_OFF_TTL,
 } from '../wire/ipv4.js';
+import { IPV6_OFF_DST, IPV6_OFF_HOP_LIMIT, IPV6_OFF_SRC } from '../wire/ipv6.js';
 import {
   Check,
   checkFirstFragment,
   checkPacket,
   checkQuoted,
+  checkQuoted6,
   PacketInfo,
   QuotedPacket,
 } from '../wire/parse.js';
@@ -91,10 +114,13 @@ import {
   setDstPortWithChecksumUpdate,
   setIpv4DstAddrWithChecksumUpdate,
   setIpv4SrcAddrWithChecksumUpdate,
+  setIpv6DstAddrWithChecksumUpdate,
+  setIpv6SrcAddrWithChecksumUpdate,
   setSrcPortWithChecksumUpdate,
 } from '../wire/rewrite.js';
 import { SEGMENT_NOT_GSO, segmentSuperPacket } from '../wire/segment.js';
 import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../wire/tcp.js';
+import { UDP_OFF_CHECKSUM } from '../wire/udp.js';
 import { completePartialChecksum, Verify, verifyL4Checksum } from '../wire/verify.js';
 import {
   checkVnetHdr,
@@ -112,10 +138,10 @@ import {
 } from '../wire/virtio.js';
 import { ANSWERS, type Counters, Drop, VNET_DROP } from './counters.js';
 import { FRAG_NO_FLOW, FragmentTable, HeldFragments } from './fragments.js';
-import { translateIcmpError } from './icmp-errors.js';
-import { ICMP_ERROR_MAX, TokenBucket, writeIcmpError } from './icmp-out.js';
+import { is6, same6, translateIcmp6Error, translateIcmpError } from './icmp-errors.js';
+import { ICMP_OUT_MAX, TokenBucket, writeIcmp6Error, writeIcmpError } from './icmp-out.js';
 import type { InstanceSet } from './instances.js';
-import { RST_LEN, writeRst } from './rst.js';
+import { RST_MAX, writeRst } from './rst.js';
 import type { Rules } from './rules.js';
 import { MAX_TRIES, SYN_COPY_MAX, SynCopies } from './syn-copies.js';
 
@@ -138,8 +164,8 @@ export type PacketDevice = Pick<
 /** Room for the segments of one super-packet on the software path (128 segments of 1448 bytes fit). */
 const SEGMENT_SCRATCH = 256 * 1024;
 const MAX_SEGMENTS = 1024;
-/** The largest held SYN: one IPv4 packet. */
-const MAX_HELD = 65535;
+/** The largest held packet: one IPv4 packet, an IPv6 one of up to 64 KiB payload. */
+const MAX_HELD = 65535 + 40;
 const EINVAL = 22;
 /** `handle`: the packet (a fragment before its first) waits in the fragment buffer. */
 const HELD = -1;
@@ -185,11 +211,21 @@ export interface PipelineOptions {
   /** Address local clients are translated to (routed to the TUN, never assigned). */
   localClientAddr: number;
   /**
+   * IPv6: the address (4 words) local IPv6 clients are translated to; null or
+   * absent: none (an IPv6 local client then keeps its own address).
+   */
+  localClientAddr6?: Uint32Array | null;
+  /**
    * The AID index a local client at addr:port of IP protocol `proto` announced
    * (bind/connect library), or -1; consulted for the first packet of a flow (a
    * SYN, a datagram) from this host's own addresses before the selectors.
    */
   localClientAid?: (addr: number, port: number, proto: number) => number;
+  /**
+   * `localClientAid` for an IPv6 local client: its address as 4 words (`addr`,
+   * valid only during the call), port and protocol; the AID index or -1.
+   */
+  localClientAid6?: (addr: Uint32Array, port: number, proto: number) => number;
   /**
    * Cooperative client side: the first packet of a flow (a TCP SYN, a UDP
    * datagram; `info.protocol` says which) to a service a peer serves. The callee
@@ -247,9 +283,22 @@ export class Pipeline {
   rules: Rules;
   /** Addresses of this host: a flow opened from one of them comes from a local client. */
   localAddrs: Set<number>;
+  /** This host's IPv6 addresses, 4 words each, the first `localAddrs6Count` of them (set by the daemon). */
+  localAddrs6: Uint32Array = new Uint32Array(0);
+  localAddrs6Count = 0;
+  /** The flow table has IPv6 columns: IPv6 is translated (otherwise dropped as `ipv6`). */
+  private readonly v6: boolean;
+  /** IPv6 local-client address (4 words), or null. */
+  private readonly localClient6: Uint32Array | null;
+  /** A datagram's IPv6 fragment key (source, destination words), taken before it is rewritten. */
+  private readonly fragKey6 = new Uint32Array(8);
+  /** The source words of a local IPv6 client, for localClientAid6. */
+  private readonly client6 = new Uint32Array(4);
   private readonly info = new PacketInfo();
   private readonly quoted = new QuotedPacket();
   private readonly key: FlowKeyArgs = {
+    family: 4,
+    addr6: new Uint32Array(16),
     proto: 0,
     clientAddr: 0,
     clientPort: 0,
@@ -295,7 +344,7 @@ export class Pipeline {
   /** rescueRefused's copy of a batch write's errnos. */
   private readonly batchErrnos: Int32Array;
   /** Which flow each fragmented datagram belongs to, and the fragments waiting for their first. */
-  private readonly fragments = new FragmentTable();
+  private readonly fragments: FragmentTable;
   private readonly held: HeldFragments;
   private fragmentMs: number;
   /** Everything vpm sends of ICMP is rate-limited together. */
@@ -315,16 +364,19 @@ export class Pipeline {
   ) {
     this.rules = rules;
     this.localAddrs = localAddrs;
+    this.v6 = table.ipv6;
+    this.localClient6 = opts.localClientAddr6 ? Uint32Array.from(opts.localClientAddr6) : null;
+    this.fragments = new FragmentTable(table.ipv6);
     const n = dev.batchSize;
     this.hr = dev.headroom;
     this.txOffsets = dev.tx.offsets;
     this.txLengths = dev.tx.lengths;
     // Each RST and ICMP error behind an all-zero virtio-net header (when the device
     // has them): a plain packet with a complete checksum. Nothing else writes those bytes.
-    this.rstBuf = new Uint8Array(n * (this.hr + RST_LEN));
+    this.rstBuf = new Uint8Array(n * (this.hr + RST_MAX));
     this.rstOffsets = new Uint32Array(n);
     this.rstLengths = new Uint32Array(n);
-    this.icmpBuf = new Uint8Array(n * (this.hr + ICMP_ERROR_MAX));
+    this.icmpBuf = new Uint8Array(n * (this.hr + ICMP_OUT_MAX));
     this.icmpOffsets = new Uint32Array(n);
     this.icmpLengths = new Uint32Array(n);
     this.segBuf = new Uint8Array(this.hr > 0 ? SEGMENT_SCRATCH : 0);
@@ -413,23 +465,16 @@ export class Pipeline {
         if (ANSWERS[r] === 1) {
           const info = this.info;
           if (info.protocol === IPPROTO_TCP) {
-            const at = rsts * (hr + RST_LEN) + hr;
+            const at = rsts * (hr + RST_MAX) + hr;
             this.rstOffsets[rsts] = at;
             this.rstLengths[rsts] = writeRst(buf, info, this.rstBuf, at);
             rsts++;
           } else if (this.icmpBucket.take(now)) {
             // The quote shows the datagram as the client sent it: a complete checksum.
             if (this.partial) completePartialChecksum(buf, info);
-            const at = icmps * (hr + ICMP_ERROR_MAX) + hr;
+            const at = icmps * (hr + ICMP_OUT_MAX) + hr;
             this.icmpOffsets[icmps] = at;
-            this.icmpLengths[icmps] = writeIcmpError(
-              buf,
-              info,
-              ICMP_DEST_UNREACHABLE,
-              ICMP_PORT_UNREACHABLE,
-              this.icmpBuf,
-              at,
-            );
+            this.icmpLengths[icmps] = this.writeUnreachable(buf, info, this.icmpBuf, at);
             icmps++;
           } else {
             c.icmpRateLimited++;
@@ -462,6 +507,13 @@ export class Pipeline {
       );
     }
   }
+  /** The port unreachable (ICMP or ICMPv6, by the datagram's family) answering `info` at out[at]; its length. */
+  private writeUnreachable(buf: Uint8Array, info: PacketInfo, out: Uint8Array, at: number): number {
+    if (info.version === 6)
+      return writeIcmp6Error(buf, info, ICMP6_DEST_UNREACHABLE, ICMP6_PORT_UNREACHABLE, out, at);
+    return writeIcmpError(buf, info, ICMP_DEST_UNREACHABLE, ICMP_PORT_UNREACHABLE, out, at);
+  }
+
   /**
    * Packets of the last write the kernel refused (their errno in txErrnos): a
    * super-packet is segmented and sent as plain packets, and segmentation goes
@@ -547,7 +599,7 @@ export class Pipeline {
     const info = this.info;
     const chk = checkPacket(buf, off, len, info);
     if (chk !== Check.OK) return chk;
-    if (info.version !== 4) return Drop.IPV6;
+    if (info.version !== 4) return this.handle6(buf, off, info, now);
     if (sum16(buf, off, info.ipHeaderLen) !== 0xffff) return Drop.BAD_IP_CHECKSUM;
     const proto = info.protocol;
     if (proto !== IPPROTO_TCP && proto !== IPPROTO_UDP && proto !== IPPROTO_ICMP)
@@ -556,6 +608,25 @@ export class Pipeline {
     if (v !== 0) return v;
     if (info.isFragment) return this.fragment(buf, off, info, now);
     if (proto === IPPROTO_ICMP) return this.icmp(buf, off, info, now);
+    if (this.complete && this.opts.verifyL4Checksum && verifyL4Checksum(buf, info) !== Verify.OK)
+      return Drop.BAD_L4_CHECKSUM;
+    return this.transport(buf, off, info, now);
+  }
+
+  /** `handle` for an IPv6 packet `checkPacket` accepted. */
+  private handle6(buf: Uint8Array, off: number, info: PacketInfo, now: number): number {
+    if (!this.v6) return Drop.IPV6;
+    const proto = info.protocol;
+    // A later fragment's next header is whatever its fragment header says: its
+    // datagram's record decides (fragment6).
+    const later = info.isFragment && info.fragOffset !== 0;
+    if (!later && proto !== IPPROTO_TCP && proto !== IPPROTO_UDP && proto !== IPPROTO_ICMPV6)
+      return Drop.UNSUPPORTED_PROTOCOL;
+    const v = this.offloadHeader(buf, off, info);
+    if (v !== 0) return v;
+    if (info.isFragment) return this.fragment6(buf, off, info, now);
+    if (proto === IPPROTO_ICMPV6) return this.icmp6(buf, off, info, now);
+    if (proto === IPPROTO_UDP && isZeroUdpChecksum(buf, info)) return Drop.BAD_UDP6_ZERO_CHECKSUM;
     if (this.complete && this.opts.verifyL4Checksum && verifyL4Checksum(buf, info) !== Verify.OK)
       return Drop.BAD_L4_CHECKSUM;
     return this.transport(buf, off, info, now);
@@ -597,7 +668,10 @@ export class Pipeline {
     const proto = info.protocol;
     const tcp = proto === IPPROTO_TCP;
     const isSyn = tcp && (info.tcpFlags & (TCP_SYN | TCP_ACK)) === TCP_SYN;
-    let h = t.lookup(info.srcAddr, info.srcPort, info.dstAddr, info.dstPort, proto);
+    const v4 = info.version === 4;
+    let h = v4
+      ? t.lookup(info.srcAddr, info.srcPort, info.dstAddr, info.dstPort, proto)
+      : t.lookup6(buf, info.srcOff, info.srcPort, info.dstOff, info.dstPort, proto);
     if (h >= 0 && isSyn && (h & 1) === 0 && isReusable(t.state[h >> 1]!)) {
       // A new connection on the ports of one that is closing: start afresh.
       t.remove(h >> 1);
@@ -605,7 +679,7 @@ export class Pipeline {
     }
     if (h < 0) {
       if (tcp && !isSyn) return Drop.NO_FLOW;
-      const r = this.classify(buf, off, info, now);
+      const r = v4 ? this.classify(buf, off, info, now) : this.classify6(buf, off, info, now);
       if (r < 0) return -r;
       h = r * 2;
       if (tcp && this.downMs > 0 && !info.isFragment) this.keepSyn(buf, off, info, r);
@@ -638,11 +712,20 @@ export class Pipeline {
     const p = this.partial;
     const len = info.ipTotalLen;
     const fromClient = (h & 1) === 0;
-    if (fromClient) {
+    if (info.version !== 4) {
+      this.translateAddrs6(buf, off, l4, proto, s, fromClient, p);
+    } else if (fromClient) {
       if (t.natAddr[s] !== t.clientAddr[s])
         setIpv4SrcAddrWithChecksumUpdate(buf, off, l4, proto, t.natAddr[s]!, p);
       if (t.realAddr[s] !== t.vipAddr[s])
         setIpv4DstAddrWithChecksumUpdate(buf, off, l4, proto, t.realAddr[s]!, p);
+    } else {
+      if (t.realAddr[s] !== t.vipAddr[s])
+        setIpv4SrcAddrWithChecksumUpdate(buf, off, l4, proto, t.vipAddr[s]!, p);
+      if (t.natAddr[s] !== t.clientAddr[s])
+        setIpv4DstAddrWithChecksumUpdate(buf, off, l4, proto, t.clientAddr[s]!, p);
+    }
+    if (fromClient) {
       if (l4 >= 0) {
         if (t.natPort[s] !== t.clientPort[s])
           setSrcPortWithChecksumUpdate(buf, l4, proto, t.natPort[s]!, p);
@@ -652,10 +735,6 @@ export class Pipeline {
       t.bytesIn[s]! += len;
       this.counters.aidBytesIn[t.aid[s]!]! += len;
     } else {
-      if (t.realAddr[s] !== t.vipAddr[s])
-        setIpv4SrcAddrWithChecksumUpdate(buf, off, l4, proto, t.vipAddr[s]!, p);
-      if (t.natAddr[s] !== t.clientAddr[s])
-        setIpv4DstAddrWithChecksumUpdate(buf, off, l4, proto, t.clientAddr[s]!, p);
       if (l4 >= 0) {
         setSrcPortWithChecksumUpdate(buf, l4, proto, t.vport[s]!, p);
         if (t.natPort[s] !== t.clientPort[s])
@@ -674,6 +753,33 @@ export class Pipeline {
       t.touch(s, nextState(state, t.fins[s]!, flags, fromClient), now);
     } else {
       t.touch(s, nextUdpState(state, fromClient), now);
+    }
+  }
+
+  /**
+   * The address rewrites of `translate` for an IPv6 flow `s` (its addr6 words:
+   * client +0, VIP +4, nat +8, real +12), with the L4 checksum through the IPv6
+   * pseudo-header.
+   */
+  private translateAddrs6(
+    buf: Uint8Array,
+    off: number,
+    l4: number,
+    proto: number,
+    s: number,
+    fromClient: boolean,
+    p: boolean,
+  ): void {
+    const a = this.table.addr6;
+    const c = s * 16;
+    if (fromClient) {
+      if (!same6(a, c + 8, c)) setIpv6SrcAddrWithChecksumUpdate(buf, off, l4, proto, a, c + 8, p);
+      if (!same6(a, c + 12, c + 4))
+        setIpv6DstAddrWithChecksumUpdate(buf, off, l4, proto, a, c + 12, p);
+    } else {
+      if (!same6(a, c + 12, c + 4))
+        setIpv6SrcAddrWithChecksumUpdate(buf, off, l4, proto, a, c + 4, p);
+      if (!same6(a, c + 8, c)) setIpv6DstAddrWithChecksumUpdate(buf, off, l4, proto, a, c, p);
     }
   }
 
@@ -727,9 +833,16 @@ export class Pipeline {
     h: number,
     now: number,
   ): void {
+    this.releaseTaken(this.held.take(src, dst, proto, id), h, now);
+  }
+
+  /**
+   * Send the `n` held fragments `take`/`take6` just returned, translated for
+   * flow side `h`, or drop them (FRAG_NO_FLOW).
+   */
+  private releaseTaken(n: number, h: number, now: number): void {
     const held = this.held;
     const c = this.counters;
-    const n = held.take(src, dst, proto, id);
     c.fragmentsHeld = held.count;
     if (n === 0) return;
     if (h < 0) {
@@ -762,6 +875,46 @@ export class Pipeline {
     c.fragmentsReleased += taken;
     c.packetsOut += taken;
     c.drops[Drop.TX_ERROR]! += n - written;
+  }
+
+  /**
+   * The fragment stage for IPv6 (fragment header): as `fragment`, the datagram
+   * keyed by its source and destination (taken before the first fragment is
+   * rewritten) and the header's 32-bit identification.
+   */
+  private fragment6(buf: Uint8Array, off: number, info: PacketInfo, now: number): number {
+    const proto = info.protocol;
+    if (proto === IPPROTO_ICMPV6) return Drop.ICMP_UNSUPPORTED;
+    const c = this.counters;
+    const key = this.fragKey6;
+    const so = info.srcOff;
+    const d = info.dstOff;
+    for (let i = 0; i < 4; i++) {
+      key[i] = get32(buf, so + 4 * i);
+      key[4 + i] = get32(buf, d + 4 * i);
+    }
+    const id = info.fragId;
+    if (info.fragOffset === 0) {
+      if (!checkFirstFragment(buf, info)) return Drop.FRAGMENT_TOO_SHORT;
+      if (proto === IPPROTO_UDP && isZeroUdpChecksum(buf, info)) return Drop.BAD_UDP6_ZERO_CHECKSUM;
+      const r = this.transport(buf, off, info, now);
+      const h = r === 0 ? this.lastHandle : FRAG_NO_FLOW;
+      const flowId = h >= 0 ? this.table.id[h >> 1]! : 0;
+      this.fragments.record6(key, id, h, flowId, now, this.fragmentMs);
+      if (this.held.count > 0) this.releaseTaken(this.held.take6(key, id), h, now);
+      return r;
+    }
+    const h = this.fragments.lookup6(key, id, now, this.table.id, this.table.state);
+    if (h >= 0) {
+      this.translate(buf, off, info, h, now);
+      return 0;
+    }
+    if (h === FRAG_NO_FLOW) return Drop.FRAGMENT_NO_FLOW;
+    this.expireFragments(now);
+    if (!this.held.add6(buf, off, info.ipTotalLen, key, id, now + this.fragmentMs))
+      return Drop.FRAGMENT_HELD_OVERFLOW;
+    c.fragmentsHeld = this.held.count;
+    return HELD;
   }
 
   /**
@@ -827,6 +980,70 @@ export class Pipeline {
   }
 
   /**
+   * The ICMPv6 stage (RFC 4443). Neighbour discovery and MLD — the kernel's own
+   * chatter on the TUN: router solicitations, listener reports — are dropped by
+   * reason before anything else (counted, never logged one by one). Then as
+   * `icmp`: the checksum (with its pseudo-header) verified, an error (destination
+   * unreachable, packet too big, time exceeded, parameter problem) quoting a
+   * flow's packet translated, an echo request to an IPv6 VIP answered in place,
+   * anything else for a VIP or the local-client address dropped, the rest passed.
+   */
+  private icmp6(buf: Uint8Array, off: number, info: PacketInfo, now: number): number {
+    const m = info.l4Off;
+    const end = off + info.ipTotalLen;
+    const type = buf[m]!;
+    if (isIcmp6NeighbourDiscovery(type)) return Drop.ICMPV6_ND;
+    if (isIcmp6Mld(type)) return Drop.ICMPV6_MLD;
+    const pseudo = pseudoHeader6(buf, info.srcOff, info.dstOff, IPPROTO_ICMPV6, end - m);
+    if (sum16(buf, m, end - m, pseudo) !== 0xffff) return Drop.ICMP_BAD_CHECKSUM;
+    if (isIcmp6Error(type)) {
+      const q = this.quoted;
+      if (checkQuoted6(buf, m + ICMP_HEADER_LEN, end, q)) {
+        const t = this.table;
+        const h = t.lookup6(buf, q.dstOff, q.dstPort, q.srcOff, q.srcPort, q.protocol);
+        if (h >= 0 && translateIcmp6Error(buf, info, q, t, h)) {
+          this.counters.icmpErrorsTranslated++;
+          return 0;
+        }
+      }
+      return Drop.ICMP_NO_FLOW;
+    }
+    const rules = this.rules;
+    const vip = rules.isVip6(buf, info.dstOff);
+    const lc = this.localClient6;
+    if (vip || (lc !== null && is6(buf, info.dstOff, lc, 0))) {
+      if (type !== ICMP6_ECHO_REQUEST || !vip) return Drop.ICMP_UNSUPPORTED;
+      if (!this.icmpBucket.take(now)) return Drop.ICMP_RATE_LIMITED;
+      this.echoReply6(buf, off, m);
+      this.counters.echoReplies++;
+      return 0;
+    }
+    this.counters.icmpPassed++;
+    return 0;
+  }
+
+  /**
+   * The ICMPv6 echo request at buf[off] (message at `m`) becomes its reply in
+   * place: addresses swapped (the pseudo-header sum stays), hop limit 64, type
+   * echo reply, the checksum updated incrementally.
+   */
+  private echoReply6(buf: Uint8Array, off: number, m: number): void {
+    const a = off + IPV6_OFF_SRC;
+    const b = off + IPV6_OFF_DST;
+    for (let i = 0; i < 16; i++) {
+      const x = buf[a + i]!;
+      buf[a + i] = buf[b + i]!;
+      buf[b + i] = x;
+    }
+    buf[off + IPV6_OFF_HOP_LIMIT] = 64;
+    const typeCode = get16(buf, m);
+    const replyTypeCode = (ICMP6_ECHO_REPLY << 8) | (typeCode & 0xff);
+    set16(buf, m, replyTypeCode);
+    const ic = m + ICMP_OFF_CHECKSUM;
+    set16(buf, ic, update16(get16(buf, ic), typeCode, replyTypeCode));
+  }
+
+  /**
    * Record a flow agreed by negotiation (cooperative server side: before its
    * first packet arrives). Returns the slot, CREATE_FULL or CREATE_COLLISION.
    */
@@ -846,7 +1063,7 @@ export class Pipeline {
    * Further packets of the same flow that the holder queued go with `sendHeld`.
    */
   injectHeld(pkt: Uint8Array, k: FlowKeyArgs, now: number): number {
-    if (!this.loadHeld(pkt)) return INJECT_MALFORMED;
+    if (!this.loadHeld(pkt) || this.info.version !== (k.family ?? 4)) return INJECT_MALFORMED;
     const s = this.createFlow(k, now);
     if (s < 0) return s;
     this.sendLoaded(s, now);
@@ -863,13 +1080,19 @@ export class Pipeline {
     const i = this.info;
     const t = this.table;
     if (
+      i.version !== t.family[slot] ||
       i.protocol !== t.proto[slot] ||
-      i.srcAddr !== t.clientAddr[slot] ||
       i.srcPort !== t.clientPort[slot] ||
-      i.dstAddr !== t.vipAddr[slot] ||
       i.dstPort !== t.vport[slot]
     )
       return false;
+    if (i.version === 4) {
+      if (i.srcAddr !== t.clientAddr[slot] || i.dstAddr !== t.vipAddr[slot]) return false;
+    } else {
+      const held = this.heldBuf;
+      if (!is6(held, i.srcOff, t.addr6, slot * 16) || !is6(held, i.dstOff, t.addr6, slot * 16 + 4))
+        return false;
+    }
     return this.sendLoaded(slot, now) === 1;
   }
 
@@ -918,14 +1141,7 @@ export class Pipeline {
       this.counters.icmpRateLimited++;
       return false;
     }
-    this.oneLengths[0] = writeIcmpError(
-      pkt,
-      info,
-      ICMP_DEST_UNREACHABLE,
-      ICMP_PORT_UNREACHABLE,
-      this.icmpBuf,
-      this.hr,
-    );
+    this.oneLengths[0] = this.writeUnreachable(pkt, info, this.icmpBuf, this.hr);
     const sent = this.dev.write(this.icmpBuf, this.oneOffsets, this.oneLengths, 1);
     this.counters.icmpUnreachableSent += sent;
     return sent === 1;
@@ -1016,6 +1232,7 @@ export class Pipeline {
     if (inst < 0) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
     const target = instances.get(inst)!;
     const k = this.key;
+    k.family = 4;
     k.proto = proto;
     k.clientAddr = info.srcAddr;
     k.clientPort = info.srcPort;
@@ -1034,6 +1251,78 @@ export class Pipeline {
     this.counters.flowsCreated++;
     this.opts.onFlowEvent?.('created', s, 0, info);
     return s;
+  }
+
+  /** `classify` for IPv6: the same steps, with the IPv6 rules, instances and addresses. */
+  private classify6(buf: Uint8Array, off: number, info: PacketInfo, now: number): number {
+    const rules = this.rules;
+    const proto = info.protocol;
+    const svc = rules.findService6(buf, info.dstOff, info.dstPort, proto);
+    if (svc < 0) {
+      if (rules.isCoopPort6(buf, info.dstOff, info.dstPort)) return -Drop.NOT_NEGOTIATED;
+      if (rules.isVip6(buf, info.dstOff)) return this.refused(Drop.REFUSED_NO_SERVICE, info);
+      return proto === IPPROTO_TCP ? -Drop.NOT_SERVICE : -Drop.NO_FLOW;
+    }
+    const local = this.isLocal6(buf, info.srcOff);
+    let aid = -1;
+    if (local && this.opts.localClientAid6) {
+      const w = this.client6;
+      for (let i = 0; i < 4; i++) w[i] = get32(buf, info.srcOff + 4 * i);
+      aid = this.opts.localClientAid6(w, info.srcPort, proto);
+    }
+    if (aid < 0) aid = rules.selectAid6(svc, buf, info.srcOff, info.srcPort);
+    const peer = rules.services[svc]!.peer >= 0;
+    if (this.opts.negotiate && (peer || (aid < 0 && local && this.opts.holdUnknownLocal))) {
+      if (info.isFragment) return -Drop.FRAGMENT_NOT_HELD;
+      this.hold(buf, off, info, svc, aid, local);
+      return -Drop.NEGOTIATING;
+    }
+    if (peer) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
+    if (aid < 0) return this.refused(Drop.REFUSED_NO_SELECTOR, info);
+    const instances = this.opts.instances;
+    const inst = instances.pick(aid, svc, now, 6);
+    if (inst < 0) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
+    const real = instances.get(inst)!.addr6!;
+    const k = this.key;
+    const w = k.addr6!;
+    const so = info.srcOff;
+    const d = info.dstOff;
+    const lc = local ? this.localClient6 : null;
+    for (let i = 0; i < 4; i++) {
+      const client = get32(buf, so + 4 * i);
+      w[i] = client;
+      w[4 + i] = get32(buf, d + 4 * i);
+      w[8 + i] = lc !== null ? lc[i]! : client;
+      w[12 + i] = real[i]!;
+    }
+    k.family = 6;
+    k.proto = proto;
+    k.clientAddr = 0;
+    k.clientPort = info.srcPort;
+    k.vipAddr = 0;
+    k.vport = info.dstPort;
+    k.natAddr = 0;
+    k.natPort = info.srcPort;
+    k.realAddr = 0;
+    k.realPort = instances.get(inst)!.port;
+    k.service = svc;
+    k.aid = aid;
+    k.instance = inst;
+    const s = this.table.create(k, now);
+    if (s === CREATE_FULL) return this.refused(Drop.REFUSED_TABLE_FULL, info);
+    if (s === CREATE_COLLISION) return this.refused(Drop.REFUSED_COLLISION, info);
+    this.counters.flowsCreated++;
+    this.opts.onFlowEvent?.('created', s, 0, info);
+    return s;
+  }
+
+  /** Is the IPv6 address at buf[off] one of this host's (localAddrs6)? */
+  private isLocal6(buf: Uint8Array, off: number): boolean {
+    const n = this.localAddrs6Count;
+    if (n === 0) return false;
+    const a = this.localAddrs6;
+    for (let i = 0; i < n && 4 * i + 4 <= a.length; i++) if (is6(buf, off, a, 4 * i)) return true;
+    return false;
   }
 
   /**
@@ -1068,9 +1357,10 @@ export class Pipeline {
     const t = this.table;
     const idx = t.instance[s]!;
     const inst = this.opts.instances.get(idx);
-    return inst !== undefined && inst.addr === t.realAddr[s] && inst.port === t.realPort[s]
-      ? idx
-      : -1;
+    if (inst === undefined || inst.port !== t.realPort[s]) return -1;
+    if (t.family[s] === 6)
+      return inst.addr6 && same6From(inst.addr6, t.addr6, s * 16 + 12) ? idx : -1;
+    return inst.addr === t.realAddr[s] ? idx : -1;
   }
 
   /** The instance of flow `s` answered its SYN with a SYN+ACK: it is up. */
@@ -1103,10 +1393,12 @@ export class Pipeline {
     const k = copies.of(s);
     if (k >= 0) {
       // A RST that acknowledges the kept SYN, and only that one, is a refusal.
-      const seq = get32(
-        copies.buf,
-        k * SYN_COPY_MAX + ((copies.buf[k * SYN_COPY_MAX]! & 15) << 2) + 4,
-      );
+      const at = k * SYN_COPY_MAX;
+      const tcpAt =
+        copies.buf[at]! >>> 4 === 6
+          ? this.keptTcpOffset(copies.buf, at, copies.lengths[k]!)
+          : at + ((copies.buf[at]! & 15) << 2);
+      const seq = get32(copies.buf, tcpAt + 4);
       if (get32(buf, info.l4Off + 8) !== (seq + 1) >>> 0) return false;
     }
     const instances = this.opts.instances;
@@ -1128,12 +1420,13 @@ export class Pipeline {
             copies.tried,
             k * MAX_TRIES,
             copies.triedCount[k]!,
+            t.family[s]!,
           );
     const target = next >= 0 ? instances.get(next) : undefined;
     if (
       target === undefined ||
       len > this.dev.slotSize - this.hr ||
-      !t.repoint(s, target.addr, target.port, next)
+      !t.repoint(s, target.addr, target.port, next, target.addr6 ?? null)
     ) {
       copies.release(s);
       c.refusalsForwarded++;
@@ -1155,8 +1448,25 @@ export class Pipeline {
     return true;
   }
 
+  /** The TCP header's offset in a kept IPv6 SYN at buf[at] (kept whole: it parses). */
+  private keptTcpOffset(buf: Uint8Array, at: number, len: number): number {
+    const ci = this.segInfo;
+    return checkPacket(buf, at, len, ci) === Check.OK && ci.l4Off >= 0 ? ci.l4Off : at;
+  }
+
   private refused(reason: number, info: PacketInfo): number {
     this.opts.onFlowEvent?.('refused', -1, reason, info);
     return -reason;
   }
+}
+
+/** A UDP checksum field of 0 (over IPv6: invalid). */
+function isZeroUdpChecksum(buf: Uint8Array, info: PacketInfo): boolean {
+  const at = info.l4Off + UDP_OFF_CHECKSUM;
+  return buf[at] === 0 && buf[at + 1] === 0;
+}
+
+/** Are the 4 words a[0..3] the words b[at..at+3]? */
+function same6From(a: Uint32Array, b: Uint32Array, at: number): boolean {
+  return a[0] === b[at] && a[1] === b[at + 1] && a[2] === b[at + 2] && a[3] === b[at + 3];
 }

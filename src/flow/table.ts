@@ -38,16 +38,37 @@
  * been answered (established, closing, UDP assured, ...) is never evicted: a table
  * full of them refuses new flows (CREATE_FULL).
  *
+ * IPv6. A flow has a family (the `family` column, 4 or 6). When the table is
+ * built with `ipv6`, a column `addr6` holds the 128-bit addresses of every
+ * slot, 16 words at slot*16: client +0, VIP +4, nat +8, real +12 (each four
+ * big-endian words). For an IPv6 flow the 32-bit address columns hold the fold
+ * w0^w1^w2^w3 of each address: what the hash takes, and a first compare before
+ * the four words are. The hash of an IPv6 key also mixes in the family, so a v4
+ * and a v6 key that fold alike land apart; and each lookup matches one family
+ * only: `lookup` (IPv4, the cheap path, one more byte compare) never returns an
+ * IPv6 flow, `lookup6` reads the packet's 16-byte addresses in place and never
+ * returns an IPv4 one. Without `ipv6` there is no addr6 column at all: what a
+ * slot costs in bytes per family is in docs/architecture.md (data plane).
+ *
  * Nothing here allocates or throws after construction (adding a remove listener
  * aside: that is control-plane wiring, done at start-up).
  */
 
+import { get32 } from '../wire/bytes.js';
 import { IPPROTO_UDP } from '../wire/ipv4.js';
 import { FlowState, STATE_TIMER, TIMER_CLASSES, TimerClass } from './state.js';
 
 const NIL = -1;
 
 export interface FlowKeyArgs {
+  /** 4 (the default when absent) or 6. */
+  family?: 4 | 6;
+  /**
+   * IPv6 (family 6): the four addresses, 16 words: client 0-3, VIP 4-7, nat
+   * 8-11, real 12-15 (the u32 address fields below are then ignored: the
+   * table folds these).
+   */
+  addr6?: Uint32Array;
   proto: number;
   clientAddr: number;
   clientPort: number;
@@ -69,6 +90,14 @@ export const CREATE_COLLISION = -2;
 /** Most remove listeners one table takes (see `addRemoveListener`). */
 export const MAX_REMOVE_LISTENERS = 4;
 
+/** Mixed into the hash of an IPv6 key (with the protocol): v4 and v6 keys that fold alike hash apart. */
+const FAMILY6_TAG = 0x600;
+
+/** The fold of the four words of an IPv6 address at w[at]: its 32-bit stand-in in the u32 columns. */
+export function fold6(w: Uint32Array, at: number): number {
+  return (w[at]! ^ w[at + 1]! ^ w[at + 2]! ^ w[at + 3]!) >>> 0;
+}
+
 function nextPow2(n: number): number {
   let p = 1;
   while (p < n) p *= 2;
@@ -82,7 +111,15 @@ export class FlowTable {
   private readonly hashes: Uint32Array; // per handle (slot*2+side)
   private readonly seed: number;
 
+  /** True when the table has the IPv6 columns. */
+  readonly ipv6: boolean;
   // Columns, indexed by slot.
+  /** 4 or 6. */
+  readonly family: Uint8Array;
+  /** IPv6 addresses, 16 words per slot (client, VIP, nat, real); empty without `ipv6`. */
+  readonly addr6: Uint32Array;
+  /** lookup6's copy of a key's two addresses (8 words): preallocated, no allocation per packet. */
+  private readonly key6 = new Uint32Array(8);
   readonly state: Uint8Array;
   readonly proto: Uint8Array;
   readonly fins: Uint8Array;
@@ -135,6 +172,7 @@ export class FlowTable {
     timeoutsMs: readonly number[],
     seed = (Math.random() * 0x1_0000_0000) >>> 0,
     embryonicLimit = capacity,
+    ipv6 = false,
   ) {
     if (!Number.isInteger(capacity) || capacity < 1 || capacity > 1 << 22) {
       throw new RangeError(`flow table capacity ${capacity} must be an integer in 1..${1 << 22}`);
@@ -154,6 +192,9 @@ export class FlowTable {
     this.index = new Int32Array(size);
     this.hashes = new Uint32Array(capacity * 2);
     this.seed = seed >>> 0;
+    this.ipv6 = ipv6;
+    this.family = new Uint8Array(capacity);
+    this.addr6 = new Uint32Array(ipv6 ? capacity * 16 : 0);
     this.state = new Uint8Array(capacity);
     this.proto = new Uint8Array(capacity);
     this.fins = new Uint8Array(capacity);
@@ -203,7 +244,7 @@ export class FlowTable {
     proto: number,
   ): boolean {
     const s = handle >> 1;
-    if (this.proto[s] !== proto) return false;
+    if (this.proto[s] !== proto || this.family[s] !== 4) return false;
     if ((handle & 1) === 0) {
       return (
         this.clientAddr[s] === a &&
@@ -240,6 +281,115 @@ export class FlowTable {
     }
   }
 
+  /** matches() for an IPv6 key: the folds `fa`/`fb` first, then the words of key6. */
+  private matches6(
+    handle: number,
+    fa: number,
+    ap: number,
+    fb: number,
+    bp: number,
+    proto: number,
+  ): boolean {
+    const s = handle >> 1;
+    if (this.proto[s] !== proto || this.family[s] !== 6) return false;
+    const k = this.key6;
+    const x = this.addr6;
+    const o = s * 16;
+    if ((handle & 1) === 0) {
+      return (
+        this.clientAddr[s] === fa &&
+        this.clientPort[s] === ap &&
+        this.vipAddr[s] === fb &&
+        this.vport[s] === bp &&
+        x[o] === k[0] &&
+        x[o + 1] === k[1] &&
+        x[o + 2] === k[2] &&
+        x[o + 3] === k[3] &&
+        x[o + 4] === k[4] &&
+        x[o + 5] === k[5] &&
+        x[o + 6] === k[6] &&
+        x[o + 7] === k[7]
+      );
+    }
+    return (
+      this.realAddr[s] === fa &&
+      this.realPort[s] === ap &&
+      this.natAddr[s] === fb &&
+      this.natPort[s] === bp &&
+      x[o + 12] === k[0] &&
+      x[o + 13] === k[1] &&
+      x[o + 14] === k[2] &&
+      x[o + 15] === k[3] &&
+      x[o + 8] === k[4] &&
+      x[o + 9] === k[5] &&
+      x[o + 10] === k[6] &&
+      x[o + 11] === k[7]
+    );
+  }
+
+  /** Probe for the IPv6 key now in key6 (source words 0-3, destination 4-7). */
+  private find6(srcPort: number, dstPort: number, proto: number): number {
+    const k = this.key6;
+    const fa = fold6(k, 0);
+    const fb = fold6(k, 4);
+    let i = this.hash(fa, srcPort, fb, dstPort, proto | FAMILY6_TAG) & this.mask;
+    for (;;) {
+      const e = this.index[i]!;
+      if (e === 0) return -1;
+      if (this.matches6(e - 1, fa, srcPort, fb, dstPort, proto)) return e - 1;
+      i = (i + 1) & this.mask;
+    }
+  }
+
+  /**
+   * `lookup` for IPv6: the packet's 16-byte source and destination addresses at
+   * `srcOff` / `dstOff` of `buf`, read in place. Returns `slot*2 + side`, or -1
+   * (always -1 for a table without IPv6 columns).
+   */
+  lookup6(
+    buf: Uint8Array,
+    srcOff: number,
+    srcPort: number,
+    dstOff: number,
+    dstPort: number,
+    proto: number,
+  ): number {
+    if (!this.ipv6) return -1;
+    const k = this.key6;
+    k[0] = get32(buf, srcOff);
+    k[1] = get32(buf, srcOff + 4);
+    k[2] = get32(buf, srcOff + 8);
+    k[3] = get32(buf, srcOff + 12);
+    k[4] = get32(buf, dstOff);
+    k[5] = get32(buf, dstOff + 4);
+    k[6] = get32(buf, dstOff + 8);
+    k[7] = get32(buf, dstOff + 12);
+    return this.find6(srcPort, dstPort, proto);
+  }
+
+  /** `lookup6` with the addresses as words: source a[aAt..aAt+3], destination b[bAt..bAt+3]. */
+  lookupWords6(
+    a: Uint32Array,
+    aAt: number,
+    srcPort: number,
+    b: Uint32Array,
+    bAt: number,
+    dstPort: number,
+    proto: number,
+  ): number {
+    if (!this.ipv6) return -1;
+    const k = this.key6;
+    k[0] = a[aAt]!;
+    k[1] = a[aAt + 1]!;
+    k[2] = a[aAt + 2]!;
+    k[3] = a[aAt + 3]!;
+    k[4] = b[bAt]!;
+    k[5] = b[bAt + 1]!;
+    k[6] = b[bAt + 2]!;
+    k[7] = b[bAt + 3]!;
+    return this.find6(srcPort, dstPort, proto);
+  }
+
   private insert(handle: number, h: number): void {
     this.hashes[handle] = h;
     let i = h & this.mask;
@@ -274,11 +424,31 @@ export class FlowTable {
    * embryonic share is used up, or no slot is free, the oldest embryonic flow is removed first (the flood policy).
    */
   create(k: FlowKeyArgs, now: number): number {
+    const v6 = k.family === 6;
+    // An IPv6 flow needs the IPv6 columns (and its 16 words): without them, no room.
+    if (v6 && (!this.ipv6 || k.addr6 === undefined || k.addr6.length < 16)) return CREATE_FULL;
     const embryonic = this.embryonicSize;
     if (this.freeTop === 0 && embryonic === 0) return CREATE_FULL;
-    if (
-      this.lookup(k.clientAddr, k.clientPort, k.vipAddr, k.vport, k.proto) >= 0 ||
-      this.lookup(k.realAddr, k.realPort, k.natAddr, k.natPort, k.proto) >= 0
+    let ca = k.clientAddr;
+    let va = k.vipAddr;
+    let na = k.natAddr;
+    let ra = k.realAddr;
+    let tag = k.proto;
+    if (v6) {
+      const w = k.addr6!;
+      ca = fold6(w, 0);
+      va = fold6(w, 4);
+      na = fold6(w, 8);
+      ra = fold6(w, 12);
+      tag = k.proto | FAMILY6_TAG;
+      if (
+        this.lookupWords6(w, 0, k.clientPort, w, 4, k.vport, k.proto) >= 0 ||
+        this.lookupWords6(w, 12, k.realPort, w, 8, k.natPort, k.proto) >= 0
+      )
+        return CREATE_COLLISION;
+    } else if (
+      this.lookup(ca, k.clientPort, va, k.vport, k.proto) >= 0 ||
+      this.lookup(ra, k.realPort, na, k.natPort, k.proto) >= 0
     ) {
       return CREATE_COLLISION;
     }
@@ -288,14 +458,21 @@ export class FlowTable {
       this.embryonicEvicted++;
     }
     const s = this.freeStack[--this.freeTop]!;
+    this.family[s] = v6 ? 6 : 4;
+    if (v6) {
+      const w = k.addr6!;
+      const x = this.addr6;
+      const o = s * 16;
+      for (let i = 0; i < 16; i++) x[o + i] = w[i]!;
+    }
     this.proto[s] = k.proto;
-    this.clientAddr[s] = k.clientAddr;
+    this.clientAddr[s] = ca;
     this.clientPort[s] = k.clientPort;
-    this.vipAddr[s] = k.vipAddr;
+    this.vipAddr[s] = va;
     this.vport[s] = k.vport;
-    this.natAddr[s] = k.natAddr;
+    this.natAddr[s] = na;
     this.natPort[s] = k.natPort;
-    this.realAddr[s] = k.realAddr;
+    this.realAddr[s] = ra;
     this.realPort[s] = k.realPort;
     this.service[s] = k.service;
     this.aid[s] = k.aid;
@@ -310,8 +487,8 @@ export class FlowTable {
     this.bytesIn[s] = 0;
     this.pktsOut[s] = 0;
     this.bytesOut[s] = 0;
-    this.insert(s * 2, this.hash(k.clientAddr, k.clientPort, k.vipAddr, k.vport, k.proto));
-    this.insert(s * 2 + 1, this.hash(k.realAddr, k.realPort, k.natAddr, k.natPort, k.proto));
+    this.insert(s * 2, this.hash(ca, k.clientPort, va, k.vport, tag));
+    this.insert(s * 2 + 1, this.hash(ra, k.realPort, na, k.natPort, tag));
     const c = STATE_TIMER[state]!;
     this.timerClass[s] = c;
     this.append(s, c);
@@ -371,13 +548,37 @@ export class FlowTable {
   /**
    * Point live flow `s` at another server side: real addr:port and instance (the
    * passive health check sends a refused SYN to another instance of the AID).
-   * Side 1's key changes, side 0's stays. Returns false, changing nothing, when
-   * the new side-1 key is another flow's.
+   * For an IPv6 flow the real address is `real6[at..at+3]` (`realAddr` is then
+   * ignored). Side 1's key changes, side 0's stays. Returns false, changing
+   * nothing, when the new side-1 key is another flow's (or an IPv6 flow is given
+   * no IPv6 address).
    */
-  repoint(s: number, realAddr: number, realPort: number, instance: number): boolean {
+  repoint(
+    s: number,
+    realAddr: number,
+    realPort: number,
+    instance: number,
+    real6: Uint32Array | null = null,
+    at = 0,
+  ): boolean {
     const proto = this.proto[s]!;
     const natAddr = this.natAddr[s]!;
     const natPort = this.natPort[s]!;
+    if (this.family[s] === 6) {
+      if (real6 === null) return false;
+      const x = this.addr6;
+      const o = s * 16;
+      const other = this.lookupWords6(real6, at, realPort, x, o + 8, natPort, proto);
+      if (other >= 0) return other === s * 2 + 1;
+      this.unindex(s * 2 + 1);
+      for (let i = 0; i < 4; i++) x[o + 12 + i] = real6[at + i]!;
+      const ra = fold6(x, o + 12);
+      this.realAddr[s] = ra;
+      this.realPort[s] = realPort;
+      this.instance[s] = instance;
+      this.insert(s * 2 + 1, this.hash(ra, realPort, natAddr, natPort, proto | FAMILY6_TAG));
+      return true;
+    }
     const other = this.lookup(realAddr, realPort, natAddr, natPort, proto);
     if (other >= 0) return other === s * 2 + 1;
     this.unindex(s * 2 + 1);
@@ -439,6 +640,16 @@ export class FlowTable {
         n++;
       }
     }
+    return n;
+  }
+
+  /**
+   * Bytes of the table's typed arrays (columns, index, lists, free stack): what
+   * docs/architecture.md counts per slot. Control plane.
+   */
+  memoryBytes(): number {
+    let n = 0;
+    for (const v of Object.values(this)) if (ArrayBuffer.isView(v)) n += v.byteLength;
     return n;
   }
 

@@ -46,6 +46,54 @@ export function isIcmpError(type: number): boolean {
   );
 }
 
+/**
+ * ICMPv6 (RFC 4443): the same 8-byte layout (type, code, checksum, 4 bytes), but
+ * the checksum covers the IPv6 pseudo-header too (RFC 8200 §8.1), so an address
+ * rewrite must update it. Types below 128 are errors, from 128 informational.
+ */
+export const ICMP6_DEST_UNREACHABLE = 1;
+export const ICMP6_PACKET_TOO_BIG = 2;
+export const ICMP6_TIME_EXCEEDED = 3;
+export const ICMP6_PARAMETER_PROBLEM = 4;
+export const ICMP6_ECHO_REQUEST = 128;
+export const ICMP6_ECHO_REPLY = 129;
+/** Destination unreachable codes. */
+export const ICMP6_PORT_UNREACHABLE = 4;
+/** MLD (RFC 2710): query, report, done; MLDv2 report (RFC 3810). */
+export const ICMP6_MLD_QUERY = 130;
+export const ICMP6_MLD_REPORT = 131;
+export const ICMP6_MLD_DONE = 132;
+export const ICMP6_MLD2_REPORT = 143;
+/** Neighbour discovery (RFC 4861): router/neighbour solicitation/advertisement, redirect. */
+export const ICMP6_ROUTER_SOLICIT = 133;
+export const ICMP6_REDIRECT = 137;
+
+/** The ICMPv6 errors that quote an offending packet and are translated (RFC 4443 §3). */
+export function isIcmp6Error(type: number): boolean {
+  return type >= ICMP6_DEST_UNREACHABLE && type <= ICMP6_PARAMETER_PROBLEM;
+}
+
+/**
+ * Neighbour discovery and router chatter: RFC 4861 (133-137), inverse ND
+ * (RFC 3122: 141, 142), SEND certification paths (RFC 3971: 148, 149),
+ * multicast router discovery (RFC 4286: 151-153).
+ */
+export function isIcmp6NeighbourDiscovery(type: number): boolean {
+  return (
+    (type >= ICMP6_ROUTER_SOLICIT && type <= ICMP6_REDIRECT) ||
+    type === 141 ||
+    type === 142 ||
+    type === 148 ||
+    type === 149 ||
+    (type >= 151 && type <= 153)
+  );
+}
+
+/** Multicast listener discovery: MLD query, report, done, MLDv2 report. */
+export function isIcmp6Mld(type: number): boolean {
+  return (type >= ICMP6_MLD_QUERY && type <= ICMP6_MLD_DONE) || type === ICMP6_MLD2_REPORT;
+}
+
 export class IcmpPacket {
   buf: Uint8Array;
   off: number;

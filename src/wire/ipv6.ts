@@ -1,7 +1,19 @@
 /**
- * IPv6 fixed header (RFC 8200 §3), for classification. Extension headers are not
- * walked here: a packet whose next header is not TCP, UDP or ICMPv6 is classified
- * by its fixed header alone.
+ * IPv6 fixed header (RFC 8200 §3) and the extension headers the checked parser
+ * walks (§4): hop-by-hop options, routing, destination options (each `Hdr Ext
+ * Len` 8-octet units after the first 8), and the fragment header (8 bytes):
+ *
+ *    +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+ *    |  Next Header  |  Hdr Ext Len  |  (options, routing data ...)  |
+ *    +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+ *
+ *    +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+ *    |  Next Header  |   Reserved    |      Fragment Offset    |Res|M|
+ *    +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+ *    |                         Identification                        |
+ *    +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+ *
+ * The view covers the fixed header; the walk itself is in parse.ts.
  *
  *    +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
  *    |Version| Traffic Class |           Flow Label                  |
@@ -24,6 +36,30 @@ export const IPV6_OFF_HOP_LIMIT = 7;
 export const IPV6_OFF_SRC = 8;
 export const IPV6_OFF_DST = 24;
 export const IPV6_HEADER_LEN = IPV6_OFF_DST + 16;
+
+/** Next-header values of the extension headers walked (IANA). */
+export const IPV6_NH_HOP_BY_HOP = 0;
+export const IPV6_NH_ROUTING = 43;
+export const IPV6_NH_FRAGMENT = 44;
+export const IPV6_NH_NO_NEXT = 59;
+export const IPV6_NH_DEST_OPTS = 60;
+
+/** Hop-by-hop, routing and destination options: next header, length in 8-octet units beyond the first 8. */
+export const IPV6_EXT_OFF_NEXT_HEADER = 0;
+export const IPV6_EXT_OFF_LEN = 1;
+export const IPV6_EXT_MIN_LEN = 8;
+/** Routing header: Segments Left. */
+export const IPV6_RH_OFF_SEGMENTS_LEFT = 3;
+/** Fragment header fields. */
+export const IPV6_FRAG_OFF_NEXT_HEADER = 0;
+export const IPV6_FRAG_OFF_OFFSET_FLAGS = 2;
+export const IPV6_FRAG_OFF_IDENT = 4;
+export const IPV6_FRAG_HEADER_LEN = IPV6_FRAG_OFF_IDENT + 4;
+/** In the 16-bit offset/flags word: the offset (already in bytes: 8-octet units << 3) and M. */
+export const IPV6_FRAG_OFFSET_MASK = 0xfff8;
+export const IPV6_FRAG_MORE = 0x0001;
+/** Most extension headers the checked parser walks before it gives up (a bound on work per packet). */
+export const IPV6_MAX_EXT_HEADERS = 8;
 
 export class Ipv6Header {
   buf: Uint8Array;

@@ -206,6 +206,71 @@ export function ipv6(s: Ipv6Spec, payload: Uint8Array): Uint8Array {
   return concat(h, payload);
 }
 
+/** The 16 bytes of an IPv6 address as 4 big-endian words (the data plane's form). */
+export function words6(a: Uint8Array): Uint32Array {
+  const w = new Uint32Array(4);
+  for (let i = 0; i < 4; i++)
+    w[i] = ((a[4 * i]! << 24) | (a[4 * i + 1]! << 16) | (a[4 * i + 2]! << 8) | a[4 * i + 3]!) >>> 0;
+  return w;
+}
+
+// ---------------------------------------------------------------- IPv6 extension headers (RFC 8200 §4)
+
+export const NH_HOP_BY_HOP = 0;
+export const NH_ROUTING = 43;
+export const NH_FRAGMENT = 44;
+export const NH_NO_NEXT = 59;
+export const NH_DEST_OPTS = 60;
+
+/**
+ * One extension header: hop-by-hop, routing or destination options of
+ * 8 * (units + 1) bytes (options: one PadN; routing: type 253, experimental,
+ * with `segmentsLeft`), or a fragment header.
+ */
+export type Ext6 =
+  | { type: 0 | 43 | 60; units?: number; segmentsLeft?: number }
+  | { type: 44; offset: number; more: boolean; id: number };
+
+/** The extension headers `exts` as bytes, each one's next header naming the following one, the last `upper`. */
+export function ext6Chain(exts: Ext6[], upper: number): { first: number; bytes: Uint8Array } {
+  const parts: Uint8Array[] = [];
+  exts.forEach((e, i) => {
+    const next = i + 1 < exts.length ? exts[i + 1]!.type : upper;
+    if (e.type === NH_FRAGMENT) {
+      const b = new Uint8Array(8);
+      b[0] = next;
+      put16(b, 2, (e.offset & 0xfff8) | (e.more ? 1 : 0));
+      put32(b, 4, e.id);
+      parts.push(b);
+      return;
+    }
+    const units = e.units ?? 0;
+    const b = new Uint8Array(8 * (units + 1));
+    b[0] = next;
+    b[1] = units;
+    if (e.type === NH_ROUTING) {
+      b[2] = 253;
+      b[3] = e.segmentsLeft ?? 0;
+    } else {
+      b[2] = 1; // PadN over the rest of the header
+      b[3] = b.length - 4;
+    }
+    parts.push(b);
+  });
+  return { first: exts.length > 0 ? exts[0]!.type : upper, bytes: concat(...parts) };
+}
+
+/** An IPv6 packet: fixed header, the extension headers `exts`, then the upper-layer bytes of protocol `upper`. */
+export function ipv6x(
+  ip: Omit<Ipv6Spec, 'nextHeader'>,
+  exts: Ext6[],
+  upper: number,
+  l4: Uint8Array,
+): Uint8Array {
+  const c = ext6Chain(exts, upper);
+  return ipv6({ ...ip, nextHeader: c.first }, concat(c.bytes, l4));
+}
+
 // ---------------------------------------------------------------- TCP (RFC 9293)
 
 export interface TcpSpec {
@@ -316,8 +381,42 @@ export function tcp6(ip: Ip6, t: TcpSpec): Uint8Array {
   return ipv6({ ...ip, nextHeader: PROTO_TCP }, tcp(t, { v: 6, src: ip.src, dst: ip.dst }));
 }
 
-export function udp6(ip: Ip6, u: UdpSpec): Uint8Array {
-  return ipv6({ ...ip, nextHeader: PROTO_UDP }, udp(u, { v: 6, src: ip.src, dst: ip.dst }));
+/** `checksum: false` leaves the field 0 (invalid over IPv6: for tests of its refusal). */
+export function udp6(ip: Ip6, u: UdpSpec, checksum = true): Uint8Array {
+  const pseudo: Pseudo | null = checksum ? { v: 6, src: ip.src, dst: ip.dst } : null;
+  return ipv6({ ...ip, nextHeader: PROTO_UDP }, udp(u, pseudo));
+}
+
+/** TCP/IPv6 behind the extension headers `exts`. */
+export function tcp6x(ip: Ip6, exts: Ext6[], t: TcpSpec): Uint8Array {
+  return ipv6x(ip, exts, PROTO_TCP, tcp(t, { v: 6, src: ip.src, dst: ip.dst }));
+}
+
+/** UDP/IPv6 behind the extension headers `exts`. */
+export function udp6x(ip: Ip6, exts: Ext6[], u: UdpSpec): Uint8Array {
+  return ipv6x(ip, exts, PROTO_UDP, udp(u, { v: 6, src: ip.src, dst: ip.dst }));
+}
+
+/**
+ * The fragments of a UDP/IPv6 datagram (RFC 8200 §4.5): the datagram, checksum
+ * over the whole of it, cut into pieces of `chunk` bytes (a multiple of 8),
+ * each behind a fragment header with identification `id`.
+ */
+export function udp6Fragments(ip: Ip6, u: UdpSpec, chunk: number, id: number): Uint8Array[] {
+  const l4 = udp(u, { v: 6, src: ip.src, dst: ip.dst });
+  const out: Uint8Array[] = [];
+  for (let at = 0; at < l4.length; at += chunk) {
+    const more = at + chunk < l4.length;
+    out.push(
+      ipv6x(
+        ip,
+        [{ type: NH_FRAGMENT, offset: at, more, id }],
+        PROTO_UDP,
+        l4.subarray(at, at + chunk),
+      ),
+    );
+  }
+  return out;
 }
 
 export function icmp6(ip: Ip6, m: IcmpSpec): Uint8Array {
@@ -370,6 +469,21 @@ export function randomIp4(rng: Rng): Ip4 {
     df: rng.int(2) === 0,
     options: rng.int(4) === 0 ? randomBytes(rng, 4 * rng.int(11)) : undefined,
   };
+}
+
+/**
+ * A random chain of 0-`max` extension headers, in an order RFC 8200 allows
+ * (hop-by-hop first if at all, no fragment header: see the fragment builders),
+ * each of 8-32 bytes.
+ */
+export function randomExt6(rng: Rng, max = 4): Ext6[] {
+  const n = rng.int(max + 1);
+  const out: Ext6[] = [];
+  for (let i = 0; i < n; i++) {
+    const kinds: (0 | 43 | 60)[] = i === 0 ? [0, 43, 60] : [43, 60];
+    out.push({ type: kinds[rng.int(kinds.length)]!, units: rng.int(4) });
+  }
+  return out;
 }
 
 export function randomIp6(rng: Rng): Ip6 {
@@ -440,6 +554,38 @@ export function tcp4Partial(ip: Omit<Ipv4Spec, 'protocol'>, t: TcpSpec): Uint8Ar
   const seg = tcp(t, null);
   put16(seg, 16, pseudoSum({ v: 4, src: ip.src, dst: ip.dst }, PROTO_TCP, seg.length));
   return ipv4({ ...ip, protocol: PROTO_TCP }, seg);
+}
+
+/** tcp4Partial over IPv6: the field holds the 40-byte pseudo-header's folded sum. */
+export function tcp6Partial(ip: Omit<Ipv6Spec, 'nextHeader'>, t: TcpSpec): Uint8Array {
+  const seg = tcp(t, null);
+  put16(seg, 16, pseudoSum({ v: 6, src: ip.src, dst: ip.dst }, PROTO_TCP, seg.length));
+  return ipv6({ ...ip, nextHeader: PROTO_TCP }, seg);
+}
+
+/** The segments of a TCP/IPv6 super-packet (no identification over IPv6; payload length per segment). */
+export function tcp6Segments(
+  ip: Omit<Ipv6Spec, 'nextHeader'>,
+  t: TcpSpec,
+  gsoSize: number,
+): Uint8Array[] {
+  const payload = t.payload ?? new Uint8Array(0);
+  const n = Math.max(1, Math.ceil(payload.length / gsoSize));
+  const out: Uint8Array[] = [];
+  for (let k = 0; k < n; k++) {
+    let flags = t.flags ?? 0x10;
+    if (k < n - 1) flags &= ~(0x01 | 0x08);
+    if (k > 0) flags &= ~0x80;
+    out.push(
+      tcp6(ip, {
+        ...t,
+        seq: ((t.seq ?? 0) + k * gsoSize) >>> 0,
+        flags,
+        payload: payload.subarray(k * gsoSize, Math.min(payload.length, (k + 1) * gsoSize)),
+      }),
+    );
+  }
+  return out;
 }
 
 /**

@@ -205,8 +205,8 @@ describe('checkPacket: impossible IPv6 lengths', () => {
     expect(info.payloadOff + info.payloadLen).toBe(52);
   });
 
-  it('leaves a payload it does not parse opaque (No Next Header, hop-by-hop)', () => {
-    for (const nh of [59, 0, 44]) {
+  it('leaves a payload it does not parse opaque (No Next Header, ESP); refuses a cut extension header', () => {
+    for (const nh of [59, 50]) {
       const b = ipv6({ ...ip, nextHeader: nh }, new Uint8Array(3));
       const [code, info] = check(b);
       expect(code).toBe(Check.OK);
@@ -214,6 +214,11 @@ describe('checkPacket: impossible IPv6 lengths', () => {
       expect(info.l4Off).toBe(-1);
       expect(info.payloadOff).toBe(40);
       expect(info.payloadLen).toBe(3);
+    }
+    // Hop-by-hop and fragment headers are 8 bytes at least: 3 cannot hold one.
+    for (const nh of [0, 43, 44, 60]) {
+      const b = ipv6({ ...ip, nextHeader: nh }, new Uint8Array(3));
+      expect(check(b)[0]).toBe(Check.IPV6_BAD_EXT_HEADER);
     }
     const [code, info] = check(unhex(DOC));
     expect(code).toBe(Check.OK);

@@ -34,23 +34,27 @@ import { TcpRepr, TcpSegment } from '../../src/wire/tcp.js';
 import { UdpDatagram, UdpRepr } from '../../src/wire/udp.js';
 import { verifyChecksums } from '../../src/wire/verify.js';
 import {
+  type Ext6,
+  ext6Chain,
+  icmp,
   icmp4,
-  icmp6,
   inetChecksum,
   ipv4,
+  ipv6x,
   PROTO_ICMP,
   PROTO_ICMPV6,
   PROTO_TCP,
   PROTO_UDP,
   randomBytes,
+  randomExt6,
   randomIp4,
   randomIp6,
   randomTcp,
   randomUdp,
+  tcp,
   tcp4,
-  tcp6,
+  udp,
   udp4,
-  udp6,
 } from '../support/builder.js';
 import { Rng } from '../support/rng.js';
 
@@ -67,6 +71,30 @@ interface Sample {
   bytes: Uint8Array;
   v6: boolean;
   protocol: number;
+  /** IP header length: IPv4 IHL, IPv6 40 + the extension headers. */
+  hdr: number;
+  /** IPv6: offsets of the extension headers in the packet (empty: none). */
+  exts: number[];
+}
+
+/** An IPv6 sample: half of them behind a random chain of up to 4 extension headers. */
+function v6Sample(
+  rng: Rng,
+  kind: Kind,
+  protocol: number,
+  l4: (src: Uint8Array, dst: Uint8Array) => Uint8Array,
+): Sample {
+  const ip = randomIp6(rng);
+  const chain: Ext6[] = rng.int(2) === 0 ? randomExt6(rng, 4) : [];
+  const bytes = ipv6x(ip, chain, protocol, l4(ip.src, ip.dst));
+  const exts: number[] = [];
+  let at = 40;
+  for (const e of chain) {
+    exts.push(at);
+    at += e.type === 44 ? 8 : 8 * ((('units' in e ? e.units : 0) ?? 0) + 1);
+  }
+  expect(at).toBe(40 + ext6Chain(chain, protocol).bytes.length);
+  return { kind, v6: true, protocol, bytes, hdr: at, exts };
 }
 
 function payloadLen(rng: Rng): number {
@@ -83,6 +111,8 @@ function buildSample(rng: Rng, kind: Kind): Sample {
         v6: false,
         protocol: PROTO_TCP,
         bytes: tcp4(randomIp4(rng), randomTcp(rng, n)),
+        hdr: 0,
+        exts: [],
       };
     case 'udp4':
       return {
@@ -90,6 +120,8 @@ function buildSample(rng: Rng, kind: Kind): Sample {
         v6: false,
         protocol: PROTO_UDP,
         bytes: udp4(randomIp4(rng), randomUdp(rng, n)),
+        hdr: 0,
+        exts: [],
       };
     case 'udp4-nocsum':
       return {
@@ -97,6 +129,8 @@ function buildSample(rng: Rng, kind: Kind): Sample {
         v6: false,
         protocol: PROTO_UDP,
         bytes: udp4(randomIp4(rng), randomUdp(rng, n), false),
+        hdr: 0,
+        exts: [],
       };
     case 'icmp4':
       return {
@@ -109,6 +143,8 @@ function buildSample(rng: Rng, kind: Kind): Sample {
           rest: rng.u32(),
           data: randomBytes(rng, n),
         }),
+        hdr: 0,
+        exts: [],
       };
     case 'other4': {
       const protocol = [0, 4, 41, 47, 50, 132, 253][rng.int(7)]!;
@@ -117,34 +153,25 @@ function buildSample(rng: Rng, kind: Kind): Sample {
         v6: false,
         protocol,
         bytes: ipv4({ ...randomIp4(rng), protocol }, randomBytes(rng, n)),
+        hdr: 0,
+        exts: [],
       };
     }
     case 'tcp6':
-      return {
-        kind,
-        v6: true,
-        protocol: PROTO_TCP,
-        bytes: tcp6(randomIp6(rng), randomTcp(rng, n)),
-      };
+      return v6Sample(rng, kind, PROTO_TCP, (src, dst) =>
+        tcp(randomTcp(rng, n), { v: 6, src, dst }),
+      );
     case 'udp6':
-      return {
-        kind,
-        v6: true,
-        protocol: PROTO_UDP,
-        bytes: udp6(randomIp6(rng), randomUdp(rng, n)),
-      };
+      return v6Sample(rng, kind, PROTO_UDP, (src, dst) =>
+        udp(randomUdp(rng, n), { v: 6, src, dst }),
+      );
     case 'icmp6':
-      return {
-        kind,
-        v6: true,
-        protocol: PROTO_ICMPV6,
-        bytes: icmp6(randomIp6(rng), {
-          type: rng.int(256),
-          code: rng.int(256),
-          rest: rng.u32(),
-          data: randomBytes(rng, n),
-        }),
-      };
+      return v6Sample(rng, kind, PROTO_ICMPV6, (src, dst) =>
+        icmp(
+          { type: rng.int(256), code: rng.int(256), rest: rng.u32(), data: randomBytes(rng, n) },
+          { v: 6, src, dst },
+        ),
+      );
   }
 }
 
@@ -168,6 +195,12 @@ const MUTATIONS = {
   garbage: null,
   zeroLen: Check.TRUNCATED,
   offBeyond: Check.TRUNCATED,
+  /** IPv6: an extension header whose length runs past the packet. */
+  extLen: Check.IPV6_BAD_EXT_HEADER,
+  /** IPv6: an extension header's next header changed (another header, an upper layer, a fragment header). */
+  extNext: null,
+  /** IPv6: the chain made longer than 8 headers (destination options inserted). */
+  extMany: Check.IPV6_EXT_HEADERS_TOO_LONG,
 } as const satisfies Record<string, CheckCode | null>;
 type Mutation = keyof typeof MUTATIONS;
 const MUTATION_NAMES = Object.keys(MUTATIONS) as Mutation[];
@@ -177,6 +210,7 @@ const MUST_SEE: Partial<Record<Mutation, CheckCode[]>> = {
   protocol: [Check.OK, Check.L4_TRUNCATED, Check.BAD_DATA_OFFSET, Check.BAD_UDP_LEN],
   flip: [Check.OK, Check.BAD_VERSION, Check.BAD_IHL, Check.BAD_TOTAL_LEN],
   garbage: [Check.TRUNCATED, Check.BAD_VERSION, Check.BAD_IHL, Check.BAD_TOTAL_LEN],
+  extNext: [Check.OK, Check.IPV6_BAD_EXT_HEADER],
 };
 
 function set16(b: Uint8Array, i: number, v: number): void {
@@ -385,7 +419,7 @@ describe('checkPacket robustness', () => {
       let len = p.length;
       let want: CheckCode | null = MUTATIONS[mutation];
       let applied = true;
-      const ihl = s.v6 ? 40 : (p[0]! & 0x0f) * 4;
+      const ihl = s.v6 ? s.hdr : (p[0]! & 0x0f) * 4;
       const l4 = base + ihl;
       const l4Avail = p.length - ihl;
 
@@ -429,7 +463,7 @@ describe('checkPacket robustness', () => {
           if (need === 0) applied = false;
           else {
             const avail = rng.int(need);
-            if (s.v6) set16(work, base + 4, avail);
+            if (s.v6) set16(work, base + 4, ihl - 40 + avail);
             else set16(work, base + 2, ihl + avail);
             len = ihl + avail + (rng.int(2) === 0 ? 0 : rng.int(40)); // sometimes with link padding
           }
@@ -505,6 +539,41 @@ describe('checkPacket robustness', () => {
         case 'zeroLen':
           len = 0;
           break;
+        case 'extLen':
+          if (s.exts.length === 0) applied = false;
+          else work[base + s.exts[rng.int(s.exts.length)]! + 1] = 255; // 2 KiB: beyond any sample
+          break;
+        case 'extNext': {
+          if (s.exts.length === 0) applied = false;
+          else {
+            const nh = [0, 43, 44, 59, 60, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6, rng.int(256)][
+              rng.int(9)
+            ]!;
+            work[base + s.exts[rng.int(s.exts.length)]!] = nh;
+          }
+          break;
+        }
+        case 'extMany': {
+          // Nine destination options headers in front of the upper layer (sample rebuilt in place).
+          if (!s.v6 || p.length + 9 * 8 > 1600) applied = false;
+          else {
+            const extra = 9 * 8;
+            work.copyWithin(base + 40 + extra, base + 40, base + p.length);
+            const nh = work[base + 6]!;
+            for (let k = 0; k < 9; k++) {
+              const h = base + 40 + 8 * k;
+              work.fill(0, h, h + 8);
+              work[h] = k < 8 ? 60 : nh;
+              work[h + 2] = 1; // PadN
+              work[h + 3] = 4;
+            }
+            work[base + 6] = 60;
+            set16(work, base + 4, p.length - 40 + extra);
+            len = p.length + extra;
+            for (let i = base + len; i < base + len + MARGIN; i++) work[i] = rng.u32();
+          }
+          break;
+        }
         case 'offBeyond':
           switch (rng.int(5)) {
             case 0:
@@ -667,9 +736,8 @@ describe('checkPacket robustness', () => {
  * fragment, UDP with 8; nothing else (an oracle from RFC 793/768, RFC 1858).
  */
 function firstFragmentHeaderLen(b: Uint8Array, off: number): number {
-  const ihl = (b[off]! & 0x0f) * 4;
-  const avail = get16(b, off + 2) - ihl;
-  const proto = b[off + 9];
+  const { ihl, end, proto } = upperLayer(b, off);
+  const avail = end - off - ihl;
   if (proto === PROTO_TCP) {
     if (avail < 20) return -1;
     const hl = (b[off + ihl + 12]! >> 4) * 4;
@@ -686,8 +754,7 @@ function firstFragmentProblem(b: Uint8Array, info: PacketInfo): string | null {
   const got = checkFirstFragment(b, info);
   if (got !== want >= 0) return `${got ? 'accepted' : 'refused'}, the oracle says ${want}`;
   if (!got) return info.l4Off === -1 ? null : 'refused, but l4Off set';
-  const ihl = (b[off]! & 0x0f) * 4;
-  const end = off + get16(b, off + 2);
+  const { ihl, end } = upperLayer(b, off);
   if (info.l4Off !== off + ihl) return 'l4Off';
   if (info.l4HeaderLen !== want) return 'l4HeaderLen';
   if (info.l4Len !== end - info.l4Off) return 'l4Len';
@@ -824,3 +891,27 @@ describe('checkQuoted robustness', () => {
       expect(refusedFor.get(why) ?? 0, `never refused for ${why}`).toBeGreaterThan(0);
   });
 });
+
+/**
+ * Where the upper-layer header of the (first fragment) packet at `off` starts,
+ * by a walk written for this oracle: IPv4 by its IHL; IPv6 along the next
+ * headers 0, 43, 60 (length byte) and 44 (8 bytes), as RFC 8200 §4 lays them out.
+ */
+function upperLayer(b: Uint8Array, off: number): { ihl: number; end: number; proto: number } {
+  if (b[off]! >> 4 === 4) {
+    return { ihl: (b[off]! & 0x0f) * 4, end: off + get16(b, off + 2), proto: b[off + 9]! };
+  }
+  let nh = b[off + 6]!;
+  let at = 40;
+  for (;;) {
+    if (nh === 44) {
+      nh = b[off + at]!;
+      at += 8;
+    } else if (nh === 0 || nh === 43 || nh === 60) {
+      const len = 8 * (b[off + at + 1]! + 1);
+      nh = b[off + at]!;
+      at += len;
+    } else break;
+  }
+  return { ihl: at, end: off + 40 + get16(b, off + 4), proto: nh };
+}
