@@ -21,7 +21,9 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { netnsLink } from '../base/netns.js';
+import { ConfigError } from '../config/errors.js';
 import { loadConfig } from '../config/load.js';
+import { serviceAddresses } from '../config/summary.js';
 import type { Config } from '../config/types.js';
 import { ControlServer } from '../control/server.js';
 import { Cooperation } from '../coop/cooperation.js';
@@ -37,14 +39,20 @@ import { openTun } from '../tun/kernel-tun.js';
 import type { FlowView, InstanceView } from '../view/views.js';
 import { PortPool } from '../virtual/pool.js';
 import { Registry } from '../virtual/registry.js';
-import { ipv4ToString, parseIpv4 } from '../wire/address.js';
+import {
+  formatEndpoint,
+  ipv4ToString,
+  ipv6ToWords,
+  parseIpv4,
+  parseIpv6,
+} from '../wire/address.js';
 import { IPPROTO_UDP } from '../wire/ipv4.js';
 import type { PacketInfo } from '../wire/parse.js';
 import { registerControlHandlers } from './control-handlers.js';
 import { readDeviceCounters } from './device-counters.js';
 import { createLogger } from './log.js';
 import { buildMetrics, serveMetrics } from './metrics.js';
-import { type ReloadResult, reloadPlan } from './reload.js';
+import { ipv6ReloadProblem, type ReloadResult, reloadPlan } from './reload.js';
 import {
   healthLimits,
   hostPlanFromConfig,
@@ -89,6 +97,38 @@ export function localAddresses(): Set<number> {
     }
   }
   return out;
+}
+
+/**
+ * The IPv6 addresses assigned on this host, as the pipeline's four words per
+ * address (`localAddrs6`, `localAddrs6Count` of the IPv6 contract), with the
+ * TUN's `tun6` first; read like `localAddresses`. Link-local addresses are
+ * left out: a local client's connection to a VIP never has one as its source.
+ */
+export function localAddresses6(tun6: bigint): {
+  localAddrs6: Uint32Array;
+  localAddrs6Count: number;
+} {
+  const addrs = new Set<bigint>([tun6]);
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) {
+      if (a.family !== 'IPv6') continue;
+      const n = parseIpv6(a.address);
+      if (n !== null && n >> 118n !== 0x3fan) addrs.add(n);
+    }
+  }
+  const words = new Uint32Array(4 * addrs.size);
+  [...addrs].forEach((a, i) => {
+    ipv6ToWords(a, words, 4 * i);
+  });
+  return { localAddrs6: words, localAddrs6Count: addrs.size };
+}
+
+/** A v6 address as the data plane's words (PipelineOptions.localClientAddr6 of the contract). */
+function words6(a: bigint): Uint32Array {
+  const w = new Uint32Array(4);
+  ipv6ToWords(a, w);
+  return w;
 }
 
 /** Does a live process accept connections on the unix socket `path`? */
@@ -231,6 +271,8 @@ export class Daemon {
           health: healthLimits(cfg),
           onInstanceEvent: (ev, index) => this.instanceEvent(ev, index),
           localClientAddr: cfg.tun.localClientAddress,
+          // The IPv6 contract's option (the data plane reads it once it has IPv6).
+          ...{ localClientAddr6: cfg.tun.ipv6 ? words6(cfg.tun.localClientAddress6) : null },
           localClientAid: (addr, port, proto) =>
             this.registry?.localClientAid(addr, port, proto) ?? -1,
           negotiate: (buf, off, len, info, svc, aid, local) =>
@@ -250,6 +292,7 @@ export class Daemon {
         locals,
       );
       const pipeline = this.pipeline;
+      this.setLocalAddrs6(cfg);
       this.coop = new Cooperation(cfg, {
         pipeline,
         table: this.table,
@@ -303,11 +346,14 @@ export class Daemon {
         event: 'ready',
         tun: this.tun?.name,
         services: cfg.services.map(
-          (s) => `${s.name}=${s.protocol}/${ipv4ToString(s.address)}:${s.port}`,
+          (s) =>
+            `${s.name}=${s.protocol}/${serviceAddresses(s)
+              .map((a) => (a.includes(':') ? `[${a}]` : a))
+              .join(',')}:${s.port}`,
         ),
         control: cfg.control.socket,
         metrics: cfg.metrics.listen
-          ? `${ipv4ToString(cfg.metrics.listen.address)}:${cfg.metrics.listen.port}`
+          ? formatEndpoint(cfg.metrics.listen.address, cfg.metrics.listen.port)
           : null,
       },
       'vpm up',
@@ -525,8 +571,19 @@ export class Daemon {
     return r;
   }
 
+  /**
+   * The pipeline's local IPv6 addresses (localAddrs6 / localAddrs6Count of the
+   * IPv6 contract, set like localAddrs), when the config uses IPv6.
+   */
+  private setLocalAddrs6(cfg: Config): void {
+    if (!this.pipeline || !cfg.tun.ipv6) return;
+    Object.assign(this.pipeline, localAddresses6(cfg.tun.address6));
+  }
+
   private async reloadNow(): Promise<ReloadResult> {
     const next = loadConfig(this.cfg.source);
+    const refused = ipv6ReloadProblem(this.cfg, next);
+    if (refused !== null) throw new ConfigError('ERR_CONFIG_INVALID', next.source, [refused]);
     const plan = reloadPlan(this.cfg, next);
     if (plan.needsRestart.length > 0) {
       this.log.warn(
@@ -549,6 +606,7 @@ export class Daemon {
       const locals = localAddresses();
       locals.add(this.cfg.tun.address);
       this.pipeline.localAddrs = locals;
+      this.setLocalAddrs6(this.cfg);
     }
     this.table?.timeouts.set(timerTimeouts(next));
     this.cfg = plan.config;

@@ -54,7 +54,10 @@ import type { Rules } from './rules.js';
 export interface InstanceSpec {
   /** AID index (position in `applications`). */
   aid: number;
+  /** IPv4 address, or -1 when the instance has no IPv4 address. */
   addr: number;
+  /** IPv6 address as four big-endian u32 words, or null when it has none. */
+  addr6: Uint32Array | null;
   port: number;
   /** Service index it serves, or -1 for any service. */
   service: number;
@@ -323,6 +326,7 @@ export class InstanceSet {
       source,
       aid: s.aid,
       addr: s.addr,
+      addr6: s.addr6,
       port: s.port,
       service: s.service,
       vport: s.vport,
@@ -372,5 +376,5 @@ function wasTried(index: number, tried: Uint16Array, from: number, count: number
 
 /** What makes a static instance the same one across a reload. */
 function staticKey(s: InstanceSpec): string {
-  return `${s.aid}/${s.addr}/${s.port}/${s.service}/${s.vport}/${s.proto ?? 0}`;
+  return `${s.aid}/${s.addr}/${s.addr6?.join(':') ?? ''}/${s.port}/${s.service}/${s.vport}/${s.proto ?? 0}`;
 }

@@ -12,7 +12,10 @@
 
 export interface ServiceRule {
   name: string;
+  /** IPv4 VIP, or -1 when the service has no IPv4 address. */
   addr: number;
+  /** IPv6 VIP as four big-endian u32 words, or null when the service has no IPv6 address. */
+  addr6: Uint32Array | null;
   port: number;
   proto: number;
   /** Cooperative client side: index of the peer serving it, or -1 (served here). */
@@ -25,6 +28,10 @@ export interface SelectorRule {
   /** (base, mask) pairs; empty = any client address. */
   cidrBase: Uint32Array;
   cidrMask: Uint32Array;
+  /** IPv6 CIDRs, 8 words each: base w0..w3, then mask w0..w3. */
+  cidr6Words: Uint32Array;
+  /** The selector had no `clients`: every client of both families matches. */
+  anyClient: boolean;
   portLo: number;
   portHi: number;
   aid: number;
