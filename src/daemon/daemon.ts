@@ -42,6 +42,7 @@ import { Registry } from '../virtual/registry.js';
 import {
   formatEndpoint,
   ipv4ToString,
+  ipv6FromWords,
   ipv6ToWords,
   parseIpv4,
   parseIpv6,
@@ -129,6 +130,46 @@ function words6(a: bigint): Uint32Array {
   const w = new Uint32Array(4);
   ipv6ToWords(a, w);
   return w;
+}
+
+/**
+ * The flow table's address columns as `flowEndpoints` reads them. `family` and
+ * `addr6` are the IPv6 contract's columns (family 4 or 6 per slot; for a v6
+ * flow 16 words at slot*16: client +0, vip +4, nat +8, real +12); absent in a
+ * table without them, where every flow is IPv4.
+ */
+export interface FlowAddressColumns {
+  clientAddr: Uint32Array;
+  vipAddr: Uint32Array;
+  natAddr: Uint32Array;
+  realAddr: Uint32Array;
+  clientPort: Uint16Array | Uint32Array;
+  vport: Uint16Array | Uint32Array;
+  natPort: Uint16Array | Uint32Array;
+  realPort: Uint16Array | Uint32Array;
+  family?: Uint8Array;
+  addr6?: Uint32Array | null;
+}
+
+/**
+ * The four endpoints of flow `s` as "a.b.c.d:port" or "[v6]:port" (RFC 5952),
+ * and whether the client was translated (a local client): `vpm flows`, logs.
+ */
+export function flowEndpoints(
+  t: FlowAddressColumns,
+  s: number,
+): { client: string; service: string; real: string; nat: string | null } {
+  const v6 = t.family?.[s] === 6 && t.addr6 != null;
+  const at = (k: number, v4: Uint32Array, port: number) =>
+    v6 ? formatEndpoint(ipv6FromWords(t.addr6!, s * 16 + 4 * k), port) : formatEndpoint(v4[s]!, port);
+  const client = at(0, t.clientAddr, t.clientPort[s]!);
+  const nat = at(2, t.natAddr, t.natPort[s]!);
+  return {
+    client,
+    service: at(1, t.vipAddr, t.vport[s]!),
+    real: at(3, t.realAddr, t.realPort[s]!),
+    nat: nat === client ? null : nat,
+  };
 }
 
 /** Does a live process accept connections on the unix socket `path`? */
@@ -483,16 +524,16 @@ export class Daemon {
   flowView(s: number, now: number): FlowView {
     const t = this.table!;
     const svc = this.rules!.services[t.service[s]!];
-    const nat = t.natAddr[s] !== t.clientAddr[s] || t.natPort[s] !== t.clientPort[s];
+    const e = flowEndpoints(t, s);
     return {
       id: t.id[s]!,
       protocol: t.proto[s] === IPPROTO_UDP ? 'udp' : 'tcp',
-      client: `${ipv4ToString(t.clientAddr[s]!)}:${t.clientPort[s]}`,
-      service: `${ipv4ToString(t.vipAddr[s]!)}:${t.vport[s]}`,
+      client: e.client,
+      service: e.service,
       serviceName: svc?.name ?? '?',
       aid: this.rules!.aidNames[t.aid[s]!] ?? '?',
-      real: `${ipv4ToString(t.realAddr[s]!)}:${t.realPort[s]}`,
-      nat: nat ? `${ipv4ToString(t.natAddr[s]!)}:${t.natPort[s]}` : null,
+      real: e.real,
+      nat: e.nat,
       state: STATE_NAMES[t.state[s]!] ?? '?',
       ageMs: Math.round(now - t.created[s]!),
       idleMs: Math.round(now - t.lastSeen[s]!),
