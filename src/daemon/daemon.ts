@@ -161,7 +161,9 @@ export function flowEndpoints(
 ): { client: string; service: string; real: string; nat: string | null } {
   const v6 = t.family?.[s] === 6 && t.addr6 != null;
   const at = (k: number, v4: Uint32Array, port: number) =>
-    v6 ? formatEndpoint(ipv6FromWords(t.addr6!, s * 16 + 4 * k), port) : formatEndpoint(v4[s]!, port);
+    v6
+      ? formatEndpoint(ipv6FromWords(t.addr6!, s * 16 + 4 * k), port)
+      : formatEndpoint(v4[s]!, port);
   const client = at(0, t.clientAddr, t.clientPort[s]!);
   const nat = at(2, t.natAddr, t.natPort[s]!);
   return {

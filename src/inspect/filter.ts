@@ -70,7 +70,8 @@ function checked(e: Endpoint): Endpoint {
 }
 
 /** The endpoint as the daemon writes it: "a.b.c.d:port", "[v6]:port". */
-const key = (e: Endpoint) => (e.addr.includes(':') ? `[${e.addr}]:${e.port}` : `${e.addr}:${e.port}`);
+const key = (e: Endpoint) =>
+  e.addr.includes(':') ? `[${e.addr}]:${e.port}` : `${e.addr}:${e.port}`;
 
 /** A service's addresses in canonical text (`addresses`, or `address` from an older daemon). */
 function addressesOf(s: ServiceView): string[] {
@@ -144,7 +145,12 @@ export function findService(services: readonly ServiceView[], spec: string): Ser
   );
   if (found) return found;
   const known = services
-    .map((s) => `${s.name} (${addressesOf(s).map((a) => key({ addr: a, port: s.port })).join(' ')})`)
+    .map(
+      (s) =>
+        `${s.name} (${addressesOf(s)
+          .map((a) => key({ addr: a, port: s.port }))
+          .join(' ')})`,
+    )
     .join(', ');
   throw new FilterError(`--service: no service "${spec}"; the daemon has ${known || 'none'}`);
 }
