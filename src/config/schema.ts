@@ -26,11 +26,32 @@ export const ipv4Def = {
   pattern: '^[0-9]{1,3}(\\.[0-9]{1,3}){3}$',
 } as const satisfies JSONSchema;
 
+/**
+ * An address of either family. The schema only checks that it looks like one
+ * (a dotted quad, or something with a colon); the semantic checks parse it
+ * (RFC 4291 text forms for IPv6) and explain what is wrong with one that does
+ * not parse: a zone id, brackets, a prefix, a v4-mapped address.
+ */
+export const addressDef = {
+  type: 'string',
+  title: 'IPv4 address in dotted-quad form or IPv6 address, e.g. "198.19.0.9" or "2001:2::9"',
+  pattern: '^([0-9]{1,3}(\\.[0-9]{1,3}){3}|[^\\s]*:[^\\s]*)$',
+} as const satisfies JSONSchema;
+
+export const ipv6Def = {
+  type: 'string',
+  title: 'IPv6 address, e.g. "2001:2:0:ff::1"',
+  pattern: '^[^\\s]*:[^\\s]*$',
+} as const satisfies JSONSchema;
+
 export const cidrDef = {
   type: 'string',
-  title: 'IPv4 CIDR "ADDRESS/PREFIX", e.g. "198.18.1.0/24"',
-  pattern: '^[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}$',
+  title: 'IPv4 or IPv6 CIDR "ADDRESS/PREFIX", e.g. "198.18.1.0/24" or "2001:2:1::/48"',
+  pattern: '^([0-9]{1,3}(\\.[0-9]{1,3}){3}|[^\\s/]*:[^\\s/]*)/[0-9]{1,3}$',
 } as const satisfies JSONSchema;
+
+/** "ADDRESS:PORT" of either family; IPv6 in brackets (RFC 3986), "[2001:2::2]:7070". */
+const endpointPattern = '^([0-9]{1,3}(\\.[0-9]{1,3}){3}|\\[[^\\s\\]]+\\]):[0-9]{1,5}$';
 
 export const portDef = {
   type: 'integer',
@@ -102,6 +123,18 @@ export const configSchema = {
             'Address that clients on the vpm host itself are translated to (FIG. 8). It is routed to the TUN device and never assigned to any interface.',
           $ref: '#/$defs/ipv4',
           default: '198.19.255.2',
+        },
+        address6: {
+          description:
+            'IPv6 address assigned to the TUN device (as a /128) when the config uses IPv6: instances without an address of their own listen on it for IPv6 clients. Giving it turns IPv6 on, as does any IPv6 address elsewhere in the file.',
+          $ref: '#/$defs/ipv6',
+          default: '2001:2:0:ff::1',
+        },
+        localClientAddress6: {
+          description:
+            'IPv6 address that IPv6 clients on the vpm host itself are translated to (FIG. 8). Routed to the TUN device, never assigned. Giving it turns IPv6 on.',
+          $ref: '#/$defs/ipv6',
+          default: '2001:2:0:ff::2',
         },
         mtu: {
           description: 'MTU of the TUN device in bytes.',
@@ -178,8 +211,15 @@ export const configSchema = {
             $ref: '#/$defs/name',
           },
           address: {
-            description: 'The virtual service address (VIP).',
-            $ref: '#/$defs/ipv4',
+            description:
+              'The virtual service address (VIP): one address of either family, or an array of two, one IPv4 and one IPv6 (a dual-stack service: one service, one name, both families). Clients of a family reach only instances with an address of that family.',
+            type: ['string', 'array'],
+            title:
+              'IPv4 address in dotted-quad form or IPv6 address, or an array of one of each, e.g. "198.19.0.9", "2001:2::9" or ["198.19.0.9", "2001:2::9"]',
+            pattern: addressDef.pattern,
+            minItems: 1,
+            maxItems: 2,
+            items: { $ref: '#/$defs/address' },
           },
           port: {
             description: 'The virtual port clients use.',
@@ -246,8 +286,9 @@ export const configSchema = {
               required: ['port'],
               properties: {
                 address: {
-                  description: 'Local address the instance listens on. Default: tun.address.',
-                  $ref: '#/$defs/ipv4',
+                  description:
+                    'Local address the instance listens on, of either family; it then serves clients of that family only. Absent: the TUN addresses, tun.address for IPv4 clients and (when the config uses IPv6) tun.address6 for IPv6 ones.',
+                  $ref: '#/$defs/address',
                 },
                 port: {
                   description:
@@ -282,7 +323,7 @@ export const configSchema = {
           },
           clients: {
             description:
-              'Client source address ranges (IPv4 CIDR, no host bits set). Absent: any client.',
+              'Client source address ranges, IPv4 or IPv6 CIDRs in canonical form (no host bits set; IPv6 in RFC 5952 form). An IPv4 client matches the IPv4 ones, an IPv6 client the IPv6 ones: a selector listing only IPv4 ranges never matches an IPv6 client. Absent: any client of either family.',
             type: 'array',
             minItems: 1,
             maxItems: 4096,
@@ -382,10 +423,10 @@ export const configSchema = {
       properties: {
         listen: {
           description:
-            'Server side: "ADDRESS:PORT" where this daemon accepts negotiations from its peers (TCP). null: this daemon serves no peer.',
+            'Server side: "ADDRESS:PORT" (IPv6: "[ADDRESS]:PORT") where this daemon accepts negotiations from its peers (TCP). null: this daemon serves no peer.',
           type: ['string', 'null'],
-          title: '"ADDRESS:PORT", e.g. "198.18.0.2:7070"',
-          pattern: '^[0-9]{1,3}(\\.[0-9]{1,3}){3}:[0-9]{1,5}$',
+          title: '"ADDRESS:PORT" or "[IPv6]:PORT", e.g. "198.18.0.2:7070" or "[2001:2::2]:7070"',
+          pattern: endpointPattern,
           default: null,
         },
         portRange: {
@@ -421,8 +462,8 @@ export const configSchema = {
               },
               address: {
                 description:
-                  "Client side: the address of the peer's negotiation endpoint (its cooperative.listen). Absent: this peer only connects to us.",
-                $ref: '#/$defs/ipv4',
+                  "Client side: the address of the peer's negotiation endpoint (its cooperative.listen), of either family. Absent: this peer only connects to us.",
+                $ref: '#/$defs/address',
               },
               port: {
                 description: "Client side: the port of the peer's negotiation endpoint.",
@@ -636,10 +677,10 @@ export const configSchema = {
       properties: {
         listen: {
           description:
-            '"ADDRESS:PORT" to serve /metrics on; ADDRESS must be a loopback address (127.0.0.0/8). null: no metrics endpoint.',
+            '"ADDRESS:PORT" to serve /metrics on; ADDRESS must be a loopback address (127.0.0.0/8, or ::1 as "[::1]:PORT"). null: no metrics endpoint.',
           type: ['string', 'null'],
-          title: 'loopback "ADDRESS:PORT", e.g. "127.0.0.1:9464"',
-          pattern: '^[0-9]{1,3}(\\.[0-9]{1,3}){3}:[0-9]{1,5}$',
+          title: 'loopback "ADDRESS:PORT", e.g. "127.0.0.1:9464" or "[::1]:9464"',
+          pattern: endpointPattern,
           default: null,
         },
       },
@@ -659,7 +700,15 @@ export const configSchema = {
       },
     },
   },
-  $defs: { ipv4: ipv4Def, cidr: cidrDef, port: portDef, name: nameDef, user: userDef },
+  $defs: {
+    ipv4: ipv4Def,
+    ipv6: ipv6Def,
+    address: addressDef,
+    cidr: cidrDef,
+    port: portDef,
+    name: nameDef,
+    user: userDef,
+  },
 } as const;
 
 /**

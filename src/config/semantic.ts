@@ -4,20 +4,33 @@
  *
  * The input has passed the schema (schema.ts), defaults included, so its shape
  * is `RawConfig`; only its meaning is in doubt: addresses and CIDRs that really
- * parse (ip-num parses and checks them; the data plane gets u32 numbers), no host
- * bits beyond a prefix, references that name existing entries, no duplicates, no
- * port or address collisions. Every problem is
+ * parse (ip-num parses and checks them; IPv4 becomes u32 numbers, IPv6 bigints,
+ * any RFC 4291 text form, no zone id, no v4-mapped address), no host bits beyond
+ * a prefix, references that name existing entries, no duplicates, no port or
+ * address collisions (per family), no mixed-family translation (below). Every problem is
  * collected, each naming the field path and the bad value, so one run names
  * every mistake.
+ *
+ * IPv6. `tun.ipv6` is resolved here: on iff the file has an IPv6 address
+ * anywhere (`ipv6Cause`). Mixed-family translation is refused: an IPv6 client
+ * reaches only instances with an IPv6 address, an IPv4 client only IPv4 ones
+ * (vpm rewrites addresses and ports, it does not translate between families:
+ * that would be NAT64, with its own checksum, ICMP and fragment rules, and the
+ * instance would see a client address of the other family, not the client's
+ * real one). So an AID that can be selected for a service's family, and has
+ * instances for that service but none of that family (and there is no pool to
+ * register one), is an error naming the service and the AID.
  */
 
 import { IPv4, IPv4CidrRange, IPv4Prefix, Validator } from 'ip-num';
 import { defaultControlSocket } from '../base/netns.js';
+import { formatIpv6, type IpAddr, ipv4ToString, isV4Mapped, parseIpv6 } from '../wire/address.js';
 import type { ConfigProblem } from './errors.js';
 import type { RawConfig } from './schema.js';
 import type {
   ApplicationConfig,
   Cidr,
+  Cidr6,
   Config,
   CooperativeConfig,
   DefaultConfig,
@@ -50,6 +63,62 @@ const UNUSABLE: readonly { range: IPv4CidrRange; text: string }[] = [
   { range: IPv4CidrRange.fromCidr('224.0.0.0/4'), text: 'a multicast address (224.0.0.0/4)' },
   { range: IPv4CidrRange.fromCidr('240.0.0.0/4'), text: 'reserved or broadcast (240.0.0.0/4)' },
 ];
+
+const V6_LOOPBACK = 1n;
+
+/** IPv6 ranges that can never be a service, TUN or instance address, with why. */
+const UNUSABLE6: readonly { base: bigint; prefix: number; text: string }[] = [
+  { base: 0n, prefix: 128, text: 'the unspecified address (::)' },
+  { base: V6_LOOPBACK, prefix: 128, text: 'the loopback address (::1)' },
+  { base: 0xffn << 120n, prefix: 8, text: 'a multicast address (ff00::/8)' },
+  {
+    base: 0xfe80n << 112n,
+    prefix: 10,
+    text: 'a link-local address (fe80::/10), which means something only with a zone id',
+  },
+];
+
+/** The top `prefix` bits of a 128-bit address. */
+function mask6(prefix: number): bigint {
+  return prefix === 0 ? 0n : ((1n << BigInt(prefix)) - 1n) << BigInt(128 - prefix);
+}
+
+function inCidr6(a: bigint, base: bigint, prefix: number): boolean {
+  return (a & mask6(prefix)) === base;
+}
+
+/**
+ * The first place in the file that makes it use IPv6 (turns tun.ipv6 on), as a
+ * field path, or null. `given` is the file before the schema's defaults.
+ */
+export function ipv6Cause(raw: RawConfig, given: unknown): string | null {
+  const v6 = (a: string | undefined | null) => typeof a === 'string' && a.includes(':');
+  const tun = (given as { tun?: Record<string, unknown> } | null)?.tun;
+  if (typeof tun === 'object' && tun !== null) {
+    if (Object.hasOwn(tun, 'address6')) return 'tun.address6';
+    if (Object.hasOwn(tun, 'localClientAddress6')) return 'tun.localClientAddress6';
+  }
+  for (const [i, s] of raw.services.entries()) {
+    const list = Array.isArray(s.address) ? s.address : [s.address];
+    const j = list.findIndex(v6);
+    if (j >= 0)
+      return Array.isArray(s.address) ? `services[${i}].address[${j}]` : `services[${i}].address`;
+  }
+  for (const [i, a] of raw.applications.entries())
+    for (const [j, inst] of a.instances.entries())
+      if (v6(inst.address)) return `applications[${i}].instances[${j}].address`;
+  for (const [i, sel] of raw.selectors.entries()) {
+    const j = (sel.clients ?? []).findIndex(v6);
+    if (j >= 0) return `selectors[${i}].clients[${j}]`;
+  }
+  const co = raw.cooperative;
+  if (co !== null) {
+    if (co.listen?.startsWith('[')) return 'cooperative.listen';
+    for (const [i, pe] of co.peers.entries())
+      if (v6(pe.address)) return `cooperative.peers[${i}].address`;
+  }
+  return null;
+}
 
 const RESERVED_TABLES: Record<number, string> = {
   253: "the kernel's default table",
@@ -133,6 +202,113 @@ class Checker {
     return u32(a);
   }
 
+  /**
+   * An IPv6 address in any RFC 4291 text form, usable as `role`; 0n if it is
+   * not one. What people write instead of an address gets its own message.
+   */
+  private address6(path: readonly PathSegment[], s: string, role: string): bigint {
+    const a = this.parse6(path, s, s);
+    if (a === null) return 0n;
+    for (const u of UNUSABLE6) {
+      if (inCidr6(a, u.base, u.prefix)) {
+        this.bad(path, s, `${showValue(s)} is ${u.text} and cannot be ${role}`);
+        break;
+      }
+    }
+    return a;
+  }
+
+  /** `text` (part of `whole`) as an IPv6 address, or null with a problem said. */
+  private parse6(path: readonly PathSegment[], text: string, whole: string): bigint | null {
+    const shown = showValue(whole);
+    const pct = text.indexOf('%');
+    let why: string | null = null;
+    if (pct >= 0)
+      why = `has a zone id (${text.slice(pct)}): vpm takes no zone ids, which name an interface rather than an address; use a global or unique local address`;
+    else if (text.startsWith('[') || text.endsWith(']'))
+      why = 'is in brackets: write the address without them (brackets belong to "[ADDRESS]:PORT")';
+    else if (text.includes('/')) why = 'has a prefix length: an address is written without one';
+    const a = why === null ? parseIpv6(text) : null;
+    if (why === null && a === null)
+      why = `is not a valid IPv6 address${text === whole ? '' : ` (${text})`} (eight groups of 1-4 hex digits separated by ':', one '::' at most, optionally ending in a dotted quad)`;
+    if (why !== null) {
+      this.bad(path, whole, `${shown} ${why}`);
+      return null;
+    }
+    if (isV4Mapped(a!)) {
+      this.bad(
+        path,
+        whole,
+        `${shown} is a v4-mapped IPv6 address (::ffff:0:0/96), an IPv4 address in IPv6 form: use the IPv4 form ${JSON.stringify(ipv4ToString(Number(a! & 0xffffffffn)))}`,
+      );
+      return null;
+    }
+    return a;
+  }
+
+  /** An address of either family (a colon makes it IPv6); 0 / 0n if it does not parse. */
+  private anyAddress(path: readonly PathSegment[], s: string, role: string): IpAddr {
+    return s.includes(':') ? this.address6(path, s, role) : this.address(path, s, role);
+  }
+
+  /** "ADDRESS:PORT" or "[IPv6]:PORT" (the schema checked the shape). */
+  private endpoint(
+    path: readonly PathSegment[],
+    text: string,
+  ): { address: IpAddr | null; port: number } {
+    const colon = text.lastIndexOf(':');
+    const host = text.slice(0, colon);
+    const port = Number(text.slice(colon + 1));
+    let address: IpAddr | null;
+    if (host.startsWith('[')) address = this.parse6(path, host.slice(1, -1), text);
+    else {
+      const a = parseAddress(host);
+      address = a === null ? null : u32(a);
+      if (a === null)
+        this.bad(path, text, `${showValue(text)}: ${host} is not a valid IPv4 address`);
+    }
+    if (!(port >= 1 && port <= 65535))
+      this.bad(path, text, `${showValue(text)}: port ${port} is out of range 1-65535`);
+    return { address, port };
+  }
+
+  private cidr6(path: readonly PathSegment[], s: string): Cidr6 {
+    const none: Cidr6 = { base: 0n, prefix: 0 };
+    const slash = s.lastIndexOf('/');
+    const addrText = s.slice(0, slash);
+    const prefixText = s.slice(slash + 1);
+    if (addrText.includes('%') || addrText.includes('[')) {
+      this.parse6(path, addrText, s);
+      return none;
+    }
+    const a = parseIpv6(addrText);
+    if (a === null) {
+      this.bad(path, s, `${showValue(s)} is not a valid CIDR: ${addrText} is not an IPv6 address`);
+      return none;
+    }
+    if (!/^(0|[1-9][0-9]{0,2})$/.test(prefixText) || Number(prefixText) > 128) {
+      this.bad(path, s, `${showValue(s)} is not a valid CIDR: the prefix length must be 0-128`);
+      return none;
+    }
+    const prefix = Number(prefixText);
+    if (isV4Mapped(a) && prefix >= 96) {
+      this.bad(
+        path,
+        s,
+        `${showValue(s)} is a v4-mapped IPv6 range (in ::ffff:0:0/96): write the IPv4 CIDR ${JSON.stringify(`${ipv4ToString(Number(a & 0xffffffffn))}/${prefix - 96}`)}`,
+      );
+      return none;
+    }
+    const network = a & mask6(prefix);
+    if (network !== a)
+      this.bad(
+        path,
+        s,
+        `${showValue(s)} has host bits set beyond the /${prefix} prefix (the network is ${formatIpv6(network)}/${prefix})`,
+      );
+    return { base: network, prefix };
+  }
+
   private cidr(path: readonly PathSegment[], s: string): Cidr {
     const none: Cidr = { base: 0, mask: 0, prefix: 0 };
     const slash = s.indexOf('/');
@@ -169,6 +345,61 @@ class Checker {
     return { base: u32(network), mask: u32(prefix.toMask()), prefix: bits };
   }
 
+  /**
+   * Mixed-family translation is refused (see the theory of operation): for each
+   * family of each service served here, every AID a connection of that family
+   * can be selected for (a selector of the service or of any, whose clients can
+   * be of that family; the default), if it has instances for the service, must
+   * have one of that family, unless a pool can register one at run time. An AID
+   * without any instance for the service is only warned about (summary.ts), as
+   * it always was.
+   */
+  private mixedFamilies(
+    services: readonly ServiceConfig[],
+    applications: readonly ApplicationConfig[],
+    selectors: readonly SelectorConfig[],
+    dflt: DefaultConfig,
+    pool: boolean,
+  ): void {
+    if (pool) return;
+    const said = new Set<string>();
+    for (const svc of services) {
+      if (svc.peer !== null) continue; // served by the peer
+      for (const fam of [4, 6] as const) {
+        const vip = fam === 4 ? svc.address : svc.address6;
+        if (vip === null) continue;
+        const aids: { aid: number; by: string }[] = [];
+        for (const sel of selectors) {
+          if (sel.aidIndex < 0) continue;
+          if (sel.serviceIndex !== null && sel.serviceIndex !== svc.index) continue;
+          const nets = fam === 4 ? sel.clients : sel.clients6;
+          if (nets !== null && nets.length === 0) continue;
+          aids.push({ aid: sel.aidIndex, by: `selectors[${sel.index}]` });
+        }
+        if (!dflt.refuse && dflt.aidIndex >= 0)
+          aids.push({ aid: dflt.aidIndex, by: 'the default' });
+        for (const { aid, by } of aids) {
+          const app = applications[aid];
+          if (app === undefined) continue;
+          const serving = app.instances.filter(
+            (i) => i.serviceIndex === null || i.serviceIndex === svc.index,
+          );
+          if (serving.length === 0) continue;
+          if (serving.some((i) => (fam === 4 ? i.address : i.address6) !== null)) continue;
+          const key = `${svc.index}/${fam}/${aid}`;
+          if (said.has(key)) continue;
+          said.add(key);
+          const other = fam === 4 ? 'IPv6' : 'IPv4';
+          this.bad(
+            ['services', svc.index, 'address'],
+            this.raw.services[svc.index]!.address,
+            `service ${JSON.stringify(svc.name)} has an IPv${fam} address, and ${by} sends its connections to application ${JSON.stringify(app.aid)}, whose instances for it are all ${other}: vpm does not translate between families (an IPv${fam} client reaches only instances with an IPv${fam} address); give ${app.aid} an instance without an address (it then serves both families) or one with an IPv${fam} address`,
+          );
+        }
+      }
+    }
+  }
+
   private portRange(path: readonly PathSegment[], s: string): PortRange {
     const [loText, hiText = loText] = s.split('-') as [string, string?];
     const lo = Number(loText);
@@ -201,6 +432,19 @@ class Checker {
         t.localClientAddress,
         `${showValue(t.localClientAddress)} is also tun.address; the local client address must be a different, unassigned address`,
       );
+    const tunAddress6 = this.address6(['tun', 'address6'], t.address6, 'the TUN address');
+    const localClient6 = this.address6(
+      ['tun', 'localClientAddress6'],
+      t.localClientAddress6,
+      'the local client address',
+    );
+    if (tunAddress6 === localClient6 && tunAddress6 !== 0n)
+      this.bad(
+        ['tun', 'localClientAddress6'],
+        t.localClientAddress6,
+        `${showValue(t.localClientAddress6)} is also tun.address6; the local client address must be a different, unassigned address`,
+      );
+    const ipv6 = ipv6Cause(raw, this.given) !== null;
     const reserved = RESERVED_TABLES[t.routeTable];
     if (reserved !== undefined)
       this.bad(
@@ -242,7 +486,7 @@ class Checker {
         const address =
           pe.address === undefined
             ? null
-            : this.address(['cooperative', 'peers', i, 'address'], pe.address, 'a peer address');
+            : this.anyAddress(['cooperative', 'peers', i, 'address'], pe.address, 'a peer address');
         let keys: PeerKey[] = [];
         if (pe.keys !== undefined && pe.key !== undefined)
           this.bad(
@@ -277,22 +521,8 @@ class Checker {
       });
       let listen: CooperativeConfig['listen'] = null;
       if (co.listen !== null) {
-        const colon = co.listen.lastIndexOf(':');
-        const a = parseAddress(co.listen.slice(0, colon));
-        const port = Number(co.listen.slice(colon + 1));
-        if (a === null)
-          this.bad(
-            ['cooperative', 'listen'],
-            co.listen,
-            `${showValue(co.listen)}: ${co.listen.slice(0, colon)} is not a valid IPv4 address`,
-          );
-        if (!(port >= 1 && port <= 65535))
-          this.bad(
-            ['cooperative', 'listen'],
-            co.listen,
-            `${showValue(co.listen)}: port ${port} is out of range 1-65535`,
-          );
-        listen = { address: a === null ? 0 : u32(a), port };
+        const e = this.endpoint(['cooperative', 'listen'], co.listen);
+        listen = { address: e.address ?? 0, port: e.port };
       }
       const portRange = this.portRange(['cooperative', 'portRange'], co.portRange);
       if (portRange.lo < 1)
@@ -319,28 +549,51 @@ class Checker {
           `${showValue(s.name)} is already the name of services[${prev}]`,
         );
       else serviceByName.set(s.name, i);
-      const vip = this.address(at('address'), s.address, 'a service address');
-      if (vip !== 0 && vip === tunAddress)
-        this.bad(
-          at('address'),
-          s.address,
-          `${showValue(s.address)} is tun.address; a service address must be a different address routed to the TUN`,
-        );
-      else if (vip !== 0 && vip === localClient)
-        this.bad(
-          at('address'),
-          s.address,
-          `${showValue(s.address)} is tun.localClientAddress; a service address must be a different address`,
-        );
-      const endpoint = `${vip}/${s.protocol}/${s.port}`;
-      const same = serviceByEndpoint.get(endpoint);
-      if (same !== undefined)
-        this.bad(
-          at('port'),
-          s.port,
-          `${s.address} ${s.protocol}/${s.port} is already services[${same}] (${JSON.stringify(raw.services[same]!.name)})`,
-        );
-      else serviceByEndpoint.set(endpoint, i);
+      // One address of either family, or one of each.
+      const texts = Array.isArray(s.address) ? s.address : [s.address];
+      const addrPath = (j: number) =>
+        Array.isArray(s.address) ? ['services', i, 'address', j] : at('address');
+      let vip: number | null = null;
+      let vip6: bigint | null = null;
+      texts.forEach((text, j) => {
+        const a = this.anyAddress(addrPath(j), text, 'a service address');
+        const other = typeof a === 'bigint' ? vip6 : vip;
+        if (other !== null) {
+          this.bad(
+            addrPath(j),
+            text,
+            `${showValue(text)} is a second ${typeof a === 'bigint' ? 'IPv6' : 'IPv4'} address; a service has at most one address of each family (two services for two addresses)`,
+          );
+          return;
+        }
+        if (typeof a === 'bigint') vip6 = a;
+        else vip = a;
+        const [tunA, localA, tunName, localName] =
+          typeof a === 'bigint'
+            ? [tunAddress6, localClient6, 'tun.address6', 'tun.localClientAddress6']
+            : [tunAddress, localClient, 'tun.address', 'tun.localClientAddress'];
+        if (a !== 0 && a !== 0n && a === tunA)
+          this.bad(
+            addrPath(j),
+            text,
+            `${showValue(text)} is ${tunName}; a service address must be a different address routed to the TUN`,
+          );
+        else if (a !== 0 && a !== 0n && a === localA)
+          this.bad(
+            addrPath(j),
+            text,
+            `${showValue(text)} is ${localName}; a service address must be a different address`,
+          );
+        const endpoint = `${typeof a}/${a}/${s.protocol}/${s.port}`;
+        const same = serviceByEndpoint.get(endpoint);
+        if (same !== undefined)
+          this.bad(
+            at('port'),
+            s.port,
+            `${text} ${s.protocol}/${s.port} is already services[${same}] (${JSON.stringify(raw.services[same]!.name)})`,
+          );
+        else serviceByEndpoint.set(endpoint, i);
+      });
       if (!servicePorts.has(s.port)) servicePorts.set(s.port, i);
       let peer: number | null = null;
       if (s.peer !== undefined) {
@@ -370,14 +623,15 @@ class Checker {
         index: i,
         name: s.name,
         address: vip,
+        address6: vip6,
         port: s.port,
         protocol: s.protocol,
         peer,
       });
     });
-    const vips = new Map<number, number>();
+    const vips = new Map<IpAddr, number>();
     services.forEach((s, i) => {
-      if (!vips.has(s.address)) vips.set(s.address, i);
+      for (const a of [s.address, s.address6]) if (a !== null && !vips.has(a)) vips.set(a, i);
     });
 
     // The port pool.
@@ -416,21 +670,26 @@ class Checker {
       else appByAid.set(app.aid, i);
       const instances: InstanceConfig[] = app.instances.map((inst, j) => {
         const at = (k: string) => ['applications', i, 'instances', j, k];
-        let address = tunAddress;
+        // No address: both TUN addresses (the IPv6 one when the file uses IPv6).
+        let address: number | null = tunAddress;
+        let address6: bigint | null = ipv6 ? tunAddress6 : null;
         if (inst.address !== undefined) {
-          address = this.address(at('address'), inst.address, 'an instance address');
-          const vip = vips.get(address);
-          if (address !== 0 && vip !== undefined)
+          const a = this.anyAddress(at('address'), inst.address, 'an instance address');
+          address = typeof a === 'bigint' ? null : a;
+          address6 = typeof a === 'bigint' ? a : null;
+          const vip = vips.get(a);
+          const local = typeof a === 'bigint' ? localClient6 : localClient;
+          if (a !== 0 && a !== 0n && vip !== undefined)
             this.bad(
               at('address'),
               inst.address,
               `${showValue(inst.address)} is the address of service ${JSON.stringify(raw.services[vip]!.name)}, which is routed to the TUN; an instance must listen on a local address`,
             );
-          else if (address !== 0 && address === localClient)
+          else if (a !== 0 && a !== 0n && a === local)
             this.bad(
               at('address'),
               inst.address,
-              `${showValue(inst.address)} is tun.localClientAddress, which is never assigned; an instance must listen on a local address`,
+              `${showValue(inst.address)} is tun.localClientAddress${typeof a === 'bigint' ? '6' : ''}, which is never assigned; an instance must listen on a local address`,
             );
         }
         const owner = instanceByPort.get(inst.port);
@@ -468,7 +727,7 @@ class Checker {
               `${showValue(inst.service)} is not a service (known: ${listNames([...serviceByName.keys()])})`,
             );
         }
-        return { address, port: inst.port, serviceIndex };
+        return { address, address6, port: inst.port, serviceIndex };
       });
       applications.push({
         index: i,
@@ -492,8 +751,17 @@ class Checker {
             `${showValue(sel.service)} is not a service (known: ${listNames([...serviceByName.keys()])})`,
           );
       }
-      const clients =
-        sel.clients?.map((c, j) => this.cidr(['selectors', i, 'clients', j], c)) ?? null;
+      let clients: Cidr[] | null = null;
+      let clients6: Cidr6[] | null = null;
+      if (sel.clients !== undefined) {
+        clients = [];
+        clients6 = [];
+        for (const [j, c] of sel.clients.entries()) {
+          const path = ['selectors', i, 'clients', j];
+          if (c.slice(0, c.lastIndexOf('/')).includes(':')) clients6.push(this.cidr6(path, c));
+          else clients.push(this.cidr(path, c));
+        }
+      }
       const clientPorts =
         sel.clientPorts === undefined
           ? null
@@ -510,6 +778,7 @@ class Checker {
         service: sel.service ?? null,
         serviceIndex,
         clients,
+        clients6,
         clientPorts,
         aid: sel.aid,
         aidIndex: aidIndex ?? -1,
@@ -529,6 +798,8 @@ class Checker {
         );
       dflt = { refuse: false, aid, aidIndex: aidIndex ?? -1 };
     }
+
+    this.mixedFamilies(services, applications, selectors, dflt, pool !== null);
 
     // Control socket and metrics.
     // Unique per network namespace (base/netns.ts): the CLI computes the same.
@@ -550,28 +821,18 @@ class Checker {
     let listen: Config['metrics']['listen'] = null;
     if (raw.metrics.listen !== null) {
       const text = raw.metrics.listen;
-      const colon = text.lastIndexOf(':');
-      const a = parseAddress(text.slice(0, colon));
-      const port = Number(text.slice(colon + 1));
-      if (a === null)
+      const e = this.endpoint(['metrics', 'listen'], text);
+      const loopback =
+        typeof e.address === 'bigint'
+          ? e.address === V6_LOOPBACK
+          : e.address !== null && LOOPBACK.contains(IPv4.fromNumber(BigInt(e.address)));
+      if (e.address !== null && !loopback)
         this.bad(
           ['metrics', 'listen'],
           text,
-          `${showValue(text)}: ${text.slice(0, colon)} is not a valid IPv4 address`,
+          `${showValue(text)} is not a loopback address; metrics are served on 127.0.0.0/8 or [::1] only`,
         );
-      else if (!LOOPBACK.contains(a))
-        this.bad(
-          ['metrics', 'listen'],
-          text,
-          `${showValue(text)} is not a loopback address; metrics are served on 127.0.0.0/8 only`,
-        );
-      if (port < 1 || port > 65535)
-        this.bad(
-          ['metrics', 'listen'],
-          text,
-          `${showValue(text)}: port ${port} is out of range 1-65535`,
-        );
-      listen = { address: a === null ? 0 : u32(a), port };
+      listen = { address: e.address ?? 0, port: e.port };
     }
 
     return {
@@ -580,6 +841,9 @@ class Checker {
         name: t.name,
         address: tunAddress,
         localClientAddress: localClient,
+        address6: tunAddress6,
+        localClientAddress6: localClient6,
+        ipv6,
         mtu: t.mtu,
         txQueueLen: t.txQueueLen,
         batchSize: t.batchSize,

@@ -5,11 +5,45 @@
  * application nothing selects).
  */
 
-import { ipv4ToString } from '../wire/address.js';
-import type { Cidr, Config, PortRange, SelectorConfig } from './types.js';
+import { formatAddr, formatEndpoint, formatIpv6, ipv4ToString } from '../wire/address.js';
+import type {
+  Cidr,
+  Cidr6,
+  Config,
+  InstanceConfig,
+  PortRange,
+  SelectorConfig,
+  ServiceConfig,
+} from './types.js';
 
 function cidrText(c: Cidr): string {
   return `${ipv4ToString(c.base)}/${c.prefix}`;
+}
+
+function cidr6Text(c: Cidr6): string {
+  return `${formatIpv6(c.base)}/${c.prefix}`;
+}
+
+/** A selector's client networks as the file writes them (IPv4 first), or null for any client. */
+function clientsText(s: SelectorConfig): string[] | null {
+  if (s.clients === null && s.clients6 === null) return null;
+  return [...(s.clients ?? []).map(cidrText), ...(s.clients6 ?? []).map(cidr6Text)];
+}
+
+/** A service's addresses, IPv4 first, RFC 5952 for IPv6. */
+export function serviceAddresses(s: ServiceConfig): string[] {
+  const out: string[] = [];
+  if (s.address !== null) out.push(ipv4ToString(s.address));
+  if (s.address6 !== null) out.push(formatIpv6(s.address6));
+  return out;
+}
+
+/** Where an instance listens, one "ADDRESS:PORT" / "[IPv6]:PORT" per family it serves. */
+export function instanceEndpoints(i: InstanceConfig): string[] {
+  const out: string[] = [];
+  if (i.address !== null) out.push(formatEndpoint(i.address, i.port));
+  if (i.address6 !== null) out.push(formatEndpoint(i.address6, i.port));
+  return out;
 }
 
 function portsText(r: PortRange): string {
@@ -26,6 +60,13 @@ export function configToJson(c: Config): Record<string, unknown> {
       name: c.tun.name,
       address: ipv4ToString(c.tun.address),
       localClientAddress: ipv4ToString(c.tun.localClientAddress),
+      // Written only when IPv6 is on: giving them turns it on.
+      ...(c.tun.ipv6
+        ? {
+            address6: formatIpv6(c.tun.address6),
+            localClientAddress6: formatIpv6(c.tun.localClientAddress6),
+          }
+        : {}),
       mtu: c.tun.mtu,
       txQueueLen: c.tun.txQueueLen,
       batchSize: c.tun.batchSize,
@@ -36,7 +77,7 @@ export function configToJson(c: Config): Record<string, unknown> {
     },
     services: c.services.map((s) => ({
       name: s.name,
-      address: ipv4ToString(s.address),
+      address: serviceAddresses(s).length === 1 ? serviceAddresses(s)[0] : serviceAddresses(s),
       port: s.port,
       protocol: s.protocol,
       ...(s.peer === null ? {} : { peer: c.cooperative!.peers[s.peer]!.name }),
@@ -46,7 +87,10 @@ export function configToJson(c: Config): Record<string, unknown> {
       executables: [...a.executables],
       ...(a.users === null ? {} : { users: [...a.users] }),
       instances: a.instances.map((i) => ({
-        address: ipv4ToString(i.address),
+        // Both families is what no address says (the TUN's two addresses).
+        ...(i.address !== null && i.address6 !== null
+          ? {}
+          : { address: formatAddr((i.address ?? i.address6)!) }),
         port: i.port,
         ...(i.serviceIndex === null ? {} : { service: c.services[i.serviceIndex]!.name }),
       })),
@@ -54,7 +98,8 @@ export function configToJson(c: Config): Record<string, unknown> {
     selectors: c.selectors.map((s) => {
       const o: Record<string, unknown> = {};
       if (s.service !== null) o.service = s.service;
-      if (s.clients !== null) o.clients = s.clients.map(cidrText);
+      const clients = clientsText(s);
+      if (clients !== null) o.clients = clients;
       if (s.clientPorts !== null) o.clientPorts = portsText(s.clientPorts);
       o.aid = s.aid;
       return o;
@@ -76,12 +121,12 @@ export function configToJson(c: Config): Record<string, unknown> {
             listen:
               c.cooperative.listen === null
                 ? null
-                : `${ipv4ToString(c.cooperative.listen.address)}:${c.cooperative.listen.port}`,
+                : formatEndpoint(c.cooperative.listen.address, c.cooperative.listen.port),
             portRange: `${c.cooperative.portRange.lo}-${c.cooperative.portRange.hi}`,
             timeoutMs: c.cooperative.timeoutMs,
             peers: c.cooperative.peers.map((p) => ({
               name: p.name,
-              ...(p.address === null ? {} : { address: ipv4ToString(p.address) }),
+              ...(p.address === null ? {} : { address: formatAddr(p.address) }),
               port: p.port,
               // The deprecated single key is written as it was given.
               ...(p.keys.length === 1 && p.keys[0]!.id === 'default'
@@ -101,7 +146,7 @@ export function configToJson(c: Config): Record<string, unknown> {
       listen:
         c.metrics.listen === null
           ? null
-          : `${ipv4ToString(c.metrics.listen.address)}:${c.metrics.listen.port}`,
+          : formatEndpoint(c.metrics.listen.address, c.metrics.listen.port),
     },
     log: { level: c.log.level },
   };
@@ -111,7 +156,7 @@ export function configToJson(c: Config): Record<string, unknown> {
 export function describeSelector(s: SelectorConfig): string {
   const parts = [
     s.service === null ? 'any service' : `service ${s.service}`,
-    s.clients === null ? 'any client' : `clients ${s.clients.map(cidrText).join(' ')}`,
+    clientsText(s) === null ? 'any client' : `clients ${clientsText(s)!.join(' ')}`,
   ];
   if (s.clientPorts !== null) parts.push(`client ports ${portsText(s.clientPorts)}`);
   return `${parts.join(', ')} -> ${s.aid}`;
@@ -120,18 +165,21 @@ export function describeSelector(s: SelectorConfig): string {
 /** The short human summary `vpm check-config` prints (without the "ok" line). */
 export function summarizeConfig(c: Config): string[] {
   const out: string[] = [];
+  const v6 = c.tun.ipv6
+    ? `; IPv6: address ${formatIpv6(c.tun.address6)}, local clients as ${formatIpv6(c.tun.localClientAddress6)}`
+    : '';
   out.push(
-    `tun ${c.tun.name}: address ${ipv4ToString(c.tun.address)}, local clients as ${ipv4ToString(c.tun.localClientAddress)}, mtu ${c.tun.mtu}`,
+    `tun ${c.tun.name}: address ${ipv4ToString(c.tun.address)}, local clients as ${ipv4ToString(c.tun.localClientAddress)}${v6}, mtu ${c.tun.mtu}`,
   );
   out.push(`services (${c.services.length}):`);
   for (const s of c.services)
-    out.push(`  ${s.name}  ${ipv4ToString(s.address)} ${s.protocol}/${s.port}`);
+    out.push(`  ${s.name}  ${serviceAddresses(s).join(' ')} ${s.protocol}/${s.port}`);
   out.push(`applications (${c.applications.length}):`);
   for (const a of c.applications) {
     const inst =
       a.instances.length === 0
         ? '(no live instance)'
-        : a.instances.map((i) => `${ipv4ToString(i.address)}:${i.port}`).join(' ');
+        : a.instances.flatMap(instanceEndpoints).join(' ');
     out.push(`  ${a.aid}  ${inst}`);
   }
   out.push(`selectors (${c.selectors.length}, first match wins):`);
@@ -150,6 +198,15 @@ function covers(a: SelectorConfig, b: SelectorConfig): boolean {
     const inside = (n: Cidr) =>
       a.clients!.some((m) => m.prefix <= n.prefix && (n.base & m.mask) >>> 0 === m.base);
     if (!b.clients.every(inside)) return false;
+  }
+  if (a.clients6 !== null) {
+    if (b.clients6 === null) return false;
+    const top = (x: bigint, p: number) => (p === 0 ? 0n : x >> BigInt(128 - p));
+    const inside = (n: Cidr6) =>
+      a.clients6!.some(
+        (m) => m.prefix <= n.prefix && top(n.base, m.prefix) === top(m.base, m.prefix),
+      );
+    if (!b.clients6.every(inside)) return false;
   }
   if (a.clientPorts !== null) {
     if (b.clientPorts === null) return false;

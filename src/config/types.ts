@@ -1,11 +1,14 @@
 /**
  * The resolved configuration: what the rest of vpm reads, one deeply frozen
- * object with numeric forms ready for the data plane (addresses as u32, CIDRs as
- * base/mask, port ranges as lo/hi, AIDs and services by index). Defaults are
+ * object with numeric forms ready for the data plane (IPv4 addresses as u32,
+ * IPv6 addresses as bigint — the data plane's four words are made from them by
+ * daemon/rules-from-config.ts —, CIDRs as base/mask, port ranges as lo/hi, AIDs
+ * and services by index). Defaults are
  * those of the schema (schema.ts), written here beside each field; load.ts
  * produces it, summary.ts shows it.
  */
 
+import type { IpAddr } from '../wire/address.js';
 import type { RawConfig } from './schema.js';
 
 /** The schema's log levels (pino's). */
@@ -18,6 +21,14 @@ export interface Cidr {
   /** Netmask, u32 (0 for /0, 0xffffffff for /32). */
   readonly mask: number;
   /** Prefix length, 0-32. */
+  readonly prefix: number;
+}
+
+/** An IPv6 network: the address's top `prefix` bits equal `base`'s. */
+export interface Cidr6 {
+  /** Network address, host bits zero. */
+  readonly base: bigint;
+  /** Prefix length, 0-128. */
   readonly prefix: number;
 }
 
@@ -34,6 +45,17 @@ export interface TunConfig {
   readonly address: number;
   /** Address local clients are translated to (u32); routed to the TUN, never assigned. Default 198.19.255.2. */
   readonly localClientAddress: number;
+  /** IPv6 address of the TUN device (a /128), used when `ipv6`. Default 2001:2:0:ff::1. */
+  readonly address6: bigint;
+  /** IPv6 address local IPv6 clients are translated to, used when `ipv6`. Default 2001:2:0:ff::2. */
+  readonly localClientAddress6: bigint;
+  /**
+   * Resolved, not in the file: true iff the file has an IPv6 address anywhere
+   * (services, instances, selector clients, cooperative listen or peers, or
+   * tun.address6 / tun.localClientAddress6 given explicitly). Read at start-up
+   * only: a reload that would change it is refused.
+   */
+  readonly ipv6: boolean;
   /** Default 1500. */
   readonly mtu: number;
   /** Transmit queue length in packets. Default 10000. */
@@ -54,8 +76,10 @@ export interface ServiceConfig {
   /** Position in `services`. */
   readonly index: number;
   readonly name: string;
-  /** The virtual service address (VIP), u32. */
-  readonly address: number;
+  /** The IPv4 virtual service address (VIP), u32, or null (an IPv6-only service). */
+  readonly address: number | null;
+  /** The IPv6 VIP, or null (an IPv4-only service). At least one of the two is set. */
+  readonly address6: bigint | null;
   readonly port: number;
   /** Default "tcp". */
   readonly protocol: 'tcp' | 'udp';
@@ -63,9 +87,16 @@ export interface ServiceConfig {
   readonly peer: number | null;
 }
 
+/**
+ * Without an address in the file an instance serves both families (address is
+ * tun.address, address6 is tun.address6 when tun.ipv6, else null); with one it
+ * serves that family only (the other is null).
+ */
 export interface InstanceConfig {
-  /** Local address the instance listens on, u32. Default tun.address. */
-  readonly address: number;
+  /** Local IPv4 address the instance listens on, u32, or null (IPv6 only). */
+  readonly address: number | null;
+  /** Local IPv6 address it listens on, or null (IPv4 only). */
+  readonly address6: bigint | null;
   /** The real port. */
   readonly port: number;
   /** Index into `services` of the one service it serves, or null for every service. */
@@ -99,8 +130,8 @@ export interface ApplicationConfig {
 
 export interface PeerConfig {
   readonly name: string;
-  /** Address of the peer's negotiation endpoint (u32), or null if it only connects to us. */
-  readonly address: number | null;
+  /** Address of the peer's negotiation endpoint (either family), or null if it only connects to us. */
+  readonly address: IpAddr | null;
   readonly port: number;
   /** The first of `keys`' keys, hex (the one this daemon offers). */
   readonly key: string;
@@ -119,7 +150,7 @@ export interface CooperativeConfig {
   /** This daemon's name towards its peers. Default "vpm". */
   readonly name: string;
   /** Where peers negotiate with us, or null. Default null. */
-  readonly listen: { readonly address: number; readonly port: number } | null;
+  readonly listen: { readonly address: IpAddr; readonly port: number } | null;
   /** Ports p2 for negotiated connections. Default 40000-40999. */
   readonly portRange: PortRange;
   /** Negotiation timeout. Default 1000. */
@@ -134,8 +165,14 @@ export interface SelectorConfig {
   readonly service: string | null;
   /** Index into `services`, or null for any service. */
   readonly serviceIndex: number | null;
-  /** Client networks, or null for any client. */
+  /**
+   * IPv4 client networks, or null for any client. With `clients` in the file
+   * both lists are set (either may be empty): a v4 client must be in one of
+   * `clients`, a v6 client in one of `clients6`. Without it both are null.
+   */
   readonly clients: readonly Cidr[] | null;
+  /** IPv6 client networks, or null for any client (see `clients`). */
+  readonly clients6: readonly Cidr6[] | null;
   /** Client source ports, or null for any port. */
   readonly clientPorts: PortRange | null;
   readonly aid: string;
@@ -206,8 +243,8 @@ export interface Config {
     readonly monitorGroup: string | number | null;
   };
   readonly metrics: {
-    /** Loopback address and port of /metrics, or null (default) for none. */
-    readonly listen: { readonly address: number; readonly port: number } | null;
+    /** Loopback address (127.0.0.0/8 or ::1) and port of /metrics, or null (default) for none. */
+    readonly listen: { readonly address: IpAddr; readonly port: number } | null;
   };
   readonly log: {
     /** Default "info". */

@@ -50,7 +50,7 @@ import { INJECT_MALFORMED, type Pipeline } from '../datapath/pipeline.js';
 import type { Rules } from '../datapath/rules.js';
 import { CREATE_COLLISION, CREATE_FULL, type FlowKeyArgs, type FlowTable } from '../flow/table.js';
 import { PortPool } from '../virtual/pool.js';
-import { ipv4ToString, parseIpv4 } from '../wire/address.js';
+import { formatAddr, ipv4ToString, parseIpv4 } from '../wire/address.js';
 import { IPPROTO_TCP, IPPROTO_UDP } from '../wire/ipv4.js';
 import type { PacketInfo } from '../wire/parse.js';
 import { PeerClient } from './client.js';
@@ -197,7 +197,7 @@ export class Cooperation {
       this.clients.set(
         i,
         new PeerClient({
-          host: ipv4ToString(p.address),
+          host: formatAddr(p.address),
           port: p.port,
           name: co.name,
           peer: p.name,
@@ -213,7 +213,7 @@ export class Cooperation {
     });
     if (co.listen) {
       this.server = new PeerServer({
-        host: ipv4ToString(co.listen.address),
+        host: formatAddr(co.listen.address),
         port: co.listen.port,
         name: co.name,
         keys: new Map(co.peers.map((p) => [p.name, hexKey(p.key)])),

@@ -7,11 +7,11 @@
  */
 
 import type { Logger } from 'pino';
+import { serviceAddresses } from '../config/summary.js';
 import type { Config } from '../config/types.js';
 import type { ControlServer } from '../control/server.js';
 import type { FlowView, InstanceView } from '../view/views.js';
 import type { Registry } from '../virtual/registry.js';
-import { ipv4ToString } from '../wire/address.js';
 import type { ReloadResult } from './reload.js';
 
 /** What the handlers need of the daemon. */
@@ -41,7 +41,9 @@ export function registerControlHandlers(c: ControlServer, d: ControlTarget): voi
   c.on('services', () =>
     d.config().services.map((s) => ({
       name: s.name,
-      address: ipv4ToString(s.address),
+      // The IPv4 address, or the IPv6 one of an IPv6-only service; both in `addresses`.
+      address: serviceAddresses(s)[0]!,
+      addresses: serviceAddresses(s),
       port: s.port,
       protocol: s.protocol,
     })),

@@ -21,7 +21,9 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { netnsLink } from '../base/netns.js';
+import { ConfigError } from '../config/errors.js';
 import { loadConfig } from '../config/load.js';
+import { serviceAddresses } from '../config/summary.js';
 import type { Config } from '../config/types.js';
 import { AccessPolicy } from '../control/access.js';
 import { ControlServer } from '../control/server.js';
@@ -38,14 +40,21 @@ import { openTun } from '../tun/kernel-tun.js';
 import type { FlowView, InstanceView } from '../view/views.js';
 import { PortPool } from '../virtual/pool.js';
 import { Registry } from '../virtual/registry.js';
-import { ipv4ToString, parseIpv4 } from '../wire/address.js';
+import {
+  formatEndpoint,
+  ipv4ToString,
+  ipv6FromWords,
+  ipv6ToWords,
+  parseIpv4,
+  parseIpv6,
+} from '../wire/address.js';
 import { IPPROTO_UDP } from '../wire/ipv4.js';
 import type { PacketInfo } from '../wire/parse.js';
 import { registerControlHandlers } from './control-handlers.js';
 import { readDeviceCounters } from './device-counters.js';
 import { createLogger } from './log.js';
 import { buildMetrics, serveMetrics } from './metrics.js';
-import { type ReloadResult, reloadPlan } from './reload.js';
+import { ipv6ReloadProblem, type ReloadResult, reloadPlan } from './reload.js';
 import {
   healthLimits,
   hostPlanFromConfig,
@@ -90,6 +99,80 @@ export function localAddresses(): Set<number> {
     }
   }
   return out;
+}
+
+/**
+ * The IPv6 addresses assigned on this host, as the pipeline's four words per
+ * address (`localAddrs6`, `localAddrs6Count` of the IPv6 contract), with the
+ * TUN's `tun6` first; read like `localAddresses`. Link-local addresses are
+ * left out: a local client's connection to a VIP never has one as its source.
+ */
+export function localAddresses6(tun6: bigint): {
+  localAddrs6: Uint32Array;
+  localAddrs6Count: number;
+} {
+  const addrs = new Set<bigint>([tun6]);
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) {
+      if (a.family !== 'IPv6') continue;
+      const n = parseIpv6(a.address);
+      if (n !== null && n >> 118n !== 0x3fan) addrs.add(n);
+    }
+  }
+  const words = new Uint32Array(4 * addrs.size);
+  [...addrs].forEach((a, i) => {
+    ipv6ToWords(a, words, 4 * i);
+  });
+  return { localAddrs6: words, localAddrs6Count: addrs.size };
+}
+
+/** A v6 address as the data plane's words (PipelineOptions.localClientAddr6 of the contract). */
+function words6(a: bigint): Uint32Array {
+  const w = new Uint32Array(4);
+  ipv6ToWords(a, w);
+  return w;
+}
+
+/**
+ * The flow table's address columns as `flowEndpoints` reads them. `family` and
+ * `addr6` are the IPv6 contract's columns (family 4 or 6 per slot; for a v6
+ * flow 16 words at slot*16: client +0, vip +4, nat +8, real +12); absent in a
+ * table without them, where every flow is IPv4.
+ */
+export interface FlowAddressColumns {
+  clientAddr: Uint32Array;
+  vipAddr: Uint32Array;
+  natAddr: Uint32Array;
+  realAddr: Uint32Array;
+  clientPort: Uint16Array | Uint32Array;
+  vport: Uint16Array | Uint32Array;
+  natPort: Uint16Array | Uint32Array;
+  realPort: Uint16Array | Uint32Array;
+  family?: Uint8Array;
+  addr6?: Uint32Array | null;
+}
+
+/**
+ * The four endpoints of flow `s` as "a.b.c.d:port" or "[v6]:port" (RFC 5952),
+ * and whether the client was translated (a local client): `vpm flows`, logs.
+ */
+export function flowEndpoints(
+  t: FlowAddressColumns,
+  s: number,
+): { client: string; service: string; real: string; nat: string | null } {
+  const v6 = t.family?.[s] === 6 && t.addr6 != null;
+  const at = (k: number, v4: Uint32Array, port: number) =>
+    v6
+      ? formatEndpoint(ipv6FromWords(t.addr6!, s * 16 + 4 * k), port)
+      : formatEndpoint(v4[s]!, port);
+  const client = at(0, t.clientAddr, t.clientPort[s]!);
+  const nat = at(2, t.natAddr, t.natPort[s]!);
+  return {
+    client,
+    service: at(1, t.vipAddr, t.vport[s]!),
+    real: at(3, t.realAddr, t.realPort[s]!),
+    nat: nat === client ? null : nat,
+  };
 }
 
 /** Does a live process accept connections on the unix socket `path`? */
@@ -209,6 +292,7 @@ export class Daemon {
         timerTimeouts(cfg),
         undefined,
         cfg.limits.embryonicFlows,
+        cfg.tun.ipv6,
       );
       this.rules = rulesFromConfig(cfg);
       this.instances.replaceStatic(this.rules, staticInstancesFromConfig(cfg));
@@ -236,6 +320,7 @@ export class Daemon {
           health: healthLimits(cfg),
           onInstanceEvent: (ev, index) => this.instanceEvent(ev, index),
           localClientAddr: cfg.tun.localClientAddress,
+          localClientAddr6: cfg.tun.ipv6 ? words6(cfg.tun.localClientAddress6) : null,
           localClientAid: (addr, port, proto) =>
             this.registry?.localClientAid(addr, port, proto) ?? -1,
           negotiate: (buf, off, len, info, svc, aid, local) =>
@@ -257,6 +342,7 @@ export class Daemon {
         locals,
       );
       const pipeline = this.pipeline;
+      this.setLocalAddrs6(cfg);
       this.coop = new Cooperation(cfg, {
         pipeline,
         table: this.table,
@@ -326,11 +412,14 @@ export class Daemon {
         event: 'ready',
         tun: this.tun?.name,
         services: cfg.services.map(
-          (s) => `${s.name}=${s.protocol}/${ipv4ToString(s.address)}:${s.port}`,
+          (s) =>
+            `${s.name}=${s.protocol}/${serviceAddresses(s)
+              .map((a) => (a.includes(':') ? `[${a}]` : a))
+              .join(',')}:${s.port}`,
         ),
         control: cfg.control.socket,
         metrics: cfg.metrics.listen
-          ? `${ipv4ToString(cfg.metrics.listen.address)}:${cfg.metrics.listen.port}`
+          ? formatEndpoint(cfg.metrics.listen.address, cfg.metrics.listen.port)
           : null,
       },
       'vpm up',
@@ -460,16 +549,16 @@ export class Daemon {
   flowView(s: number, now: number): FlowView {
     const t = this.table!;
     const svc = this.rules!.services[t.service[s]!];
-    const nat = t.natAddr[s] !== t.clientAddr[s] || t.natPort[s] !== t.clientPort[s];
+    const e = flowEndpoints(t, s);
     return {
       id: t.id[s]!,
       protocol: t.proto[s] === IPPROTO_UDP ? 'udp' : 'tcp',
-      client: `${ipv4ToString(t.clientAddr[s]!)}:${t.clientPort[s]}`,
-      service: `${ipv4ToString(t.vipAddr[s]!)}:${t.vport[s]}`,
+      client: e.client,
+      service: e.service,
       serviceName: svc?.name ?? '?',
       aid: this.rules!.aidNames[t.aid[s]!] ?? '?',
-      real: `${ipv4ToString(t.realAddr[s]!)}:${t.realPort[s]}`,
-      nat: nat ? `${ipv4ToString(t.natAddr[s]!)}:${t.natPort[s]}` : null,
+      real: e.real,
+      nat: e.nat,
       state: STATE_NAMES[t.state[s]!] ?? '?',
       ageMs: Math.round(now - t.created[s]!),
       idleMs: Math.round(now - t.lastSeen[s]!),
@@ -549,8 +638,21 @@ export class Daemon {
     return r;
   }
 
+  /**
+   * The pipeline's local IPv6 addresses (localAddrs6 / localAddrs6Count of the
+   * IPv6 contract, set like localAddrs), when the config uses IPv6.
+   */
+  private setLocalAddrs6(cfg: Config): void {
+    if (!this.pipeline || !cfg.tun.ipv6) return;
+    const { localAddrs6, localAddrs6Count } = localAddresses6(cfg.tun.address6);
+    this.pipeline.localAddrs6 = localAddrs6;
+    this.pipeline.localAddrs6Count = localAddrs6Count;
+  }
+
   private async reloadNow(): Promise<ReloadResult> {
     const next = loadConfig(this.cfg.source);
+    const refused = ipv6ReloadProblem(this.cfg, next);
+    if (refused !== null) throw new ConfigError('ERR_CONFIG_INVALID', next.source, [refused]);
     const plan = reloadPlan(this.cfg, next);
     // Users and groups by name: a name this host does not know fails the reload, before any change.
     const access = AccessPolicy.fromConfig(plan.config);
@@ -575,6 +677,7 @@ export class Daemon {
       const locals = localAddresses();
       locals.add(this.cfg.tun.address);
       this.pipeline.localAddrs = locals;
+      this.setLocalAddrs6(this.cfg);
     }
     this.table?.timeouts.set(timerTimeouts(next));
     this.cfg = plan.config;

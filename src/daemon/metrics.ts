@@ -7,7 +7,7 @@
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { DROP_NAMES, DROP_REASONS } from '../datapath/counters.js';
-import { ipv4ToString } from '../wire/address.js';
+import { formatAddr, type IpAddr } from '../wire/address.js';
 import type { DeviceCounters } from './device-counters.js';
 
 /** What the metrics read: the same snapshot `vpm stats` returns. */
@@ -382,7 +382,7 @@ function deviceMetrics(reg: Registry, device: DeviceSource): void {
 }
 
 /** Serve GET /metrics on `address:port` (a loopback address; the config checks it). */
-export async function serveMetrics(reg: Registry, address: number, port: number): Promise<Server> {
+export async function serveMetrics(reg: Registry, address: IpAddr, port: number): Promise<Server> {
   const server = createServer((req, res) => {
     if (req.method !== 'GET' || (req.url !== '/metrics' && req.url !== '/')) {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics\n');
@@ -395,7 +395,7 @@ export async function serveMetrics(reg: Registry, address: number, port: number)
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, ipv4ToString(address), () => {
+    server.listen(port, formatAddr(address), () => {
       server.off('error', reject);
       resolve();
     });

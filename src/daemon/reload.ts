@@ -111,7 +111,50 @@ function withKeysOf(
   };
 }
 
-const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+/** JSON with IPv6 addresses (bigints) as text: JSON.stringify refuses bigints. */
+const json = (v: unknown) =>
+  JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? `${x}n` : x));
+const same = (a: unknown, b: unknown) => json(a) === json(b);
+
+/** A field of `c` that uses IPv6 (what turns tun.ipv6 on), for messages. */
+function ipv6Field(c: Config): string {
+  const s = c.services.findIndex((x) => x.address6 !== null);
+  if (s >= 0) return `services[${s}].address`;
+  for (const a of c.applications) {
+    const j = a.instances.findIndex((i) => i.address === null);
+    if (j >= 0) return `applications[${a.index}].instances[${j}].address`;
+  }
+  const sel = c.selectors.findIndex((x) => (x.clients6?.length ?? 0) > 0);
+  if (sel >= 0) return `selectors[${sel}].clients`;
+  if (typeof c.cooperative?.listen?.address === 'bigint') return 'cooperative.listen';
+  const p = c.cooperative?.peers.findIndex((x) => typeof x.address === 'bigint') ?? -1;
+  if (p >= 0) return `cooperative.peers[${p}].address`;
+  return 'tun.address6';
+}
+
+/**
+ * Why a reload from `current` to `next` is refused, or null: IPv6 is set up at
+ * start-up only (the TUN's IPv6 address, routes and rules, the flow table's IPv6
+ * columns), so a file that turns it on or off needs a restart. Unlike the other
+ * restart-only settings, the rest of such a file cannot be applied without it:
+ * its IPv6 services would have no route, or the running ones would lose theirs.
+ */
+export function ipv6ReloadProblem(
+  current: Config,
+  next: Config,
+): { path: string; message: string } | null {
+  if (next.tun.ipv6 === current.tun.ipv6) return null;
+  const path = ipv6Field(next.tun.ipv6 ? next : current);
+  return next.tun.ipv6
+    ? {
+        path,
+        message: `uses IPv6, which the running daemon does not (tun.ipv6 is decided at start-up): restart vpm to turn IPv6 on; the reload is refused and the old configuration stays`,
+      }
+    : {
+        path: 'tun.ipv6',
+        message: `the running daemon uses IPv6 (${path} of its configuration) and this file uses none: restart vpm to turn IPv6 off; the reload is refused and the old configuration stays`,
+      };
+}
 
 export function reloadPlan(current: Config, next: Config): ReloadPlan {
   return {

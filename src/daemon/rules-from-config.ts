@@ -1,6 +1,8 @@
 /**
  * Build the data plane's numeric `Rules`, its static instances and the host plan
- * from a validated Config.
+ * from a validated Config. IPv4 addresses stay u32 numbers (-1 where a service or
+ * instance has none); IPv6 ones become four big-endian u32 words (the contract of
+ * src/wire/address.ts `ipv6ToWords`), made once here, never per packet.
  */
 
 import type { Config } from '../config/types.js';
@@ -8,14 +10,37 @@ import type { InstanceSpec } from '../datapath/instances.js';
 import type { HealthLimits, PipelineLimits } from '../datapath/pipeline.js';
 import { Rules } from '../datapath/rules.js';
 import type { HostPlan } from '../host/setup.js';
-import { ipv4ToString } from '../wire/address.js';
+import { formatIpv6, ipv4ToString, ipv6ToWords } from '../wire/address.js';
 import { IPPROTO_TCP, IPPROTO_UDP } from '../wire/ipv4.js';
+
+/** An IPv6 address as the data plane's four words. */
+export function words6(a: bigint): Uint32Array {
+  const w = new Uint32Array(4);
+  ipv6ToWords(a, w);
+  return w;
+}
+
+/** The netmask of an IPv6 prefix length as a 128-bit value. */
+function mask6(prefix: number): bigint {
+  return prefix === 0 ? 0n : ((1n << BigInt(prefix)) - 1n) << BigInt(128 - prefix);
+}
+
+/** IPv6 CIDRs as 8 words each: base w0..w3, then mask w0..w3. */
+export function cidr6Words(cidrs: readonly { base: bigint; prefix: number }[]): Uint32Array {
+  const out = new Uint32Array(8 * cidrs.length);
+  cidrs.forEach((c, i) => {
+    ipv6ToWords(c.base, out, 8 * i);
+    ipv6ToWords(mask6(c.prefix), out, 8 * i + 4);
+  });
+  return out;
+}
 
 export function rulesFromConfig(cfg: Config): Rules {
   return new Rules({
     services: cfg.services.map((s) => ({
       name: s.name,
-      addr: s.address,
+      addr: s.address ?? -1,
+      addr6: s.address6 === null ? null : words6(s.address6),
       port: s.port,
       proto: s.protocol === 'udp' ? IPPROTO_UDP : IPPROTO_TCP,
       peer: s.peer ?? -1,
@@ -25,6 +50,8 @@ export function rulesFromConfig(cfg: Config): Rules {
       service: s.serviceIndex ?? -1,
       cidrBase: Uint32Array.from((s.clients ?? []).map((c) => c.base)),
       cidrMask: Uint32Array.from((s.clients ?? []).map((c) => c.mask)),
+      cidr6Words: cidr6Words(s.clients6 ?? []),
+      anyClient: s.clients === null && s.clients6 === null,
       portLo: s.clientPorts?.lo ?? 0,
       portHi: s.clientPorts?.hi ?? 65535,
       aid: s.aidIndex,
@@ -39,7 +66,8 @@ export function staticInstancesFromConfig(cfg: Config): InstanceSpec[] {
   return cfg.applications.flatMap((a) =>
     a.instances.map((i) => ({
       aid: a.index,
-      addr: i.address,
+      addr: i.address ?? -1,
+      addr6: i.address6 === null ? null : words6(i.address6),
       port: i.port,
       service: i.serviceIndex ?? -1,
       vport: 0,
@@ -75,23 +103,40 @@ function mergePorts(ports: readonly number[]): { lo: number; hi: number }[] {
 
 /**
  * The static instances on a local address other than the TUN's (and not the
- * wildcard), by address in configuration order, with their ports merged into ranges.
+ * wildcard), by address in configuration order, with their ports merged into
+ * ranges; IPv4 ones, or with `family` 6 the IPv6 ones (RFC 5952 text).
  */
 export function otherInstanceAddrs(
   cfg: Config,
+  family: 4 | 6 = 4,
 ): { addr: string; ports: { lo: number; hi: number }[] }[] {
-  const byAddr = new Map<number, number[]>();
+  const byAddr = new Map<number | bigint, number[]>();
   for (const a of cfg.applications)
     for (const i of a.instances) {
-      if (i.address === cfg.tun.address || i.address === 0) continue;
-      const ports = byAddr.get(i.address) ?? [];
+      const addr = family === 4 ? i.address : i.address6;
+      const tun = family === 4 ? cfg.tun.address : cfg.tun.address6;
+      if (addr === null || addr === tun || addr === 0 || addr === 0n) continue;
+      const ports = byAddr.get(addr) ?? [];
       ports.push(i.port);
-      byAddr.set(i.address, ports);
+      byAddr.set(addr, ports);
     }
   return [...byAddr].map(([addr, ports]) => ({
-    addr: ipv4ToString(addr),
+    addr: typeof addr === 'bigint' ? formatIpv6(addr) : ipv4ToString(addr),
     ports: mergePorts(ports),
   }));
+}
+
+/** The IPv6 part of the host plan, or null when the config does not use IPv6. */
+function hostPlan6(cfg: Config): HostPlan['ipv6'] {
+  if (!cfg.tun.ipv6) return null;
+  const vips: string[] = [];
+  for (const s of cfg.services) if (s.address6 !== null) vips.push(formatIpv6(s.address6));
+  return {
+    tunAddr: formatIpv6(cfg.tun.address6),
+    localClientAddr: formatIpv6(cfg.tun.localClientAddress6),
+    vips: [...new Set(vips)],
+    otherInstanceAddrs: otherInstanceAddrs(cfg, 6),
+  };
 }
 
 export function hostPlanFromConfig(cfg: Config, tunName: string): HostPlan {
@@ -101,7 +146,11 @@ export function hostPlanFromConfig(cfg: Config, tunName: string): HostPlan {
     localClientAddr: ipv4ToString(cfg.tun.localClientAddress),
     mtu: cfg.tun.mtu,
     txQueueLen: cfg.tun.txQueueLen,
-    vips: [...new Set(cfg.services.map((s) => ipv4ToString(s.address)))],
+    vips: [
+      ...new Set(
+        cfg.services.flatMap((s) => (s.address === null ? [] : [ipv4ToString(s.address)])),
+      ),
+    ],
     replyPorts: replyPortRanges(cfg),
     replyProtocols: (['tcp', 'udp'] as const).filter((p) =>
       cfg.services.some((s) => s.protocol === p),
@@ -109,12 +158,19 @@ export function hostPlanFromConfig(cfg: Config, tunName: string): HostPlan {
     otherInstanceAddrs: otherInstanceAddrs(cfg),
     routeTable: cfg.tun.routeTable,
     rulePriority: cfg.tun.rulePriority,
+    // Cooperative client side, IPv4 (IPv6 cooperation is part C of issue 12).
     peerVips: cfg.services
-      .filter((s) => s.peer !== null)
+      .filter(
+        (s) =>
+          s.peer !== null &&
+          s.address !== null &&
+          typeof cfg.cooperative!.peers[s.peer]!.address === 'number',
+      )
       .map((s) => ({
-        vip: ipv4ToString(s.address),
-        peer: ipv4ToString(cfg.cooperative!.peers[s.peer!]!.address!),
+        vip: ipv4ToString(s.address!),
+        peer: ipv4ToString(cfg.cooperative!.peers[s.peer!]!.address as number),
       })),
+    ipv6: hostPlan6(cfg),
   };
 }
 

@@ -43,6 +43,30 @@
  *   sysctl net.ipv4.ip_forward=1, after journalling what the kernel changes with
  *   it: conf.all.accept_redirects, conf.default.forwarding, conf.<dev>.forwarding
  *   of every device (see setIpForward)
+ *
+ * With IPv6 (plan.ipv6: the config has an IPv6 address somewhere), the TUN keeps
+ * IPv6 on and gets the same recipe in `ip -6` form, with A6, L6, V6… its IPv6
+ * addresses, the same table T, priority R and ports P:
+ *   sysctl net.ipv6.conf.vpm0.{disable_ipv6=0, accept_dad=0, dad_transmits=0,
+ *     router_solicitations=0, accept_ra=0, autoconf=0, addr_gen_mode=1}, before
+ *     the link goes up: no duplicate address detection (A6 is vpm's own, on a
+ *     point-to-point device with no neighbours), no router solicitations, router
+ *     advertisements or SLAAC, no link-local address: nothing of the kernel's own
+ *     chatter on the TUN but MLD
+ *   ip -6 addr add A6/128 dev vpm0 nodad
+ *   ip -6 route add V6/128 dev vpm0 (each); ip -6 route add L6/128 dev vpm0
+ *   ip -6 route add default dev vpm0 table T
+ *   ip -6 rule add pref R from A6 ipproto tcp|udp lookup T (per service protocol),
+ *   ip -6 rule add pref R iif lo ipproto udp sport P lookup T (each port range),
+ *   ip -6 rule add pref R from X6 ipproto tcp sport P lookup T (other addresses),
+ *   ip -6 rule add pref R from A6 ipproto ipv6-icmp iif lo lookup T
+ *   forwarding, for what vpm writes into the TUN towards clients elsewhere: the
+ *   TUN's own net.ipv6.conf.vpm0.force_forwarding=1 where the kernel has it
+ *   (Linux 6.17+; per device, it dies with the TUN), else
+ *   net.ipv6.conf.all.forwarding=1 with its side effects journalled first (see
+ *   setIpv6Forward).
+ * The routes die with the TUN, as the IPv4 ones do; the rules are journalled
+ * (with `family: 6`) and undone like the IPv4 ones.
  */
 
 import {
@@ -85,11 +109,30 @@ export interface HostPlan {
    * which holds each VIP via the route to its peer, for packets arriving from the TUN.
    */
   peerVips?: readonly { vip: string; peer: string }[];
+  /** The IPv6 recipe, or null (absent) when the config uses no IPv6: the TUN then has IPv6 off. */
+  ipv6?: HostPlan6 | null;
 }
 
+/** The IPv6 half of a plan (addresses in RFC 5952 text). */
+export interface HostPlan6 {
+  tunAddr: string;
+  localClientAddr: string;
+  vips: readonly string[];
+  /** As HostPlan.otherInstanceAddrs, the IPv6 ones. */
+  otherInstanceAddrs: readonly { addr: string; ports: readonly { lo: number; hi: number }[] }[];
+  /**
+   * How IPv6 packets from the TUN are forwarded: "device" sets the TUN's own
+   * force_forwarding (Linux 6.17+), "all" the host-wide all.forwarding (with its
+   * side effects journalled); "auto" (the default) is "device" where the kernel
+   * has it. Tests use "all" to exercise the older kernels' way.
+   */
+  forwarding?: 'auto' | 'device' | 'all';
+}
+
+/** `family: 6` marks an `ip -6` rule or route; absent: IPv4 (also in journals written before IPv6). */
 export type Change =
-  | { kind: 'rule'; args: string[] }
-  | { kind: 'route'; args: string[] }
+  | { kind: 'rule'; args: string[]; family?: 6 }
+  | { kind: 'route'; args: string[]; family?: 6 }
   | {
       kind: 'sysctl';
       key: string;
@@ -160,7 +203,14 @@ export class HostSetup {
       // Per-device settings die with the device: not journalled.
       const devKey = (family: string, name: string) =>
         `net.${family}.conf.${dev.replace(/\./g, '/')}.${name}`;
-      if (existsSync(`/proc/sys/net/ipv6/conf/${dev}`))
+      const v6 = plan.ipv6 ?? null;
+      if (v6 !== null) {
+        // Before the link goes up, which is when the kernel would start DAD,
+        // router solicitations and a link-local address.
+        await writeSysctl(devKey('ipv6', 'disable_ipv6'), '0');
+        for (const [name, value] of TUN_IPV6_SYSCTLS)
+          await writeSysctl(devKey('ipv6', name), value);
+      } else if (existsSync(`/proc/sys/net/ipv6/conf/${dev}`))
         await writeSysctl(devKey('ipv6', 'disable_ipv6'), '1');
       // Packets written to the TUN carry the client's address as source, whose
       // route is not the TUN: loose reverse-path filtering lets them in without
@@ -182,6 +232,8 @@ export class HostSetup {
         String(plan.txQueueLen),
       ]);
       await run('ip', ['addr', 'replace', `${plan.tunAddr}/32`, 'dev', dev]);
+      if (v6 !== null)
+        await run('ip', ['-6', 'addr', 'replace', `${v6.tunAddr}/128`, 'dev', dev, 'nodad']);
       await run('ip', ['link', 'set', 'dev', dev, 'up']);
       for (const vip of plan.vips) await run('ip', ['route', 'replace', `${vip}/32`, 'dev', dev]);
       await run('ip', ['route', 'replace', `${plan.localClientAddr}/32`, 'dev', dev]);
@@ -196,6 +248,23 @@ export class HostSetup {
       ]);
       for (const args of replyRules(plan)) await this.addRule(args);
       await this.addRule(icmpRule(plan));
+      if (v6 !== null) {
+        for (const vip of v6.vips)
+          await run('ip', ['-6', 'route', 'replace', `${vip}/128`, 'dev', dev]);
+        await run('ip', ['-6', 'route', 'replace', `${v6.localClientAddr}/128`, 'dev', dev]);
+        await run('ip', [
+          '-6',
+          'route',
+          'replace',
+          'default',
+          'dev',
+          dev,
+          'table',
+          String(plan.routeTable),
+        ]);
+        for (const args of replyRules6(plan)) await this.addRule(args, 6);
+        await this.addRule(icmpRule6(plan), 6);
+      }
       if (plan.peerVips && plan.peerVips.length > 0) {
         const out = String(plan.routeTable + 1);
         for (const { vip, peer } of plan.peerVips) {
@@ -216,6 +285,7 @@ export class HostSetup {
         await this.addRule(['pref', String(plan.rulePriority), 'iif', dev, 'lookup', out]);
       }
       await this.setIpForward();
+      if (v6 !== null) await this.setIpv6Forward(dev, v6.forwarding ?? 'auto');
     } catch (e) {
       await this.undoNow();
       throw e;
@@ -230,11 +300,17 @@ export class HostSetup {
     return this.serial(async () => {
       const want = replyRules(plan);
       for (const args of want) await this.addRule(args);
-      const wantKeys = new Set(want.map((a) => a.join(' ')));
+      // IPv6 is restart-only: a reload keeps the family set of the start.
+      const want6 = plan.ipv6 ? replyRules6(plan) : [];
+      for (const args of want6) await this.addRule(args, 6);
+      const key = (family: 4 | 6, args: readonly string[]) => `${family} ${args.join(' ')}`;
+      const wantKeys = new Set([...want.map((a) => key(4, a)), ...want6.map((a) => key(6, a))]);
       const keep: Change[] = [];
       for (const c of this.journal.changes) {
-        if (c.kind === 'rule' && isReplyRule(c.args) && !wantKeys.has(c.args.join(' '))) {
-          if (await ruleExists(c.args)) await run('ip', ['rule', 'del', ...c.args]);
+        const family = c.kind === 'rule' && c.family === 6 ? 6 : 4;
+        if (c.kind === 'rule' && isReplyRule(c.args) && !wantKeys.has(key(family, c.args))) {
+          if (await ruleExists(c.args, family))
+            await run('ip', [...ipFamily(family), 'rule', 'del', ...c.args]);
         } else {
           keep.push(c);
         }
@@ -244,11 +320,56 @@ export class HostSetup {
     });
   }
 
-  private async addRule(args: string[]): Promise<void> {
-    if (await ruleExists(args)) return;
-    this.journal.changes.push({ kind: 'rule', args });
+  private async addRule(args: string[], family: 4 | 6 = 4): Promise<void> {
+    if (await ruleExists(args, family)) return;
+    this.journal.changes.push(
+      family === 6 ? { kind: 'rule', args, family } : { kind: 'rule', args },
+    );
     this.save();
-    await run('ip', ['rule', 'add', ...args]);
+    await run('ip', [...ipFamily(family), 'rule', 'add', ...args]);
+  }
+
+  /**
+   * IPv6 forwarding for the packets vpm writes into the TUN. IPv6 forwards a
+   * packet only if net.ipv6.conf.all.forwarding is on or, since Linux 6.17, the
+   * packet's ingress device has force_forwarding (ip6_forward in
+   * net/ipv6/ip6_output.c). Where the TUN has force_forwarding, that is all:
+   * it dies with the device, the host is not touched.
+   *
+   * Otherwise all.forwarding=1, which the kernel does not take alone
+   * (addrconf_fixup_forwarding, net/ipv6/addrconf.c): it sets
+   * conf.default.forwarding and every device's conf.<dev>.forwarding to the new
+   * value (addrconf_forward_change: the device joins or leaves the all-routers
+   * groups, its anycast addresses change), when turned on it deletes the
+   * default routes learned from router advertisements on every device whose
+   * accept_ra is not 2 (rt6_purge_dflt_routers), and from then on such a
+   * device (accept_ra=1) ignores router advertisements. When it is turned off
+   * again, the kernel also clears every device's force_forwarding (6.17+).
+   * So, journalled before the change: every device's forwarding and
+   * force_forwarding and default.forwarding (restored after all.forwarding on
+   * undo, newest first), and accept_ra=2 on each device where it is 1 (the TUN
+   * aside), which keeps the host taking router advertisements and its
+   * RA-learned default routes while vpm runs, as it did before; undo puts 1 back.
+   */
+  private async setIpv6Forward(dev: string, how: 'auto' | 'device' | 'all'): Promise<void> {
+    const tunKey = `net.ipv6.conf.${dev.replace(/\./g, '/')}.force_forwarding`;
+    const hasForce = existsSync(`${IPV6_CONF}/${dev}/force_forwarding`);
+    if (how === 'device' || (how === 'auto' && hasForce)) {
+      await writeSysctl(tunKey, '1');
+      return;
+    }
+    const key = 'net.ipv6.conf.all.forwarding';
+    const old = await readSysctl(key);
+    if (old === '1') return;
+    for (const c of await forward6SideEffects(dev)) {
+      this.journal.changes.push(c);
+      this.save();
+      // The side effects themselves are the kernel's; accept_ra=2 is vpm's.
+      if (c.kind === 'sysctl' && c.key.endsWith('.accept_ra')) await writeSysctl(c.key, c.value);
+    }
+    this.journal.changes.push({ kind: 'sysctl', key, old, value: '1' });
+    this.save();
+    await writeSysctl(key, '1');
   }
 
   /**
@@ -261,8 +382,7 @@ export class HostSetup {
    * device's forwarding off, whatever they were before. So before the change,
    * the values it will overwrite are journalled, ahead of ip_forward itself:
    * undo (newest first) restores ip_forward, and then those, on the devices that
-   * still exist. Only IPv4 has such a side effect here: vpm's one IPv6 sysctl is
-   * per device (the TUN's disable_ipv6), which touches no other.
+   * still exist. IPv6 has its own (setIpv6Forward), when the config uses IPv6.
    */
   private async setIpForward(): Promise<void> {
     const key = 'net.ipv4.ip_forward';
@@ -330,6 +450,57 @@ function replyRules(plan: HostPlan): string[][] {
   return out;
 }
 
+/**
+ * The reply rules in IPv6 form: the same as `replyRules` (see there for why),
+ * from the TUN's IPv6 address and the other IPv6 instance addresses.
+ */
+function replyRules6(plan: HostPlan): string[][] {
+  const v6 = plan.ipv6!;
+  const pref = ['pref', String(plan.rulePriority)];
+  const lookup = ['lookup', String(plan.routeTable)];
+  const out: string[][] = [];
+  for (const proto of plan.replyProtocols) {
+    out.push([...pref, 'from', v6.tunAddr, 'ipproto', proto, ...lookup]);
+    if (proto !== 'udp') continue;
+    for (const r of plan.replyPorts)
+      out.push([...pref, 'iif', 'lo', 'ipproto', proto, 'sport', portSpec(r), ...lookup]);
+  }
+  if (plan.replyProtocols.includes('tcp'))
+    for (const { addr, ports } of v6.otherInstanceAddrs)
+      for (const r of ports)
+        out.push([...pref, 'from', addr, 'ipproto', 'tcp', 'sport', portSpec(r), ...lookup]);
+  return out;
+}
+
+/** ICMPv6 the host sends from the TUN's IPv6 address goes through vpm (as `icmpRule`). */
+function icmpRule6(plan: HostPlan): string[] {
+  return [
+    'pref',
+    String(plan.rulePriority),
+    'from',
+    plan.ipv6!.tunAddr,
+    'ipproto',
+    'ipv6-icmp',
+    'iif',
+    'lo',
+    'lookup',
+    String(plan.routeTable),
+  ];
+}
+
+/** The TUN's IPv6 settings, written before it goes up (see the theory of operation). */
+const TUN_IPV6_SYSCTLS: readonly (readonly [string, string])[] = [
+  ['accept_dad', '0'],
+  ['dad_transmits', '0'],
+  ['router_solicitations', '0'],
+  ['accept_ra', '0'],
+  ['autoconf', '0'],
+  // IN6_ADDR_GEN_MODE_NONE: no link-local address (nothing on the TUN needs one).
+  ['addr_gen_mode', '1'],
+];
+
+const ipFamily = (family: 4 | 6): string[] => (family === 6 ? ['-6'] : []);
+
 const portSpec = (r: { lo: number; hi: number }) =>
   r.lo === r.hi ? String(r.lo) : `${r.lo}-${r.hi}`;
 
@@ -361,9 +532,9 @@ function icmpRule(plan: HostPlan): string[] {
   ];
 }
 
-async function ruleExists(args: readonly string[]): Promise<boolean> {
+async function ruleExists(args: readonly string[], family: 4 | 6 = 4): Promise<boolean> {
   const prefIdx = args.indexOf('pref');
-  const out = await run('ip', ['rule', 'show', 'pref', args[prefIdx + 1]!]);
+  const out = await run('ip', [...ipFamily(family), 'rule', 'show', 'pref', args[prefIdx + 1]!]);
   return out.split('\n').some((line) => ruleShows(line, args));
 }
 
@@ -388,10 +559,48 @@ export function ruleShows(line: string, args: readonly string[]): boolean {
 }
 
 const IPV4_CONF = '/proc/sys/net/ipv4/conf';
+const IPV6_CONF = '/proc/sys/net/ipv6/conf';
 
 /** Does network device `dev` (as in /proc/sys/net/ipv4/conf) exist in this namespace? */
 function deviceExists(dev: string): boolean {
-  return existsSync(`${IPV4_CONF}/${dev}`);
+  return existsSync(`${IPV4_CONF}/${dev}`) || existsSync(`${IPV6_CONF}/${dev}`);
+}
+
+/**
+ * What writing net.ipv6.conf.all.forwarding=1 changes and what vpm changes with
+ * it (see setIpv6Forward), with the current values: conf.default.forwarding,
+ * each device's forwarding and force_forwarding (where the kernel has it),
+ * and accept_ra 1 → 2 on each device other than the TUN `tun`.
+ */
+export async function forward6SideEffects(tun: string): Promise<Change[]> {
+  const out: Change[] = [];
+  const one = async (dev: string, name: string, value: string, device?: string) => {
+    const key = `net.ipv6.conf.${dev}.${name}`;
+    const old = await readSysctl(key);
+    out.push(
+      device === undefined
+        ? { kind: 'sysctl', key, old, value }
+        : { kind: 'sysctl', key, old, value, device },
+    );
+    return old;
+  };
+  await one('default', 'forwarding', '1');
+  const devs = readdirSync(IPV6_CONF)
+    .filter((d) => d !== 'all' && d !== 'default')
+    .sort();
+  for (const d of devs) {
+    const k = d.replace(/\./g, '/');
+    try {
+      await one(k, 'forwarding', '1', d);
+      if (existsSync(`${IPV6_CONF}/${d}/force_forwarding`))
+        await one(k, 'force_forwarding', '0', d);
+      if (d !== tun && (await readSysctl(`net.ipv6.conf.${k}.accept_ra`)) === '1')
+        await one(k, 'accept_ra', '2', d);
+    } catch {
+      // the device went away meanwhile: nothing of it to restore
+    }
+  }
+  return out;
 }
 
 /**
@@ -433,10 +642,12 @@ export async function undoJournal(j: Journal): Promise<string[]> {
     const c = j.changes[i]!;
     try {
       if (c.kind === 'rule') {
-        if (await ruleExists(c.args)) await run('ip', ['rule', 'del', ...c.args]);
+        const family = c.family === 6 ? 6 : 4;
+        if (await ruleExists(c.args, family))
+          await run('ip', [...ipFamily(family), 'rule', 'del', ...c.args]);
       } else if (c.kind === 'route') {
         try {
-          await run('ip', ['route', 'del', ...c.args]);
+          await run('ip', [...ipFamily(c.family === 6 ? 6 : 4), 'route', 'del', ...c.args]);
         } catch {
           // already gone (its device went away)
         }
@@ -519,7 +730,7 @@ export async function cleanStale(stateFile: string): Promise<string[]> {
   // A device's sysctl is restored only while the device exists (the TUN is gone).
   const done = j.changes.flatMap((c) =>
     c.kind !== 'sysctl'
-      ? [`ip ${c.kind} del ${c.args.join(' ')}`]
+      ? [`ip ${c.family === 6 ? '-6 ' : ''}${c.kind} del ${c.args.join(' ')}`]
       : c.device === undefined || deviceExists(c.device)
         ? [`sysctl ${c.key}=${c.old}`]
         : [],

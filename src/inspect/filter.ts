@@ -9,14 +9,16 @@
  * again from VIP:vport. A filter on one side only would show half of each
  * translation, so every shortcut matches both.
  *
- * The daemon's strings are still checked (dotted quad, port 1-65535) before they
- * go into a filter: text that libpcap compiles should never come from anywhere
- * unchecked.
+ * The daemon's strings are still checked (a dotted quad or an IPv6 address, port
+ * 1-65535) before they go into a filter: text that libpcap compiles should never
+ * come from anywhere unchecked. IPv6 endpoints are "[ADDRESS]:PORT" in the
+ * daemon's reports and go into the filter as RFC 5952 text (`host 2001:2::9`,
+ * which libpcap compiles to an ip6 match).
  */
 
 import { VpmError } from '../base/errors.js';
 import type { FlowView, InstanceView, ServiceView } from '../view/views.js';
-import { parseIpv4 } from '../wire/address.js';
+import { formatAddr, parseAddr, parseEndpoint as parseIpEndpoint } from '../wire/address.js';
 
 export interface Endpoint {
   addr: string;
@@ -44,15 +46,14 @@ export class FilterError extends VpmError<'ERR_DUMP_FILTER'> {
   }
 }
 
-/** "198.19.0.9:9000" → endpoint, or null when it is not an IPv4 address and a port 1-65535. */
+/**
+ * "198.19.0.9:9000" or "[2001:2::9]:9000" → endpoint (its address in canonical
+ * text), or null when it is not an address and a port 1-65535.
+ */
 export function parseEndpoint(s: string): Endpoint | null {
-  const i = s.lastIndexOf(':');
-  if (i <= 0) return null;
-  const addr = s.slice(0, i);
-  const portText = s.slice(i + 1);
-  if (parseIpv4(addr) === null || !/^\d{1,5}$/.test(portText)) return null;
-  const port = Number(portText);
-  return port >= 1 && port <= 65535 ? { addr, port } : null;
+  const e = parseIpEndpoint(s);
+  if (e === null || e.port < 1) return null;
+  return { addr: formatAddr(e.address), port: e.port };
 }
 
 function endpoint(s: string, what: string): Endpoint {
@@ -62,12 +63,29 @@ function endpoint(s: string, what: string): Endpoint {
 }
 
 function checked(e: Endpoint): Endpoint {
-  if (parseIpv4(e.addr) === null || !Number.isInteger(e.port) || e.port < 1 || e.port > 65535)
-    throw new FilterError(`not an IPv4 address and port: ${JSON.stringify(e)}`);
-  return e;
+  const a = parseAddr(e.addr);
+  if (a === null || !Number.isInteger(e.port) || e.port < 1 || e.port > 65535)
+    throw new FilterError(`not an IP address and port: ${JSON.stringify(e)}`);
+  return { addr: formatAddr(a), port: e.port };
 }
 
-const key = (e: Endpoint) => `${e.addr}:${e.port}`;
+/** The endpoint as the daemon writes it: "a.b.c.d:port", "[v6]:port". */
+const key = (e: Endpoint) =>
+  e.addr.includes(':') ? `[${e.addr}]:${e.port}` : `${e.addr}:${e.port}`;
+
+/** A service's addresses in canonical text (`addresses`, or `address` from an older daemon). */
+function addressesOf(s: ServiceView): string[] {
+  return (s.addresses ?? [s.address]).map((a) => {
+    const p = parseAddr(a);
+    return p === null ? a : formatAddr(p);
+  });
+}
+
+/** Is the flow endpoint text `s` one of `keys` (compared in canonical form)? */
+function isKnown(keys: ReadonlySet<string>, s: string): boolean {
+  const e = parseEndpoint(s);
+  return e !== null && keys.has(key(e));
+}
 
 function unique(list: Endpoint[]): Endpoint[] {
   const seen = new Map<string, Endpoint>();
@@ -123,10 +141,17 @@ export function andFilters(parts: readonly string[]): string {
 export function findService(services: readonly ServiceView[], spec: string): ServiceView {
   const e = parseEndpoint(spec);
   const found = services.find((s) =>
-    e ? s.address === e.addr && s.port === e.port : s.name === spec,
+    e ? addressesOf(s).includes(e.addr) && s.port === e.port : s.name === spec,
   );
   if (found) return found;
-  const known = services.map((s) => `${s.name} (${s.address}:${s.port})`).join(', ');
+  const known = services
+    .map(
+      (s) =>
+        `${s.name} (${addressesOf(s)
+          .map((a) => key({ addr: a, port: s.port }))
+          .join(' ')})`,
+    )
+    .join(', ');
   throw new FilterError(`--service: no service "${spec}"; the daemon has ${known || 'none'}`);
 }
 
@@ -140,17 +165,21 @@ export function serviceFilter(
   instances: readonly InstanceEndpoint[],
   flows: readonly FlowTuples[],
 ): string {
-  const vip: Endpoint = { addr: svc.address, port: svc.port };
+  // A dual-stack service has a VIP of each family.
+  const vips: Endpoint[] = addressesOf(svc).map((addr) => ({ addr, port: svc.port }));
+  const vipKeys = new Set(vips.map(key));
   const reals: Endpoint[] = [];
   for (const i of instances) {
     if (i.proto === svc.protocol && (i.vport === svc.port || i.vport === 0))
       reals.push({ addr: i.address, port: i.port });
   }
   for (const f of flows) {
-    if (f.service === key(vip) && protoOf(f) === svc.protocol)
+    if (isKnown(vipKeys, f.service) && protoOf(f) === svc.protocol)
       reals.push(endpoint(f.real, `flow ${f.id} real`));
   }
-  return anyOf([vip, ...unique(reals)].map((e) => ({ proto: svc.protocol, f: endpointFilter(e) })));
+  return anyOf(
+    [...vips, ...unique(reals)].map((e) => ({ proto: svc.protocol, f: endpointFilter(e) })),
+  );
 }
 
 /**

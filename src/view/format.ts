@@ -74,7 +74,7 @@ export function formatInstances(list: InstanceView[]): string {
   const rows = list.map((i) => [
     i.aid,
     i.vport === 0 ? 'any' : `${i.proto}/${i.vport}`,
-    `${i.address}:${i.port}`,
+    i.address.includes(':') ? `[${i.address}]:${i.port}` : `${i.address}:${i.port}`,
     i.pids.length === 0 ? '-' : i.pids.join(','),
     i.source === 'static' ? 'config' : `vpm exec (${i.registrations})`,
     i.since || '-',

@@ -52,7 +52,10 @@ export interface InstanceHealthView {
 /** One virtual service (the control request `services`). */
 export interface ServiceView {
   name: string;
+  /** Its IPv4 address, or its IPv6 one when it has no IPv4 address. */
   address: string;
+  /** Every address of the service, IPv4 first (RFC 5952 for IPv6). */
+  addresses?: string[];
   port: number;
   protocol: string;
 }

@@ -47,7 +47,7 @@ import type { Config } from '../config/types.js';
 import type { BindArgs, ConnectArgs, HelloArgs, ReleaseArgs } from '../control/requests.js';
 import type { InstanceSet } from '../datapath/instances.js';
 import type { InstanceView } from '../view/views.js';
-import { ipv4ToString, parseIpv4 } from '../wire/address.js';
+import { formatAddr, ipv4ToString, parseIpv4 } from '../wire/address.js';
 import { IPPROTO_TCP, IPPROTO_UDP } from '../wire/ipv4.js';
 import type { PortPool } from './pool.js';
 
@@ -211,6 +211,8 @@ export class Registry {
             g.instance = this.instanceSet.addRegistered({
               aid,
               addr: g.addr,
+              // IPv6 registrations come with part C of issue 12.
+              addr6: null,
               port,
               service: -1,
               vport,
@@ -407,13 +409,18 @@ export class Registry {
   instances(): InstanceView[] {
     const out: InstanceView[] = [];
     this.cfg.applications.forEach((app) => {
-      for (const i of app.instances) {
+      // One row per family a static instance serves (both without an address).
+      for (const i of app.instances.flatMap((x) =>
+        [x.address, x.address6]
+          .filter((a) => a !== null)
+          .map((a) => ({ ...x, shown: formatAddr(a!) })),
+      )) {
         out.push({
           aid: app.aid,
           // A static instance serves its service's protocol, or both without one.
           proto: i.serviceIndex === null ? 'any' : this.cfg.services[i.serviceIndex]!.protocol,
           vport: i.serviceIndex === null ? 0 : this.cfg.services[i.serviceIndex]!.port,
-          address: ipv4ToString(i.address),
+          address: i.shown,
           port: i.port,
           pids: [],
           registrations: 0,

@@ -13,7 +13,7 @@ import {
   parseConfigText,
 } from '../../src/config/config.js';
 import { configToJson, configWarnings, summarizeConfig } from '../../src/config/summary.js';
-import { parseIpv4 } from '../../src/wire/address.js';
+import { parseIpv4, parseIpv6 } from '../../src/wire/address.js';
 
 const EXAMPLE = join(packageRoot(), 'docs', 'examples', 'two-tenants.json');
 const example = (): Json => JSON.parse(readFileSync(EXAMPLE, 'utf8'));
@@ -72,6 +72,10 @@ describe('the example config', () => {
       name: 'vpm0',
       address: ip('198.19.255.1'),
       localClientAddress: ip('198.19.255.2'),
+      // The IPv6 defaults, unused: the file has no IPv6 address.
+      address6: parseIpv6('2001:2:0:ff::1'),
+      localClientAddress6: parseIpv6('2001:2:0:ff::2'),
+      ipv6: false,
       mtu: 1500,
       txQueueLen: 10000,
       batchSize: 64,
@@ -82,20 +86,32 @@ describe('the example config', () => {
     });
     expect(c.deprecated).toEqual([]);
     expect(c.services).toEqual([
-      { index: 0, name: 'web', address: ip('198.19.0.9'), port: 9000, protocol: 'tcp', peer: null },
+      {
+        index: 0,
+        name: 'web',
+        address: ip('198.19.0.9'),
+        address6: null,
+        port: 9000,
+        protocol: 'tcp',
+        peer: null,
+      },
     ]);
     expect(c.applications).toEqual([
       {
         index: 0,
         aid: 'tenant-a',
-        instances: [{ address: ip('198.19.255.1'), port: 19001, serviceIndex: null }],
+        instances: [
+          { address: ip('198.19.255.1'), address6: null, port: 19001, serviceIndex: null },
+        ],
         executables: [],
         users: null,
       },
       {
         index: 1,
         aid: 'tenant-b',
-        instances: [{ address: ip('198.19.255.1'), port: 19002, serviceIndex: null }],
+        instances: [
+          { address: ip('198.19.255.1'), address6: null, port: 19002, serviceIndex: null },
+        ],
         executables: [],
         users: null,
       },
@@ -106,6 +122,7 @@ describe('the example config', () => {
         service: 'web',
         serviceIndex: 0,
         clients: [{ base: ip('198.18.1.0'), mask: 0xffffff00, prefix: 24 }],
+        clients6: [],
         clientPorts: { lo: 1024, hi: 65535 },
         aid: 'tenant-a',
         aidIndex: 0,
@@ -118,6 +135,7 @@ describe('the example config', () => {
           { base: ip('198.18.2.0'), mask: 0xffffff00, prefix: 24 },
           { base: ip('198.18.3.7'), mask: 0xffffffff, prefix: 32 },
         ],
+        clients6: [],
         clientPorts: null,
         aid: 'tenant-b',
         aidIndex: 1,
@@ -458,7 +476,7 @@ describe('errors name the file, the field path and the bad value', () => {
       `config.json: applications[0].aid: "-a" is not valid here: expected name of 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`,
     ]);
     expect(errorsOf((c) => (c.services[0].address = '198.19.0'))).toEqual([
-      'config.json: services[0].address: "198.19.0" is not valid here: expected IPv4 address in dotted-quad form, e.g. "198.19.0.9"',
+      'config.json: services[0].address: "198.19.0" is not valid here: expected IPv4 address in dotted-quad form or IPv6 address, or an array of one of each, e.g. "198.19.0.9", "2001:2::9" or ["198.19.0.9", "2001:2::9"]',
     ]);
     expect(errorsOf((c) => (c.services[0].address = '198.19.0.256'))).toEqual([
       'config.json: services[0].address: "198.19.0.256" is not a valid IPv4 address (four numbers 0-255, no leading zeros)',
@@ -481,7 +499,7 @@ describe('errors name the file, the field path and the bad value', () => {
       'config.json: selectors[0].clients[0]: "198.18.1.300/24" is not a valid CIDR: 198.18.1.300 is not an IPv4 address',
     ]);
     expect(errorsOf((c) => (c.selectors[0].clients = ['198.18.1.0']))).toEqual([
-      'config.json: selectors[0].clients[0]: "198.18.1.0" is not valid here: expected IPv4 CIDR "ADDRESS/PREFIX", e.g. "198.18.1.0/24"',
+      'config.json: selectors[0].clients[0]: "198.18.1.0" is not valid here: expected IPv4 or IPv6 CIDR "ADDRESS/PREFIX", e.g. "198.18.1.0/24" or "2001:2:1::/48"',
     ]);
     expect(errorsOf((c) => (c.selectors[0].clients = []))).toEqual([
       'config.json: selectors[0].clients: [] has 0 items, expected at least 1',
@@ -615,7 +633,7 @@ describe('errors name the file, the field path and the bad value', () => {
       `config.json: control.socket: "/${'é'.repeat(55)}... is 121 bytes long; a unix socket path has at most 107`,
     ]);
     expect(errorsOf((c) => (c.metrics.listen = '0.0.0.0:9464'))).toEqual([
-      'config.json: metrics.listen: "0.0.0.0:9464" is not a loopback address; metrics are served on 127.0.0.0/8 only',
+      'config.json: metrics.listen: "0.0.0.0:9464" is not a loopback address; metrics are served on 127.0.0.0/8 or [::1] only',
     ]);
     expect(errorsOf((c) => (c.metrics.listen = '127.0.0.1:65536'))).toEqual([
       'config.json: metrics.listen: "127.0.0.1:65536": port 65536 is out of range 1-65535',
@@ -635,7 +653,7 @@ describe('errors name the file, the field path and the bad value', () => {
         path: 'tun.colour',
         value: 1,
         message:
-          'unknown field (allowed here: name, address, localClientAddress, mtu, txQueueLen, batchSize, routeTable, rulePriority, offloads, verifyChecksums, verifyTcpChecksum)',
+          'unknown field (allowed here: name, address, localClientAddress, address6, localClientAddress6, mtu, txQueueLen, batchSize, routeTable, rulePriority, offloads, verifyChecksums, verifyTcpChecksum)',
       },
       { path: 'services[0].port', value: 70000, message: '70000 is above the maximum 65535' },
       { path: 'services[0].protocol', value: 'sctp', message: '"sctp" is not one of "tcp", "udp"' },

@@ -5,7 +5,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/config.js';
-import { RESTART_SETTINGS, reloadPlan } from '../../src/daemon/reload.js';
+import { ipv6ReloadProblem, RESTART_SETTINGS, reloadPlan } from '../../src/daemon/reload.js';
 
 type File = Record<string, unknown> & {
   tun?: Record<string, unknown>;
@@ -154,8 +154,50 @@ describe('reloadPlan', () => {
   it('is pure: neither configuration is changed', () => {
     const current = load(base());
     const next = load({ ...base(), limits: { maxFlows: 1024 } });
-    const before = JSON.stringify([current, next]);
+    const text = (v: unknown) =>
+      JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? `${x}n` : x));
+    const before = text([current, next]);
     reloadPlan(current, next);
-    expect(JSON.stringify([current, next])).toBe(before);
+    expect(text([current, next])).toBe(before);
+  });
+});
+
+describe('ipv6ReloadProblem: IPv6 is restart-only, and a reload that turns it on or off is refused', () => {
+  const load = (f: File) => parseConfig(f, 'vpm.json');
+  const v6 = (): File => ({
+    ...base(),
+    services: [{ name: 'web', address: ['198.19.0.9', '2001:2::9'], port: 9000 }],
+  });
+
+  it('the same family set: no problem (also an IPv6 change that keeps IPv6 on)', () => {
+    expect(ipv6ReloadProblem(load(base()), load(base()))).toBeNull();
+    const other = v6();
+    (other.services as { address: string[] }[])[0]!.address = ['198.19.0.9', '2001:2::10'];
+    expect(ipv6ReloadProblem(load(v6()), load(other))).toBeNull();
+  });
+
+  it('turning IPv6 on names the field of the new file that uses it', () => {
+    expect(ipv6ReloadProblem(load(base()), load(v6()))).toEqual({
+      path: 'services[0].address',
+      message:
+        'uses IPv6, which the running daemon does not (tun.ipv6 is decided at start-up): restart vpm to turn IPv6 on; the reload is refused and the old configuration stays',
+    });
+    const sel = base();
+    sel.selectors = [{ clients: ['198.18.1.0/24', '2001:2:1::/48'], aid: 'first' }];
+    expect(ipv6ReloadProblem(load(base()), load(sel))?.path).toBe('selectors[0].clients');
+  });
+
+  it('turning IPv6 off names tun.ipv6 and what used it', () => {
+    expect(ipv6ReloadProblem(load(v6()), load(base()))).toEqual({
+      path: 'tun.ipv6',
+      message:
+        'the running daemon uses IPv6 (services[0].address of its configuration) and this file uses none: restart vpm to turn IPv6 off; the reload is refused and the old configuration stays',
+    });
+  });
+
+  it('reloadPlan compares configurations with IPv6 addresses (bigints) without throwing', () => {
+    const other = v6();
+    (other.services as { address: string[] }[])[0]!.address = ['198.19.0.9', '2001:2::10'];
+    expect(reloadPlan(load(v6()), load(other)).changed).toEqual(['services']);
   });
 });

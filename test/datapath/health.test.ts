@@ -33,7 +33,7 @@ function setup(
   const table = new FlowTable(64, [10_000, 3_600_000, 60_000, 10_000, 30_000, 120_000], 5);
   const counters = new Counters(1);
   const rules = new Rules({
-    services: [{ name: 'web', addr: VIP, port: 9000, proto: PROTO_TCP, peer: -1 }],
+    services: [{ name: 'web', addr: VIP, addr6: null, port: 9000, proto: PROTO_TCP, peer: -1 }],
     selectors: [],
     aidNames: ['web'],
     defaultAid: 0,
@@ -44,6 +44,7 @@ function setup(
     Array.from({ length: o.instances ?? 2 }, (_, i) => ({
       aid: 0,
       addr: HOST,
+      addr6: null,
       port: 19001 + i,
       service: -1,
       vport: 0,

@@ -17,9 +17,23 @@ const WEB_UDP = 2; // 198.19.0.9:9000, UDP
 function rules(aids = ['a', 'b']): Rules {
   return new Rules({
     services: [
-      { name: 'web', addr: ip4('198.19.0.9'), port: 9000, proto: PROTO_TCP, peer: -1 },
-      { name: 'alt', addr: ip4('198.19.0.10'), port: 8080, proto: PROTO_TCP, peer: -1 },
-      { name: 'web-udp', addr: ip4('198.19.0.9'), port: 9000, proto: PROTO_UDP, peer: -1 },
+      { name: 'web', addr: ip4('198.19.0.9'), addr6: null, port: 9000, proto: PROTO_TCP, peer: -1 },
+      {
+        name: 'alt',
+        addr: ip4('198.19.0.10'),
+        addr6: null,
+        port: 8080,
+        proto: PROTO_TCP,
+        peer: -1,
+      },
+      {
+        name: 'web-udp',
+        addr: ip4('198.19.0.9'),
+        addr6: null,
+        port: 9000,
+        proto: PROTO_UDP,
+        peer: -1,
+      },
     ],
     selectors: [],
     aidNames: aids,
@@ -30,6 +44,7 @@ function rules(aids = ['a', 'b']): Rules {
 const inst = (aid: number, port: number, o: Partial<InstanceSpec> = {}): InstanceSpec => ({
   aid,
   addr: HOST,
+  addr6: null,
   port,
   service: -1,
   vport: 0,
@@ -68,7 +83,7 @@ describe('InstanceSet', () => {
       [3, 'registered', 20000],
     ]);
     expect(r).toBe(3);
-    expect(set.get(r)).toMatchObject({ aid: 0, addr: HOST, port: 20000, vport: 9000 });
+    expect(set.get(r)).toMatchObject({ aid: 0, addr: HOST, addr6: null, port: 20000, vport: 9000 });
     expect(set.all().map((i) => i.port)).toEqual([19001, 19002, 19003, 20000]);
     expect(Object.isFrozen(set.get(0))).toBe(true);
   });
@@ -182,7 +197,7 @@ describe('InstanceSet', () => {
 describe('Rules', () => {
   it('is immutable: frozen copies of what it was built from', () => {
     const services = [
-      { name: 'web', addr: ip4('198.19.0.9'), port: 9000, proto: PROTO_TCP, peer: -1 },
+      { name: 'web', addr: ip4('198.19.0.9'), addr6: null, port: 9000, proto: PROTO_TCP, peer: -1 },
     ];
     const r = new Rules({ services, selectors: [], aidNames: ['a'], defaultAid: 0 });
     services[0]!.port = 1;

@@ -53,7 +53,7 @@ const EINVAL = 22;
 
 function rules(): Rules {
   return new Rules({
-    services: [{ name: 'web', addr: VIP, port: 9000, proto: PROTO_TCP, peer: -1 }],
+    services: [{ name: 'web', addr: VIP, addr6: null, port: 9000, proto: PROTO_TCP, peer: -1 }],
     selectors: [],
     aidNames: ['a'],
     defaultAid: 0,
@@ -63,7 +63,7 @@ function rules(): Rules {
 /** AID a's one instance, for `r`. */
 function instances(r: Rules): InstanceSet {
   const set = new InstanceSet();
-  set.replaceStatic(r, [{ aid: 0, addr: HOST, port: 19001, service: -1, vport: 0 }]);
+  set.replaceStatic(r, [{ aid: 0, addr: HOST, addr6: null, port: 19001, service: -1, vport: 0 }]);
   return set;
 }
 
@@ -308,7 +308,7 @@ describe('a held SYN (cooperative mode, local clients) on a device with headers'
     const counters = new Counters(1);
     const held: Uint8Array[] = [];
     const r = new Rules({
-      services: [{ name: 'web', addr: VIP, port: 9000, proto: PROTO_TCP, peer: 0 }],
+      services: [{ name: 'web', addr: VIP, addr6: null, port: 9000, proto: PROTO_TCP, peer: 0 }],
       selectors: [],
       aidNames: ['a'],
       defaultAid: 0,

@@ -55,12 +55,14 @@ function instanceSet(rules: Rules, perAid: TestInstance[][]): InstanceSet {
 
 function makeRules(): Rules {
   return new Rules({
-    services: [{ name: 'web', addr: VIP, port: 9000, proto: PROTO_TCP, peer: -1 }],
+    services: [{ name: 'web', addr: VIP, addr6: null, port: 9000, proto: PROTO_TCP, peer: -1 }],
     selectors: [
       {
         service: 0,
         cidrBase: Uint32Array.of(ip4('198.18.1.0')),
         cidrMask: Uint32Array.of(0xffffff00),
+        cidr6Words: new Uint32Array(0),
+        anyClient: false,
         portLo: 0,
         portHi: 65535,
         aid: 0,
@@ -69,6 +71,8 @@ function makeRules(): Rules {
         service: -1,
         cidrBase: Uint32Array.of(ip4('198.18.2.0')),
         cidrMask: Uint32Array.of(0xffffff00),
+        cidr6Words: new Uint32Array(0),
+        anyClient: false,
         portLo: 1024,
         portHi: 65535,
         aid: 1,
@@ -77,6 +81,8 @@ function makeRules(): Rules {
         service: -1,
         cidrBase: Uint32Array.of(HOST),
         cidrMask: Uint32Array.of(0xffffffff),
+        cidr6Words: new Uint32Array(0),
+        anyClient: false,
         portLo: 0,
         portHi: 65535,
         aid: 0,
@@ -89,8 +95,8 @@ function makeRules(): Rules {
 
 function makeInstances(rules: Rules, opts: { instancesB?: TestInstance[] } = {}): InstanceSet {
   return instanceSet(rules, [
-    [{ addr: HOST, port: 19001, service: -1, vport: 0 }],
-    opts.instancesB ?? [{ addr: HOST, port: 19002, service: -1, vport: 0 }],
+    [{ addr: HOST, addr6: null, port: 19001, service: -1, vport: 0 }],
+    opts.instancesB ?? [{ addr: HOST, addr6: null, port: 19002, service: -1, vport: 0 }],
   ]);
 }
 
@@ -547,7 +553,14 @@ describe('Pipeline, cooperative mode (FIG. 6/7)', () => {
     const held: { pkt: Uint8Array; svc: number; aid: number }[] = [];
     const rules = new Rules({
       services: [
-        { name: 'web', addr: VIP, port: 9000, proto: PROTO_TCP, peer: side === 'client' ? 0 : -1 },
+        {
+          name: 'web',
+          addr: VIP,
+          addr6: null,
+          port: 9000,
+          proto: PROTO_TCP,
+          peer: side === 'client' ? 0 : -1,
+        },
       ],
       selectors: [],
       aidNames: ['a1', 'a2'],
@@ -561,7 +574,7 @@ describe('Pipeline, cooperative mode (FIG. 6/7)', () => {
       counters,
       {
         instances: instanceSet(rules, [
-          [{ addr: HOST, port: 20001, service: -1, vport: 9000 }],
+          [{ addr: HOST, addr6: null, port: 20001, service: -1, vport: 9000 }],
           [],
         ]),
         verifyL4Checksum: true,

@@ -143,15 +143,25 @@ function rules(): Rules {
   const mask24 = Uint32Array.of(0xffffff00);
   return new Rules({
     services: [
-      { name: 'web', addr: VIP, port: VPORT, proto: PROTO_TCP, peer: -1 },
-      { name: 'dns', addr: VIP, port: VPORT, proto: PROTO_UDP, peer: -1 },
+      { name: 'web', addr: VIP, addr6: null, port: VPORT, proto: PROTO_TCP, peer: -1 },
+      { name: 'dns', addr: VIP, addr6: null, port: VPORT, proto: PROTO_UDP, peer: -1 },
     ],
     selectors: [
-      { service: -1, cidrBase: Uint32Array.of(NET_A), cidrMask: mask24, ...all, aid: 0 },
+      {
+        service: -1,
+        cidrBase: Uint32Array.of(NET_A),
+        cidrMask: mask24,
+        cidr6Words: new Uint32Array(0),
+        anyClient: false,
+        ...all,
+        aid: 0,
+      },
       {
         service: -1,
         cidrBase: Uint32Array.of(HOST),
         cidrMask: Uint32Array.of(0xffffffff),
+        cidr6Words: new Uint32Array(0),
+        anyClient: false,
         ...all,
         aid: 0,
       },
@@ -159,12 +169,22 @@ function rules(): Rules {
         service: -1,
         cidrBase: Uint32Array.of(NET_B),
         cidrMask: mask24,
+        cidr6Words: new Uint32Array(0),
+        anyClient: false,
         portLo: 1024,
         portHi: 65535,
         aid: 1,
       },
       // UDP only: a TCP SYN from there is refused.
-      { service: 1, cidrBase: Uint32Array.of(NET_C), cidrMask: mask24, ...all, aid: 1 },
+      {
+        service: 1,
+        cidrBase: Uint32Array.of(NET_C),
+        cidrMask: mask24,
+        cidr6Words: new Uint32Array(0),
+        anyClient: false,
+        ...all,
+        aid: 1,
+      },
     ],
     aidNames: ['tenant-a', 'tenant-b'],
     defaultAid: -1,
@@ -174,9 +194,9 @@ function rules(): Rules {
 function instances(r: Rules): InstanceSet {
   const set = new InstanceSet();
   set.replaceStatic(r, [
-    { aid: 0, addr: HOST, port: 19001, service: 0, vport: 0 },
-    { aid: 0, addr: HOST, port: 19001, service: 1, vport: 0 },
-    { aid: 1, addr: HOST, port: 19002, service: -1, vport: 0 },
+    { aid: 0, addr: HOST, addr6: null, port: 19001, service: 0, vport: 0 },
+    { aid: 0, addr: HOST, addr6: null, port: 19001, service: 1, vport: 0 },
+    { aid: 1, addr: HOST, addr6: null, port: 19002, service: -1, vport: 0 },
   ]);
   return set;
 }

@@ -50,8 +50,8 @@ const REAL_TCP = 19001;
 function makeRules(): Rules {
   return new Rules({
     services: [
-      { name: 'dns-tcp', addr: VIP, port: DNS, proto: PROTO_TCP, peer: -1 },
-      { name: 'dns', addr: VIP, port: DNS, proto: PROTO_UDP, peer: -1 },
+      { name: 'dns-tcp', addr: VIP, addr6: null, port: DNS, proto: PROTO_TCP, peer: -1 },
+      { name: 'dns', addr: VIP, addr6: null, port: DNS, proto: PROTO_UDP, peer: -1 },
     ],
     // Clients of 198.18.1.0/24 and the host itself are tenant a's; nobody else is anybody's.
     selectors: [
@@ -59,6 +59,8 @@ function makeRules(): Rules {
         service: -1,
         cidrBase: Uint32Array.of(ip4('198.18.1.0')),
         cidrMask: Uint32Array.of(0xffffff00),
+        cidr6Words: new Uint32Array(0),
+        anyClient: false,
         portLo: 0,
         portHi: 65535,
         aid: 0,
@@ -67,6 +69,8 @@ function makeRules(): Rules {
         service: -1,
         cidrBase: Uint32Array.of(HOST),
         cidrMask: Uint32Array.of(0xffffffff),
+        cidr6Words: new Uint32Array(0),
+        anyClient: false,
         portLo: 0,
         portHi: 65535,
         aid: 0,
@@ -97,8 +101,8 @@ function setup(
   const rules = makeRules();
   const instances = new InstanceSet();
   instances.replaceStatic(rules, [
-    { aid: 0, addr: HOST, port: REAL_TCP, service: 0, vport: 0 },
-    { aid: 0, addr: HOST, port: REAL_UDP, service: 1, vport: 0 },
+    { aid: 0, addr: HOST, addr6: null, port: REAL_TCP, service: 0, vport: 0 },
+    { aid: 0, addr: HOST, addr6: null, port: REAL_UDP, service: 1, vport: 0 },
   ]);
   const limits: PipelineLimits = {
     heldFragments: 256,
@@ -660,7 +664,7 @@ describe("holding the first datagrams of a flow to a peer's service", () => {
     const counters = new Counters(1);
     const held: { pkt: Uint8Array; proto: number; len: number }[] = [];
     const rules = new Rules({
-      services: [{ name: 'dns', addr: VIP, port: DNS, proto: PROTO_UDP, peer: 0 }],
+      services: [{ name: 'dns', addr: VIP, addr6: null, port: DNS, proto: PROTO_UDP, peer: 0 }],
       selectors: [],
       aidNames: ['a'],
       defaultAid: 0,

@@ -68,6 +68,7 @@ describe('Registry', () => {
         source: 'registered',
         aid: 0,
         addr: cfg.tun.address,
+        addr6: null,
         port: r1.port,
         service: -1,
         vport: 9000,
