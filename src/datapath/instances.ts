@@ -342,8 +342,8 @@ export class InstanceSet {
       source,
       aid: s.aid,
       addr: s.addr,
-      // Present on every instance (one shape); undefined without an IPv6 address.
-      addr6: s.addr6 ? Uint32Array.from(s.addr6.subarray(0, 4)) : undefined,
+      // Present on every instance (one shape); null without an IPv6 address.
+      addr6: s.addr6 ? Uint32Array.from(s.addr6.subarray(0, 4)) : null,
       port: s.port,
       service: s.service,
       vport: s.vport,
