@@ -52,6 +52,7 @@ import {
   pin,
   startVpm,
   TARGETS,
+  TARGETS6,
   type Topology,
   tunTxDropped,
   UDP_SERVER_PORTS,
@@ -88,9 +89,9 @@ const PHASES: readonly {
   server: 'iperf' | 'echo' | 'udp';
   pinned: boolean;
 }[] = [
-  { metrics: ['tcp1', 'tcp4'], server: 'iperf', pinned: false },
-  { metrics: ['rr', 'crr'], server: 'echo', pinned: false },
-  { metrics: ['rrPinned'], server: 'echo', pinned: true },
+  { metrics: ['tcp1', 'tcp4', 'tcp1v6'], server: 'iperf', pinned: false },
+  { metrics: ['rr', 'crr', 'rrv6'], server: 'echo', pinned: false },
+  { metrics: ['rrPinned', 'rrPinnedv6'], server: 'echo', pinned: true },
   { metrics: ['udp64', 'udpRr'], server: 'udp', pinned: false },
 ];
 
@@ -118,6 +119,11 @@ function firstLine(cmd: string, args: string[]): string {
   } catch {
     return `${cmd}: unknown version`;
   }
+}
+
+/** Whether `--family` selects metric `m`. */
+function selected(opts: Readonly<E2eOptions>, m: MetricId): boolean {
+  return opts.families.includes(METRIC_SPECS[m].family);
 }
 
 /** Paths in the order of one round: rotated by `k`, so no path is always first. */
@@ -175,7 +181,11 @@ async function measure(st: RunState, metric: MetricId, path: PathId, rep: number
   for (const d of Object.values(st.daemons))
     if (d.proc.exit !== null)
       throw new Error(`vpm (${PATH_NAMES[d.path]}) exited during the run: ${lab.describe(d.proc)}`);
-  const t = isUdpMetric(metric) ? UDP_TARGETS[path] : TARGETS[path];
+  const t = isUdpMetric(metric)
+    ? UDP_TARGETS[path]
+    : spec.family === 6
+      ? TARGETS6[path]
+      : TARGETS[path];
   const vpm = isVpmPath(path) ? st.daemons[path] : null;
   // Only this path reaches its daemon, so the snapshot after its previous
   // measurement still holds before this one.
@@ -245,7 +255,10 @@ async function runPhases(st: RunState): Promise<void> {
   const { lab, topo } = st;
   const daemons = Object.values(st.daemons);
   const allCpus = allowedCpus();
-  for (const phase of PHASES) {
+  for (const all of PHASES) {
+    const metrics = all.metrics.filter((m) => selected(st.opts, m));
+    if (metrics.length === 0) continue;
+    const phase = { ...all, metrics };
     let server: Proc | null = null;
     try {
       const cpus = phase.pinned ? PIN_CPU : undefined;
@@ -293,7 +306,8 @@ async function main(argv: readonly string[]): Promise<number> {
   const machine = machineFacts();
   const t0 = process.hrtime.bigint();
   const warmup = opts.quick ? 0.2 : 0.3;
-  const total = METRICS.length * PATHS.length * opts.reps;
+  const metricsRun = METRICS.filter((m) => selected(opts, m));
+  const total = metricsRun.length * PATHS.length * opts.reps;
   process.stderr.write(
     `bench:e2e: ${total} measurements, ${opts.quick ? 'quick' : 'full'} mode (${opts.reps} × ${opts.duration} s per metric and path)\n`,
   );
@@ -331,7 +345,7 @@ async function main(argv: readonly string[]): Promise<number> {
       warmup,
       samples: [],
       activity: new Map(
-        VPM_PATHS.flatMap((p) => METRICS.map((m) => [activityKey(p, m), emptyActivity(m, p)])),
+        VPM_PATHS.flatMap((p) => metricsRun.map((m) => [activityKey(p, m), emptyActivity(m, p)])),
       ),
       lastStats: { vpm: null, vpmOff: null },
       total,
@@ -372,6 +386,7 @@ async function main(argv: readonly string[]): Promise<number> {
       warmupSec: warmup,
       messageBytes: MESSAGE_BYTES,
       udpBatch: UDP_BATCH,
+      families: [...opts.families],
     },
     machine,
     tools: {
@@ -382,7 +397,9 @@ async function main(argv: readonly string[]): Promise<number> {
     loadAvgEnd: os.loadavg()[0] ?? 0,
     rows: buildRows(st.samples),
     samples: st.samples,
-    vpmActivity: VPM_PATHS.flatMap((p) => METRICS.map((m) => st.activity.get(activityKey(p, m))!)),
+    vpmActivity: VPM_PATHS.flatMap((p) =>
+      metricsRun.map((m) => st.activity.get(activityKey(p, m))!),
+    ),
     vpmStatsEnd,
     vpmConfig: { vpm: st.daemons.vpm.config, vpmOff: st.daemons.vpmOff.config },
     durationSec: Number(process.hrtime.bigint() - t0) / 1e9,

@@ -7,6 +7,10 @@
 import { connect } from 'node:net';
 
 const [host = '127.0.0.1', portArg = '9000'] = process.argv.slice(2);
+
+/** "a.b.c.d:port" or "[v6]:port". */
+const endpoint = (a: string | undefined, p: number | undefined) =>
+  a?.includes(':') ? `[${a}]:${p}` : `${a}:${p}`;
 const sock = connect({ host, port: Number(portArg), timeout: 5000 });
 let buf = '';
 sock.setEncoding('utf8');
@@ -16,7 +20,7 @@ sock.on('data', (d: string) => {
   if (nl < 0) return;
   const greeting = JSON.parse(buf.slice(0, nl));
   process.stdout.write(
-    `${JSON.stringify({ ok: true, greeting, clientSaw: { local: `${sock.localAddress}:${sock.localPort}`, remote: `${sock.remoteAddress}:${sock.remotePort}` } })}\n`,
+    `${JSON.stringify({ ok: true, greeting, clientSaw: { local: endpoint(sock.localAddress, sock.localPort), remote: endpoint(sock.remoteAddress, sock.remotePort) } })}\n`,
   );
   sock.end();
 });

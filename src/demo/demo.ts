@@ -2,16 +2,18 @@
  * `vpm demo`: the whole product in under a minute, in a sandbox of network
  * namespaces it builds and removes again.
  *
- *   tenant-a (198.18.1.2) ──veth── host (198.18.1.1 | 198.18.2.1) ──veth── tenant-b (198.18.2.2)
- *                                   │ vpm daemon, TUN vpm0 (198.19.255.1)
- *                                   │ virtual service web = 198.19.0.9:9000
+ *   tenant-a (198.18.1.2) ──veth── host (198.18.1.1 | 198.18.2.1) ──veth── tenant-b (198.18.2.2,
+ *                                   │                 2001:2:0:2::1)          2001:2:0:2::2)
+ *                                   │ vpm daemon, TUN vpm0 (198.19.255.1, 2001:2:0:ff::1)
+ *                                   │ virtual service web = 198.19.0.9:9000 and [2001:2:0:9::9]:9000
  *                                   │ copy "A" of a server program, `vpm exec --aid tenant-a` … listen 9000
  *                                   │ copy "B" of the same program, `vpm exec --aid tenant-b` … listen 9000
  *
  * Both copies "bind 9000": the bind/connect library (loaded by vpm exec) gets each
  * a real port from vpm's pool. Tenant A's clients (198.18.1.0/24) belong to AID
- * tenant-a, tenant B's (198.18.2.0/24) to tenant-b; a client on the host itself
- * goes to tenant-a.
+ * tenant-a, tenant B's (198.18.2.0/24, and over IPv6 2001:2:0:2::/64) to tenant-b;
+ * a client on the host itself goes to tenant-a. The server copies listen on "::",
+ * which takes both families, so the one registration serves IPv4 and IPv6 clients.
  * The demo checks what it shows: it exits non-zero if a client did not reach its
  * own instance, or an instance did not see the client's real address.
  */
@@ -27,7 +29,11 @@ import { formatFlows } from '../view/format.js';
 import type { FlowView } from '../view/views.js';
 
 const VIP = '198.19.0.9';
+const VIP6 = '2001:2:0:9::9';
 const PORT = 9000;
+
+/** "a.b.c.d:port" or "[v6]:port", as vpm and the demo's programs print them. */
+const ep = (a: string, p: number) => (a.includes(':') ? `[${a}]:${p}` : `${a}:${p}`);
 
 interface ClientResult {
   ok: boolean;
@@ -39,12 +45,13 @@ interface ClientResult {
 function demoConfig(socket: string): object {
   return {
     tun: { name: 'vpm0', address: '198.19.255.1', localClientAddress: '198.19.255.2' },
-    services: [{ name: 'web', address: VIP, port: PORT, protocol: 'tcp' }],
+    // One service, an address of each family.
+    services: [{ name: 'web', address: [VIP, VIP6], port: PORT, protocol: 'tcp' }],
     applications: [{ aid: 'tenant-a' }, { aid: 'tenant-b' }],
     pool: { range: '20000-20099', quarantineMs: 1000, waitTimeoutMs: 5000 },
     selectors: [
       { clients: ['198.18.1.0/24', '198.19.255.1/32'], aid: 'tenant-a' },
-      { clients: ['198.18.2.0/24'], aid: 'tenant-b' },
+      { clients: ['198.18.2.0/24', '2001:2:0:2::/64'], aid: 'tenant-b' },
     ],
     default: { refuse: true },
     control: { socket },
@@ -116,7 +123,7 @@ export async function runDemo(
     out(`[1/6] building the sandbox: namespaces ${sb.id}-demo-{host,a,b}`);
     const host = sb.namespace('host');
     const ta = sb.namespace('a', { ipv6: false });
-    const tb = sb.namespace('b', { ipv6: false });
+    const tb = sb.namespace('b');
     sb.veth(
       { ns: host, dev: 'to-a', cidr: '198.18.1.1/24' },
       { ns: ta, dev: 'eth0', cidr: '198.18.1.2/24' },
@@ -127,8 +134,14 @@ export async function runDemo(
     );
     sb.run(ta, 'ip', ['route', 'add', 'default', 'via', '198.18.1.1']);
     sb.run(tb, 'ip', ['route', 'add', 'default', 'via', '198.18.2.1']);
+    // Tenant B is dual-stack (nodad: no address is tentative when the demo connects).
+    sb.run(host, 'ip', ['-6', 'addr', 'add', '2001:2:0:2::1/64', 'dev', 'to-b', 'nodad']);
+    sb.run(tb, 'ip', ['-6', 'addr', 'add', '2001:2:0:2::2/64', 'dev', 'eth0', 'nodad']);
+    sb.run(tb, 'ip', ['-6', 'route', 'add', 'default', 'via', '2001:2:0:2::1']);
 
-    out(`[2/6] starting vpm in the host namespace: TUN vpm0, virtual service web = ${VIP}:${PORT}`);
+    out(
+      `[2/6] starting vpm in the host namespace: TUN vpm0, virtual service web = ${ep(VIP, PORT)} and ${ep(VIP6, PORT)}`,
+    );
     const socket = join(dir, 'vpm0.sock');
     const cfgFile = join(dir, 'demo.json');
     writeFileSync(cfgFile, JSON.stringify(demoConfig(socket), null, 2));
@@ -173,11 +186,13 @@ export async function runDemo(
         .join(' and ')}`,
     );
 
-    out(`[4/6] connecting to ${VIP}:${PORT} from tenant A, tenant B and the host itself`);
-    const connect = (ns: string): ClientResult => {
+    out(
+      `[4/6] connecting to ${ep(VIP, PORT)} from tenant A, tenant B and the host itself, and to ${ep(VIP6, PORT)} from tenant B`,
+    );
+    const connect = (ns: string, vip: string): ClientResult => {
       try {
         return JSON.parse(
-          sb.run(ns, node, [client, VIP, String(PORT)], { timeoutMs: 20_000 }),
+          sb.run(ns, node, [client, vip, String(PORT)], { timeoutMs: 20_000 }),
         ) as ClientResult;
       } catch (e) {
         const stdout = (e as { stdout?: string }).stdout;
@@ -187,12 +202,21 @@ export async function runDemo(
       }
     };
     const cases = [
-      { who: 'tenant A', ns: ta, addr: '198.18.1.2', want: 'A', seenAs: '198.18.1.2' },
-      { who: 'tenant B', ns: tb, addr: '198.18.2.2', want: 'B', seenAs: '198.18.2.2' },
+      { who: 'tenant A', ns: ta, addr: '198.18.1.2', vip: VIP, want: 'A', seenAs: '198.18.1.2' },
+      { who: 'tenant B', ns: tb, addr: '198.18.2.2', vip: VIP, want: 'B', seenAs: '198.18.2.2' },
+      {
+        who: 'tenant B over IPv6',
+        ns: tb,
+        addr: '2001:2:0:2::2',
+        vip: VIP6,
+        want: 'B',
+        seenAs: '2001:2:0:2::2',
+      },
       {
         who: 'a client on the vpm host',
         ns: host,
         addr: '198.19.255.1',
+        vip: VIP,
         want: 'A',
         seenAs: '198.19.255.2',
       },
@@ -200,16 +224,16 @@ export async function runDemo(
 
     out('[5/6] what happened:');
     for (const c of cases) {
-      const r = connect(c.ns);
+      const r = connect(c.ns, c.vip);
       if (!r.ok || !r.greeting || !r.clientSaw) {
         failures++;
         out(`  ✘ ${c.who} (${c.addr}) could not connect: ${r.error}`);
         continue;
       }
       const g = r.greeting;
-      const sawAddr = g.sawClient.replace(/:\d+$/, '');
+      const sawAddr = g.sawClient.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
       const right =
-        g.instance === c.want && sawAddr === c.seenAs && r.clientSaw.remote === `${VIP}:${PORT}`;
+        g.instance === c.want && sawAddr === c.seenAs && r.clientSaw.remote === ep(c.vip, PORT);
       if (!right) failures++;
       out(
         `  ${right ? '✔' : '✘'} ${c.who} (${c.addr}) connected to ${r.clientSaw.remote} and was answered by copy ${g.instance} ` +

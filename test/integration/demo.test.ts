@@ -23,6 +23,9 @@ describe('vpm demo', () => {
     expect(r.stdout).toMatch(
       /✔ tenant B \(198\.18\.2\.2\) connected to 198\.19\.0\.9:9000 and was answered by copy B .* saw the client as 198\.18\.2\.2:\d+/,
     );
+    expect(r.stdout).toMatch(
+      /✔ tenant B over IPv6 \(2001:2:0:2::2\) connected to \[2001:2:0:9::9\]:9000 and was answered by copy B .* saw the client as \[2001:2:0:2::2\]:\d+/,
+    );
     expect(r.stdout).toMatch(/✔ a client on the vpm host .* answered by copy A/);
     expect(r.stdout).not.toContain('✘');
     // Both copies asked for port 9000 under vpm exec, and say so themselves.
@@ -34,7 +37,7 @@ describe('vpm demo', () => {
     expect(r.stdout).toMatch(
       /vpm gave them real ports 200\d\d \(tenant-a\) and 200\d\d \(tenant-b\)/,
     );
-    expect(r.stdout).toMatch(/3 flows/);
+    expect(r.stdout).toMatch(/4 flows/);
     const prefix = r.stdout.match(/namespaces (vpmt-\d+-[0-9a-f]+-demo)-/)?.[1];
     expect(prefix).toBeTruthy();
     const left = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });

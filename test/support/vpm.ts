@@ -384,10 +384,10 @@ export function hostSysctls(lab: NetLab, ns: string, skip: readonly string[] = [
     .sort();
 }
 
-/** The lines of `ip rule show` that use the routing table `table`. */
-export function rulesForTable(lab: NetLab, ns: string, table: number): string[] {
+/** The lines of `ip rule show` (`ip -6 rule show` for family 6) that use the routing table `table`. */
+export function rulesForTable(lab: NetLab, ns: string, table: number, family: 4 | 6 = 4): string[] {
   return lab
-    .run(ns, 'ip', ['rule', 'show'])
+    .run(ns, 'ip', [family === 6 ? '-6' : '-4', 'rule', 'show'])
     .split('\n')
     .filter((l) => new RegExp(`lookup ${table}\\b`).test(l));
 }

@@ -1,6 +1,7 @@
 /** Command line of `npm run bench:e2e`: parsed once into a frozen options object. */
 
 import { UsageError } from '../errors.js';
+import type { Family } from './model.js';
 
 export const USAGE = `usage: npm run bench:e2e [-- OPTIONS]      (or: node dist/scripts/bench-e2e.js [OPTIONS])
 
@@ -17,6 +18,9 @@ options:
   --quick          1 repetition of 1 s per measurement: a smoke test, under a minute
   --duration S     seconds per measurement, an integer 1..60 (default 2; --quick: 1)
   --reps N         repetitions of every measurement, 1..20 (default 5; --quick: 1)
+  --family F       IP families to measure: 4, 6 or 4,6 (default 4,6). IPv6 runs
+                   TCP 1 stream and 64 B request/response (unpinned, pinned)
+                   over the same four paths (nftables DNAT in a table ip6)
   --json [FILE]    also write the results as JSON to FILE, or to stdout when FILE
                    is left out (the table then goes to stderr); also --json=FILE
   -h, --help       show this help and exit
@@ -33,8 +37,25 @@ export interface E2eOptions {
   reps: number;
   /** Where the JSON goes: a file name, '-' for stdout, or null. Default null. */
   json: string | null;
+  /** IP families whose metrics run. Default [4, 6]. */
+  families: readonly Family[];
   /** Print the usage and exit. Default false. */
   help: boolean;
+}
+
+function familiesArg(text: string | undefined): Family[] {
+  if (text === undefined || text === '' || text.startsWith('--'))
+    throw new UsageError('option --family needs a value (4, 6 or 4,6)');
+  const parts = text.split(',');
+  const out: Family[] = [];
+  for (const p of parts) {
+    if (p !== '4' && p !== '6')
+      throw new UsageError(`option --family: "${text}" is not 4, 6 or 4,6`);
+    const f = Number(p) as Family;
+    if (out.includes(f)) throw new UsageError(`option --family: "${text}" names ${p} twice`);
+    out.push(f);
+  }
+  return out.sort();
 }
 
 function intArg(name: string, text: string | undefined, lo: number, hi: number): number {
@@ -51,6 +72,7 @@ export function parseArgs(argv: readonly string[]): Readonly<E2eOptions> {
   let reps: number | null = null;
   let json: string | null = null;
   let help = false;
+  let families: Family[] | null = null;
   const seen = new Set<string>();
   const once = (name: string) => {
     if (seen.has(name)) throw new UsageError(`option ${name} given twice`);
@@ -73,6 +95,9 @@ export function parseArgs(argv: readonly string[]): Readonly<E2eOptions> {
     } else if (name === '--reps') {
       once(name);
       reps = intArg(name, value(), 1, 20);
+    } else if (name === '--family') {
+      once(name);
+      families = familiesArg(value());
     } else if (name === '--json') {
       once(name);
       if (inline !== undefined) {
@@ -98,6 +123,7 @@ export function parseArgs(argv: readonly string[]): Readonly<E2eOptions> {
     duration: duration ?? (quick ? 1 : 2),
     reps: reps ?? (quick ? 1 : 5),
     json,
+    families: Object.freeze(families ?? ([4, 6] as Family[])),
     help,
   });
 }

@@ -26,8 +26,22 @@ export const PATH_NAMES: Readonly<Record<PathId, string>> = {
 };
 
 /** The metrics, in the order they are measured and shown. */
-export const METRICS = ['tcp1', 'tcp4', 'rr', 'rrPinned', 'crr', 'udp64', 'udpRr'] as const;
+export const METRICS = [
+  'tcp1',
+  'tcp4',
+  'rr',
+  'rrPinned',
+  'crr',
+  'udp64',
+  'udpRr',
+  'tcp1v6',
+  'rrv6',
+  'rrPinnedv6',
+] as const;
 export type MetricId = (typeof METRICS)[number];
+
+/** The IP family a metric runs over (`--family` selects by it). */
+export type Family = 4 | 6;
 
 export interface MetricSpec {
   /** Row label. */
@@ -40,6 +54,10 @@ export interface MetricSpec {
   latency: boolean;
   /** Client, server and daemon pinned to CPU 0. */
   pinned: boolean;
+  /** IP family of the client's connection (the paths' IPv6 addresses for 6). */
+  family: Family;
+  /** For an IPv6 metric: its IPv4 twin (the goal compares their ratios to DNAT). */
+  v4?: MetricId;
 }
 
 export const METRIC_SPECS: Readonly<Record<MetricId, MetricSpec>> = {
@@ -49,6 +67,7 @@ export const METRIC_SPECS: Readonly<Record<MetricId, MetricSpec>> = {
     unit: 'Gbit/s',
     latency: false,
     pinned: false,
+    family: 4,
   },
   tcp4: {
     label: 'TCP bulk, 4 streams (iperf3)',
@@ -56,6 +75,7 @@ export const METRIC_SPECS: Readonly<Record<MetricId, MetricSpec>> = {
     unit: 'Gbit/s',
     latency: false,
     pinned: false,
+    family: 4,
   },
   rr: {
     label: '64 B request/response',
@@ -63,6 +83,7 @@ export const METRIC_SPECS: Readonly<Record<MetricId, MetricSpec>> = {
     unit: 'transactions/s',
     latency: true,
     pinned: false,
+    family: 4,
   },
   rrPinned: {
     label: '64 B request/response, pinned to CPU 0',
@@ -70,6 +91,7 @@ export const METRIC_SPECS: Readonly<Record<MetricId, MetricSpec>> = {
     unit: 'transactions/s',
     latency: true,
     pinned: true,
+    family: 4,
   },
   crr: {
     label: 'connections (connect, 64 B request/response, close)',
@@ -77,6 +99,7 @@ export const METRIC_SPECS: Readonly<Record<MetricId, MetricSpec>> = {
     unit: 'connections/s',
     latency: true,
     pinned: false,
+    family: 4,
   },
   udp64: {
     label: '64 B UDP datagrams, received by the server',
@@ -84,6 +107,7 @@ export const METRIC_SPECS: Readonly<Record<MetricId, MetricSpec>> = {
     unit: 'datagrams/s',
     latency: false,
     pinned: false,
+    family: 4,
   },
   udpRr: {
     label: '64 B UDP request/response',
@@ -91,6 +115,34 @@ export const METRIC_SPECS: Readonly<Record<MetricId, MetricSpec>> = {
     unit: 'transactions/s',
     latency: true,
     pinned: false,
+    family: 4,
+  },
+  tcp1v6: {
+    label: 'TCP bulk, 1 stream, IPv6 (iperf3)',
+    short: 'TCP, 1 stream, IPv6',
+    unit: 'Gbit/s',
+    latency: false,
+    pinned: false,
+    family: 6,
+    v4: 'tcp1',
+  },
+  rrv6: {
+    label: '64 B request/response, IPv6',
+    short: '64 B req/resp, IPv6',
+    unit: 'transactions/s',
+    latency: true,
+    pinned: false,
+    family: 6,
+    v4: 'rr',
+  },
+  rrPinnedv6: {
+    label: '64 B request/response, IPv6, pinned to CPU 0',
+    short: '64 B req/resp pinned, IPv6',
+    unit: 'transactions/s',
+    latency: true,
+    pinned: true,
+    family: 6,
+    v4: 'rrPinned',
   },
 };
 
@@ -209,6 +261,8 @@ export interface E2eReport {
     messageBytes: number;
     /** UDP blast: datagrams per sendmmsg() call. */
     udpBatch: number;
+    /** `--family`: the IP families measured. */
+    families: Family[];
   };
   machine: MachineFacts;
   tools: { iperf3: string; cc: string; nft: string };

@@ -48,8 +48,13 @@ export const GOALS: readonly { metric: MetricId; ratio: number; label: string }[
   { metric: 'udp64', ratio: 0.6, label: '64 B UDP datagrams' },
 ];
 
+/** IPv6 goal (issue 12): vpm's ratio to DNAT over IPv6 within 10 % of its ratio over IPv4. */
+export const V6_WITHIN = 0.1;
+
+/** A row per metric that has samples, in METRICS order. */
 export function buildRows(samples: readonly Sample[]): Row[] {
-  return METRICS.map((metric) => {
+  const measured = new Set(samples.map((s) => s.metric));
+  return METRICS.filter((m) => measured.has(m)).map((metric) => {
     const cells = {} as Record<PathId, Cell>;
     for (const path of PATHS) {
       const s = samples.filter((x) => x.metric === metric && x.path === path);
@@ -165,7 +170,7 @@ function row(rows: readonly Row[], m: MetricId): Row | undefined {
 /** One line per goal of the issue, met or not by this run. */
 function goalLines(rows: readonly Row[]): string[] {
   const verdict = (ok: boolean) => (ok ? 'met' : 'NOT met');
-  return GOALS.map((g) => {
+  const lines = GOALS.filter((g) => row(rows, g.metric) !== undefined).map((g) => {
     const r = row(rows, g.metric);
     const x = r?.overDnat.vpm ?? Number.NaN;
     let line = `vpm / DNAT, ${g.label} ≥ ${g.ratio}×: ${verdict(x >= g.ratio)} (${fmtRatio(x)})`;
@@ -175,6 +180,20 @@ function goalLines(rows: readonly Row[]): string[] {
     }
     return line;
   });
+  for (const r6 of rows) {
+    const twin = METRIC_SPECS[r6.metric].v4;
+    const r4 = twin === undefined ? undefined : row(rows, twin);
+    if (twin === undefined || r4 === undefined) continue;
+    const x6 = r6.overDnat.vpm;
+    const x4 = r4.overDnat.vpm;
+    const rel = x6 / x4;
+    lines.push(
+      `vpm / DNAT over IPv6 within ${V6_WITHIN * 100} % of IPv4, ${METRIC_SPECS[twin].short}: ${verdict(
+        Math.abs(rel - 1) <= V6_WITHIN,
+      )} (IPv6 ${fmtRatio(x6)}, IPv4 ${fmtRatio(x4)}: ${Number.isFinite(rel) ? rel.toFixed(2) : 'n/a'} of it)`,
+    );
+  }
+  return lines;
 }
 
 /** Measurements that failed, and transactions that did. */

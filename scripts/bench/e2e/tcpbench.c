@@ -2,7 +2,7 @@
  * tcpbench: the request/response load of `npm run bench:e2e` (scripts/bench-e2e.ts).
  *
  *   tcpbench server PORT
- *       Echo server on 0.0.0.0:PORT: one thread, epoll; every byte a connection
+ *       Echo server on [::]:PORT (IPv4 too: IPV6_V6ONLY off): one thread, epoll; every byte a connection
  *       sends comes back; a connection is closed when the peer closes it.
  *       Prints "listening" once the socket accepts connections.
  *   tcpbench rr  DST_ADDR DST_PORT SRC_ADDR SECONDS WARMUP_SECONDS SIZE
@@ -11,6 +11,8 @@
  *   tcpbench crr DST_ADDR DST_PORT SRC_ADDR SECONDS WARMUP_SECONDS SIZE
  *       In a loop: connect from SRC_ADDR (ephemeral port), one transaction, close.
  *       Latency from socket() to the last byte of the response.
+ *
+ * DST_ADDR and SRC_ADDR are both IPv4 or both IPv6 addresses.
  *
  * A client prints one JSON line on stdout: transactions (completed after the
  * warm-up), seconds (measured), errors, and latency percentiles in microseconds.
@@ -85,12 +87,14 @@ static void set_nodelay(int fd) {
 /* ---------------------------------------------------------------- server */
 
 _Noreturn static void server(int port) {
-  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  /* The IPv6 wildcard with IPV6_V6ONLY off: one socket for both families. */
+  int lfd = socket(AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (lfd < 0) die("socket");
-  int one = 1;
+  int one = 1, zero = 0;
   setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  a.sin_addr.s_addr = htonl(INADDR_ANY);
+  if (setsockopt(lfd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) != 0) die("IPV6_V6ONLY");
+  struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port)};
+  a.sin6_addr = in6addr_any;
   if (bind(lfd, (struct sockaddr *)&a, sizeof a) != 0) die("bind");
   if (listen(lfd, 4096) != 0) die("listen");
   int ep = epoll_create1(EPOLL_CLOEXEC);
@@ -188,15 +192,41 @@ static int transact(int fd, const char *out, char *in, size_t len) {
   return 0;
 }
 
-static int open_conn(const struct sockaddr_in *dst, const struct sockaddr_in *src) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+/* An IPv4 or IPv6 socket address, by the text form of the address. */
+typedef struct {
+  union {
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+  } u;
+  socklen_t len;
+} endpoint;
+
+static int parse_endpoint(const char *text, int port, endpoint *e) {
+  memset(e, 0, sizeof *e);
+  if (inet_pton(AF_INET, text, &e->u.in.sin_addr) == 1) {
+    e->u.in.sin_family = AF_INET;
+    e->u.in.sin_port = htons((uint16_t)port);
+    e->len = sizeof e->u.in;
+    return 0;
+  }
+  if (inet_pton(AF_INET6, text, &e->u.in6.sin6_addr) == 1) {
+    e->u.in6.sin6_family = AF_INET6;
+    e->u.in6.sin6_port = htons((uint16_t)port);
+    e->len = sizeof e->u.in6;
+    return 0;
+  }
+  return -1;
+}
+
+static int open_conn(const endpoint *dst, const endpoint *src) {
+  int fd = socket(dst->u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
   /* Choose the port at connect(), where TIME_WAIT ports may be reused (tcp_tw_reuse);
      bind() alone would pick from ports without TIME_WAIT only and run out. */
   int one = 1;
   setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
-  if (bind(fd, (const struct sockaddr *)src, sizeof *src) != 0 ||
-      connect(fd, (const struct sockaddr *)dst, sizeof *dst) != 0) {
+  if (bind(fd, &src->u.sa, src->len) != 0 || connect(fd, &dst->u.sa, dst->len) != 0) {
     int e = errno;
     close(fd);
     errno = e;
@@ -208,10 +238,10 @@ static int open_conn(const struct sockaddr_in *dst, const struct sockaddr_in *sr
 
 static int client(int crr, int argc, char **argv) {
   if (argc != 8) usage("wrong number of arguments");
-  struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons((uint16_t)parse_port(argv[3]))};
-  struct sockaddr_in src = {.sin_family = AF_INET};
-  if (inet_pton(AF_INET, argv[2], &dst.sin_addr) != 1) usage("bad DST_ADDR");
-  if (inet_pton(AF_INET, argv[4], &src.sin_addr) != 1) usage("bad SRC_ADDR");
+  endpoint dst, src;
+  if (parse_endpoint(argv[2], parse_port(argv[3]), &dst) != 0) usage("bad DST_ADDR");
+  if (parse_endpoint(argv[4], 0, &src) != 0) usage("bad SRC_ADDR");
+  if (src.u.sa.sa_family != dst.u.sa.sa_family) usage("SRC_ADDR and DST_ADDR of different families");
   double seconds = parse_seconds(argv[5]);
   double warmup = parse_seconds(argv[6]);
   char *end;

@@ -37,8 +37,17 @@
  * port would take the direct path's replies, and the other daemon's, into one TUN.
  * One server process (udpbench.c) listens on all three ports.
  *
- * Every address is in 198.18.0.0/15 and lives only in these namespaces; every
- * sysctl and nft rule is set inside them.
+ * IPv6 (`--family 6`): the same four paths over IPv6, for TCP. The client has
+ * 2001:2:0:1::2 (direct), ::3 (DNAT), ::4 (vpm, off) and ::5 (vpm) on vc0, the host
+ * 2001:2:0:1::1 on vh0; the virtual services get IPv6 addresses too (each daemon's
+ * "web" service has one address per family: 2001:2:0:9::9 for vpm, 2001:2:0:9::10
+ * for vpm with offloads off), and nftables DNAT runs in a `table ip6` of its own
+ * with the same notrack rules. The servers listen on the IPv6 wildcard, which takes
+ * both families. Addresses are added with `nodad`, so none is tentative when the
+ * run starts.
+ *
+ * Every address is in 198.18.0.0/15 or 2001:2::/48 and lives only in these
+ * namespaces; every sysctl and nft rule is set inside them.
  */
 
 import { execFileSync } from 'node:child_process';
@@ -48,7 +57,9 @@ import { type Lab, type Proc, run, runWithInput } from './lab.js';
 import type { PathId, VpmPathId } from './model.js';
 
 export const HOST_ADDR = '198.18.1.1';
+export const HOST_ADDR6 = '2001:2:0:1::1';
 export const VIP = '198.19.0.9';
+export const VIP6 = '2001:2:0:9::9';
 export const VPORT = 9000;
 export const TUN_ADDR = '198.19.255.1';
 export const REAL_PORT = 19001;
@@ -62,6 +73,9 @@ interface DaemonSpec {
   vip: string;
   tunAddr: string;
   localClientAddr: string;
+  vip6: string;
+  tunAddr6: string;
+  localClientAddr6: string;
   table: number;
   /** Its UDP service's instance port. */
   udpPort: number;
@@ -74,6 +88,9 @@ export const DAEMONS: Readonly<Record<VpmPathId, DaemonSpec>> = {
     vip: VIP,
     tunAddr: TUN_ADDR,
     localClientAddr: '198.19.255.2',
+    vip6: VIP6,
+    tunAddr6: '2001:2:0:ff::1',
+    localClientAddr6: '2001:2:0:ff::2',
     table: 100,
     udpPort: 19011,
   },
@@ -83,6 +100,9 @@ export const DAEMONS: Readonly<Record<VpmPathId, DaemonSpec>> = {
     vip: '198.19.0.10',
     tunAddr: '198.19.254.1',
     localClientAddr: '198.19.254.2',
+    vip6: '2001:2:0:9::10',
+    tunAddr6: '2001:2:0:fe::1',
+    localClientAddr6: '2001:2:0:fe::2',
     table: 101,
     udpPort: 19012,
   },
@@ -100,6 +120,14 @@ export const TARGETS: Readonly<Record<PathId, Target>> = {
   dnat: { src: '198.18.1.3', dst: VIP, port: VPORT },
   vpmOff: { src: '198.18.1.4', dst: DAEMONS.vpmOff.vip, port: VPORT },
   vpm: { src: '198.18.1.5', dst: VIP, port: VPORT },
+};
+
+/** Where each path's client connects from and to over IPv6 (TCP). */
+export const TARGETS6: Readonly<Record<PathId, Target>> = {
+  direct: { src: '2001:2:0:1::2', dst: HOST_ADDR6, port: REAL_PORT },
+  dnat: { src: '2001:2:0:1::3', dst: VIP6, port: VPORT },
+  vpmOff: { src: '2001:2:0:1::4', dst: DAEMONS.vpmOff.vip6, port: VPORT },
+  vpm: { src: '2001:2:0:1::5', dst: VIP6, port: VPORT },
 };
 
 /** Where each path's UDP client sends from and to (the same sources and VIPs as TCP). */
@@ -123,6 +151,7 @@ export interface Topology {
 
 function nftRuleset(): string {
   const d = TARGETS.dnat.src;
+  const d6 = TARGETS6.dnat.src;
   return `table ip vpm_bench {
   chain raw_prerouting {
     type filter hook prerouting priority raw; policy accept;
@@ -138,6 +167,20 @@ function nftRuleset(): string {
     ip saddr ${d} ip daddr ${VIP} udp dport ${VPORT} dnat to ${HOST_ADDR}:${UDP_DIRECT_PORT}
   }
 }
+table ip6 vpm_bench6 {
+  chain raw_prerouting {
+    type filter hook prerouting priority raw; policy accept;
+    ip6 saddr != ${d6} notrack
+  }
+  chain raw_output {
+    type filter hook output priority raw; policy accept;
+    ip6 daddr != ${d6} notrack
+  }
+  chain nat_prerouting {
+    type nat hook prerouting priority dstnat; policy accept;
+    ip6 saddr ${d6} ip6 daddr ${VIP6} tcp dport ${VPORT} dnat to [${HOST_ADDR6}]:${REAL_PORT}
+  }
+}
 `;
 }
 
@@ -149,8 +192,13 @@ export function buildTopology(lab: Lab): Topology {
   for (const t of Object.values(TARGETS))
     run('ip', ['-n', client, 'addr', 'add', `${t.src}/24`, 'dev', 'vc0']);
   run('ip', ['-n', host, 'addr', 'add', `${HOST_ADDR}/24`, 'dev', 'vh0']);
-  for (const d of Object.values(DAEMONS))
+  for (const t of Object.values(TARGETS6))
+    run('ip', ['-n', client, '-6', 'addr', 'add', `${t.src}/64`, 'dev', 'vc0', 'nodad']);
+  run('ip', ['-n', host, '-6', 'addr', 'add', `${HOST_ADDR6}/64`, 'dev', 'vh0', 'nodad']);
+  for (const d of Object.values(DAEMONS)) {
     run('ip', ['-n', client, 'route', 'add', `${d.vip}/32`, 'via', HOST_ADDR]);
+    run('ip', ['-n', client, '-6', 'route', 'add', `${d.vip6}/128`, 'via', HOST_ADDR6]);
+  }
   // Connections per second: ~60k ports, and TIME_WAIT ports reused after 1 s
   // (the client closes first, so TIME_WAIT is on its side).
   lab.sysctl(client, 'net.ipv4.ip_local_port_range', '1024 65535');
@@ -174,6 +222,8 @@ export function vpmConfig(dir: string, path: VpmPathId): Record<string, unknown>
       name: d.tun,
       address: d.tunAddr,
       localClientAddress: d.localClientAddr,
+      address6: d.tunAddr6,
+      localClientAddress6: d.localClientAddr6,
       mtu: 1500,
       txQueueLen: 10000,
       batchSize: 64,
@@ -182,7 +232,7 @@ export function vpmConfig(dir: string, path: VpmPathId): Record<string, unknown>
       offloads: d.offloads,
     },
     services: [
-      { name: 'web', address: d.vip, port: VPORT, protocol: 'tcp' },
+      { name: 'web', address: [d.vip, d.vip6], port: VPORT, protocol: 'tcp' },
       { name: 'dgram', address: d.vip, port: VPORT, protocol: 'udp' },
     ],
     applications: [
