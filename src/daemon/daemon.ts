@@ -42,7 +42,7 @@ import { PortPool } from '../virtual/pool.js';
 import { Registry } from '../virtual/registry.js';
 import {
   formatEndpoint,
-  ipv4ToString,
+  ipv6FromBytes,
   ipv6FromWords,
   ipv6ToWords,
   parseIpv4,
@@ -124,6 +124,12 @@ export function localAddresses6(tun6: bigint): {
     ipv6ToWords(a, words, 4 * i);
   });
   return { localAddrs6: words, localAddrs6Count: addrs.size };
+}
+
+/** "addr:port" of an instance: its IPv4 address, or its IPv6 one when it has no IPv4 address. */
+function instanceEndpoint(i: Instance): string {
+  if (i.addr === -1 && i.addr6) return formatEndpoint(ipv6FromWords(i.addr6), i.port);
+  return formatEndpoint(i.addr, i.port);
 }
 
 /** A v6 address as the data plane's words (PipelineOptions.localClientAddr6 of the contract). */
@@ -328,7 +334,7 @@ export class Daemon {
           holdUnknownLocal: cfg.applications.some(
             (a) => a.executables.length > 0 || (a.users !== null && a.users.length > 0),
           ),
-          onFlowEvent: (ev, slot, reason, info) => this.flowEvent(ev, slot, reason, info),
+          onFlowEvent: (ev, slot, reason, info, buf) => this.flowEvent(ev, slot, reason, info, buf),
           onDeviceEvent: (ev, errno) =>
             this.log.warn(
               {
@@ -431,6 +437,7 @@ export class Daemon {
     slot: number,
     reason: number,
     info: PacketInfo,
+    buf: Uint8Array,
   ): void {
     if (ev === 'refused') {
       // A scan or a flood of datagrams to a closed port must not flood the log:
@@ -457,8 +464,14 @@ export class Daemon {
           event: 'flow_refused',
           reason: DROP_NAMES[reason],
           protocol: info.protocol === IPPROTO_UDP ? 'udp' : 'tcp',
-          client: `${ipv4ToString(info.srcAddr)}:${info.srcPort}`,
-          service: `${ipv4ToString(info.dstAddr)}:${info.dstPort}`,
+          client:
+            info.version === 6
+              ? formatEndpoint(ipv6FromBytes(buf, info.srcOff), info.srcPort)
+              : formatEndpoint(info.srcAddr, info.srcPort),
+          service:
+            info.version === 6
+              ? formatEndpoint(ipv6FromBytes(buf, info.dstOff), info.dstPort)
+              : formatEndpoint(info.dstAddr, info.dstPort),
         },
         'connection refused',
       );
@@ -474,7 +487,7 @@ export class Daemon {
   private instanceLabels(i: Instance): { aid: string; instance: string } {
     return {
       aid: this.rules?.aidNames[i.aid] ?? `#${i.aid}`,
-      instance: `${ipv4ToString(i.addr)}:${i.port}`,
+      instance: instanceEndpoint(i),
     };
   }
 

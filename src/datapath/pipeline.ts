@@ -261,12 +261,17 @@ export interface PipelineOptions {
    * (it accepted one while marked down). Control plane (logs); must not throw.
    */
   onInstanceEvent?: (event: 'down' | 'up', instance: number) => void;
-  /** Called when a flow is created or refused (control plane: logs). Must not throw. */
+  /**
+   * Called when a flow is created or refused (control plane: logs), with the
+   * packet's buffer (an IPv6 packet's addresses are at info.srcOff/dstOff in it).
+   * Must not throw.
+   */
   onFlowEvent?: (
     event: 'created' | 'refused',
     slot: number,
     reason: number,
     info: PacketInfo,
+    buf: Uint8Array,
   ) => void;
 }
 
@@ -1206,7 +1211,7 @@ export class Pipeline {
     if (svc < 0) {
       if (rules.isCoopPort(info.dstAddr, info.dstPort)) return -Drop.NOT_NEGOTIATED;
       // A closed port of a virtual service address answers like a closed port of a host.
-      if (rules.isVip(info.dstAddr)) return this.refused(Drop.REFUSED_NO_SERVICE, info);
+      if (rules.isVip(info.dstAddr)) return this.refused(Drop.REFUSED_NO_SERVICE, info, buf);
       return proto === IPPROTO_TCP ? -Drop.NOT_SERVICE : -Drop.NO_FLOW;
     }
     const local = this.localAddrs.has(info.srcAddr);
@@ -1225,11 +1230,11 @@ export class Pipeline {
       this.hold(buf, off, info, svc, aid, local);
       return -Drop.NEGOTIATING;
     }
-    if (peer) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
-    if (aid < 0) return this.refused(Drop.REFUSED_NO_SELECTOR, info);
+    if (peer) return this.refused(Drop.REFUSED_NO_INSTANCE, info, buf);
+    if (aid < 0) return this.refused(Drop.REFUSED_NO_SELECTOR, info, buf);
     const instances = this.opts.instances;
     const inst = instances.pick(aid, svc, now);
-    if (inst < 0) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
+    if (inst < 0) return this.refused(Drop.REFUSED_NO_INSTANCE, info, buf);
     const target = instances.get(inst)!;
     const k = this.key;
     k.family = 4;
@@ -1246,10 +1251,10 @@ export class Pipeline {
     k.aid = aid;
     k.instance = inst;
     const s = this.table.create(k, now);
-    if (s === CREATE_FULL) return this.refused(Drop.REFUSED_TABLE_FULL, info);
-    if (s === CREATE_COLLISION) return this.refused(Drop.REFUSED_COLLISION, info);
+    if (s === CREATE_FULL) return this.refused(Drop.REFUSED_TABLE_FULL, info, buf);
+    if (s === CREATE_COLLISION) return this.refused(Drop.REFUSED_COLLISION, info, buf);
     this.counters.flowsCreated++;
-    this.opts.onFlowEvent?.('created', s, 0, info);
+    this.opts.onFlowEvent?.('created', s, 0, info, buf);
     return s;
   }
 
@@ -1260,7 +1265,7 @@ export class Pipeline {
     const svc = rules.findService6(buf, info.dstOff, info.dstPort, proto);
     if (svc < 0) {
       if (rules.isCoopPort6(buf, info.dstOff, info.dstPort)) return -Drop.NOT_NEGOTIATED;
-      if (rules.isVip6(buf, info.dstOff)) return this.refused(Drop.REFUSED_NO_SERVICE, info);
+      if (rules.isVip6(buf, info.dstOff)) return this.refused(Drop.REFUSED_NO_SERVICE, info, buf);
       return proto === IPPROTO_TCP ? -Drop.NOT_SERVICE : -Drop.NO_FLOW;
     }
     const local = this.isLocal6(buf, info.srcOff);
@@ -1277,11 +1282,11 @@ export class Pipeline {
       this.hold(buf, off, info, svc, aid, local);
       return -Drop.NEGOTIATING;
     }
-    if (peer) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
-    if (aid < 0) return this.refused(Drop.REFUSED_NO_SELECTOR, info);
+    if (peer) return this.refused(Drop.REFUSED_NO_INSTANCE, info, buf);
+    if (aid < 0) return this.refused(Drop.REFUSED_NO_SELECTOR, info, buf);
     const instances = this.opts.instances;
     const inst = instances.pick(aid, svc, now, 6);
-    if (inst < 0) return this.refused(Drop.REFUSED_NO_INSTANCE, info);
+    if (inst < 0) return this.refused(Drop.REFUSED_NO_INSTANCE, info, buf);
     const real = instances.get(inst)!.addr6!;
     const k = this.key;
     const w = k.addr6!;
@@ -1309,10 +1314,10 @@ export class Pipeline {
     k.aid = aid;
     k.instance = inst;
     const s = this.table.create(k, now);
-    if (s === CREATE_FULL) return this.refused(Drop.REFUSED_TABLE_FULL, info);
-    if (s === CREATE_COLLISION) return this.refused(Drop.REFUSED_COLLISION, info);
+    if (s === CREATE_FULL) return this.refused(Drop.REFUSED_TABLE_FULL, info, buf);
+    if (s === CREATE_COLLISION) return this.refused(Drop.REFUSED_COLLISION, info, buf);
     this.counters.flowsCreated++;
-    this.opts.onFlowEvent?.('created', s, 0, info);
+    this.opts.onFlowEvent?.('created', s, 0, info, buf);
     return s;
   }
 
@@ -1454,8 +1459,8 @@ export class Pipeline {
     return checkPacket(buf, at, len, ci) === Check.OK && ci.l4Off >= 0 ? ci.l4Off : at;
   }
 
-  private refused(reason: number, info: PacketInfo): number {
-    this.opts.onFlowEvent?.('refused', -1, reason, info);
+  private refused(reason: number, info: PacketInfo, buf: Uint8Array): number {
+    this.opts.onFlowEvent?.('refused', -1, reason, info, buf);
     return -reason;
   }
 }

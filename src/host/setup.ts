@@ -60,11 +60,9 @@
  *   ip -6 rule add pref R iif lo ipproto udp sport P lookup T (each port range),
  *   ip -6 rule add pref R from X6 ipproto tcp sport P lookup T (other addresses),
  *   ip -6 rule add pref R from A6 ipproto ipv6-icmp iif lo lookup T
- *   forwarding, for what vpm writes into the TUN towards clients elsewhere: the
- *   TUN's own net.ipv6.conf.vpm0.force_forwarding=1 where the kernel has it
- *   (Linux 6.17+; per device, it dies with the TUN), else
- *   net.ipv6.conf.all.forwarding=1 with its side effects journalled first (see
- *   setIpv6Forward).
+ *   forwarding, for clients' packets into the TUN and what vpm writes into it
+ *   towards clients elsewhere: net.ipv6.conf.all.forwarding=1 with its side
+ *   effects journalled first (see setIpv6Forward).
  * The routes die with the TUN, as the IPv4 ones do; the rules are journalled
  * (with `family: 6`) and undone like the IPv4 ones.
  */
@@ -120,13 +118,6 @@ export interface HostPlan6 {
   vips: readonly string[];
   /** As HostPlan.otherInstanceAddrs, the IPv6 ones. */
   otherInstanceAddrs: readonly { addr: string; ports: readonly { lo: number; hi: number }[] }[];
-  /**
-   * How IPv6 packets from the TUN are forwarded: "device" sets the TUN's own
-   * force_forwarding (Linux 6.17+), "all" the host-wide all.forwarding (with its
-   * side effects journalled); "auto" (the default) is "device" where the kernel
-   * has it. Tests use "all" to exercise the older kernels' way.
-   */
-  forwarding?: 'auto' | 'device' | 'all';
 }
 
 /** `family: 6` marks an `ip -6` rule or route; absent: IPv4 (also in journals written before IPv6). */
@@ -285,7 +276,7 @@ export class HostSetup {
         await this.addRule(['pref', String(plan.rulePriority), 'iif', dev, 'lookup', out]);
       }
       await this.setIpForward();
-      if (v6 !== null) await this.setIpv6Forward(dev, v6.forwarding ?? 'auto');
+      if (v6 !== null) await this.setIpv6Forward(dev);
     } catch (e) {
       await this.undoNow();
       throw e;
@@ -330,13 +321,17 @@ export class HostSetup {
   }
 
   /**
-   * IPv6 forwarding for the packets vpm writes into the TUN. IPv6 forwards a
-   * packet only if net.ipv6.conf.all.forwarding is on or, since Linux 6.17, the
-   * packet's ingress device has force_forwarding (ip6_forward in
-   * net/ipv6/ip6_output.c). Where the TUN has force_forwarding, that is all:
-   * it dies with the device, the host is not touched.
+   * IPv6 forwarding, both ways through the TUN: a client's packet to a VIP
+   * arrives on one of the host's devices and is forwarded into the TUN, and what
+   * vpm writes into the TUN towards a client elsewhere is forwarded out. IPv6
+   * forwards a packet only if net.ipv6.conf.all.forwarding is on or, since Linux
+   * 6.17, the packet's *ingress* device has force_forwarding (ip6_forward in
+   * net/ipv6/ip6_output.c). The TUN's own force_forwarding would only cover the
+   * second way, and the devices clients come in on are any of the host's (and
+   * may appear later), so vpm sets all.forwarding=1, as it sets ip_forward for
+   * IPv4.
    *
-   * Otherwise all.forwarding=1, which the kernel does not take alone
+   * all.forwarding=1 the kernel does not take alone
    * (addrconf_fixup_forwarding, net/ipv6/addrconf.c): it sets
    * conf.default.forwarding and every device's conf.<dev>.forwarding to the new
    * value (addrconf_forward_change: the device joins or leaves the all-routers
@@ -351,13 +346,7 @@ export class HostSetup {
    * aside), which keeps the host taking router advertisements and its
    * RA-learned default routes while vpm runs, as it did before; undo puts 1 back.
    */
-  private async setIpv6Forward(dev: string, how: 'auto' | 'device' | 'all'): Promise<void> {
-    const tunKey = `net.ipv6.conf.${dev.replace(/\./g, '/')}.force_forwarding`;
-    const hasForce = existsSync(`${IPV6_CONF}/${dev}/force_forwarding`);
-    if (how === 'device' || (how === 'auto' && hasForce)) {
-      await writeSysctl(tunKey, '1');
-      return;
-    }
+  private async setIpv6Forward(dev: string): Promise<void> {
     const key = 'net.ipv6.conf.all.forwarding';
     const old = await readSysctl(key);
     if (old === '1') return;

@@ -319,10 +319,9 @@ describe.each([
         icmp_no_flow: sent.icmp_no_flow!,
         ...(family === 6
           ? {
-              // FIXME(v6 names): the data plane's reason names for these three
-              udp_zero_checksum: sent.udp_zero_sum!,
-              ext_headers_too_long: sent.ext_chain_long!,
-              bad_ext_header: sent.ext_truncated!,
+              bad_udp6_zero_checksum: sent.udp_zero_sum!,
+              ipv6_ext_headers_too_long: sent.ext_chain_long!,
+              ipv6_bad_ext_header: sent.ext_truncated!,
             }
           : {}),
       };

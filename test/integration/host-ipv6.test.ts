@@ -164,12 +164,9 @@ describe('the IPv6 host recipe', () => {
       autoconf: '0',
       addr_gen_mode: '1',
     });
-    // Forwarding: on a kernel with force_forwarding (6.17+), the TUN's own; else all.forwarding.
+    // Forwarding: all.forwarding, for packets in on any device (force_forwarding is per ingress device).
     const during = hostSysctls(lab, ns, []);
-    if (during.some((l) => l.startsWith('/proc/sys/net/ipv6/conf/vpm0/force_forwarding:'))) {
-      expect(during).toContain('/proc/sys/net/ipv6/conf/vpm0/force_forwarding:1');
-      expect(during).toContain('/proc/sys/net/ipv6/conf/all/forwarding:0');
-    } else expect(during).toContain('/proc/sys/net/ipv6/conf/all/forwarding:1');
+    expect(during).toContain('/proc/sys/net/ipv6/conf/all/forwarding:1');
     expect(await vpm.stop('SIGTERM')).toEqual({ code: 0, signal: null });
     expectPristine();
   });
@@ -256,7 +253,6 @@ describe('HostSetup with net.ipv6.conf.all.forwarding (kernels before 6.17), aft
         localClientAddr: '2001:2:0:ff::2',
         vips: ['2001:2::9'],
         otherInstanceAddrs: [],
-        forwarding: 'all',
       },
     };
     // Apply, and exit without undoing: what a kill -9 leaves.
