@@ -195,8 +195,8 @@ async function measure(st: RunState, metric: MetricId, path: PathId, rep: number
   const t0 = process.hrtime.bigint();
   const sample: Sample = { metric, path, rep, seq, value: Number.NaN, seconds: opts.duration };
   try {
-    if (metric === 'tcp1' || metric === 'tcp4') {
-      const r = await iperf(lab, topo.client, t, metric === 'tcp1' ? 1 : 4, opts.duration);
+    if (metric === 'tcp1' || metric === 'tcp4' || metric === 'tcp1v6') {
+      const r = await iperf(lab, topo.client, t, metric === 'tcp4' ? 4 : 1, opts.duration);
       sample.value = r.gbps;
       sample.seconds = r.seconds;
       sample.retransmits = r.retransmits;

@@ -52,9 +52,9 @@ export class Lab {
   readonly id = `${this.lab.id}-bench`;
   readonly dir = this.lab.tempDir();
 
-  /** Create namespace `<id>-<name>` with loopback up and IPv6 off; return its name. */
+  /** Create namespace `<id>-<name>` with loopback up and IPv6 on (the IPv6 paths); return its name. */
   namespace(name: string): string {
-    return this.lab.namespace(name, { ipv6: false });
+    return this.lab.namespace(name);
   }
 
   /** A sysctl inside one of the lab's namespaces (never the root namespace). */

@@ -430,6 +430,24 @@ function readingNotes(r: E2eReport): string {
         `nor offloads can help, and the cost per wake-up of the daemon sets the rate ` +
         `(its breakdown: "Where a small packet's time goes", below).`,
     );
+  // IPv6 against IPv4: vpm's own cost per packet, apart from the baseline's.
+  for (const m6 of METRICS) {
+    const twin = METRIC_SPECS[m6].v4;
+    const a6 = act('vpm', m6);
+    const a4 = twin === undefined ? undefined : act('vpm', twin);
+    const r6 = row(r.rows, m6);
+    const r4 = twin === undefined ? undefined : row(r.rows, twin);
+    if (!a6 || !a4 || !r6 || !r4 || a6.packetsIn === 0 || a4.packetsIn === 0) continue;
+    const cpu6 = (1e6 * a6.cpuSec) / a6.packetsIn;
+    const cpu4 = (1e6 * a4.cpuSec) / a4.packetsIn;
+    notes.push(
+      `- ${METRIC_SPECS[m6].short} against IPv4: vpm ${fmtValue(m6, r6.cells.vpm.value.median)} ` +
+        `over IPv6 and ${fmtValue(twin!, r4.cells.vpm.value.median)} over IPv4, nftables DNAT ` +
+        `${fmtValue(m6, r6.cells.dnat.value.median)} and ${fmtValue(twin!, r4.cells.dnat.value.median)}; ` +
+        `vpm's CPU per packet ${fmt3(cpu6)} µs over IPv6, ${fmt3(cpu4)} µs over IPv4 ` +
+        `(${fmtPct(cpu6 / cpu4 - 1)} more).`,
+    );
+  }
   return notes.join('\n');
 }
 
@@ -447,7 +465,10 @@ and port), *nftables DNAT* (the client connects to the virtual service
 ${'`198.19.0.9:9000`'}, rewritten by an nft \`dnat\` rule in prerouting), *vpm*
 (the same virtual service through \`vpm up\` and its TUN, offloads on: the
 default \`tun.offloads: "auto"\`) and *vpm, offloads off* (a second daemon with
-\`tun.offloads: "off"\` on its own TUN, serving ${'`198.19.0.10:9000`'}). The
+\`tun.offloads: "off"\` on its own TUN, serving ${'`198.19.0.10:9000`'}). The rows
+marked IPv6 (\`--family 6\`) are the same four paths over IPv6: the services'
+second addresses ${'`[2001:2:0:9::9]:9000`'} and ${'`[2001:2:0:9::10]:9000`'}, DNAT in an
+nft \`table ip6\`. The
 ratios the goals speak of are those to DNAT, in the last two columns. Measured
 ${m.date.slice(0, 10)} on ${m.cpuModel} (${m.cores} cores), Node ${m.node},
 ${m.kernel}; ${r.mode} mode: median of ${r.options.reps} repetition(s) of
