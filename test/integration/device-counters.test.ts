@@ -43,7 +43,8 @@ let daemon: VpmDaemon | null = null;
 
 beforeAll(async () => {
   requireRoot();
-  host = lab.namespace('host', { ipv6: false });
+  // IPv6 on (as on a real host): the metrics listen on [::1]; vpm keeps it off its TUN.
+  host = lab.namespace('host');
   client = lab.namespace('client', { ipv6: false });
   lab.veth(
     { ns: client, dev: 'c0', cidr: '198.18.1.2/24' },
@@ -52,7 +53,8 @@ beforeAll(async () => {
   lab.run(client, 'ip', ['route', 'add', 'default', 'via', '198.18.1.1']);
   daemon = await VpmDaemon.start(lab, host, {
     tun: { txQueueLen: QUEUE },
-    metrics: { listen: '127.0.0.1:9464' },
+    // On IPv6 loopback: metrics.listen takes [::1]:PORT.
+    metrics: { listen: '[::1]:9464' },
     services: [{ name: 'sink', address: VIP, port: 9000, protocol: 'udp' }],
     applications: [{ aid: 'sink-1', instances: [{ port: REAL_PORT }] }],
     default: { aid: 'sink-1' },
@@ -143,7 +145,7 @@ for i in range(${SENT}):
     expect(device(json).txDropped).toBeGreaterThanOrEqual(dev.txDropped);
 
     // And in the metrics, read at scrape time.
-    const text = lab.run(host, 'curl', ['-sf', 'http://127.0.0.1:9464/metrics']);
+    const text = lab.run(host, 'curl', ['-sf', '-g', 'http://[::1]:9464/metrics']);
     const metric = (name: string, dir: string) =>
       Number(new RegExp(`^${name}\\{direction="${dir}"\\} (\\d+)$`, 'm').exec(text)?.[1]);
     expect(metric('vpm_device_dropped_total', 'tx')).toBeGreaterThanOrEqual(dev.txDropped);
