@@ -156,6 +156,57 @@ describe('unprivileged programs under vpm exec, AIDs bound to users', () => {
     });
   });
 
+  it("a local client on the vpm host that no selector names belongs to its user's AID: nobody's curl reaches AID a, root's is refused", async () => {
+    const server = vpmCli(NOBODY, [
+      'exec',
+      '--aid',
+      'a',
+      '-s',
+      vpm.socket,
+      '--',
+      PY,
+      '-u',
+      '-m',
+      'http.server',
+      '9000',
+      '--directory',
+      www,
+    ]);
+    await lab.waitForOutput(server, /Serving HTTP on \S+ port 9000/, {
+      stream: 'stdout',
+      timeoutMs: 15_000,
+    });
+    try {
+      const before = await vpm.stats();
+      // Plain curl, no vpm exec: its source is the TUN address, which no selector
+      // lists; the socket's owner (uid 65534, nobody) is in AID a's users.
+      const asNobody = lab.run(host, NOBODY[0]!, [
+        ...NOBODY.slice(1),
+        'curl',
+        '-sS',
+        '-m',
+        '5',
+        `http://${VIP}:9000/`,
+      ]);
+      expect(asNobody).toBe('served by a user\n');
+      // root is in no AID's users (AID b lists none: root only, but only AIDs that
+      // list users pick local clients by their user), and the default refuses.
+      const asRoot = lab.spawn(host, 'curl', ['-sS', '-m', '5', `http://${VIP}:9000/`]);
+      const exit = await withTimeout(lab.exited(asRoot), 10_000, 'curl as root');
+      expect(exit.code).not.toBe(0);
+      expect(lab.output(asRoot).stderr).toMatch(/curl: \(7\) Failed to connect/);
+      const after = await vpm.stats();
+      const refusedLocal = (s: unknown) =>
+        (s as { localClientsRefused: number }).localClientsRefused;
+      expect(refusedLocal(after) - refusedLocal(before)).toBe(1);
+    } finally {
+      await lab.stop(server, 'SIGTERM', 5000);
+    }
+    await waitFor(async () => (await registered()).length === 0, {
+      what: "nobody's registration to end with its program",
+    });
+  });
+
   it('the same program as nobody claiming AID b is refused: bind fails with a clear message, nothing is registered, the refusal is counted and logged', async () => {
     const before = await refused();
     // The issue's own command line: vpm exec as root, the program drops to nobody.
