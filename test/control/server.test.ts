@@ -183,7 +183,7 @@ describe('the args of a command', () => {
     // A bind's v6only is a boolean.
     expect((await one(req('bind', { ...bind, addr: '::', v6only: 1 }))).error).toEqual({
       code: 'ERR_CONTROL_BAD_REQUEST',
-      message: 'bad "bind" request: args.v6only: 1 is a number, expected a boolean',
+      message: 'bad "bind" request: args.v6only: 1 is an integer, expected a boolean',
     });
     // A UDP report names its socket: fd is a descriptor number like bind's.
     expect(

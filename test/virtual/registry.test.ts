@@ -407,7 +407,7 @@ describe('Registry over IPv6', () => {
     const c = new Socket();
     const fam = (k: number) => {
       const i = instances.get(k)!;
-      return [i.addr, i.addr6 === null ? null : ipv6FromWords(i.addr6)];
+      return [i.addr, i.addr6 ? ipv6FromWords(i.addr6) : null];
     };
     // A v6only "::" first: IPv6 only.
     const p1 = await reg.bind(c, { ...bindArgs('a', 9000, 100, 3, '::'), v6only: true });
