@@ -132,7 +132,11 @@ export interface BindTarget {
  * ERR_BIND_ADDRESS for an address packets from the TUN cannot reach or this
  * configuration cannot serve.
  */
-export function resolveBindAddress(cfg: Config, addr: string | undefined, v6only = false): BindTarget {
+export function resolveBindAddress(
+  cfg: Config,
+  addr: string | undefined,
+  v6only = false,
+): BindTarget {
   const t = cfg.tun;
   const tun6 = t.ipv6 ? t.address6 : null;
   const wildcards = `0.0.0.0, :: or the TUN address ${ipv4ToString(t.address)}${t.ipv6 ? ` or ${formatAddr(t.address6)}` : ''}`;

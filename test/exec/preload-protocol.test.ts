@@ -377,7 +377,13 @@ describe('libvpm_preload against a stand-in control server', () => {
     expect(s.cmd('connect').map((r) => [r.req.oneway, r.req.args])).toEqual([
       [
         true,
-        { aid: 'x', proto: 'tcp', local: `[${A6}]:${ev(run, 6).port}`, remote: `[${A6}]:9100`, pid },
+        {
+          aid: 'x',
+          proto: 'tcp',
+          local: `[${A6}]:${ev(run, 6).port}`,
+          remote: `[${A6}]:9100`,
+          pid,
+        },
       ],
       // Before the SYN: the wildcard of the socket's family, the address not chosen yet.
       [
@@ -386,7 +392,13 @@ describe('libvpm_preload against a stand-in control server', () => {
       ],
       [
         undefined,
-        { aid: 'x', proto: 'tcp', local: `[::]:${ev(run, 8).port}`, remote: '198.18.0.1:9000', pid },
+        {
+          aid: 'x',
+          proto: 'tcp',
+          local: `[::]:${ev(run, 8).port}`,
+          remote: '198.18.0.1:9000',
+          pid,
+        },
       ],
       [
         undefined,

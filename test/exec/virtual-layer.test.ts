@@ -381,8 +381,11 @@ describe('vpm exec over IPv6 with the real daemon (a dual-stack service)', () =>
     ).toMatchObject({ aid: 'tenant-a', real: `${VIP_TUN4}:${realA}` });
 
     for (const p of [a, b]) await lab.stop(p.child, 'SIGTERM', 5000);
-    await waitFor(async () => (await rows('tenant-a')).length + (await rows('tenant-b')).length === 0, {
-      what: 'the registrations to end',
-    });
+    await waitFor(
+      async () => (await rows('tenant-a')).length + (await rows('tenant-b')).length === 0,
+      {
+        what: 'the registrations to end',
+      },
+    );
   });
 });

@@ -428,12 +428,12 @@ describe('Registry over IPv6', () => {
     expect(instances.of(0)).toHaveLength(1);
     expect(pool.stats().inUse).toBe(1);
     // One row per family, each with the registrations that accept it.
-    expect(
-      reg.instances().map((i) => [i.aid, i.address, i.port, i.pids, i.registrations]),
-    ).toEqual([
-      ['a', '198.19.255.1', p1.port, [100, 200], 2],
-      ['a', '2001:2:0:ff::1', p1.port, [100, 200], 2],
-    ]);
+    expect(reg.instances().map((i) => [i.aid, i.address, i.port, i.pids, i.registrations])).toEqual(
+      [
+        ['a', '198.19.255.1', p1.port, [100, 200], 2],
+        ['a', '2001:2:0:ff::1', p1.port, [100, 200], 2],
+      ],
+    );
     // The v6only one leaves: pid 200's "::" still accepts IPv6.
     expect(reg.release(c, { pid: 100, fd: 3 })).toEqual({ released: 1, reports: 0 });
     expect(fam(k)).toEqual([cfg.tun.address, cfg.tun.address6]);
@@ -523,7 +523,9 @@ describe('Registry over IPv6', () => {
     // The UDP report ends with its socket's release; the TCP ones stay.
     expect(reg.release(c, { pid: 7, fd: 4 })).toEqual({ released: 0, reports: 1 });
     expect(reg.localClientAid6(wa, 40000, IPPROTO_UDP)).toBe(-1);
-    expect(() => reg.connectReport({ aid: 'a', local: '[2001:2::1]:0' })).toThrow(/"local" must be/);
+    expect(() => reg.connectReport({ aid: 'a', local: '[2001:2::1]:0' })).toThrow(
+      /"local" must be/,
+    );
     expect(() => reg.connectReport({ aid: 'a', local: '[nonsense]:1' })).toThrow(/"local" must be/);
   });
 });
