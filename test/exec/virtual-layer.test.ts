@@ -347,6 +347,9 @@ describe('vpm exec over IPv6 with the real daemon (a dual-stack service)', () =>
     const rb = await rows('tenant-b');
     expect(ra.map((i) => i.address)).toEqual([VIP_TUN4, TUN6]);
     expect(rb.map((i) => i.address)).toEqual([TUN6]);
+    // Each row has its instance's health, the IPv6 ones too (found by their IPv6 address).
+    for (const r of [...ra, ...rb])
+      expect(r).toMatchObject({ health: { state: 'up', refusals: 0 } });
     const realA = ra[0]!.port;
     const realB = rb[0]!.port;
     expect(ra[1]!.port).toBe(realA);
