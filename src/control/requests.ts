@@ -65,8 +65,16 @@ const bindArgs = {
     aid: nameDef,
     proto,
     vport: portDef,
-    /** What the program asked for: "0.0.0.0", "::" or an IPv4 address. Absent: "0.0.0.0". */
-    addr: { type: 'string' },
+    /**
+     * What the program asked for: "0.0.0.0", "::", an IPv4 or an IPv6 address (a
+     * v4-mapped one as its IPv4 address). Absent: "0.0.0.0".
+     */
+    addr: { type: 'string', maxLength: 64 },
+    /**
+     * "::" on a socket with IPV6_V6ONLY: IPv6 only. Absent or false: "::" serves
+     * both families, as the kernel's dual-stack socket does.
+     */
+    v6only: { type: 'boolean' },
     pid,
     fd,
   },
@@ -98,8 +106,8 @@ const connectArgs = {
     proto,
     local: {
       type: 'string',
-      title: '"a.b.c.d:port"',
-      pattern: '^[0-9]{1,3}(\\.[0-9]{1,3}){3}:[0-9]{1,5}$',
+      title: '"a.b.c.d:port" or "[v6]:port"',
+      pattern: '^([0-9]{1,3}(\\.[0-9]{1,3}){3}|\\[[0-9a-fA-F:.]{2,45}\\]):[0-9]{1,5}$',
     },
     remote: { type: 'string' },
     pid,

@@ -45,6 +45,7 @@ import {
   ipv6FromBytes,
   ipv6FromWords,
   ipv6ToWords,
+  parseAddr,
   parseIpv4,
   parseIpv6,
 } from '../wire/address.js';
@@ -329,6 +330,8 @@ export class Daemon {
           localClientAddr6: cfg.tun.ipv6 ? words6(cfg.tun.localClientAddress6) : null,
           localClientAid: (addr, port, proto) =>
             this.registry?.localClientAid(addr, port, proto) ?? -1,
+          localClientAid6: (addr, port, proto) =>
+            this.registry?.localClientAid6(addr, port, proto) ?? -1,
           negotiate: (buf, off, len, info, svc, aid, local) =>
             this.coop?.hold(buf, off, len, info, svc, aid, local),
           holdUnknownLocal: cfg.applications.some(
@@ -524,8 +527,13 @@ export class Daemon {
     const now = performance.now();
     const wall = Date.now();
     return list.map((v) => {
-      const addr = parseIpv4(v.address);
-      const i = addr === null ? undefined : this.instances.byAddress(addr, v.port);
+      const addr = parseAddr(v.address);
+      const i =
+        addr === null
+          ? undefined
+          : typeof addr === 'bigint'
+            ? this.instances.byAddress6(words6(addr), v.port)
+            : this.instances.byAddress(addr, v.port);
       if (!i) return v;
       const h = this.instances.health(i.index, now);
       return {

@@ -140,6 +140,20 @@ export class InstanceSet {
     return i.index;
   }
 
+  /**
+   * The registered instance `index` listens on other addresses now (its
+   * registrations' families changed: a "::" bind joined a "0.0.0.0" one, the
+   * last IPv6 one left): the same index, with its health. Control plane.
+   */
+  updateRegistered(index: number, spec: InstanceSpec): void {
+    const old = this.slots[index];
+    if (old?.source !== 'registered') return;
+    const i = makeInstance(index, spec, 'registered');
+    this.slots[index] = i;
+    this.registered[this.registered.indexOf(old)] = i;
+    this.rebuild();
+  }
+
   /** The registered instance `index` is gone; new connections no longer go there. */
   removeRegistered(index: number): void {
     const i = this.slots[index];
@@ -319,6 +333,15 @@ export class InstanceSet {
     return undefined;
   }
 
+  /** The same for an IPv6 address (4 words). Control plane. */
+  byAddress6(addr: Uint32Array, port: number): Instance | undefined {
+    for (const i of this.slots) {
+      const a = i?.addr6;
+      if (i && a && i.port === port && a.every((w, k) => w === addr[k])) return i;
+    }
+    return undefined;
+  }
+
   private allocate(s: InstanceSpec, source: Instance['source']): Instance {
     const index = this.free.length > 0 ? this.free.shift()! : this.slots.length;
     if (index >= this.downUntil.length) {
@@ -337,18 +360,7 @@ export class InstanceSet {
     this.downUntil[index] = 0;
     this.downFlag[index] = 0;
     this.refusalCount[index] = 0;
-    const i: Instance = Object.freeze({
-      index,
-      source,
-      aid: s.aid,
-      addr: s.addr,
-      // Present on every instance (one shape); null without an IPv6 address.
-      addr6: s.addr6 ? Uint32Array.from(s.addr6.subarray(0, 4)) : null,
-      port: s.port,
-      service: s.service,
-      vport: s.vport,
-      proto: s.proto ?? 0,
-    });
+    const i = makeInstance(index, s, source);
     this.slots[index] = i;
     return i;
   }
@@ -384,6 +396,21 @@ function serves(i: Instance, svc: number, vport: number, proto: number): boolean
     (i.vport === 0 || i.vport === vport) &&
     (i.proto === 0 || i.proto === proto)
   );
+}
+
+function makeInstance(index: number, s: InstanceSpec, source: Instance['source']): Instance {
+  return Object.freeze({
+    index,
+    source,
+    aid: s.aid,
+    addr: s.addr,
+    // Present on every instance (one shape); null without an IPv6 address.
+    addr6: s.addr6 ? Uint32Array.from(s.addr6.subarray(0, 4)) : null,
+    port: s.port,
+    service: s.service,
+    vport: s.vport,
+    proto: s.proto ?? 0,
+  });
 }
 
 /** Has instance `i` an address of `family` (4 or 6)? */

@@ -179,11 +179,15 @@ export async function runDemo(
       aid: string;
       port: number;
     }[];
+    // One row per family an instance serves (the copies bind "::": both): one port per AID.
     out(
-      `      vpm gave them real ports ${[...registered]
-        .sort((a, b) => a.aid.localeCompare(b.aid))
-        .map((i) => `${i.port} (${i.aid})`)
-        .join(' and ')}`,
+      `      vpm gave them real ports ${[
+        ...new Set(
+          [...registered]
+            .sort((a, b) => a.aid.localeCompare(b.aid))
+            .map((i) => `${i.port} (${i.aid})`),
+        ),
+      ].join(' and ')}`,
     );
 
     out(

@@ -20,6 +20,29 @@
  * Concurrent first binds of one group wait for the same pool request, so a group
  * never holds two ports.
  *
+ * Addresses and families (`resolveBindAddress`). A bind's address says where
+ * its instance listens and which family's clients it can serve:
+ *
+ *   "0.0.0.0"               IPv4: tun.address
+ *   "::"                    both: tun.address and tun.address6 (the latter only
+ *                           when the configuration has IPv6, tun.ipv6)
+ *   "::" with v6only        IPv6: tun.address6
+ *   tun.address / address6  the same as the wildcard of that family
+ *   another IPv4 address    IPv4: that address (the library sends a v4-mapped
+ *                           bind as its IPv4 address, and so is one)
+ *   another IPv6 address    IPv6: that address
+ *
+ * Loopback (127/8, ::1) and IPv6 link-local (fe80::/10) addresses are refused:
+ * packets from the TUN never reach them. An IPv6 bind (an IPv6 address, or
+ * "::" v6only) is refused when the configuration has no IPv6 (tun.ipv6 false:
+ * the TUN has no IPv6 address to deliver to). The wildcards and the TUN's own
+ * addresses form one group per (AID, protocol, V), so "0.0.0.0" and "::" of one
+ * AID share a real port (SO_REUSEPORT lets both sockets listen) and one
+ * instance, which serves IPv4 while a registration of the group accepts IPv4
+ * and IPv6 while one accepts IPv6: its families follow its registrations
+ * (`InstanceSet.updateRegistered`, same index, same health). Another address is
+ * a group of its own.
+ *
  * Protocols. A group is one protocol's: a UDP bind of 9000 registers a UDP
  * instance (it serves the UDP services on 9000, never the TCP one on the same
  * address and port: instances.ts matches the protocol), and gets a pool port of
@@ -38,7 +61,13 @@
  * library's `release` of its pid and fd) or the control connection it came on
  * closes (the process ended), so neither newer reports nor a busy TCP client push
  * it out, and a port it no longer holds does not keep its AID for whoever binds
- * it next.
+ * it next. A report whose address is not chosen yet ("0.0.0.0:P", "[::]:P": a
+ * socket bound to the wildcard) is keyed by the port alone and matches a
+ * client of either family on that port. IPv6 reports are kept by the data
+ * plane's view of the address (`Reports`): a number made of the XOR of its
+ * four words and the port, and the words for an exact compare, so the
+ * pipeline's per-flow lookup (`localClientAid6`, four words read from the
+ * packet) allocates nothing.
  */
 
 import type { Socket } from 'node:net';
@@ -47,7 +76,16 @@ import type { Config } from '../config/types.js';
 import type { BindArgs, ConnectArgs, HelloArgs, ReleaseArgs } from '../control/requests.js';
 import type { InstanceSet } from '../datapath/instances.js';
 import type { InstanceView } from '../view/views.js';
-import { formatAddr, ipv4ToString, parseIpv4 } from '../wire/address.js';
+import {
+  formatAddr,
+  type IpAddr,
+  ipv4ToString,
+  ipv6ToWords,
+  isV4Mapped,
+  parseEndpoint,
+  parseIpv4,
+  parseIpv6,
+} from '../wire/address.js';
 import { IPPROTO_TCP, IPPROTO_UDP } from '../wire/ipv4.js';
 import type { PortPool } from './pool.js';
 
@@ -70,13 +108,105 @@ export interface Registration {
   fd: number;
   conn: Socket;
   since: number;
+  /** The families its socket accepts (resolveBindAddress). */
+  v4: boolean;
+  v6: boolean;
+}
+
+/** Where a bind's instance listens, and which families it serves. */
+export interface BindTarget {
+  /** The group's address part: "tun" for the wildcards and the TUN's addresses, else the address. */
+  key: string;
+  /** The instance's IPv4 address when it serves IPv4, or -1. */
+  addr4: number;
+  /** The instance's IPv6 address when it serves IPv6, or null. */
+  addr6: bigint | null;
+  /** The families this bind's socket accepts. */
+  v4: boolean;
+  v6: boolean;
+}
+
+/**
+ * Resolve a bind request's address (`addr`, absent: "0.0.0.0") and `v6only` to
+ * the instance it registers (the table in the module comment). Throws
+ * ERR_BIND_ADDRESS for an address packets from the TUN cannot reach or this
+ * configuration cannot serve.
+ */
+export function resolveBindAddress(
+  cfg: Config,
+  addr: string | undefined,
+  v6only = false,
+): BindTarget {
+  const t = cfg.tun;
+  const tun6 = t.ipv6 ? t.address6 : null;
+  const wildcards = `0.0.0.0, :: or the TUN address ${ipv4ToString(t.address)}${t.ipv6 ? ` or ${formatAddr(t.address6)}` : ''}`;
+  const tun = (v4: boolean, v6: boolean): BindTarget => ({
+    key: 'tun',
+    addr4: t.address,
+    addr6: tun6,
+    v4,
+    v6,
+  });
+  const noIpv6 = (what: string) =>
+    new RegistryError(
+      'ERR_BIND_ADDRESS',
+      `${what} is an IPv6 bind, and this daemon's configuration has no IPv6 (tun.ipv6 is off: no IPv6 address in the configuration file, and no tun.address6); bind to 0.0.0.0, or add IPv6 to the configuration and restart vpm`,
+    );
+  if (addr === undefined || addr === '0.0.0.0') return tun(true, false);
+  const a4 = parseIpv4(addr);
+  const a6 = a4 === null ? parseIpv6(addr) : null;
+  if (a4 === null && a6 === null)
+    throw new RegistryError(
+      'ERR_BIND_ADDRESS',
+      `"${addr}" is not an IPv4 or IPv6 address, "0.0.0.0" or "::"`,
+    );
+  if (a6 !== null && isV4Mapped(a6))
+    return resolveBindAddress(cfg, ipv4ToString(Number(a6 & 0xffffffffn)));
+  if (a6 === 0n) {
+    // "::": dual-stack unless the socket has IPV6_V6ONLY.
+    if (!v6only) return tun(true, t.ipv6);
+    if (!t.ipv6) throw noIpv6('"::" with IPV6_V6ONLY');
+    return tun(false, true);
+  }
+  if (a4 !== null) {
+    if (a4 >>> 24 === 127)
+      throw new RegistryError(
+        'ERR_BIND_ADDRESS',
+        `${addr} is a loopback address, which vpm cannot reach: bind to ${wildcards}`,
+      );
+    if (a4 === t.address) return tun(true, false);
+    return { key: ipv4ToString(a4), addr4: a4, addr6: null, v4: true, v6: false };
+  }
+  const v6 = a6!;
+  const text = formatAddr(v6);
+  if (v6 === 1n)
+    throw new RegistryError(
+      'ERR_BIND_ADDRESS',
+      `${text} is the IPv6 loopback address, which vpm cannot reach: bind to ${wildcards}`,
+    );
+  if (v6 >> 118n === 0x3fan)
+    throw new RegistryError(
+      'ERR_BIND_ADDRESS',
+      `${text} is an IPv6 link-local address (fe80::/10), which vpm cannot reach: bind to ${wildcards}`,
+    );
+  if (!t.ipv6) throw noIpv6(text);
+  if (v6 === t.address6) return tun(false, true);
+  return { key: text, addr4: -1, addr6: v6, v4: false, v6: true };
 }
 
 interface Group {
   aid: number;
   proto: 'tcp' | 'udp';
   vport: number;
-  addr: number;
+  /** Where its instance listens for each family (BindTarget). */
+  addr4: number;
+  addr6: bigint | null;
+  /** Its registrations that accept IPv4, IPv6: the instance serves a family while it has one. */
+  n4: number;
+  n6: number;
+  /** The families its instance serves now. */
+  serves4: boolean;
+  serves6: boolean;
   port: number;
   /** Until the pool answers: the pending acquisition shared by concurrent first binds. */
   pending: Promise<number> | null;
@@ -87,8 +217,10 @@ interface Group {
 
 const MAX_LOCAL_CLIENTS = 65536;
 
-/** A reported local client: key addr·2^16+port (addr 0 when not chosen yet). */
+/** A reported local client, at its local address (0: not chosen yet; a bigint: IPv6) and port. */
 interface LocalClient {
+  addr: IpAddr;
+  port: number;
   aid: number;
   pid: number;
   remote: string;
@@ -101,24 +233,112 @@ interface UdpClient extends LocalClient {
   conn: Socket | null;
 }
 
-function splitHostPort(s: string): { addr: number; port: number } | null {
-  const i = s.lastIndexOf(':');
-  if (i < 0) return null;
-  const addr = parseIpv4(s.slice(0, i));
-  const port = Number(s.slice(i + 1));
-  if (addr === null || !Number.isInteger(port) || port < 1 || port > 65535) return null;
-  return { addr, port };
+/** The report's local address: 0 for the unspecified one of either family, IPv4 for a v4-mapped one. */
+function localAddress(a: IpAddr): IpAddr {
+  if (typeof a === 'number') return a;
+  if (a === 0n) return 0;
+  return isV4Mapped(a) ? Number(a & 0xffffffffn) : a;
+}
+
+/** The data plane's key of an IPv6 local client: the fold of its words, and the port. */
+function key6(w: Uint32Array, port: number): number {
+  return ((w[0]! ^ w[1]! ^ w[2]! ^ w[3]!) >>> 0) * 0x10000 + port;
+}
+
+/**
+ * One protocol's local client reports, by local address and port. IPv4 (and the
+ * address not chosen yet, 0) by addr·2^16+port; IPv6 by key6 (fold·2^16+port)
+ * with the address's words kept for an exact compare (usually one entry per
+ * key). Each map keeps insertion order, so the first entry is the oldest
+ * (approximately, for IPv6: the first key's first entry).
+ */
+class Reports<E extends LocalClient> {
+  private readonly v4 = new Map<number, E>();
+  private readonly v6 = new Map<number, { w: Uint32Array; e: E }[]>();
+  private n6 = 0;
+
+  /** Entries of `addr`'s family. */
+  count(addr: IpAddr): number {
+    return typeof addr === 'bigint' ? this.n6 : this.v4.size;
+  }
+
+  /** The report at exactly this address and port. Control plane. */
+  find(addr: IpAddr, port: number): E | undefined {
+    if (typeof addr === 'number') return this.v4.get(addr * 0x10000 + port);
+    const w = new Uint32Array(4);
+    ipv6ToWords(addr, w);
+    for (const x of this.v6.get(key6(w, port)) ?? []) if (x.e.addr === addr) return x.e;
+    return undefined;
+  }
+
+  /** Add (after `remove` of any report at the same address and port). */
+  add(e: E): void {
+    if (typeof e.addr === 'number') {
+      this.v4.set(e.addr * 0x10000 + e.port, e);
+      return;
+    }
+    const w = new Uint32Array(4);
+    ipv6ToWords(e.addr, w);
+    const k = key6(w, e.port);
+    const list = this.v6.get(k);
+    if (list) list.push({ w, e });
+    else this.v6.set(k, [{ w, e }]);
+    this.n6++;
+  }
+
+  /** Remove e itself (not a newer report at its address); true if it was there. */
+  remove(e: E): boolean {
+    if (typeof e.addr === 'number') {
+      const k = e.addr * 0x10000 + e.port;
+      if (this.v4.get(k) !== e) return false;
+      this.v4.delete(k);
+      return true;
+    }
+    const w = new Uint32Array(4);
+    ipv6ToWords(e.addr, w);
+    const k = key6(w, e.port);
+    const list = this.v6.get(k);
+    const i = list ? list.findIndex((x) => x.e === e) : -1;
+    if (i < 0) return false;
+    list!.splice(i, 1);
+    if (list!.length === 0) this.v6.delete(k);
+    this.n6--;
+    return true;
+  }
+
+  /** The oldest report of addr's family. */
+  oldest(addr: IpAddr): E | undefined {
+    if (typeof addr === 'number') return this.v4.values().next().value;
+    return this.v6.values().next().value?.[0]?.e;
+  }
+
+  /** Data plane: the IPv4 client addr:port, else a report of that port without an address. */
+  lookup(addr: number, port: number): E | undefined {
+    return this.v4.get(addr * 0x10000 + port) ?? this.v4.get(port);
+  }
+
+  /** Data plane: the IPv6 client (4 words) at port, else a report of that port without an address. No allocation. */
+  lookup6(w: Uint32Array, port: number): E | undefined {
+    const list = this.v6.get(key6(w, port));
+    if (list !== undefined) {
+      for (let i = 0; i < list.length; i++) {
+        const x = list[i]!.w;
+        if (x[0] === w[0] && x[1] === w[1] && x[2] === w[2] && x[3] === w[3]) return list[i]!.e;
+      }
+    }
+    return this.v4.get(port);
+  }
 }
 
 export class Registry {
   private readonly groups = new Map<string, Group>();
   private readonly byConn = new Map<Socket, Set<Registration>>();
-  /** Reported TCP client connections by local address·2^16+port; the oldest go first. */
-  private readonly tcpClients = new Map<number, LocalClient>();
-  /** Reported UDP client sockets by local address·2^16+port, until the socket closes. */
-  private readonly udpClients = new Map<number, UdpClient>();
-  /** The keys of udpClients each control connection reported. */
-  private readonly udpByConn = new Map<Socket, Set<number>>();
+  /** Reported TCP client connections by local address and port; the oldest go first. */
+  private readonly tcpClients = new Reports<LocalClient>();
+  /** Reported UDP client sockets by local address and port, until the socket closes. */
+  private readonly udpClients = new Reports<UdpClient>();
+  /** The UDP reports each control connection made. */
+  private readonly udpByConn = new Map<Socket, Set<UdpClient>>();
   private nextId = 1;
 
   constructor(
@@ -182,15 +402,39 @@ export class Registry {
         'this daemon has no port pool (set pool.range in the configuration)',
       );
     }
-    const addr = this.instanceAddress(a.addr);
-    const key = `${aid}/${proto}/${vport}/${addr}`;
+    const target = resolveBindAddress(this.cfg, a.addr, a.v6only ?? false);
+    const key = `${aid}/${proto}/${vport}/${target.key}`;
     let g = this.groups.get(key);
     if (!g) {
-      g = { aid, proto, vport, addr, port: 0, pending: null, regs: new Set(), instance: -1 };
+      g = {
+        aid,
+        proto,
+        vport,
+        addr4: target.addr4,
+        addr6: target.addr6,
+        n4: 0,
+        n6: 0,
+        serves4: false,
+        serves6: false,
+        port: 0,
+        pending: null,
+        regs: new Set(),
+        instance: -1,
+      };
       this.groups.set(key, g);
     }
-    const reg: Registration = { id: this.nextId++, pid, fd, conn, since: Date.now() };
+    const reg: Registration = {
+      id: this.nextId++,
+      pid,
+      fd,
+      conn,
+      since: Date.now(),
+      v4: target.v4,
+      v6: target.v6,
+    };
     g.regs.add(reg);
+    if (reg.v4) g.n4++;
+    if (reg.v6) g.n6++;
     let regs = this.byConn.get(conn);
     if (!regs) {
       regs = new Set();
@@ -208,16 +452,7 @@ export class Registry {
             // Everyone left while we waited.
             this.endGroup(key, g);
           } else {
-            g.instance = this.instanceSet.addRegistered({
-              aid,
-              addr: g.addr,
-              // IPv6 registrations come with part C of issue 12.
-              addr6: null,
-              port,
-              service: -1,
-              vport,
-              proto: proto === 'udp' ? IPPROTO_UDP : IPPROTO_TCP,
-            });
+            this.syncInstance(g);
           }
         }
       } catch (e) {
@@ -225,27 +460,49 @@ export class Registry {
         this.dropReg(g, reg, key);
         throw e;
       }
+    } else {
+      // A group with its port: this registration may add a family to its instance.
+      this.syncInstance(g);
     }
     if (!g.regs.has(reg))
       throw new RegistryError('ERR_RELEASED', 'the registration ended while it waited for a port');
     return { port: g.port };
   }
 
-  private instanceAddress(addr: string | undefined): number {
-    if (addr === '0.0.0.0' || addr === '::' || addr === undefined) return this.cfg.tun.address;
-    const a = parseIpv4(addr);
-    if (a === null)
-      throw new RegistryError(
-        'ERR_BIND_ADDRESS',
-        `"${addr}" is not an IPv4 address, "0.0.0.0" or "::"`,
-      );
-    if (a >>> 24 === 127) {
-      throw new RegistryError(
-        'ERR_BIND_ADDRESS',
-        `${addr} is a loopback address, which vpm cannot reach: bind to 0.0.0.0, :: or the TUN address ${ipv4ToString(this.cfg.tun.address)}`,
-      );
+  /**
+   * Give group g (which has its port) the instance its registrations call for:
+   * one serving IPv4 while one of them accepts IPv4, IPv6 while one accepts
+   * IPv6. A change of families keeps the instance's index (and its health).
+   */
+  private syncInstance(g: Group): void {
+    const v4 = g.n4 > 0 && g.addr4 !== -1;
+    const v6 = g.n6 > 0 && g.addr6 !== null;
+    if (g.instance >= 0 && v4 === g.serves4 && v6 === g.serves6) return;
+    if (!v4 && !v6) {
+      // Not reached (every registration accepts a family its group serves); no instance then.
+      if (g.instance >= 0) this.instanceSet.removeRegistered(g.instance);
+      g.instance = -1;
+      g.serves4 = g.serves6 = false;
+      return;
     }
-    return a;
+    let addr6: Uint32Array | null = null;
+    if (v6) {
+      addr6 = new Uint32Array(4);
+      ipv6ToWords(g.addr6!, addr6);
+    }
+    const spec = {
+      aid: g.aid,
+      addr: v4 ? g.addr4 : -1,
+      addr6,
+      port: g.port,
+      service: -1,
+      vport: g.vport,
+      proto: g.proto === 'udp' ? IPPROTO_UDP : IPPROTO_TCP,
+    };
+    if (g.instance < 0) g.instance = this.instanceSet.addRegistered(spec);
+    else this.instanceSet.updateRegistered(g.instance, spec);
+    g.serves4 = v4;
+    g.serves6 = v6;
   }
 
   /**
@@ -293,13 +550,18 @@ export class Registry {
   }
 
   private dropReg(g: Group, reg: Registration, key: string): void {
-    g.regs.delete(reg);
+    if (g.regs.delete(reg)) {
+      if (reg.v4) g.n4--;
+      if (reg.v6) g.n6--;
+    }
     const regs = this.byConn.get(reg.conn);
     regs?.delete(reg);
     if (regs && regs.size === 0) this.byConn.delete(reg.conn);
     if (g.regs.size === 0) {
       if (g.port !== 0) this.endGroup(key, g);
       else if (g.pending === null) this.groups.delete(key);
+    } else if (g.instance >= 0) {
+      this.syncInstance(g);
     }
   }
 
@@ -319,74 +581,74 @@ export class Registry {
    * remember the AID of its local address:port, so that that packet — which
    * follows this report, as the library waits for the answer before the packet
    * can leave — can be given to the instance of the same AID (one daemon for both
-   * ends, FIG. 8) or negotiated with a peer (FIG. 6/7). `local` may have address
-   * 0.0.0.0 when the socket's address is not chosen yet; the port alone then
-   * identifies it. TCP reports are bounded, the oldest going first; a UDP report
+   * ends, FIG. 8) or negotiated with a peer (FIG. 6/7). `local` is "a.b.c.d:port"
+   * or "[v6]:port"; its address may be 0.0.0.0 or :: when the socket's address is
+   * not chosen yet: the port alone then identifies it, for either family. TCP reports are bounded, the oldest going first; a UDP report
    * lives until its socket's `release` or its connection's end (`conn`; null: no
    * connection, kept until pushed out like a TCP one).
    */
   connectReport(a: ConnectArgs, conn: Socket | null = null): { aid: string } {
     const aid = this.aidIndex(a.aid);
-    // The schema checked the form "a.b.c.d:port"; the numbers are checked here.
-    const local = splitHostPort(a.local);
-    if (local === null) {
+    // The schema checked the form "a.b.c.d:port" / "[v6]:port"; the numbers are checked here.
+    const ep = parseEndpoint(a.local);
+    if (ep === null || ep.port === 0) {
       throw new RegistryError(
         'ERR_CONTROL_BAD_REQUEST',
-        `"local" must be "a.b.c.d:port", got ${JSON.stringify(a.local)}`,
+        `"local" must be "a.b.c.d:port" or "[v6]:port" with a port 1-65535, got ${JSON.stringify(a.local)}`,
       );
     }
-    const key = local.addr * 0x10000 + local.port;
-    const entry = { aid, pid: a.pid ?? 0, remote: a.remote ?? '', at: Date.now() };
+    const addr = localAddress(ep.address);
+    const port = ep.port;
+    const entry = { addr, port, aid, pid: a.pid ?? 0, remote: a.remote ?? '', at: Date.now() };
     if (a.proto === 'udp') {
-      const old = this.udpClients.get(key);
-      if (old) this.forgetUdpClient(key, old);
-      else if (this.udpClients.size >= MAX_LOCAL_CLIENTS) {
-        const oldest = this.udpClients.entries().next().value;
-        if (oldest !== undefined) this.forgetUdpClient(oldest[0], oldest[1]);
+      const old = this.udpClients.find(addr, port);
+      if (old) this.forgetUdpClient(old);
+      else if (this.udpClients.count(addr) >= MAX_LOCAL_CLIENTS) {
+        const oldest = this.udpClients.oldest(addr);
+        if (oldest !== undefined) this.forgetUdpClient(oldest);
       }
-      this.udpClients.set(key, { ...entry, fd: a.fd ?? -1, conn });
+      const e: UdpClient = { ...entry, fd: a.fd ?? -1, conn };
+      this.udpClients.add(e);
       if (conn) {
-        let keys = this.udpByConn.get(conn);
-        if (!keys) {
-          keys = new Set();
-          this.udpByConn.set(conn, keys);
+        let set = this.udpByConn.get(conn);
+        if (!set) {
+          set = new Set();
+          this.udpByConn.set(conn, set);
         }
-        keys.add(key);
+        set.add(e);
       }
     } else {
-      if (this.tcpClients.size >= MAX_LOCAL_CLIENTS) {
-        const oldest = this.tcpClients.keys().next().value;
-        if (oldest !== undefined) this.tcpClients.delete(oldest);
+      const old = this.tcpClients.find(addr, port);
+      if (old) this.tcpClients.remove(old);
+      else if (this.tcpClients.count(addr) >= MAX_LOCAL_CLIENTS) {
+        const oldest = this.tcpClients.oldest(addr);
+        if (oldest !== undefined) this.tcpClients.remove(oldest);
       }
-      this.tcpClients.delete(key);
-      this.tcpClients.set(key, entry);
+      this.tcpClients.add(entry);
     }
     return { aid: this.cfg.applications[aid]!.aid };
   }
 
-  private forgetUdpClient(key: number, e: UdpClient): void {
-    this.udpClients.delete(key);
+  private forgetUdpClient(e: UdpClient): void {
+    this.udpClients.remove(e);
     if (!e.conn) return;
-    const keys = this.udpByConn.get(e.conn);
-    keys?.delete(key);
-    if (keys?.size === 0) this.udpByConn.delete(e.conn);
+    const set = this.udpByConn.get(e.conn);
+    set?.delete(e);
+    if (set?.size === 0) this.udpByConn.delete(e.conn);
   }
 
   /** End the UDP reports of (pid, fd) on `conn`; pid -1: all of them. Returns how many. */
   private dropUdpClients(conn: Socket, pid: number, fd: number): number {
-    const keys = this.udpByConn.get(conn);
-    if (!keys) return 0;
+    const set = this.udpByConn.get(conn);
+    if (!set) return 0;
     let n = 0;
-    for (const key of [...keys]) {
-      const e = this.udpClients.get(key);
-      if (e === undefined || e.conn !== conn) {
-        keys.delete(key);
-      } else if (pid === -1 || (e.pid === pid && e.fd === fd)) {
-        this.forgetUdpClient(key, e);
+    for (const e of [...set]) {
+      if (pid === -1 || (e.pid === pid && e.fd === fd)) {
+        this.forgetUdpClient(e);
         n++;
       }
     }
-    if (keys.size === 0) this.udpByConn.delete(conn);
+    if (set.size === 0) this.udpByConn.delete(conn);
     return n;
   }
 
@@ -397,7 +659,18 @@ export class Registry {
    */
   localClientAid(addr: number, port: number, proto: number = IPPROTO_TCP): number {
     const m = proto === IPPROTO_UDP ? this.udpClients : this.tcpClients;
-    const e = m.get(addr * 0x10000 + port) ?? m.get(port);
+    const e = m.lookup(addr, port);
+    return e === undefined ? -1 : e.aid;
+  }
+
+  /**
+   * `localClientAid` for an IPv6 local client: its address as four big-endian
+   * words (`addr`, read only during the call). No allocation: a number key and
+   * an exact compare of the words.
+   */
+  localClientAid6(addr: Uint32Array, port: number, proto: number = IPPROTO_TCP): number {
+    const m = proto === IPPROTO_UDP ? this.udpClients : this.tcpClients;
+    const e = m.lookup6(addr, port);
     return e === undefined ? -1 : e.aid;
   }
 
@@ -430,19 +703,25 @@ export class Registry {
       }
     });
     for (const g of this.groups.values()) {
-      if (g.port === 0) continue;
-      const regs = [...g.regs];
-      out.push({
-        aid: this.cfg.applications[g.aid]?.aid ?? `#${g.aid}`,
-        proto: g.proto,
-        vport: g.vport,
-        address: ipv4ToString(g.addr),
-        port: g.port,
-        pids: [...new Set(regs.map((r) => r.pid))].sort((x, y) => x - y),
-        registrations: regs.length,
-        since: new Date(Math.min(...regs.map((r) => r.since))).toISOString(),
-        source: 'registered',
-      });
+      if (g.port === 0 || g.instance < 0) continue;
+      // One row per family its instance serves, as for a static instance.
+      const addrs: IpAddr[] = [];
+      if (g.serves4) addrs.push(g.addr4);
+      if (g.serves6) addrs.push(g.addr6!);
+      for (const address of addrs) {
+        const regs = [...g.regs].filter((r) => (typeof address === 'bigint' ? r.v6 : r.v4));
+        out.push({
+          aid: this.cfg.applications[g.aid]?.aid ?? `#${g.aid}`,
+          proto: g.proto,
+          vport: g.vport,
+          address: formatAddr(address),
+          port: g.port,
+          pids: [...new Set(regs.map((r) => r.pid))].sort((x, y) => x - y),
+          registrations: regs.length,
+          since: new Date(Math.min(...regs.map((r) => r.since))).toISOString(),
+          source: 'registered',
+        });
+      }
     }
     return out;
   }

@@ -173,7 +173,17 @@ describe('the args of a command', () => {
     ).toEqual({
       code: 'ERR_CONTROL_BAD_REQUEST',
       message:
-        'bad "connect" request: args.local: "nonsense" is not valid here: expected "a.b.c.d:port"',
+        'bad "connect" request: args.local: "nonsense" is not valid here: expected "a.b.c.d:port" or "[v6]:port"',
+    });
+    // An IPv6 endpoint has brackets; without them it is refused.
+    expect(
+      (await one(req('connect', { aid: 'tenant-a', proto: 'tcp', local: '2001:2::1:40312' })))
+        .error,
+    ).toMatchObject({ code: 'ERR_CONTROL_BAD_REQUEST' });
+    // A bind's v6only is a boolean.
+    expect((await one(req('bind', { ...bind, addr: '::', v6only: 1 }))).error).toEqual({
+      code: 'ERR_CONTROL_BAD_REQUEST',
+      message: 'bad "bind" request: args.v6only: 1 is an integer, expected a boolean',
     });
     // A UDP report names its socket: fd is a descriptor number like bind's.
     expect(

@@ -6,7 +6,8 @@
  * fork(), threads and programs that close every descriptor. The program is
  * the C probe (fixtures/sockprobe.c, compiled here), run under LD_PRELOAD.
  *
- *   test process                          ns p (lo up, 198.18.0.1/32 on lo)
+ *   test process                          ns p (lo up, 198.18.0.1/32 and
+ *                                                2001:2:0:7::1/128 on lo)
  *  ┌───────────────────────────┐  unix   ┌────────────────────────────────┐
  *  │ stand-in control server   │◄────────│ sockprobe + libvpm_preload.so  │
  *  │ (records, answers or not) │ socket  │ binds, connects, closes, forks │
@@ -33,6 +34,8 @@ import {
   StandIn,
 } from './helpers.js';
 
+const A6 = '2001:2:0:7::1';
+
 describe('libvpm_preload against a stand-in control server', () => {
   let lab: NetLab;
   let ns: string;
@@ -48,6 +51,7 @@ describe('libvpm_preload against a stand-in control server', () => {
     lab = new NetLab('preloadproto');
     ns = lab.namespace('p');
     lab.run(ns, 'ip', ['addr', 'add', '198.18.0.1/32', 'dev', 'lo']);
+    lab.run(ns, 'ip', ['-6', 'addr', 'add', `${A6}/128`, 'dev', 'lo', 'nodad']);
     dir = lab.tempDir();
     probe = compileProbe(dir);
   });
@@ -335,6 +339,79 @@ describe('libvpm_preload against a stand-in control server', () => {
     // Every line on one connection, which stays open until the process ends.
     expect(new Set(s.requests.map((r) => r.conn))).toEqual(new Set([1]));
     expect(s.opened).toBe(1);
+  });
+
+  it('IPv6: "::" with IPV6_V6ONLY says v6only, an IPv6 address goes as it is, getsockname shows 9000; connects report their IPv6 local address', async () => {
+    let port = 20100;
+    const s = await serve((req) =>
+      req.cmd === 'bind'
+        ? grant(req, ++port)
+        : JSON.stringify({ v: 1, id: req.id, ok: true, result: { aid: 'x' } }),
+    );
+    const run = await runProbe(lab, ns, probe, libEnv(s.path, 'x', 'tcp:9000,udp:9000'), [
+      'bind:tcp6o:[::]:9000', // 1: v6only, granted 20101
+      `bind:tcp6:[${A6}]:9000`, // 2: an IPv6 address, granted 20102
+      'name:1', // 3
+      'name:2', // 4
+      `bind:tcp6:[${A6}]:9100`, // 5: not multiplexed, untouched
+      `connect:tcp6:[${A6}]:9100`, // 6: reported after connect, one-way
+      `connect:tcp6:[${A6}]:9000`, // 7: announced before connect (nothing on real 9000)
+      'connect:tcp6:[::ffff:198.18.0.1]:9000', // 8: v4-mapped: the remote as IPv4
+      `connect:udp6:[${A6}]:9000`, // 9: UDP connect, reported with the chosen address
+    ]);
+    expect(run.exit.code).toBe(0);
+    const pid = ev(run, 1).pid;
+    expect(ev(run, 1)).toMatchObject({ ok: true, port: 9000, addr: '::', reuseport: 1 });
+    expect(ev(run, 2)).toMatchObject({ ok: true, port: 9000, addr: A6, reuseport: 1 });
+    expect(ev(run, 3)).toMatchObject({ ok: true, port: 9000 });
+    expect(ev(run, 4)).toMatchObject({ ok: true, port: 9000 });
+    expect(ev(run, 5)).toMatchObject({ ok: true, port: 9100, reuseport: 0 });
+    expect(ev(run, 6)).toMatchObject({ ok: true });
+    expect(ev(run, 7)).toMatchObject({ ok: false, errno: 'ECONNREFUSED' });
+    expect(ev(run, 9)).toMatchObject({ ok: true });
+
+    expect(s.cmd('bind').map((r) => r.req.args)).toEqual([
+      { aid: 'x', proto: 'tcp', vport: 9000, addr: '::', v6only: true, pid, fd: ev(run, 1).fd },
+      { aid: 'x', proto: 'tcp', vport: 9000, addr: A6, pid, fd: ev(run, 2).fd },
+    ]);
+    expect(s.cmd('connect').map((r) => [r.req.oneway, r.req.args])).toEqual([
+      [
+        true,
+        {
+          aid: 'x',
+          proto: 'tcp',
+          local: `[${A6}]:${ev(run, 6).port}`,
+          remote: `[${A6}]:9100`,
+          pid,
+        },
+      ],
+      // Before the SYN: the wildcard of the socket's family, the address not chosen yet.
+      [
+        undefined,
+        { aid: 'x', proto: 'tcp', local: `[::]:${ev(run, 7).port}`, remote: `[${A6}]:9000`, pid },
+      ],
+      [
+        undefined,
+        {
+          aid: 'x',
+          proto: 'tcp',
+          local: `[::]:${ev(run, 8).port}`,
+          remote: '198.18.0.1:9000',
+          pid,
+        },
+      ],
+      [
+        undefined,
+        {
+          aid: 'x',
+          proto: 'udp',
+          local: `[${A6}]:${ev(run, 9).port}`,
+          remote: `[${A6}]:9000`,
+          pid,
+          fd: ev(run, 9).fd,
+        },
+      ],
+    ]);
   });
 
   it('a late answer to a timed-out bind is skipped by its id, and the port it granted is released', async () => {

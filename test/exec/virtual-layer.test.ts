@@ -34,6 +34,8 @@ import {
 import { compileProbe, FIXTURES, type ProbeEvent, requirePreload } from './helpers.js';
 
 const VIP = '198.19.0.9';
+/** The TUN's IPv4 address (vpm's default tun.address): where registered instances listen. */
+const VIP_TUN4 = '198.19.255.1';
 const POOL_LO = 20000;
 const POOL_HI = 20009;
 
@@ -271,5 +273,122 @@ describe('vpm exec with the real daemon: programs bind 9000 and get pool ports',
     await waitFor(async () => (await instances()).length === 0, {
       what: 'every registration to end',
     });
+  });
+});
+
+describe('vpm exec over IPv6 with the real daemon (a dual-stack service)', () => {
+  const VIP6 = '2001:2:0:9::9';
+  const TUN6 = '2001:2:0:ff::1';
+  let lab: NetLab;
+  let ns: string;
+  let probe: string;
+  let vpm: VpmDaemon;
+
+  beforeAll(async () => {
+    requireRoot();
+    requireCommands('ip', 'ss', 'gcc');
+    requireVpmBuild();
+    requirePreload();
+    lab = new NetLab('vlayer6');
+    ns = lab.namespace('host');
+    probe = compileProbe(lab.tempDir());
+    vpm = await VpmDaemon.start(lab, ns, {
+      ...CONFIG,
+      services: [{ name: 'web', address: [VIP, VIP6], port: 9000 }],
+    });
+  });
+
+  afterAll(async () => {
+    await lab?.cleanup();
+  });
+
+  const rows = async (aid: string): Promise<Instance[]> =>
+    ((await controlRequest(vpm.socket, 'instances')) as Instance[]).filter(
+      (i) => i.source === 'registered' && i.aid === aid,
+    );
+
+  const run = async (aid: string, ops: readonly string[]) => {
+    const child = lab.spawn(ns, process.execPath, [
+      ...vpmArgv(),
+      'exec',
+      '--aid',
+      aid,
+      '-s',
+      vpm.socket,
+      '--debug',
+      '--',
+      probe,
+      ...ops,
+      'wait',
+    ]);
+    await waitJsonEvent(lab, child, 'waiting', 15_000);
+    const events = jsonLines(lab.output(child).stdout) as unknown as ProbeEvent[];
+    return { child, at: (i: number) => events.find((e) => e.i === i)! };
+  };
+
+  it('"::" serves both families, "::" with IPV6_V6ONLY IPv6 only; getsockname says 9000; connects over IPv6 are announced and reach their own AID (FIG. 8)', async () => {
+    const a = await run('tenant-a', [
+      'bind:tcp6:[::]:9000', // 1: dual-stack
+      'name:1', // 2
+      `connect:tcp6:[${VIP6}]:9000`, // 3: a local client as tenant-a, over IPv6
+      `connect:tcp4:${VIP}:9000`, // 4: and over IPv4
+    ]);
+    const b = await run('tenant-b', [
+      'bind:tcp6o:[::]:9000', // 1: IPv6 only
+      'name:1', // 2
+      `connect:tcp6:[${VIP6}]:9000`, // 3: reaches tenant-b's instance
+      `connect:tcp4:${VIP}:9000`, // 4: tenant-b has no IPv4 instance: refused
+    ]);
+    for (const p of [a, b]) {
+      expect(p.at(1)).toMatchObject({ ok: true, port: 9000, addr: '::', reuseport: 1 });
+      expect(p.at(2)).toMatchObject({ ok: true, port: 9000 });
+    }
+    const ra = await rows('tenant-a');
+    const rb = await rows('tenant-b');
+    expect(ra.map((i) => i.address)).toEqual([VIP_TUN4, TUN6]);
+    expect(rb.map((i) => i.address)).toEqual([TUN6]);
+    // Each row has its instance's health, the IPv6 ones too (found by their IPv6 address).
+    for (const r of [...ra, ...rb])
+      expect(r).toMatchObject({ health: { state: 'up', refusals: 0 } });
+    const realA = ra[0]!.port;
+    const realB = rb[0]!.port;
+    expect(ra[1]!.port).toBe(realA);
+    expect(realB).not.toBe(realA);
+    expect(lab.output(a.child).stderr).toContain(
+      `bind fd ${a.at(1).fd} tcp [::]:9000 -> real port ${realA}`,
+    );
+    // The kernel's view: each program listens on its real port, not on 9000.
+    const tcp = listeners(lab, ns, 'tcp');
+    expect(tcp.get(realA)?.has(a.at(1).pid)).toBe(true);
+    expect(tcp.get(realB)?.has(b.at(1).pid)).toBe(true);
+    expect(tcp.has(9000)).toBe(false);
+
+    // With no selector and default "refuse", only the announced AID sends a
+    // connection to an instance: each probe's connects reached its own socket.
+    expect(a.at(3)).toMatchObject({ ok: true });
+    expect(a.at(4)).toMatchObject({ ok: true });
+    expect(b.at(3)).toMatchObject({ ok: true });
+    expect(b.at(4)).toMatchObject({ ok: false, errno: 'ECONNREFUSED' });
+    const flows = await vpm.flows();
+    const flow = (port: number | undefined) => flows.find((f) => f.client.endsWith(`]:${port}`));
+    expect(flow(a.at(3).port), JSON.stringify(flows)).toMatchObject({
+      aid: 'tenant-a',
+      real: `[${TUN6}]:${realA}`,
+    });
+    expect(flow(b.at(3).port), JSON.stringify(flows)).toMatchObject({
+      aid: 'tenant-b',
+      real: `[${TUN6}]:${realB}`,
+    });
+    expect(
+      flows.find((f) => f.client.endsWith(`:${a.at(4).port}`) && !f.client.startsWith('[')),
+    ).toMatchObject({ aid: 'tenant-a', real: `${VIP_TUN4}:${realA}` });
+
+    for (const p of [a, b]) await lab.stop(p.child, 'SIGTERM', 5000);
+    await waitFor(
+      async () => (await rows('tenant-a')).length + (await rows('tenant-b')).length === 0,
+      {
+        what: 'the registrations to end',
+      },
+    );
   });
 });

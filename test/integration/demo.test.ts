@@ -35,7 +35,7 @@ describe('vpm demo', () => {
       ),
     ).toHaveLength(2);
     expect(r.stdout).toMatch(
-      /vpm gave them real ports 200\d\d \(tenant-a\) and 200\d\d \(tenant-b\)/,
+      /vpm gave them real ports 200\d\d \(tenant-a\) and 200\d\d \(tenant-b\)$/m,
     );
     expect(r.stdout).toMatch(/4 flows/);
     const prefix = r.stdout.match(/namespaces (vpmt-\d+-[0-9a-f]+-demo)-/)?.[1];

@@ -4,7 +4,9 @@
  * and answer their own tenant's datagrams through the real TUN; a TCP and a
  * UDP service share 198.19.0.9:9000, and each protocol's instances serve only
  * their own; local clients on the vpm host under `vpm exec --aid` reach the
- * server of the AID they run as (FIG. 8), whatever the selectors say.
+ * server of the AID they run as (FIG. 8), whatever the selectors say, over
+ * IPv4 and over IPv6 (the UDP service echo is dual-stack; a server of
+ * tenant-b on "::" joins tenant-b's UDP instance, which then serves IPv6 too).
  *
  *     ns tenant-a                     ns host                                      ns tenant-b
  *  ┌──────────────┐       ┌──────────────────────────────────────────────────┐       ┌──────────────┐
@@ -37,6 +39,7 @@ import {
   CLIENT_A,
   CLIENT_B,
   LOCAL_CLIENT_ADDR,
+  PLAN6,
   type Topology,
   TUN_ADDR,
   twoTenants,
@@ -53,6 +56,7 @@ const SERVICE = `${VIP}:9000`;
 
 interface Registered {
   aid: string;
+  address: string;
   proto: string;
   vport: number;
   port: number;
@@ -145,7 +149,7 @@ beforeAll(async () => {
   vpm = await VpmDaemon.start(lab, topo.host, {
     services: [
       { name: 'web', address: VIP, port: 9000 },
-      { name: 'echo', address: VIP, port: 9000, protocol: 'udp' },
+      { name: 'echo', address: [VIP, PLAN6.VIP], port: 9000, protocol: 'udp' },
     ],
     applications: [{ aid: 'tenant-a' }, { aid: 'tenant-b' }],
     selectors: [
@@ -190,8 +194,11 @@ describe('vpm exec: UDP servers of two AIDs on port 9000', () => {
     // The daemon's view: tenant-a has a TCP and a UDP instance of 9000 on two
     // ports; tenant-b one UDP instance, shared by its two programs.
     const regs = await registered();
+    // The IPv4 rows (the TCP server binds "::": its instance serves IPv6 too).
     const pick = (aid: string, proto: string) =>
-      regs.filter((i) => i.aid === aid && i.proto === proto && i.vport === 9000);
+      regs.filter(
+        (i) => i.aid === aid && i.proto === proto && i.vport === 9000 && i.address === TUN_ADDR,
+      );
     expect(pick('tenant-a', 'udp')).toHaveLength(1);
     expect(pick('tenant-a', 'tcp')).toHaveLength(1);
     expect(pick('tenant-b', 'udp')).toHaveLength(1);
@@ -303,6 +310,42 @@ describe('local clients on the vpm host (FIG. 8)', () => {
     ]);
     // (The probe prints the answer with its quotes masked.)
     for (const e of got) expect(e.data).toMatch(/^\{\?aid\?:\?tenant-b\?,/);
+  });
+
+  it('over IPv6: a UDP client under vpm exec --aid tenant-b reaches the server of tenant-b bound to "::"; without vpm exec, tenant-a has no IPv6 instance', async () => {
+    const dual = execUnder('tenant-b', ['python3', '-u', RESPONDER_PY, 'tenant-b', '9000', '::']);
+    try {
+      const ev = await waitJsonEvent(lab, dual, 'listening', 15_000);
+      expect(ev).toMatchObject({ address: '::', port: 9000 });
+      // It joined tenant-b's UDP instance, which serves IPv6 now.
+      const b6 = (await registered()).filter(
+        (i) => i.aid === 'tenant-b' && i.proto === 'udp' && i.address === PLAN6.TUN_ADDR,
+      );
+      expect(b6.map((i) => i.pids)).toEqual([[Number(ev.pid)]]);
+      const service6 = `[${PLAN6.VIP}]:9000`;
+      const [py, conn] = await Promise.all([
+        local('tenant-b', ['python3', '-u', ASK_PY, PLAN6.VIP, '9000', '2']),
+        local('tenant-b', ['python3', '-u', ASK_PY, PLAN6.VIP, '9000', '2', 'connect']),
+      ]);
+      for (const r of [...replies(py, 2), ...replies(conn, 2)]) {
+        expect(r.from).toBe(service6);
+        // The server sees the IPv6 local-client address, with the client's own port.
+        expect(r.reply).toMatchObject({
+          aid: 'tenant-b',
+          pid: Number(ev.pid),
+          saw: `[${PLAN6.LOCAL_CLIENT_ADDR}]:${r.local}`,
+        });
+      }
+      // Not under vpm exec: the default, tenant-a, whose UDP server bound 0.0.0.0.
+      const plain = await local(null, ['python3', '-u', ASK_PY, PLAN6.VIP, '9000', '1', 'connect']);
+      expect(plain.exit.code, plain.output).toBe(1);
+      expect(plain.events.at(-1)).toMatchObject({
+        event: 'error',
+        message: expect.stringMatching(/refused/),
+      });
+    } finally {
+      await lab.stop(dual, 'SIGTERM', 5000);
+    }
   });
 
   it('the same client without vpm exec goes where the default sends it (tenant-a); under --aid tenant-a, to tenant-a', async () => {

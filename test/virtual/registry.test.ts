@@ -4,7 +4,8 @@ import { parseConfig } from '../../src/config/config.js';
 import { rulesFromConfig, staticInstancesFromConfig } from '../../src/daemon/rules-from-config.js';
 import { InstanceSet } from '../../src/datapath/instances.js';
 import { PortPool } from '../../src/virtual/pool.js';
-import { Registry } from '../../src/virtual/registry.js';
+import { Registry, resolveBindAddress } from '../../src/virtual/registry.js';
+import { formatIpv6, ipv6FromWords, ipv6ToWords, parseIpv6 } from '../../src/wire/address.js';
 import { IPPROTO_TCP, IPPROTO_UDP } from '../../src/wire/ipv4.js';
 
 const file = (range: string, wait: number, staticB: number[] = []) => ({
@@ -308,5 +309,223 @@ describe('Registry', () => {
     expect(reg.release(c, { pid: 10, fd: 7, port })).toEqual({ released: 1, reports: 1 });
     expect(reg.localClientAid(cfg.tun.address, port, IPPROTO_UDP)).toBe(-1);
     expect(instances.pick(0, WEB_UDP)).toBe(-1);
+  });
+});
+
+/** The same services, dual-stack: web and web-udp have an IPv6 address too (tun.ipv6 on). */
+const file6 = (range = '20000-20003') => {
+  const f = file(range, 50);
+  return {
+    ...f,
+    services: f.services.map((s) =>
+      s.name === 'web' || s.name === 'web-udp'
+        ? { ...s, address: ['198.19.0.9', '2001:2:0:9::9'] }
+        : s,
+    ),
+  };
+};
+
+function setup6(range = '20000-20003') {
+  const cfg = parseConfig(file6(range), 'test.json');
+  const instances = new InstanceSet();
+  instances.replaceStatic(rulesFromConfig(cfg), staticInstancesFromConfig(cfg));
+  const [lo, hi] = range.split('-').map(Number) as [number, number];
+  const pool = new PortPool(lo, hi, 0, 50);
+  return { cfg, instances, pool, reg: new Registry(cfg, instances, pool) };
+}
+
+const words = (a: string): Uint32Array => {
+  const w = new Uint32Array(4);
+  ipv6ToWords(parseIpv6(a)!, w);
+  return w;
+};
+
+describe('Registry over IPv6', () => {
+  it('resolves bind addresses to the instance addresses and families (resolveBindAddress)', () => {
+    const { cfg } = setup6();
+    const v4only = setup().cfg;
+    expect(cfg.tun.ipv6).toBe(true);
+    const TUN4 = cfg.tun.address;
+    const TUN6 = cfg.tun.address6;
+    const r = (c: typeof cfg, addr: string | undefined, v6only = false) => {
+      const t = resolveBindAddress(c, addr, v6only);
+      return [t.key, t.addr4, t.addr6, t.v4, t.v6];
+    };
+    expect(r(cfg, undefined)).toEqual(['tun', TUN4, TUN6, true, false]);
+    expect(r(cfg, '0.0.0.0')).toEqual(['tun', TUN4, TUN6, true, false]);
+    expect(r(cfg, '::')).toEqual(['tun', TUN4, TUN6, true, true]);
+    expect(r(cfg, '::', true)).toEqual(['tun', TUN4, TUN6, false, true]);
+    expect(r(cfg, '0:0::0', true)).toEqual(['tun', TUN4, TUN6, false, true]);
+    // The TUN's own addresses: the wildcard's group, one family.
+    expect(r(cfg, '198.19.255.1')).toEqual(['tun', TUN4, TUN6, true, false]);
+    expect(r(cfg, '2001:2:0:ff::1')).toEqual(['tun', TUN4, TUN6, false, true]);
+    // Other addresses: a group of their own, one family.
+    expect(r(cfg, '198.18.1.1')).toEqual(['198.18.1.1', 0xc6120101, null, true, false]);
+    expect(r(cfg, '2001:2:0:1:0:0:0:1')).toEqual([
+      '2001:2:0:1::1',
+      -1,
+      parseIpv6('2001:2:0:1::1'),
+      false,
+      true,
+    ]);
+    // v4-mapped: the IPv4 address (the library sends it so; a daemon takes either form).
+    expect(r(cfg, '::ffff:198.18.1.1')).toEqual(['198.18.1.1', 0xc6120101, null, true, false]);
+    expect(r(cfg, '::ffff:198.19.255.1')).toEqual(['tun', TUN4, TUN6, true, false]);
+    // Without IPv6 in the configuration: "::" is IPv4 only, IPv6 binds are refused.
+    expect(v4only.tun.ipv6).toBe(false);
+    expect(r(v4only, '::')).toEqual(['tun', TUN4, null, true, false]);
+    for (const [addr, v6only] of [
+      ['::', true],
+      ['2001:2:0:1::1', false],
+    ] as const)
+      expect(() => resolveBindAddress(v4only, addr, v6only)).toThrow(
+        expect.objectContaining({
+          code: 'ERR_BIND_ADDRESS',
+          message: expect.stringMatching(/is an IPv6 bind.*tun\.ipv6 is off/),
+        }),
+      );
+    // Loopback and link-local: never reached from the TUN.
+    expect(() => resolveBindAddress(cfg, '::1')).toThrow(
+      expect.objectContaining({
+        code: 'ERR_BIND_ADDRESS',
+        message: expect.stringMatching(
+          /^::1 is the IPv6 loopback address, which vpm cannot reach: bind to 0\.0\.0\.0, :: or the TUN address 198\.19\.255\.1 or 2001:2:0:ff::1$/,
+        ),
+      }),
+    );
+    expect(() => resolveBindAddress(cfg, 'FE80::1')).toThrow(/fe80::1 is an IPv6 link-local/);
+    expect(() => resolveBindAddress(cfg, 'febf::1')).toThrow(/link-local/);
+    expect(r(cfg, 'fec0::1')[4]).toBe(true); // not link-local (a site-local relic)
+    expect(() => resolveBindAddress(cfg, '::ffff:127.0.0.1')).toThrow(/loopback/);
+    expect(() => resolveBindAddress(cfg, 'fe80::1%eth0')).toThrow(
+      /"fe80::1%eth0" is not an IPv4 or IPv6 address/,
+    );
+  });
+
+  it('"0.0.0.0", "::" and "::" v6only of one AID share a port; the instance serves the families of its registrations', async () => {
+    const { reg, instances, cfg, pool } = setup6();
+    const c = new Socket();
+    const fam = (k: number) => {
+      const i = instances.get(k)!;
+      return [i.addr, i.addr6 ? ipv6FromWords(i.addr6) : null];
+    };
+    // A v6only "::" first: IPv6 only.
+    const p1 = await reg.bind(c, { ...bindArgs('a', 9000, 100, 3, '::'), v6only: true });
+    expect(instances.pick(0, WEB, 0, 4)).toBe(-1);
+    const k = instances.pick(0, WEB, 0, 6);
+    expect(k).toBeGreaterThanOrEqual(0);
+    expect(fam(k)).toEqual([-1, cfg.tun.address6]);
+    // A "0.0.0.0" of the same AID joins it: the same port, the same instance, both families now.
+    const p2 = await reg.bind(c, bindArgs('a', 9000, 100, 4, '0.0.0.0'));
+    expect(p2.port).toBe(p1.port);
+    expect(instances.pick(0, WEB, 0, 4)).toBe(k);
+    expect(instances.pick(0, WEB, 0, 6)).toBe(k);
+    expect(fam(k)).toEqual([cfg.tun.address, cfg.tun.address6]);
+    // "::" dual of another process: still one instance.
+    const c3 = new Socket();
+    const p3 = await reg.bind(c3, bindArgs('a', 9000, 200, 3, '::'));
+    expect(p3.port).toBe(p1.port);
+    expect(instances.of(0)).toHaveLength(1);
+    expect(pool.stats().inUse).toBe(1);
+    // One row per family, each with the registrations that accept it.
+    expect(reg.instances().map((i) => [i.aid, i.address, i.port, i.pids, i.registrations])).toEqual(
+      [
+        ['a', '198.19.255.1', p1.port, [100, 200], 2],
+        ['a', '2001:2:0:ff::1', p1.port, [100, 200], 2],
+      ],
+    );
+    // The v6only one leaves: pid 200's "::" still accepts IPv6.
+    expect(reg.release(c, { pid: 100, fd: 3 })).toEqual({ released: 1, reports: 0 });
+    expect(fam(k)).toEqual([cfg.tun.address, cfg.tun.address6]);
+    expect(reg.release(c, { pid: 200, fd: 3 })).toEqual({ released: 0, reports: 0 }); // not c's
+    // The dual one leaves too: IPv4 only ("0.0.0.0"), the same index.
+    expect(reg.connClosed(c3)).toBe(1);
+    expect(fam(k)).toEqual([cfg.tun.address, null]);
+    expect(instances.pick(0, WEB, 0, 6)).toBe(-1);
+    expect(instances.pick(0, WEB, 0, 4)).toBe(k);
+    expect(reg.instances().map((i) => [i.address, i.pids])).toEqual([['198.19.255.1', [100]]]);
+  });
+
+  it('an IPv6 address is an IPv6-only group of its own; the v6-only instance goes when its last IPv6 registration does', async () => {
+    const { reg, instances, pool } = setup6();
+    const c1 = new Socket();
+    const c2 = new Socket();
+    const any = await reg.bind(c1, bindArgs('a', 9000, 100, 3, '0.0.0.0'));
+    const six = await reg.bind(c2, bindArgs('a', 9000, 200, 3, '2001:2:0:1::1'));
+    expect(six.port).not.toBe(any.port);
+    expect(pool.stats().inUse).toBe(2);
+    const port = (k: number) => (k < 0 ? -1 : instances.get(k)!.port);
+    expect(port(instances.pick(0, WEB, 0, 4))).toBe(any.port);
+    expect(port(instances.pick(0, WEB, 0, 6))).toBe(six.port);
+    expect(ipv6FromWords(instances.get(instances.pick(0, WEB, 0, 6))!.addr6!)).toBe(
+      parseIpv6('2001:2:0:1::1'),
+    );
+    expect(
+      reg
+        .instances()
+        .filter((i) => i.source === 'registered')
+        .map((i) => [i.address, i.port]),
+    ).toEqual([
+      ['198.19.255.1', any.port],
+      ['2001:2:0:1::1', six.port],
+    ]);
+    expect(reg.connClosed(c2)).toBe(1);
+    expect(instances.pick(0, WEB, 0, 6)).toBe(-1);
+    expect(port(instances.pick(0, WEB, 0, 4))).toBe(any.port);
+  });
+
+  it('"::" v6only and "0.0.0.0" in one group: the last IPv6 one leaving makes the instance IPv4 only, at the same index', async () => {
+    const { reg, instances, cfg } = setup6();
+    const c1 = new Socket();
+    const c2 = new Socket();
+    await reg.bind(c1, bindArgs('a', 9000, 100, 3, '0.0.0.0'));
+    await reg.bind(c2, { ...bindArgs('a', 9000, 200, 3, '::'), v6only: true });
+    const k = instances.pick(0, WEB, 0, 6);
+    expect(k).toBeGreaterThanOrEqual(0);
+    instances.markDown(k, 1e12, 0);
+    expect(reg.connClosed(c2)).toBe(1);
+    expect(instances.pick(0, WEB, 0, 6)).toBe(-1);
+    expect(instances.get(k)).toMatchObject({ addr: cfg.tun.address, addr6: null });
+    // The same instance: its health stays.
+    expect(instances.health(k, 0).up).toBe(false);
+    expect(reg.instances().map((i) => i.address)).toEqual(['198.19.255.1']);
+  });
+
+  it('remembers IPv6 local clients by address and port (exact words), or by the port alone', () => {
+    const { reg } = setup6();
+    const c = new Socket();
+    const A = '2001:2:0:ff::1';
+    // Another address with the same fold of its words (w0^w1^w2^w3) as A: its own report.
+    const wa = words(A);
+    const twin = new Uint32Array([wa[0]! ^ 1, wa[1]! ^ 1, wa[2]!, wa[3]!]);
+    const twinText = formatIpv6(ipv6FromWords(twin));
+    reg.connectReport({ aid: 'b', proto: 'tcp', local: `[${A}]:40000`, pid: 7 }, c);
+    reg.connectReport({ aid: 'a', proto: 'tcp', local: `[${twinText}]:40000`, pid: 7 }, c);
+    reg.connectReport({ aid: 'b', proto: 'tcp', local: '[::]:40005', pid: 7 }, c);
+    reg.connectReport({ aid: 'b', proto: 'udp', local: `[${A}]:40000`, pid: 7, fd: 4 }, c);
+    expect(reg.localClientAid6(wa, 40000, IPPROTO_TCP)).toBe(1);
+    expect(reg.localClientAid6(twin, 40000, IPPROTO_TCP)).toBe(0);
+    expect(reg.localClientAid6(words('2001:2:0:ff::3'), 40000, IPPROTO_TCP)).toBe(-1);
+    expect(reg.localClientAid6(wa, 40001, IPPROTO_TCP)).toBe(-1);
+    // "[::]:P" is the port alone, for either family.
+    expect(reg.localClientAid6(words('2001:2:0:ff::3'), 40005, IPPROTO_TCP)).toBe(1);
+    expect(reg.localClientAid(0xc6130001, 40005, IPPROTO_TCP)).toBe(1);
+    // An IPv6 report never answers for an IPv4 client (nor the other way round).
+    expect(reg.localClientAid(0, 40000, IPPROTO_TCP)).toBe(-1);
+    expect(reg.localClientAid6(wa, 40000, IPPROTO_UDP)).toBe(1);
+    // A v4-mapped local address is the IPv4 client.
+    reg.connectReport({ aid: 'a', proto: 'tcp', local: '[::ffff:198.19.255.1]:40010', pid: 7 }, c);
+    expect(reg.localClientAid(0xc613ff01, 40010, IPPROTO_TCP)).toBe(0);
+    // A newer report of the same address and port replaces the older.
+    reg.connectReport({ aid: 'a', proto: 'tcp', local: `[${A}]:40000`, pid: 8 }, c);
+    expect(reg.localClientAid6(wa, 40000, IPPROTO_TCP)).toBe(0);
+    expect(reg.localClientAid6(twin, 40000, IPPROTO_TCP)).toBe(0);
+    // The UDP report ends with its socket's release; the TCP ones stay.
+    expect(reg.release(c, { pid: 7, fd: 4 })).toEqual({ released: 0, reports: 1 });
+    expect(reg.localClientAid6(wa, 40000, IPPROTO_UDP)).toBe(-1);
+    expect(() => reg.connectReport({ aid: 'a', local: '[2001:2::1]:0' })).toThrow(
+      /"local" must be/,
+    );
+    expect(() => reg.connectReport({ aid: 'a', local: '[nonsense]:1' })).toThrow(/"local" must be/);
   });
 });

@@ -43,10 +43,28 @@
  * descriptor was closed behind our back), and when a connect(AF_UNSPEC)
  * leaves the socket on another port (or none).
  *
+ * Families. The library handles AF_INET and AF_INET6 sockets alike, and tells
+ * the daemon which family a bind is for, so that the instance it registers
+ * serves exactly the clients the kernel will hand the socket:
+ *
+ *   AF_INET "0.0.0.0"            IPv4 (the TUN's IPv4 address)
+ *   AF_INET6 "::"                both families: IPv6 and, through v4-mapped
+ *                                addresses, IPv4 ("addr":"::")
+ *   AF_INET6 "::", IPV6_V6ONLY   IPv6 only ("addr":"::","v6only":true; the
+ *                                option must be set before bind, so bind reads it)
+ *   AF_INET6 ::ffff:a.b.c.d      IPv4 only: that address, sent as "a.b.c.d"
+ *   AF_INET6 other address       IPv6 only: that address
+ *
+ * getsockname reads the port at offset 2, where sockaddr_in and sockaddr_in6
+ * both keep it, so it reports the virtual port for every one of them. A
+ * connect report names the socket's local address as the kernel has it:
+ * "a.b.c.d:port" (also for a v4-mapped address), "[v6]:port" for an IPv6 one,
+ * "[::]:port" / "0.0.0.0:port" when no address is chosen yet (the daemon then
+ * keys the report by the port alone).
+ *
  * Everything else passes through untouched, errno included: other families,
- * other ports, other protocols, addresses other than the wildcard and IPv4
- * (an IPv6 socket counts when it binds "::" or a v4-mapped address), and every
- * call when VPM_SOCKET or VPM_AID is not set.
+ * other ports, other protocols, and every call when VPM_SOCKET or VPM_AID is
+ * not set.
  *
  * A socket's states in the table:
  *
@@ -361,7 +379,7 @@ struct target {
   int family;
   unsigned port;
   char addr[INET6_ADDRSTRLEN];
-  int v6only_text; /* addr is an IPv6 text (not the wildcard "::" nor v4-mapped) */
+  int v6_text; /* addr is an IPv6 text ("::" or another IPv6 address, not v4-mapped) */
 };
 
 static int read_addr(const struct sockaddr *sa, socklen_t len, struct target *t) {
@@ -370,7 +388,7 @@ static int read_addr(const struct sockaddr *sa, socklen_t len, struct target *t)
     memcpy(&in, sa, sizeof in);
     t->family = AF_INET;
     t->port = ntohs(in.sin_port);
-    t->v6only_text = 0;
+    t->v6_text = 0;
     inet_ntop(AF_INET, &in.sin_addr, t->addr, sizeof t->addr);
     return 1;
   }
@@ -380,14 +398,15 @@ static int read_addr(const struct sockaddr *sa, socklen_t len, struct target *t)
     memcpy(&in6, sa, len < (socklen_t)sizeof in6 ? len : sizeof in6);
     t->family = AF_INET6;
     t->port = ntohs(in6.sin6_port);
-    t->v6only_text = 0;
+    t->v6_text = 1;
     if (IN6_IS_ADDR_V4MAPPED(&in6.sin6_addr)) {
+      /* An IPv4 address in IPv6 clothing: the socket talks IPv4 with it. */
       inet_ntop(AF_INET, &in6.sin6_addr.s6_addr[12], t->addr, sizeof t->addr);
+      t->v6_text = 0;
     } else if (IN6_IS_ADDR_UNSPECIFIED(&in6.sin6_addr)) {
       strcpy(t->addr, "::");
     } else {
       inet_ntop(AF_INET6, &in6.sin6_addr, t->addr, sizeof t->addr);
-      t->v6only_text = 1;
     }
     return 1;
   }
@@ -430,12 +449,16 @@ static unsigned real_port(int fd) {
 
 /* ---- bind ----------------------------------------------------------------- */
 
+static int endpoint(char *out, size_t cap, const struct target *t);
+
 static int bind_through_vpm(int fd, const struct sockaddr *addr, socklen_t len, const char *proto,
                             const struct target *t) {
   struct vpm_reply reply;
   struct bound *b;
-  char args[1024];
+  char args[1024], ep[INET6_ADDRSTRLEN + 8];
   int e, one = 1;
+
+  if (!endpoint(ep, sizeof ep, t)) ep[0] = '\0';
 
   /* Already in the table: either really bound (the kernel will say EINVAL), or
    * a stale entry of a descriptor closed behind our back. */
@@ -471,9 +494,16 @@ static int bind_through_vpm(int fd, const struct sockaddr *addr, socklen_t len, 
   __atomic_store_n(&n_bound, n_bound + 1, __ATOMIC_RELEASE);
   pthread_mutex_unlock(&table_lock);
 
+  /* "::" on a socket with IPV6_V6ONLY set serves IPv6 only; without it, both. */
+  int v6only = 0;
+  if (t->family == AF_INET6 && strcmp(t->addr, "::") == 0) {
+    socklen_t ol = sizeof v6only;
+    if (getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &ol) != 0) v6only = 0;
+  }
   snprintf(args, sizeof args,
-           "{\"aid\":\"%s\",\"proto\":\"%s\",\"vport\":%u,\"addr\":\"%s\",\"pid\":%d,\"fd\":%d}",
-           vpm_aid_json, proto, t->port, t->addr, (int)getpid(), fd);
+           "{\"aid\":\"%s\",\"proto\":\"%s\",\"vport\":%u,\"addr\":\"%s\"%s,\"pid\":%d,\"fd\":%d}",
+           vpm_aid_json, proto, t->port, t->addr, v6only ? ",\"v6only\":true" : "",
+           (int)getpid(), fd);
   struct vpm_bind_intent intent = {.proto = proto, .vport = t->port, .fd = fd};
   enum vpm_call_status st = vpm_ctl_call("bind", args, &reply, &intent, 0);
   if (st == VPM_CALL_ANSWER && reply.ok && reply.port == 0) {
@@ -486,7 +516,7 @@ static int bind_through_vpm(int fd, const struct sockaddr *addr, socklen_t len, 
   e = 0;
   if (st != VPM_CALL_ANSWER) {
     e = EADDRNOTAVAIL;
-    vpm_error("%s; bind of %s %s:%u fails with %s", reply.message, proto, t->addr, t->port,
+    vpm_error("%s; bind of %s %s fails with %s", reply.message, proto, ep,
               errno_name(e));
   } else if (!reply.ok) {
     /* Refused by the daemon's access policy (docs/security.md): EACCES, as a
@@ -494,8 +524,8 @@ static int bind_through_vpm(int fd, const struct sockaddr *addr, socklen_t len, 
     e = strcmp(reply.code, "ERR_PORTS_EXHAUSTED") == 0 ? EADDRINUSE
         : denied_code(reply.code)                     ? EACCES
                                                       : EADDRNOTAVAIL;
-    vpm_error("%s (%s); bind of %s %s:%u fails with %s", reply.message, reply.code, proto,
-              t->addr, t->port, errno_name(e));
+    vpm_error("%s (%s); bind of %s %s fails with %s", reply.message, reply.code, proto, ep,
+              errno_name(e));
   }
 
   if (e == 0) {
@@ -536,13 +566,13 @@ static int bind_through_vpm(int fd, const struct sockaddr *addr, socklen_t len, 
       /* The daemon gave us a port we could not bind: give it back. */
       struct bound back = {.fd = fd, .vport = t->port, .port = reply.port};
       snprintf(back.proto, sizeof back.proto, "%s", proto);
-      vpm_debug("bind fd %d to %s:%u failed: %s", fd, t->addr, reply.port, strerror(e));
+      vpm_debug("bind fd %d %s (real port %u) failed: %s", fd, ep, reply.port, strerror(e));
       send_release(&back);
     }
     errno = e;
     return -1;
   }
-  vpm_debug("bind fd %d %s %s:%u -> real port %u", fd, proto, t->addr, t->port, reply.port);
+  vpm_debug("bind fd %d %s %s -> real port %u", fd, proto, ep, reply.port);
   return 0;
 }
 
@@ -556,7 +586,7 @@ EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len) {
     return -1;
   }
   if (!active || n_ports == 0 || addr == NULL || len < (socklen_t)sizeof(sa_family_t) ||
-      !read_addr(addr, len, &t) || t.port == 0 || t.v6only_text || !port_listed(t.port) ||
+      !read_addr(addr, len, &t) || t.port == 0 || !port_listed(t.port) ||
       !(proto = socket_proto(fd)) || !multiplexed(proto, t.port)) {
     errno = saved;
     return vpm_real.bind(fd, addr, len);
@@ -597,13 +627,12 @@ EXPORT int getsockname(int fd, struct sockaddr *addr, socklen_t *len) {
 
 /* ---- connect -------------------------------------------------------------- */
 
-/* "a.b.c.d:port" for the daemon (an IPv4 daemon): the wildcard of either
- * family is 0.0.0.0, a v4-mapped address is its IPv4 address; 0 for an IPv6
- * address, which the daemon has nothing to do with. */
+/* "a.b.c.d:port" or "[v6]:port" for the daemon (a v4-mapped address is its
+ * IPv4 address, read_addr's text); 0 if it does not fit. */
 static int endpoint(char *out, size_t cap, const struct target *t) {
-  if (t->v6only_text) return 0;
-  snprintf(out, cap, "%s:%u", strcmp(t->addr, "::") == 0 ? "0.0.0.0" : t->addr, t->port);
-  return 1;
+  int n = t->v6_text ? snprintf(out, cap, "[%s]:%u", t->addr, t->port)
+                     : snprintf(out, cap, "%s:%u", t->addr, t->port);
+  return n > 0 && (size_t)n < cap;
 }
 
 static int local_target(int fd, struct target *local) {
@@ -762,7 +791,7 @@ static void udp_report(int fd, const struct sockaddr *dest, socklen_t len, int c
   char args[1024];
   uint32_t rec = udp_record(fd);
 
-  if (!read_addr(dest, len, &remote) || remote.v6only_text || remote.port == 0) return;
+  if (!read_addr(dest, len, &remote) || remote.port == 0) return;
   const char *proto = socket_proto(fd);
   if (proto == NULL || strcmp(proto, "udp") != 0) return;
   if (!local_target(fd, &local)) return;
@@ -870,7 +899,7 @@ EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len) {
     return r;
   }
   int ours = active && addr != NULL && len >= (socklen_t)sizeof(sa_family_t) &&
-             read_addr(addr, len, &remote) && !remote.v6only_text && remote.port != 0 &&
+             read_addr(addr, len, &remote) && remote.port != 0 &&
              (proto = socket_proto(fd)) != NULL;
   if (ours && strcmp(proto, "udp") == 0) {
     /* connect() of a UDP socket sends nothing: report after it, with the
