@@ -260,8 +260,15 @@ export async function runDemo(
       packetsIn: number;
       packetsOut: number;
       dropsTotal: number;
+      drops: Record<string, number>;
     };
-    out(`  packets in ${stats.packetsIn}, out ${stats.packetsOut}, dropped ${stats.dropsTotal}`);
+    const reasons = Object.entries(stats.drops)
+      .filter(([, n]) => n > 0)
+      .map(([r, n]) => `${r} ${n}`)
+      .join(', ');
+    out(
+      `  packets in ${stats.packetsIn}, out ${stats.packetsOut}, dropped ${stats.dropsTotal}${reasons ? ` (${reasons})` : ''}`,
+    );
 
     const exit = await sb.stop(daemon, 'SIGTERM', 5000);
     if (exit.code !== 0) {
