@@ -144,6 +144,22 @@ describe.each([4, 6] as const)(
       return ((await d.stats()) as unknown as { cooperative: CoopCounters }).cooperative;
     }
 
+    /**
+     * The first log line of daemon `d` that `pred` accepts, once it is in: the daemon
+     * writes it before what follows from it reaches the test, but the test may read
+     * the daemon's output later than that.
+     */
+    async function logLine(
+      d: VpmDaemon,
+      pred: (l: Record<string, unknown>) => boolean,
+      what: string,
+    ): Promise<Record<string, unknown>> {
+      await waitFor(() => d.logs().some(pred), { what, timeoutMs: 10_000 }).catch(() => {});
+      const line = d.logs().find(pred);
+      if (!line) throw new Error(`no log line: ${what}\n${d.output()}`);
+      return line;
+    }
+
     /** Ports seen on the wire between the client host's local-client address and the VIP. */
     function wirePorts(pcap: string): { toVip: Set<number>; fromVip: Set<number> } {
       const text = lab.run(router, 'tcpdump', ['-nn', '-r', pcap, 'tcp']);
@@ -249,10 +265,11 @@ describe.each([4, 6] as const)(
           vpmS.output(),
         ).toMatchObject({ service: P.ep(VIP, 9000), real: P.ep(P.SERVER_TUN, real) });
         expect(
-          vpmC
-            .logs()
-            .find((l) => l.event === 'flow_negotiated' && l.client === P.ep(P.CLIENT_TUN, port)),
-          vpmC.output(),
+          await logLine(
+            vpmC,
+            (l) => l.event === 'flow_negotiated' && l.client === P.ep(P.CLIENT_TUN, port),
+            `the client daemon's flow_negotiated line for port ${port}`,
+          ),
         ).toMatchObject({ side: 'client', service: P.ep(VIP, 9000) });
       }
       // The channel runs between this family's addresses, in TLS 1.3.
@@ -293,16 +310,18 @@ describe.each([4, 6] as const)(
       });
       expect(r.event, r.output).toBe('done');
       expect((r as Record<string, unknown>).hello).toMatchObject({ instance: 'a2' });
-      const neg = vpmC
-        .logs()
-        .find((l) => l.event === 'flow_negotiated' && l.client === P.ep(P.CLIENT_TUN, 55001));
+      const neg = await logLine(
+        vpmC,
+        (l) => l.event === 'flow_negotiated' && l.client === P.ep(P.CLIENT_TUN, 55001),
+        "the client daemon's flow_negotiated line for port 55001",
+      );
       expect(neg, vpmC.output()).toMatchObject({
         aid: 'a2',
         how: expect.stringMatching(/^executable /),
       });
       // The flows, in the family's notation: the client side's towards VIP:p2, the
       // server side's from the local-client address to the instance.
-      const p2 = neg!.p2 as number;
+      const p2 = neg.p2 as number;
       const fc = (await vpmC.flows()).find((f) => f.client === P.ep(P.CLIENT_TUN, 55001));
       expect(fc, JSON.stringify(await vpmC.flows())).toMatchObject({
         service: P.ep(VIP, 9000),
@@ -329,9 +348,11 @@ describe.each([4, 6] as const)(
         });
         expect(r.event, r.output).toBe('error');
         expect(r.code).toBe('ECONNREFUSED');
-        const line = vpmC
-          .logs()
-          .find((l) => l.event === 'flow_refused' && l.client === P.ep(P.CLIENT_TUN, 50901));
+        const line = await logLine(
+          vpmC,
+          (l) => l.event === 'flow_refused' && l.client === P.ep(P.CLIENT_TUN, 50901),
+          "the client daemon's flow_refused line",
+        );
         expect(line, vpmC.output()).toMatchObject({
           reason: 'family_mismatch',
           by: 'peer',
@@ -347,9 +368,11 @@ describe.each([4, 6] as const)(
           (s1.serverRefused.family_mismatch ?? 0) - (s0.serverRefused.family_mismatch ?? 0),
         ).toBe(1);
         expect(
-          vpmS
-            .logs()
-            .find((l) => l.event === 'negotiation_refused' && l.reason === 'family_mismatch'),
+          await logLine(
+            vpmS,
+            (l) => l.event === 'negotiation_refused' && l.reason === 'family_mismatch',
+            "the server daemon's negotiation_refused line",
+          ),
         ).toMatchObject({ client: P.ep(P.CLIENT_LC, 50901), service: P.ep(VIP, OLD_PORT) });
         for (const d of [vpmC, vpmS])
           expect((await d.flows()).filter((f) => String(f.client).endsWith(':50901'))).toEqual([]);
