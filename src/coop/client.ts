@@ -47,7 +47,7 @@ import {
   type RefuseBody,
   type RequestBody,
 } from './protocol.js';
-import type { ChannelStats } from './stats.js';
+import { type ChannelStats, hostPort } from './stats.js';
 import { clientTlsOptions } from './tls.js';
 
 export interface PeerClientOptions extends ChannelOptions {
@@ -144,7 +144,7 @@ export class PeerClient {
   }
 
   private get where(): string {
-    return `peer ${this.opts.peer} at ${this.opts.host}:${this.opts.port}`;
+    return `peer ${this.opts.peer} at ${hostPort(this.opts.host, this.opts.port)}`;
   }
 
   /** Step 1: ask for the service. Resolves with the peer's offer or refusal. */

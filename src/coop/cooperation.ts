@@ -41,6 +41,16 @@
  * flow ends, or at once when the offer is abandoned. A packet opening a flow to
  * VIP:p2 that no negotiation announced (for its protocol) is dropped by the
  * pipeline (`not_negotiated`).
+ *
+ * IPv6. Everything above holds for IPv6 flows too, family by family: the
+ * pipeline hands over IPv6 first packets as it does IPv4 ones; a held IPv6 flow
+ * is known by its 128-bit addresses; the request carries "[v6]:port" endpoints;
+ * the server side records an IPv6 flow (the table's addr6 words) towards an
+ * instance with an IPv6 address; p2 lives on the service's IPv6 VIP. vpm never
+ * translates between the families: a request whose client and service are of
+ * different families, for a service that has no address of the client's family
+ * on the server side, or whose AIDs serve it over the other family only, is
+ * refused `family_mismatch` (counted on both sides, like every refusal).
  */
 
 import type { Logger } from 'pino';
@@ -50,13 +60,28 @@ import { INJECT_MALFORMED, type Pipeline } from '../datapath/pipeline.js';
 import type { Rules } from '../datapath/rules.js';
 import { CREATE_COLLISION, CREATE_FULL, type FlowKeyArgs, type FlowTable } from '../flow/table.js';
 import { PortPool } from '../virtual/pool.js';
-import { formatAddr, ipv4ToString, parseIpv4 } from '../wire/address.js';
+import {
+  formatAddr,
+  formatEndpoint,
+  type IpAddr,
+  ipv6FromWords,
+  ipv6ToWords,
+} from '../wire/address.js';
+import { get32 } from '../wire/bytes.js';
 import { IPPROTO_TCP, IPPROTO_UDP } from '../wire/ipv4.js';
 import type { PacketInfo } from '../wire/parse.js';
 import { PeerClient } from './client.js';
 import { DEFAULT_HOLD_LIMITS, type Held, HeldFlows, type HoldLimits } from './held.js';
 import { ownerExecutable, socketEntry } from './owner.js';
-import { type Message, type Protocol, type RequestBody, requestProtocol } from './protocol.js';
+import {
+  MAX_REFUSE_MESSAGE,
+  type Message,
+  type Protocol,
+  parseEndpoint,
+  type RefuseBody,
+  type RequestBody,
+  requestProtocol,
+} from './protocol.js';
 import { ReplayCache } from './replay.js';
 import {
   type AbandonReason,
@@ -79,6 +104,8 @@ export interface CooperationDeps {
   now: () => number;
   /** The AID index the bind/connect library reported for a local client, or -1. */
   localClientAid?: (addr: number, port: number, proto: number) => number;
+  /** `localClientAid` for an IPv6 local client: its address as 4 words (valid during the call). */
+  localClientAid6?: (addr: Uint32Array, port: number, proto: number) => number;
   /** The AID index a local client's socket belongs to by its owner's uid (applications[].users), or -1. */
   aidOfUser?: (uid: number) => number;
   /** Bounds of the held flows and their queues; DEFAULT_HOLD_LIMITS when absent. */
@@ -97,6 +124,12 @@ function pskTableOf(co: NonNullable<Config['cooperative']>): PskTable {
     })),
   );
 }
+
+/** "IPv4" / "IPv6", for messages. */
+const familyName = (f: 4 | 6): string => `IPv${f}`;
+
+/** The family of an address of either kind. */
+const familyOf = (a: IpAddr): 4 | 6 => (typeof a === 'bigint' ? 6 : 4);
 
 function hexKey(hex: string): Buffer {
   return Buffer.from(hex, 'hex');
@@ -122,6 +155,12 @@ export class Cooperation {
   private readonly replay = new ReplayCache();
   private resolved = 0;
   private refused = 0;
+  /** Client side: held flows refused, by reason. */
+  private readonly refusedReasons: Record<string, number> = {};
+  /** Server side: requests and acks this side refused, by reason. */
+  private readonly serverRefused: Record<string, number> = {};
+  /** Server side: an IPv6 service address as bytes, for Rules.findService6. */
+  private readonly addr6Bytes = new Uint8Array(16);
   private readonly stopListening: () => void;
 
   constructor(
@@ -277,7 +316,10 @@ export class Cooperation {
   ): void {
     const proto = info.protocol;
     const held = this.held;
-    const h = held.get(proto, info.srcAddr, info.srcPort, info.dstAddr, info.dstPort);
+    const v6 = info.version === 6;
+    const h = v6
+      ? held.get6(proto, buf, info.srcOff, info.srcPort, info.dstOff, info.dstPort)
+      : held.get(proto, info.srcAddr, info.srcPort, info.dstAddr, info.dstPort);
     if (h !== undefined) {
       // UDP: a later datagram of the flow, sent on after the first (or dropped with it).
       // TCP: a retransmission of the SYN held; the held one answers for both.
@@ -285,6 +327,15 @@ export class Cooperation {
       return;
     }
     if (!held.admit(len)) return; // counted (flowOverflow); the client retries, or not
+    let addr6: Uint32Array | null = null;
+    if (v6) {
+      // Kept with the copy (allocated only for a flow that is held).
+      addr6 = new Uint32Array(8);
+      for (let i = 0; i < 4; i++) {
+        addr6[i] = get32(buf, info.srcOff + 4 * i);
+        addr6[4 + i] = get32(buf, info.dstOff + 4 * i);
+      }
+    }
     // A copy, never a view: `buf` is the device's receive buffer, which the next
     // batch overwrites while the negotiation runs. (It is a Node Buffer, whose
     // slice() is a view despite the Uint8Array type it is passed as.)
@@ -292,6 +343,8 @@ export class Cooperation {
       {
         kind: this.d.rules().services[svc]?.peer === -1 ? 'local_client' : 'negotiation',
         proto,
+        family: v6 ? 6 : 4,
+        addr6,
         srcAddr: info.srcAddr,
         srcPort: info.srcPort,
         dstAddr: info.dstAddr,
@@ -325,6 +378,7 @@ export class Cooperation {
       'a held flow was not resolved',
     );
     this.refused++;
+    this.refusedReasons.internal = (this.refusedReasons.internal ?? 0) + 1;
     this.held.droppedAll(this.held.take(h).length);
     this.d.pipeline.refuseHeld(h.pkt, h.kind, this.d.now());
   }
@@ -346,8 +400,11 @@ export class Cooperation {
   private async resolve(h: Held): Promise<void> {
     const rules = this.d.rules();
     const svcRule = rules.services[h.svc];
-    const client = `${ipv4ToString(h.srcAddr)}:${h.srcPort}`;
-    const service = `${ipv4ToString(h.dstAddr)}:${h.dstPort}`;
+    const v6 = h.family === 6;
+    const srcIp: IpAddr = v6 ? ipv6FromWords(h.addr6!, 0) : h.srcAddr;
+    const dstIp: IpAddr = v6 ? ipv6FromWords(h.addr6!, 4) : h.dstAddr;
+    const client = formatEndpoint(srcIp, h.srcPort);
+    const service = formatEndpoint(dstIp, h.dstPort);
     const protocol = protocolName(h.proto);
     // The one place a held flow is refused: one answer to its first packet (a RST
     // or an ICMP port unreachable, where one can be built from the held copy), one
@@ -356,6 +413,7 @@ export class Cooperation {
     const fail = (reason: string, extra: Record<string, unknown> = {}) => {
       if (!h.live) return;
       this.refused++;
+      this.refusedReasons[reason] = (this.refusedReasons[reason] ?? 0) + 1;
       const dropped = this.held.take(h).length;
       this.held.droppedAll(dropped);
       const rst = this.d.pipeline.refuseHeld(h.pkt, h.kind, this.d.now());
@@ -390,20 +448,23 @@ export class Cooperation {
     if (!svcRule) return fail('no_service');
     let aid = h.aid;
     let how = aid >= 0 ? 'report_or_selector' : '';
-    if (aid < 0 && h.local && this.d.localClientAid) {
+    if (aid < 0 && h.local) {
       // The library's report may have arrived after the SYN: ask again.
-      aid = this.d.localClientAid(h.srcAddr, h.srcPort, h.proto);
+      if (!v6 && this.d.localClientAid) aid = this.d.localClientAid(h.srcAddr, h.srcPort, h.proto);
+      if (v6 && this.d.localClientAid6)
+        aid = this.d.localClientAid6(h.addr6!.subarray(0, 4), h.srcPort, h.proto);
       if (aid >= 0) how = 'library report';
     }
     if (aid < 0 && h.local) {
-      const owner = await ownerExecutable(h.srcAddr, h.srcPort, protocol).catch(() => null);
+      // /proc/net/{tcp,udp}[6]: an IPv6 client's socket is in the IPv6 table.
+      const owner = await ownerExecutable(srcIp, h.srcPort, protocol).catch(() => null);
       if (owner) {
         aid = this.cfg.applications.findIndex((a) => a.executables.includes(owner.exe));
         if (aid >= 0) how = `executable ${owner.exe} (pid ${owner.pid})`;
       }
     }
     if (aid < 0 && h.local && this.d.aidOfUser) {
-      const entry = await socketEntry(h.srcAddr, h.srcPort, protocol).catch(() => null);
+      const entry = await socketEntry(srcIp, h.srcPort, protocol).catch(() => null);
       if (entry) {
         aid = this.d.aidOfUser(entry.uid);
         if (aid >= 0) how = `user ${entry.uid}`;
@@ -411,14 +472,19 @@ export class Cooperation {
     }
     if (aid < 0) return fail('no_aid');
     const aidName = this.cfg.applications[aid]?.aid ?? `#${aid}`;
-    const nat = h.local ? this.cfg.tun.localClientAddress : h.srcAddr;
+    const nat: IpAddr = h.local
+      ? v6
+        ? this.cfg.tun.localClientAddress6
+        : this.cfg.tun.localClientAddress
+      : srcIp;
     const k: FlowKeyArgs = {
+      family: h.family,
       proto: h.proto,
-      clientAddr: h.srcAddr,
+      clientAddr: v6 ? 0 : h.srcAddr,
       clientPort: h.srcPort,
-      vipAddr: h.dstAddr,
+      vipAddr: v6 ? 0 : h.dstAddr,
       vport: h.dstPort,
-      natAddr: nat,
+      natAddr: v6 ? 0 : (nat as number),
       natPort: h.srcPort,
       realAddr: 0,
       realPort: 0,
@@ -426,13 +492,21 @@ export class Cooperation {
       aid,
       instance: 0,
     };
+    // IPv6: the four addresses as words (client, VIP, nat, real), the table's layout.
+    const w6 = v6 ? new Uint32Array(16) : null;
+    if (w6) {
+      w6.set(h.addr6!.subarray(0, 8), 0);
+      ipv6ToWords(nat as bigint, w6, 8);
+      k.addr6 = w6;
+    }
 
     if (svcRule.peer < 0) {
-      // A local service: the AID's own instance (FIG. 8).
-      const inst = this.d.instances.pick(aid, h.svc, this.d.now());
+      // A local service: the AID's own instance (FIG. 8), of the client's family.
+      const inst = this.d.instances.pick(aid, h.svc, this.d.now(), h.family);
       if (inst < 0) return fail('refused_no_instance', { aid: aidName });
       const target = this.d.instances.get(inst)!;
-      k.realAddr = target.addr;
+      if (w6) w6.set(target.addr6!.subarray(0, 4), 12);
+      else k.realAddr = target.addr;
       k.realPort = target.port;
       k.instance = inst;
       const queued = place(k, aidName);
@@ -446,7 +520,7 @@ export class Cooperation {
           service,
           aid: aidName,
           how,
-          real: `${ipv4ToString(k.realAddr)}:${k.realPort}`,
+          real: formatEndpoint(w6 ? ipv6FromWords(w6, 12) : k.realAddr, k.realPort),
           ...(queued > 0 ? { queuedSent: queued } : {}),
         },
         'local client placed by its AID',
@@ -459,7 +533,7 @@ export class Cooperation {
     if (!pc) return fail('no_peer', { peer: peer.name });
     try {
       const body: RequestBody = {
-        client: `${ipv4ToString(nat)}:${h.srcPort}`,
+        client: formatEndpoint(nat, h.srcPort),
         service,
         aid: aidName,
       };
@@ -475,7 +549,9 @@ export class Cooperation {
           message: r.message,
         });
       }
-      k.realAddr = h.dstAddr; // the wire keeps the VIP ...
+      // The wire keeps the VIP ...
+      if (w6) w6.set(h.addr6!.subarray(4, 8), 12);
+      else k.realAddr = h.dstAddr;
       k.realPort = r.port; // ... on the negotiated port p2
       const queued = place(k, aidName);
       if (queued < 0) return;
@@ -516,107 +592,179 @@ export class Cooperation {
 
   // ---------------------------------------------------------------- server side
 
-  private aidsFor(svc: number): string[] {
+  /** The AIDs with a live instance for `svc` of `family`. */
+  private aidsFor(svc: number, family: 4 | 6): string[] {
     const out: string[] = [];
     this.d.rules().aidNames.forEach((name, aid) => {
-      if (this.d.instances.serving(aid, svc)) out.push(name);
+      if (this.d.instances.serving(aid, svc, family)) out.push(name);
     });
     return out;
   }
 
-  private onRequest(m: Message<'request'>, peer: PeerInfo): OfferAnswer {
-    const [addrText, portText] = m.body.service.split(':') as [string, string];
-    const addr = parseIpv4(addrText);
-    const protocol = requestProtocol(m.body);
-    const svc =
-      addr === null
-        ? -1
-        : this.d.rules().findService(addr, Number(portText), protocolNumber(protocol));
-    if (svc < 0) {
-      return {
-        type: 'refuse',
-        body: {
-          reason: 'no_service',
-          message: `${m.body.service} is not a ${protocol} virtual service here`,
-        },
-      };
-    }
-    const aids = this.aidsFor(svc);
-    if (aids.length === 0) {
-      this.d.log.info(
-        {
-          event: 'negotiation_refused',
-          side: 'server',
-          peer: peer.name,
-          reason: 'no_aid',
-          protocol,
-          clientAid: m.body.aid,
-          service: m.body.service,
-        },
-        'no application listens on the service',
+  /** The service at address:port of `proto` (either family), or -1. */
+  private findService(address: IpAddr, port: number, proto: number): number {
+    const rules = this.d.rules();
+    if (typeof address === 'number') return rules.findService(address, port, proto);
+    const b = this.addr6Bytes;
+    for (let i = 0; i < 16; i++) b[i] = Number((address >> BigInt(120 - 8 * i)) & 0xffn);
+    return rules.findService6(b, 0, port, proto);
+  }
+
+  /** A refusal this side sends (counted by reason); the message cut to what the protocol allows. */
+  private refuse(reason: string, message: string): { type: 'refuse'; body: RefuseBody } {
+    this.serverRefused[reason] = (this.serverRefused[reason] ?? 0) + 1;
+    const text =
+      message.length > MAX_REFUSE_MESSAGE
+        ? `${message.slice(0, MAX_REFUSE_MESSAGE - 3)}...`
+        : message;
+    return { type: 'refuse', body: { reason, message: text } };
+  }
+
+  /**
+   * Why a request of `family` for port/proto found no service: a service on that
+   * port and protocol without an address of that family (family_mismatch), or
+   * none at all (no_service).
+   */
+  private missingService(
+    family: 4 | 6,
+    service: string,
+    port: number,
+    proto: number,
+    protocol: Protocol,
+  ): { type: 'refuse'; body: RefuseBody } {
+    const other = this.d
+      .rules()
+      .services.find(
+        (s) =>
+          s.port === port &&
+          s.proto === proto &&
+          s.peer < 0 &&
+          (family === 6 ? s.addr6 == null : s.addr === -1),
       );
-      return {
-        type: 'refuse',
-        body: { reason: 'no_aid', message: `no application listens on ${m.body.service}` },
-      };
+    if (other)
+      return this.refuse(
+        'family_mismatch',
+        `${service} is not a ${protocol} virtual service here: ${other.name} (${protocol} port ${port}) has no ${familyName(family)} address here`,
+      );
+    return this.refuse('no_service', `${service} is not a ${protocol} virtual service here`);
+  }
+
+  private onRequest(m: Message<'request'>, peer: PeerInfo): OfferAnswer {
+    // Both endpoints were validated (protocol.ts) before the handler is called.
+    const svcEp = parseEndpoint(m.body.service)!;
+    const cliEp = parseEndpoint(m.body.client)!;
+    const family = familyOf(svcEp.address);
+    const protocol = requestProtocol(m.body);
+    const proto = protocolNumber(protocol);
+    const refused = (answer: { type: 'refuse'; body: RefuseBody }) => {
+      if (answer.body.reason !== 'no_service' && answer.body.reason !== 'ports_exhausted')
+        this.d.log.info(
+          {
+            event: 'negotiation_refused',
+            side: 'server',
+            peer: peer.name,
+            reason: answer.body.reason,
+            protocol,
+            clientAid: m.body.aid,
+            client: m.body.client,
+            service: m.body.service,
+            message: answer.body.message,
+          },
+          answer.body.reason === 'no_aid'
+            ? 'no application listens on the service'
+            : 'negotiation refused',
+        );
+      return answer;
+    };
+    if (familyOf(cliEp.address) !== family)
+      return refused(
+        this.refuse(
+          'family_mismatch',
+          `client ${m.body.client} is ${familyName(familyOf(cliEp.address))}, service ${m.body.service} ${familyName(family)}: vpm does not translate between the families`,
+        ),
+      );
+    const svc = this.findService(svcEp.address, svcEp.port, proto);
+    if (svc < 0)
+      return refused(this.missingService(family, m.body.service, svcEp.port, proto, protocol));
+    const aids = this.aidsFor(svc, family);
+    if (aids.length === 0) {
+      const otherFamily = family === 6 ? 4 : 6;
+      const others = this.aidsFor(svc, otherFamily);
+      return refused(
+        others.length > 0
+          ? this.refuse(
+              'family_mismatch',
+              `no application serves ${m.body.service} over ${familyName(family)} here (${others.join(', ')} only over ${familyName(otherFamily)})`,
+            )
+          : this.refuse('no_aid', `no application listens on ${m.body.service}`),
+      );
     }
     const p2 = this.p2Pool?.tryAcquire() ?? -1;
-    if (p2 < 0) {
-      return {
-        type: 'refuse',
-        body: { reason: 'ports_exhausted', message: 'no free port in the cooperative range' },
-      };
-    }
+    if (p2 < 0) return this.refuse('ports_exhausted', 'no free port in the cooperative range');
     return { type: 'offer', body: { aids, port: p2 } };
   }
 
   private onAck(m: Message<'ack'>, neg: Negotiation, peer: PeerInfo): AckAnswer {
     const rules = this.d.rules();
-    const [sAddr, sPort] = neg.request.service.split(':') as [string, string];
-    const [cAddr, cPort] = neg.request.client.split(':') as [string, string];
-    const vip = parseIpv4(sAddr)!;
+    const svcEp = parseEndpoint(neg.request.service)!;
+    const cliEp = parseEndpoint(neg.request.client)!;
+    const family = familyOf(svcEp.address);
     const protocol = requestProtocol(neg.request);
     const proto = protocolNumber(protocol);
     // The service of the request's protocol: its instances, and the flow's protocol,
     // which every lookup of the flow (the client's packets to VIP:p2, the replies) matches.
-    const svc = rules.findService(vip, Number(sPort), proto);
+    const svc = this.findService(svcEp.address, svcEp.port, proto);
     const aid = rules.aidNames.indexOf(m.body.aid);
-    const inst = svc >= 0 && aid >= 0 ? this.d.instances.pick(aid, svc, this.d.now()) : -1;
-    if (inst < 0) {
-      return {
-        type: 'refuse',
-        body: {
-          reason: 'no_aid',
-          message: `${m.body.aid} has no live instance for ${neg.request.service} any more`,
-        },
-      };
-    }
+    const inst =
+      svc >= 0 && aid >= 0 && familyOf(cliEp.address) === family
+        ? this.d.instances.pick(aid, svc, this.d.now(), family)
+        : -1;
+    if (inst < 0)
+      return this.refuse(
+        'no_aid',
+        `${m.body.aid} has no live ${familyName(family)} instance for ${neg.request.service} any more`,
+      );
     const target = this.d.instances.get(inst)!;
-    const client = parseIpv4(cAddr)!;
-    const s = this.d.pipeline.createFlow(
-      {
-        proto,
-        clientAddr: client,
-        clientPort: Number(cPort),
-        vipAddr: vip,
-        vport: neg.offer.port,
-        natAddr: client,
-        natPort: Number(cPort),
-        realAddr: target.addr,
-        realPort: target.port,
-        service: svc,
-        aid,
-        instance: inst,
-      },
-      this.d.now(),
-    );
-    if (s < 0) {
-      const message =
+    const k: FlowKeyArgs = {
+      family,
+      proto,
+      clientAddr: 0,
+      clientPort: cliEp.port,
+      vipAddr: 0,
+      vport: neg.offer.port,
+      natAddr: 0,
+      natPort: cliEp.port,
+      realAddr: 0,
+      realPort: target.port,
+      service: svc,
+      aid,
+      instance: inst,
+    };
+    let real: string;
+    if (family === 6) {
+      // client, VIP, nat (the client: the server side does not translate it), real.
+      const w = new Uint32Array(16);
+      ipv6ToWords(cliEp.address as bigint, w, 0);
+      ipv6ToWords(svcEp.address as bigint, w, 4);
+      ipv6ToWords(cliEp.address as bigint, w, 8);
+      w.set(target.addr6!.subarray(0, 4), 12);
+      k.addr6 = w;
+      real = formatEndpoint(ipv6FromWords(w, 12), target.port);
+    } else {
+      k.clientAddr = cliEp.address as number;
+      k.vipAddr = svcEp.address as number;
+      k.natAddr = cliEp.address as number;
+      k.realAddr = target.addr;
+      real = formatEndpoint(target.addr, target.port);
+    }
+    const s = this.d.pipeline.createFlow(k, this.d.now());
+    if (s < 0)
+      return this.refuse(
+        'busy',
         s === CREATE_FULL
           ? 'the translation table is full'
-          : `a flow of ${neg.request.client} to ${ipv4ToString(target.addr)}:${target.port} already exists`;
-      return { type: 'refuse', body: { reason: 'busy', message } };
-    }
+          : `a flow of ${neg.request.client} to ${real} already exists`,
+      );
     this.p2OfSlot.set(s, neg.offer.port);
     this.slotOfNeg.set(`${peer.connection}/${neg.id}`, s);
     // The confirm is written right after this returns, or abandon() removes the flow.
@@ -631,7 +779,7 @@ export class Cooperation {
         service: neg.request.service,
         aid: m.body.aid,
         p2: neg.offer.port,
-        real: `${ipv4ToString(target.addr)}:${target.port}`,
+        real,
         id: neg.id,
       },
       'connection negotiated with peer',
@@ -677,6 +825,8 @@ export class Cooperation {
       queue: h.queue,
       resolved: this.resolved,
       refused: this.refused,
+      refusedReasons: { ...this.refusedReasons },
+      serverRefused: { ...this.serverRefused },
       p2: this.p2Pool?.stats() ?? null,
       server: this.server?.stats() ?? null,
       peers,

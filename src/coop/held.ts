@@ -10,13 +10,19 @@
  * (and negotiated) apart. Lookups go through two numeric Map levels — client
  * addr·port (48 bits), then service addr·port·protocol (56 bits) — so a packet
  * that is only counted (a retransmitted SYN, an overflowing datagram) costs no
- * allocation; a packet that is kept costs its one copy.
+ * allocation; a packet that is kept costs its one copy. An IPv6 flow is known
+ * the same way by its 128-bit addresses: its Map key folds each address to 32
+ * bits (the flow table's fold), and the few flows whose folds and ports agree
+ * share a short list, told apart by comparing the words with the packet's bytes
+ * in place (again no allocation for a packet that is only counted).
  *
  * Called from inside the pipeline's batch (`negotiate`): nothing here throws or
  * calls back into the pipeline.
  */
 
 import type { HeldKind } from '../datapath/pipeline.js';
+import { fold6 } from '../flow/table.js';
+import { get32 } from '../wire/bytes.js';
 
 /** Bounds of what the holder keeps. */
 export interface HoldLimits {
@@ -43,6 +49,9 @@ export interface Held {
   readonly kind: HeldKind;
   /** IPPROTO_TCP or IPPROTO_UDP. */
   readonly proto: number;
+  /** 4 or 6. */
+  readonly family: 4 | 6;
+  /** IPv4: the addresses. IPv6: the folds of the addresses (see addr6). */
   readonly srcAddr: number;
   readonly srcPort: number;
   readonly dstAddr: number;
@@ -51,13 +60,19 @@ export interface Held {
   readonly aid: number;
   readonly local: boolean;
   readonly since: number;
+  /** IPv6: the source (words 0-3) and destination (4-7) addresses, big-endian words; null for IPv4. */
+  readonly addr6: Uint32Array | null;
   /** Later datagrams (copies), in arrival order; emptied by `take`. */
   queue: Uint8Array[];
   /** Still held: `take` has not run. */
   live: boolean;
 }
 
-export type HeldInit = Omit<Held, 'pkt' | 'queue' | 'live'>;
+/** What `add` is told; family 4 and no addr6 when absent (srcAddr/dstAddr are then ignored for IPv6). */
+export type HeldInit = Omit<Held, 'pkt' | 'queue' | 'live' | 'family' | 'addr6'> & {
+  family?: 4 | 6;
+  addr6?: Uint32Array | null;
+};
 
 const srcKey = (addr: number, port: number) => (addr >>> 0) * 0x10000 + port;
 const dstKey = (addr: number, port: number, proto: number) =>
@@ -91,8 +106,25 @@ export interface HeldStats {
   };
 }
 
+/** Do the 16 bytes at buf[off] hold the address of words w[at..at+3]? */
+function same6(buf: Uint8Array, off: number, w: Uint32Array, at: number): boolean {
+  return (
+    get32(buf, off) === w[at] &&
+    get32(buf, off + 4) === w[at + 1] &&
+    get32(buf, off + 8) === w[at + 2] &&
+    get32(buf, off + 12) === w[at + 3]
+  );
+}
+
+/** fold6 of the 16 bytes at buf[off], read in place. */
+function foldAt(buf: Uint8Array, off: number): number {
+  return (get32(buf, off) ^ get32(buf, off + 4) ^ get32(buf, off + 8) ^ get32(buf, off + 12)) >>> 0;
+}
+
 export class HeldFlows {
   private readonly bySrc = new Map<number, Map<number, Held>>();
+  /** IPv6: source fold·port → the flows held from there (short lists). */
+  private readonly bySrc6 = new Map<number, Held[]>();
   private flows = 0;
   private bytes = 0;
   private datagrams = 0;
@@ -114,6 +146,28 @@ export class HeldFlows {
   }
 
   /**
+   * The held IPv6 flow of `proto` from the address at buf[srcOff]:sport to the
+   * one at buf[dstOff]:dport (16 bytes each, read in place), if any.
+   */
+  get6(
+    proto: number,
+    buf: Uint8Array,
+    srcOff: number,
+    sport: number,
+    dstOff: number,
+    dport: number,
+  ): Held | undefined {
+    const list = this.bySrc6.get(srcKey(foldAt(buf, srcOff), sport));
+    if (list === undefined) return undefined;
+    for (let i = 0; i < list.length; i++) {
+      const h = list[i]!;
+      if (h.proto !== proto || h.dstPort !== dport || h.srcPort !== sport) continue;
+      if (same6(buf, srcOff, h.addr6!, 0) && same6(buf, dstOff, h.addr6!, 4)) return h;
+    }
+    return undefined;
+  }
+
+  /**
    * Is there room for one more flow whose first packet is `len` bytes? False —
    * counted in flowOverflow — when maxFlows flows are held or its copy would pass
    * maxBytes: the packet is then dropped, and nothing was allocated for it.
@@ -130,14 +184,35 @@ export class HeldFlows {
    * `admit(len)` said yes. The caller has checked that the flow is not held already.
    */
   add(init: HeldInit, buf: Uint8Array, off: number, len: number): Held {
-    const h: Held = { ...init, pkt: copyOf(buf, off, len), queue: [], live: true };
+    const family = init.family ?? 4;
+    const addr6 =
+      family === 6 ? Uint32Array.from((init.addr6 ?? new Uint32Array(8)).subarray(0, 8)) : null;
+    const h: Held = {
+      ...init,
+      family,
+      addr6,
+      srcAddr: addr6 ? fold6(addr6, 0) : init.srcAddr,
+      dstAddr: addr6 ? fold6(addr6, 4) : init.dstAddr,
+      pkt: copyOf(buf, off, len),
+      queue: [],
+      live: true,
+    };
     const sk = srcKey(h.srcAddr, h.srcPort);
-    let inner = this.bySrc.get(sk);
-    if (inner === undefined) {
-      inner = new Map();
-      this.bySrc.set(sk, inner);
+    if (addr6) {
+      let list = this.bySrc6.get(sk);
+      if (list === undefined) {
+        list = [];
+        this.bySrc6.set(sk, list);
+      }
+      list.push(h);
+    } else {
+      let inner = this.bySrc.get(sk);
+      if (inner === undefined) {
+        inner = new Map();
+        this.bySrc.set(sk, inner);
+      }
+      inner.set(dstKey(h.dstAddr, h.dstPort, h.proto), h);
     }
-    inner.set(dstKey(h.dstAddr, h.dstPort, h.proto), h);
     this.flows++;
     this.bytes += len;
     return h;
@@ -175,10 +250,19 @@ export class HeldFlows {
     if (!h.live) return [];
     h.live = false;
     const sk = srcKey(h.srcAddr, h.srcPort);
-    const inner = this.bySrc.get(sk);
-    if (inner !== undefined) {
-      inner.delete(dstKey(h.dstAddr, h.dstPort, h.proto));
-      if (inner.size === 0) this.bySrc.delete(sk);
+    if (h.addr6) {
+      const list = this.bySrc6.get(sk);
+      if (list !== undefined) {
+        const i = list.indexOf(h);
+        if (i >= 0) list.splice(i, 1);
+        if (list.length === 0) this.bySrc6.delete(sk);
+      }
+    } else {
+      const inner = this.bySrc.get(sk);
+      if (inner !== undefined) {
+        inner.delete(dstKey(h.dstAddr, h.dstPort, h.proto));
+        if (inner.size === 0) this.bySrc.delete(sk);
+      }
     }
     const q = h.queue;
     h.queue = [];

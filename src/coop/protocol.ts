@@ -33,7 +33,12 @@
 
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { VpmError } from '../base/errors.js';
-import { ipv4ToString, parseIpv4 } from '../wire/address.js';
+import {
+  formatEndpoint as formatAddrEndpoint,
+  type IpAddr,
+  isV4Mapped,
+  parseEndpoint as parseAddrEndpoint,
+} from '../wire/address.js';
 import type { ReplayCache } from './replay.js';
 
 export const PROTOCOL_VERSION = 1;
@@ -62,9 +67,12 @@ export type Protocol = (typeof PROTOCOLS)[number];
 
 /** Client side -> server side: a client application wants this virtual service. */
 export interface RequestBody {
-  /** The client's address and source port, "a.b.c.d:port". */
+  /**
+   * The client's address and source port as the server side will see them on the
+   * wire: "a.b.c.d:port", or "[v6]:port" (RFC 5952) for an IPv6 client.
+   */
   client: string;
-  /** The cooperative virtual service, "VIP:vport". */
+  /** The cooperative virtual service, "VIP:vport" or "[VIP6]:vport"; of the client's family. */
   service: string;
   /** The client application's AID. */
   aid: string;
@@ -147,6 +155,9 @@ export const REFUSE_REASONS = [
   'bad_field',
   'stale',
   'internal',
+  // The client's and the service's families differ, or the service (or every AID
+  // offering it) has no address of the client's family here.
+  'family_mismatch',
 ] as const;
 export type RefuseReason = (typeof REFUSE_REASONS)[number];
 
@@ -215,27 +226,37 @@ export const REFUSE_REASON_RE = /^[a-z][a-z0-9_]{0,31}$/;
 // Printable text only: a refusal message ends up in logs and on terminals.
 // biome-ignore lint/suspicious/noControlCharactersInRegex: refusing control characters is the point
 const MESSAGE_RE = /^[^\u0000-\u001f\u007f-\u009f\u2028\u2029]*$/;
-const PORT_RE = /^[1-9][0-9]{0,4}$/;
 
 export interface Endpoint {
-  /** IPv4 address as an unsigned 32-bit number. */
-  address: number;
+  /** IPv4: an unsigned 32-bit number; IPv6: a bigint (src/wire/address.ts). */
+  address: IpAddr;
   port: number;
 }
 
-/** Strict "a.b.c.d:port" (no leading zeros, port 1-65535); null otherwise. */
+/**
+ * Strict endpoint: "a.b.c.d:port" (no leading zeros) or "[v6]:port" with the
+ * address in its RFC 5952 form (lower case, "::" for the longest zero run, no
+ * zone id), port 1-65535 without leading zeros; null otherwise. One endpoint has
+ * one spelling, so two peers never disagree about which client a text names.
+ * A v4-mapped IPv6 address (::ffff:a.b.c.d) is refused: such a client is an
+ * IPv4 one, and travels in the IPv4 form.
+ */
 export function parseEndpoint(s: string): Endpoint | null {
-  const colon = s.lastIndexOf(':');
-  if (colon < 0) return null;
-  const address = parseIpv4(s.slice(0, colon));
-  const p = s.slice(colon + 1);
-  if (address === null || !PORT_RE.test(p)) return null;
-  const port = Number(p);
-  return port <= 65535 ? { address, port } : null;
+  if (typeof s !== 'string' || s.length > 64) return null;
+  const e = parseAddrEndpoint(s);
+  if (e === null || e.port < 1) return null;
+  if (typeof e.address === 'bigint' && isV4Mapped(e.address)) return null;
+  return formatAddrEndpoint(e.address, e.port) === s ? e : null;
 }
 
-export function formatEndpoint(address: number, port: number): string {
-  return `${ipv4ToString(address)}:${port}`;
+/** "a.b.c.d:port" or "[v6]:port" (RFC 5952). */
+export function formatEndpoint(address: IpAddr, port: number): string {
+  return formatAddrEndpoint(address, port);
+}
+
+/** The family (4, 6) of an endpoint text that parseEndpoint accepts. */
+export function endpointFamily(s: string): 4 | 6 {
+  return s.startsWith('[') ? 6 : 4;
 }
 
 export function isPort(x: unknown): x is number {
@@ -316,7 +337,10 @@ function checkBody(type: MessageType, b: Record<string, unknown>): FieldError | 
       for (const f of ['client', 'service'] as const) {
         const v = b[f];
         if (typeof v !== 'string' || parseEndpoint(v) === null)
-          return bad(`${at}${f}`, `${at}${f} must be "a.b.c.d:port", got ${show(v)}`);
+          return bad(
+            `${at}${f}`,
+            `${at}${f} must be "a.b.c.d:port" or "[IPv6]:port" (RFC 5952), got ${show(v)}`,
+          );
       }
       if (!isName(b.aid)) return bad(`${at}aid`, `${at}aid is not a valid AID: ${show(b.aid)}`);
       if (b.protocol !== undefined && !(PROTOCOLS as readonly unknown[]).includes(b.protocol))

@@ -40,14 +40,14 @@ import {
   type RefuseBody,
   type RequestBody,
 } from './protocol.js';
-import { type ChannelStats, zeroes } from './stats.js';
+import { type ChannelStats, hostPort, zeroes } from './stats.js';
 import { type PskEntry, type PskTable, pskIdentity, serverTlsOptions } from './tls.js';
 
 /** Who is on the other end of a server connection. */
 export interface PeerInfo {
   /** The authenticated sender name of the message. */
   name: string;
-  /** Remote "address:port" of the TCP connection. */
+  /** Remote "address:port" ("[v6]:port") of the TCP connection. */
   remote: string;
   /** Connection serial number (for logs). */
   connection: number;
@@ -211,7 +211,7 @@ export class PeerServer {
           kind: 'refused',
           reason: 'tls',
           detail: e.message,
-          remote: `${s.remoteAddress ?? '?'}:${s.remotePort ?? 0}`,
+          remote: hostPort(s.remoteAddress, s.remotePort),
         });
         s.destroy();
       });
@@ -221,7 +221,7 @@ export class PeerServer {
         reject(
           new CoopError(
             'ERR_PEER_LISTEN',
-            `cannot listen for peers on ${this.opts.host}:${this.opts.port}: ${e.code ?? e.message}`,
+            `cannot listen for peers on ${hostPort(this.opts.host, this.opts.port)}: ${e.code ?? e.message}`,
           ),
         );
       server.once('error', fail);
@@ -268,7 +268,7 @@ export class PeerServer {
   }
 
   private accept(socket: Socket): void {
-    const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
+    const remote = hostPort(socket.remoteAddress, socket.remotePort);
     if (this.closing || this.conns.size >= this.maxConnections) {
       socket.on('error', () => {});
       this.rejectedConnections++;

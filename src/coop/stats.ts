@@ -76,3 +76,14 @@ export function cloneStats(s: ChannelStats): ChannelStats {
     overflows: s.overflows,
   };
 }
+
+/**
+ * "address:port" of a socket's other end for logs and events: "[v6]:port" for
+ * IPv6, and the IPv4 form for the v4-mapped address a dual-stack listener
+ * reports for an IPv4 peer (::ffff:a.b.c.d).
+ */
+export function hostPort(address: string | undefined, port: number | undefined): string {
+  let a = address ?? '?';
+  if (/^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(a)) a = a.slice(7);
+  return `${a.includes(':') ? `[${a}]` : a}:${port ?? 0}`;
+}

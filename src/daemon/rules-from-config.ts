@@ -10,7 +10,7 @@ import type { InstanceSpec } from '../datapath/instances.js';
 import type { HealthLimits, PipelineLimits } from '../datapath/pipeline.js';
 import { Rules } from '../datapath/rules.js';
 import type { HostPlan } from '../host/setup.js';
-import { formatIpv6, ipv4ToString, ipv6ToWords } from '../wire/address.js';
+import { formatAddr, formatIpv6, type IpAddr, ipv4ToString, ipv6ToWords } from '../wire/address.js';
 import { IPPROTO_TCP, IPPROTO_UDP } from '../wire/ipv4.js';
 
 /** An IPv6 address as the data plane's four words. */
@@ -127,6 +127,29 @@ export function otherInstanceAddrs(
 }
 
 /** The IPv6 part of the host plan, or null when the config does not use IPv6. */
+/**
+ * Cooperative client side: the VIPs of `family` of the services a peer serves,
+ * each with the address whose route it takes: its peer's, when the peer's
+ * address is of the same family (the VIP lives on the peer's host), else the
+ * VIP's own (the host's way to it, looked up before vpm routes it to the TUN).
+ */
+function peerVips(cfg: Config, family: 4 | 6): { vip: string; peer: string }[] {
+  const out: { vip: string; peer: string }[] = [];
+  const seen = new Set<string>();
+  for (const s of cfg.services) {
+    if (s.peer === null) continue;
+    const vip: IpAddr | null = family === 6 ? s.address6 : s.address;
+    const peerAddr = cfg.cooperative?.peers[s.peer]?.address ?? null;
+    if (vip === null || peerAddr === null) continue;
+    const sameFamily = (typeof peerAddr === 'bigint') === (family === 6);
+    const entry = { vip: formatAddr(vip), peer: formatAddr(sameFamily ? peerAddr : vip) };
+    if (seen.has(entry.vip)) continue;
+    seen.add(entry.vip);
+    out.push(entry);
+  }
+  return out;
+}
+
 function hostPlan6(cfg: Config): HostPlan['ipv6'] {
   if (!cfg.tun.ipv6) return null;
   const vips: string[] = [];
@@ -136,6 +159,7 @@ function hostPlan6(cfg: Config): HostPlan['ipv6'] {
     localClientAddr: formatIpv6(cfg.tun.localClientAddress6),
     vips: [...new Set(vips)],
     otherInstanceAddrs: otherInstanceAddrs(cfg, 6),
+    peerVips: peerVips(cfg, 6),
   };
 }
 
@@ -158,18 +182,7 @@ export function hostPlanFromConfig(cfg: Config, tunName: string): HostPlan {
     otherInstanceAddrs: otherInstanceAddrs(cfg),
     routeTable: cfg.tun.routeTable,
     rulePriority: cfg.tun.rulePriority,
-    // Cooperative client side, IPv4 (IPv6 cooperation is part C of issue 12).
-    peerVips: cfg.services
-      .filter(
-        (s) =>
-          s.peer !== null &&
-          s.address !== null &&
-          typeof cfg.cooperative!.peers[s.peer]!.address === 'number',
-      )
-      .map((s) => ({
-        vip: ipv4ToString(s.address!),
-        peer: ipv4ToString(cfg.cooperative!.peers[s.peer!]!.address as number),
-      })),
+    peerVips: peerVips(cfg, 4),
     ipv6: hostPlan6(cfg),
   };
 }

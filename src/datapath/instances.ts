@@ -178,13 +178,20 @@ export class InstanceSet {
     return [...this.statics, ...this.registered];
   }
 
-  /** True if `aid` has an instance that serves service `svc`. */
-  serving(aid: number, svc: number): boolean {
+  /**
+   * True if `aid` has an instance that serves service `svc` (with an address of
+   * `family`, 4 or 6, when given).
+   */
+  serving(aid: number, svc: number, family?: number): boolean {
     const list = this.byAid[aid];
     if (list === undefined) return false;
     const vport = this.vports[svc] ?? -1;
     const proto = this.protos[svc] ?? -1;
-    for (let i = 0; i < list.length; i++) if (serves(list[i]!, svc, vport, proto)) return true;
+    for (let i = 0; i < list.length; i++) {
+      const inst = list[i]!;
+      if (serves(inst, svc, vport, proto) && (family === undefined || hasFamily(inst, family)))
+        return true;
+    }
     return false;
   }
 

@@ -101,10 +101,12 @@ export interface HostPlan {
   routeTable: number;
   rulePriority: number;
   /**
-   * Cooperative client side: the VIPs of services a peer serves, each with the
-   * address of that peer. Packets vpm writes back towards them (VIP:p2) must leave
-   * through the network, not the TUN again: they are routed by table routeTable+1,
-   * which holds each VIP via the route to its peer, for packets arriving from the TUN.
+   * Cooperative client side: the (IPv4) VIPs of services a peer serves, each with
+   * the address whose route it takes: its peer's, or itself when the peer is
+   * reached over IPv6 (the host's own way to the VIP, looked up before vpm routes
+   * it to the TUN). Packets vpm writes back towards them (VIP:p2) must leave
+   * through the network, not the TUN again: they are routed by table
+   * routeTable+1, which holds each VIP by that way, for packets arriving from the TUN.
    */
   peerVips?: readonly { vip: string; peer: string }[];
   /** The IPv6 recipe, or null (absent) when the config uses no IPv6: the TUN then has IPv6 off. */
@@ -118,6 +120,8 @@ export interface HostPlan6 {
   vips: readonly string[];
   /** As HostPlan.otherInstanceAddrs, the IPv6 ones. */
   otherInstanceAddrs: readonly { addr: string; ports: readonly { lo: number; hi: number }[] }[];
+  /** As HostPlan.peerVips, the IPv6 VIPs (routed by `ip -6`, the same table and rule priority). */
+  peerVips?: readonly { vip: string; peer: string }[];
 }
 
 /** `family: 6` marks an `ip -6` rule or route; absent: IPv4 (also in journals written before IPv6). */
@@ -195,6 +199,11 @@ export class HostSetup {
       const devKey = (family: string, name: string) =>
         `net.${family}.conf.${dev.replace(/\./g, '/')}.${name}`;
       const v6 = plan.ipv6 ?? null;
+      // The ways to the peers, as the host routes them without vpm: looked up
+      // before any route of vpm's exists (a VIP routed by the way to itself
+      // would otherwise find the TUN).
+      const peerRoutes4 = await peerRoutes(plan.peerVips ?? [], 4);
+      const peerRoutes6 = await peerRoutes(v6?.peerVips ?? [], 6);
       if (v6 !== null) {
         // Before the link goes up, which is when the kernel would start DAD,
         // router solicitations and a link-local address.
@@ -256,24 +265,25 @@ export class HostSetup {
         for (const args of replyRules6(plan)) await this.addRule(args, 6);
         await this.addRule(icmpRule6(plan), 6);
       }
-      if (plan.peerVips && plan.peerVips.length > 0) {
+      for (const [family, routes] of [
+        [4, peerRoutes4],
+        [6, peerRoutes6],
+      ] as const) {
+        if (routes.length === 0) continue;
         const out = String(plan.routeTable + 1);
-        for (const { vip, peer } of plan.peerVips) {
-          // The way to the peer, as the host routes it without vpm.
-          const r = JSON.parse(await run('ip', ['-j', 'route', 'get', peer]))[0] as
-            | { gateway?: string; dev?: string }
-            | undefined;
-          if (!r?.dev)
-            throw new HostError(
-              'ERR_HOST_COMMAND',
-              `no route to peer ${peer} (ip route get ${peer})`,
-            );
-          const via = r.gateway ? ['via', r.gateway] : [];
-          await run('ip', ['route', 'replace', `${vip}/32`, ...via, 'dev', r.dev, 'table', out]);
-          this.journal.changes.push({ kind: 'route', args: [`${vip}/32`, 'table', out] });
+        const ip = ipFamily(family);
+        for (const { vip, via, dev: peerDev } of routes) {
+          const dst = `${vip}/${family === 6 ? 128 : 32}`;
+          const gw = via === undefined ? [] : ['via', via];
+          await run('ip', [...ip, 'route', 'replace', dst, ...gw, 'dev', peerDev, 'table', out]);
+          this.journal.changes.push(
+            family === 6
+              ? { kind: 'route', args: [dst, 'table', out], family }
+              : { kind: 'route', args: [dst, 'table', out] },
+          );
           this.save();
         }
-        await this.addRule(['pref', String(plan.rulePriority), 'iif', dev, 'lookup', out]);
+        await this.addRule(['pref', String(plan.rulePriority), 'iif', dev, 'lookup', out], family);
       }
       await this.setIpForward();
       if (v6 !== null) await this.setIpv6Forward(dev);
@@ -489,6 +499,30 @@ const TUN_IPV6_SYSCTLS: readonly (readonly [string, string])[] = [
 ];
 
 const ipFamily = (family: 4 | 6): string[] => (family === 6 ? ['-6'] : []);
+
+/**
+ * The way to each peer VIP's `peer` address (`ip route get`, of the family):
+ * the gateway (if any) and the device. Throws ERR_HOST_COMMAND naming a peer
+ * the host has no route to.
+ */
+async function peerRoutes(
+  peerVips: readonly { vip: string; peer: string }[],
+  family: 4 | 6,
+): Promise<{ vip: string; via: string | undefined; dev: string }[]> {
+  const out: { vip: string; via: string | undefined; dev: string }[] = [];
+  for (const { vip, peer } of peerVips) {
+    const r = JSON.parse(await run('ip', [...ipFamily(family), '-j', 'route', 'get', peer]))[0] as
+      | { gateway?: string; dev?: string }
+      | undefined;
+    if (!r?.dev)
+      throw new HostError(
+        'ERR_HOST_COMMAND',
+        `no route to peer ${peer} (ip ${family === 6 ? '-6 ' : ''}route get ${peer})`,
+      );
+    out.push({ vip, via: r.gateway, dev: r.dev });
+  }
+  return out;
+}
 
 const portSpec = (r: { lo: number; hi: number }) =>
   r.lo === r.hi ? String(r.lo) : `${r.lo}-${r.hi}`;

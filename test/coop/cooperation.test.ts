@@ -26,7 +26,7 @@ import { FlowState } from '../../src/flow/state.js';
 import { type FlowKeyArgs, FlowTable } from '../../src/flow/table.js';
 import { MemoryTun } from '../../src/tun/memory-tun.js';
 import { Check, checkPacket, PacketInfo } from '../../src/wire/parse.js';
-import { hex, ip4, tcp4, udp4 } from '../support/builder.js';
+import { hex, ip4, ip6, tcp4, tcp6, udp4, udp6, words6 } from '../support/builder.js';
 import { cleanup, runCleanup, waitFor } from './support.js';
 
 const KEY_HEX = 'c0'.repeat(32);
@@ -564,5 +564,222 @@ describe('Cooperation, client side, UDP: the queue of a flow being negotiated', 
     );
     expect(counters).toMatchObject({ heldInjected: 3, localClientsRefused: 0 });
     expect(queue()).toMatchObject({ queued: 2, sent: 2 });
+  });
+});
+
+// ---------------------------------------------------------------- IPv6
+
+const TUN6 = ip6('2001:2:0:fe::1');
+const LC6 = ip6('2001:2:0:fe::2');
+const VIP6 = ip6('2001:2:0:9::9');
+const LOCAL_VIP6 = ip6('2001:2:0:9::10');
+
+const seg6 = (
+  src: Uint8Array,
+  sp: number,
+  dst: Uint8Array,
+  dp: number,
+  flags: number,
+  seq = 1000,
+) => tcp6({ src, dst }, { srcPort: sp, dstPort: dp, flags, seq, window: 64240 });
+const dgram6 = (src: Uint8Array, sp: number, dst: Uint8Array, dp: number, n: number) =>
+  udp6({ src, dst }, { srcPort: sp, dstPort: dp, payload: new Uint8Array(12).fill(n) });
+
+/**
+ * The client side with IPv6 on: web = tcp/[2001:2:0:9::9]:9000 and dns = udp on the
+ * same, both a peer's (a1 by client ports 50000-50999); loc = [2001:2:0:9::10]:9000
+ * here, a2's instance on [2001:2:0:fe::1]:19002. Local clients come from the TUN's
+ * IPv6 address and are translated to 2001:2:0:fe::2.
+ */
+async function setup6() {
+  const peer = new FakePeer();
+  const server = new PeerServer({
+    host: '127.0.0.1',
+    port: 0,
+    name: 'server',
+    keys: Buffer.from(KEY_HEX, 'hex'),
+    psk: pskTable([
+      { name: 'client', keys: [{ id: 'default', key: Buffer.from(KEY_HEX, 'hex') }] },
+    ]),
+    handler: peer.handler,
+  });
+  const { port } = await server.listen();
+  cleanup.push(() => server.close());
+  const parsed = parseConfig(
+    {
+      tun: {
+        name: 'vpm0',
+        address: '198.19.254.1',
+        localClientAddress: '198.19.254.2',
+        address6: '2001:2:0:fe::1',
+        localClientAddress6: '2001:2:0:fe::2',
+      },
+      services: [
+        { name: 'web', address: '2001:2:0:9::9', port: 9000, peer: 'server' },
+        { name: 'dns', protocol: 'udp', address: '2001:2:0:9::9', port: 9000, peer: 'server' },
+        { name: 'loc', address: '2001:2:0:9::10', port: 9000 },
+      ],
+      applications: [
+        { aid: 'a1' },
+        { aid: 'a2', instances: [{ address: '2001:2:0:fe::1', port: INSTANCE_A2 }] },
+      ],
+      selectors: [
+        { service: 'web', clientPorts: '50000-50999', aid: 'a1' },
+        { service: 'dns', clientPorts: '50000-50999', aid: 'a1' },
+      ],
+      default: { refuse: true },
+      cooperative: {
+        name: 'client',
+        timeoutMs: 2000,
+        peers: [{ name: 'server', address: '198.18.0.1', port: 7070, key: KEY_HEX }],
+      },
+    },
+    'cooperation6.test.json',
+  );
+  const co = parsed.cooperative!;
+  const cfg: Config = {
+    ...parsed,
+    cooperative: { ...co, peers: [{ ...co.peers[0]!, address: ip4('127.0.0.1'), port }] },
+  };
+  const rules = rulesFromConfig(cfg);
+  const instances = new InstanceSet();
+  instances.replaceStatic(rules, staticInstancesFromConfig(cfg));
+  const tun = new MemoryTun({ batchSize: 8 });
+  const timeouts = [10_000, 3_600_000, 60_000, 10_000, 30_000, 120_000];
+  const table = new FlowTable(64, timeouts, 5, 64, true);
+  const counters = new Counters(cfg.applications.length);
+  const logs: Record<string, unknown>[] = [];
+  const log = pino({ level: 'debug' }, { write: (s: string) => logs.push(JSON.parse(s)) });
+  /** AIDs the library reported for IPv6 local clients, by port (after the SYN). */
+  const reported6 = new Map<number, number>();
+  let coop: Cooperation | null = null;
+  const pipeline = new Pipeline(
+    tun,
+    table,
+    rules,
+    counters,
+    {
+      instances,
+      verifyL4Checksum: true,
+      localClientAddr: cfg.tun.localClientAddress,
+      localClientAddr6: words6(LC6),
+      negotiate: (buf, off, len, info, svc, aid, local) =>
+        coop?.hold(buf, off, len, info, svc, aid, local),
+      holdUnknownLocal: true,
+    },
+    new Set([ip4('198.19.254.1')]),
+  );
+  pipeline.localAddrs6 = words6(TUN6);
+  pipeline.localAddrs6Count = 1;
+  const clock = 1000;
+  coop = new Cooperation(cfg, {
+    pipeline,
+    table,
+    rules: () => rules,
+    instances,
+    log,
+    now: () => clock,
+    localClientAid6: (_addr, p) => reported6.get(p) ?? -1,
+  });
+  await coop.start();
+  const c = coop;
+  cleanup.push(() => c.close());
+  tun.start((n) => pipeline.processBatch(n, clock));
+  const settle = async (from: number) => {
+    await waitFor(() => (c.stats().held as number) === 0);
+    return tun.written.slice(from).map(hex);
+  };
+  return { peer, coop: c, tun, table, counters, logs, reported6, settle };
+}
+
+describe('Cooperation, client side, over IPv6', () => {
+  it('an IPv6 SYN is held (once), negotiated with [v6]:port endpoints, and sent on to [VIP6]:p2 from the IPv6 local-client address, with an IPv6 flow', async () => {
+    const { peer, tun, table, counters, logs, settle, coop } = await setup6();
+    let open = () => {};
+    peer.gate = new Promise<void>((r) => {
+      open = r;
+    });
+    const syn = seg6(TUN6, 50001, VIP6, 9000, SYN, 7000);
+    tun.inject([syn]);
+    await waitFor(() => peer.requests.length === 1);
+    tun.inject([syn]); // a retransmission: not held twice
+    open();
+    expect(await settle(0)).toEqual([hex(seg6(LC6, 50001, VIP6, P2, SYN, 7000))]);
+    expect(peer.requests).toHaveLength(1);
+    expect(peer.requests[0]!.body).toEqual({
+      client: '[2001:2:0:fe::2]:50001',
+      service: '[2001:2:0:9::9]:9000',
+      aid: 'a1',
+    });
+    expect(counters.drops[Drop.NEGOTIATING]).toBe(2);
+    expect(counters.heldInjected).toBe(1);
+    // The flow is an IPv6 one, found from the client's packets and the peer's answers.
+    const buf = new Uint8Array(40);
+    buf.set(TUN6, 8);
+    buf.set(VIP6, 24);
+    const h = table.lookup6(buf, 8, 50001, 24, 9000, 6);
+    expect(h).toBeGreaterThanOrEqual(0);
+    expect(table.family[h >> 1]).toBe(6);
+    expect(tun.written.length).toBe(1);
+    tun.inject([seg6(VIP6, P2, LC6, 50001, SYN | ACK, 1)]);
+    expect(tun.written.slice(1).map(hex)).toEqual([
+      hex(seg6(VIP6, 9000, TUN6, 50001, SYN | ACK, 1)),
+    ]);
+    expect(logs.find((l) => l.event === 'flow_negotiated')).toMatchObject({
+      side: 'client',
+      client: '[2001:2:0:fe::1]:50001',
+      service: '[2001:2:0:9::9]:9000',
+      p2: P2,
+    });
+    expect(coop.stats()).toMatchObject({ resolved: 1, refused: 0 });
+  });
+
+  it('a refused IPv6 negotiation (family_mismatch from the peer): one IPv6 RST, counted by reason, no flow', async () => {
+    const { peer, tun, table, counters, logs, settle, coop } = await setup6();
+    peer.refuse = 'family_mismatch';
+    tun.inject([seg6(TUN6, 50002, VIP6, 9000, SYN, 300)]);
+    const rst = tcp6(
+      { src: VIP6, dst: TUN6 },
+      { srcPort: 9000, dstPort: 50002, seq: 0, ack: 301, flags: RST | ACK, window: 0 },
+    );
+    expect(await settle(0)).toEqual([hex(rst)]);
+    expect(counters.negotiationsFailed).toBe(1);
+    expect(coop.stats()).toMatchObject({ refused: 1, refusedReasons: { family_mismatch: 1 } });
+    expect(logs.find((l) => l.event === 'flow_refused')).toMatchObject({
+      reason: 'family_mismatch',
+      client: '[2001:2:0:fe::1]:50002',
+      service: '[2001:2:0:9::9]:9000',
+    });
+    expect(table.size).toBe(0);
+  });
+
+  it('IPv6 UDP: the later datagrams of a held flow are queued and follow the first to [VIP6]:p2', async () => {
+    const { peer, tun, settle } = await setup6();
+    let open = () => {};
+    peer.gate = new Promise<void>((r) => {
+      open = r;
+    });
+    tun.inject([dgram6(TUN6, 50003, VIP6, 9000, 0)]);
+    await waitFor(() => peer.requests.length === 1);
+    tun.inject([dgram6(TUN6, 50003, VIP6, 9000, 1), dgram6(TUN6, 50003, VIP6, 9000, 2)]);
+    open();
+    expect(await settle(0)).toEqual([0, 1, 2].map((n) => hex(dgram6(LC6, 50003, VIP6, P2, n))));
+    expect(peer.requests[0]!.body).toMatchObject({
+      client: '[2001:2:0:fe::2]:50003',
+      protocol: 'udp',
+    });
+  });
+
+  it('a local IPv6 client of a local service (FIG. 8), its AID reported after the SYN: placed on the IPv6 instance', async () => {
+    const { tun, reported6, settle, logs } = await setup6();
+    reported6.set(55001, 1); // a2
+    tun.inject([seg6(TUN6, 55001, LOCAL_VIP6, 9000, SYN, 10)]);
+    expect(await settle(0)).toEqual([hex(seg6(LC6, 55001, TUN6, INSTANCE_A2, SYN, 10))]);
+    expect(logs.find((l) => l.event === 'flow_created')).toMatchObject({
+      aid: 'a2',
+      how: 'library report',
+      client: '[2001:2:0:fe::1]:55001',
+      real: `[2001:2:0:fe::1]:${INSTANCE_A2}`,
+    });
   });
 });

@@ -107,3 +107,57 @@ describe('HeldFlows', () => {
     });
   });
 });
+
+describe('HeldFlows, IPv6', () => {
+  /** A packet-like buffer with the source address at 8 and the destination at 24. */
+  const pkt = (src: number[], dst: number[]) => {
+    const b = new Uint8Array(40);
+    const v = new DataView(b.buffer);
+    for (let i = 0; i < 4; i++) {
+      v.setUint32(8 + 4 * i, src[i]!);
+      v.setUint32(24 + 4 * i, dst[i]!);
+    }
+    return b;
+  };
+  const SRC = [0x2001_0002, 0x0000_0010, 0, 2];
+  // The same fold (w0^w1^w2^w3) as SRC: the Map key agrees, the words do not.
+  const TWIN = [0x2001_0002, 0x0000_0010, 2, 0];
+  const VIP = [0x2001_0002, 0x0000_0009, 0, 9];
+  const init6 = (src: number[], dst: number[], over: Partial<HeldInit> = {}) =>
+    init({ family: 6, addr6: Uint32Array.from([...src, ...dst]), ...over });
+
+  it('tells IPv6 flows apart by their 128-bit addresses, also when their folds agree; IPv4 lookups never find them', () => {
+    const f = new HeldFlows();
+    const a = hold(f, init6(SRC, VIP));
+    const twin = hold(f, init6(TWIN, VIP));
+    const tcp = hold(f, init6(SRC, VIP, { proto: 6 }));
+    expect(a.family).toBe(6);
+    expect(f.size).toBe(3);
+    expect(f.get6(17, pkt(SRC, VIP), 8, 50001, 24, 9000)).toBe(a);
+    expect(f.get6(17, pkt(TWIN, VIP), 8, 50001, 24, 9000)).toBe(twin);
+    expect(f.get6(6, pkt(SRC, VIP), 8, 50001, 24, 9000)).toBe(tcp);
+    // Another port, another destination, source and destination swapped: none.
+    expect(f.get6(17, pkt(SRC, VIP), 8, 50002, 24, 9000)).toBeUndefined();
+    expect(f.get6(17, pkt(SRC, TWIN), 8, 50001, 24, 9000)).toBeUndefined();
+    expect(f.get6(17, pkt(VIP, SRC), 8, 50001, 24, 9000)).toBeUndefined();
+    // Not an IPv4 flow, whatever the IPv4 key (the folds, say).
+    expect(f.get(17, a.srcAddr, 50001, a.dstAddr, 9000)).toBeUndefined();
+    expect(f.get(17, init().srcAddr, 50001, init().dstAddr, 9000)).toBeUndefined();
+    f.take(a);
+    expect(f.get6(17, pkt(SRC, VIP), 8, 50001, 24, 9000)).toBeUndefined();
+    expect(f.get6(17, pkt(TWIN, VIP), 8, 50001, 24, 9000)).toBe(twin);
+    f.take(twin);
+    f.take(tcp);
+    expect(f.stats()).toMatchObject({ flows: 0, bytes: 0 });
+  });
+
+  it('an IPv4 and an IPv6 flow are held side by side and queue apart', () => {
+    const f = new HeldFlows();
+    const v4 = hold(f);
+    const v6 = hold(f, init6(SRC, VIP));
+    expect(f.get(17, v4.srcAddr, 50001, v4.dstAddr, 9000)).toBe(v4);
+    expect(f.enqueue(v6, new Uint8Array(5), 0, 5)).toBe(true);
+    expect(f.take(v4)).toEqual([]);
+    expect(f.take(v6)).toHaveLength(1);
+  });
+});

@@ -7,6 +7,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { encode, makeMessage } from '../../src/coop/protocol.js';
 import { PeerServer } from '../../src/coop/server.js';
+import type { ChannelEvent } from '../../src/coop/stats.js';
 import {
   client,
   codeOf,
@@ -336,5 +337,33 @@ describe('the server keeps serving whatever a peer sends', () => {
       code: 'ERR_PEER_LISTEN',
       message: expect.stringContaining(`127.0.0.1:${port}: EADDRINUSE`),
     });
+  });
+});
+
+describe('PeerServer over IPv6', () => {
+  it('a dual-stack listener on [::] serves peers over IPv4 and IPv6, and names them a.b.c.d:port and [v6]:port', async () => {
+    const events: ChannelEvent[] = [];
+    const { port, daemon } = await startServer({ host: '::', onEvent: (e) => events.push(e) });
+    for (const host of ['127.0.0.1', '::1']) {
+      const r = await client(port, { host }).negotiate(REQ);
+      expect(r, host).toMatchObject({ ok: true });
+    }
+    expect(daemon.translations.size).toBe(2);
+    const remotes = events.filter((e) => e.kind === 'connected').map((e) => e.remote);
+    expect(remotes).toHaveLength(2);
+    expect(remotes[0]).toMatch(/^127\.0\.0\.1:\d+$/);
+    expect(remotes[1]).toMatch(/^\[::1\]:\d+$/);
+  });
+
+  it('a request with IPv6 endpoints reaches the handler as sent', async () => {
+    const { port, daemon } = await startServer({ host: '::1' });
+    daemon.handler.request = async (msg) => {
+      daemon.requests.push(msg);
+      return { type: 'offer', body: { aids: ['web'], port: 40100 } };
+    };
+    const body = { client: '[2001:2:0:70::2]:40123', service: '[2001:2:0:9::9]:9000', aid: 'web' };
+    const r = await client(port, { host: '::1' }).negotiate(body);
+    expect(r).toMatchObject({ ok: true, port: 40100 });
+    expect(daemon.requests[0]!.body).toEqual(body);
   });
 });

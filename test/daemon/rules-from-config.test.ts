@@ -106,7 +106,40 @@ describe('IPv6 in the data plane form (the contract: four big-endian words, -1 f
       localClientAddr: '2001:2:0:ff::2',
       vips: ['2001:2::9', '2001:2::a'],
       otherInstanceAddrs: [{ addr: '2001:2:0:5::5', ports: [{ lo: 19002, hi: 19002 }] }],
+      peerVips: [],
     });
     expect(hostPlanFromConfig(load([[{ port: 19001 }]]), 'vpm0').ipv6).toBeNull();
+  });
+
+  it('cooperative client side: the host plan routes each peer VIP by the way to its peer of the same family, else to itself', () => {
+    const peerCfg = parseConfig(
+      {
+        services: [
+          { name: 'web', address: ['198.19.0.9', '2001:2:0:9::9'], port: 9000, peer: 'v6peer' },
+          { name: 'db', address: ['198.19.0.10', '2001:2:0:9::a'], port: 9000, peer: 'v4peer' },
+        ],
+        applications: [{ aid: 'a1' }],
+        default: { aid: 'a1' },
+        cooperative: {
+          name: 'client',
+          peers: [
+            { name: 'v6peer', address: '2001:2:0:20::2', key: 'ab'.repeat(32) },
+            { name: 'v4peer', address: '198.18.20.2', key: 'cd'.repeat(32) },
+          ],
+        },
+      },
+      'peers.json',
+    );
+    const plan = hostPlanFromConfig(peerCfg, 'vpm0');
+    // The way to a VIP is the way to its peer's address when that is of the VIP's
+    // family, else the host's own way to the VIP (looked up before vpm routes it).
+    expect(plan.peerVips).toEqual([
+      { vip: '198.19.0.9', peer: '198.19.0.9' },
+      { vip: '198.19.0.10', peer: '198.18.20.2' },
+    ]);
+    expect(plan.ipv6?.peerVips).toEqual([
+      { vip: '2001:2:0:9::9', peer: '2001:2:0:20::2' },
+      { vip: '2001:2:0:9::a', peer: '2001:2:0:9::a' },
+    ]);
   });
 });
