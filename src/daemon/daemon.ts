@@ -361,6 +361,8 @@ export class Daemon {
         now: () => performance.now(),
         localClientAid: (addr, port, proto) =>
           this.registry?.localClientAid(addr, port, proto) ?? -1,
+        localClientAid6: (addr, port, proto) =>
+          this.registry?.localClientAid6(addr, port, proto) ?? -1,
         aidOfUser: (uid) => this.access.aidOfUser(uid),
       });
       await this.coop.start();
