@@ -27,6 +27,7 @@ import {
   checkFirstFragment,
   checkPacket,
   checkQuoted,
+  checkQuoted6,
   PacketInfo,
   QuotedPacket,
 } from '../../src/wire/parse.js';
@@ -889,6 +890,94 @@ describe('checkQuoted robustness', () => {
     expect(accepted).toBeGreaterThan(0);
     for (const why of ['short', 'version', 'ihl', 'protocol'])
       expect(refusedFor.get(why) ?? 0, `never refused for ${why}`).toBeGreaterThan(0);
+  });
+});
+
+describe('checkQuoted6 robustness', () => {
+  const QUOTES = 100_000;
+  it(`takes ${QUOTES.toLocaleString('en')} random, cut and mutated ICMPv6 error bodies (extension header chains among them): whole quotes exactly, reads within the body`, () => {
+    const rng = new Rng(0x6c0f_fee6);
+    const pool: Sample[] = [];
+    for (let i = 0; i < 512; i++)
+      pool.push(buildSample(rng, (['tcp6', 'udp6', 'icmp6'] as const)[i % 3]!));
+    const work = new Uint8Array(MARGIN + 8 + 1600 + MARGIN);
+    const q = new QuotedPacket();
+    const q2 = new QuotedPacket();
+    const fence = new ReadFence(work);
+    const failures: string[] = [];
+    const fail = (msg: string) => {
+      if (failures.length < 20) failures.push(msg);
+    };
+    let accepted = 0;
+    let exact = 0;
+    for (let c = 0; c < QUOTES; c++) {
+      const sample = pool[rng.int(pool.length)]!;
+      const p = sample.bytes;
+      // As an error quotes it: whole (up to 1232 bytes, RFC 4443's 1280 minus the
+      // headers), its headers and 8 bytes, or cut anywhere; sometimes damaged.
+      const k = rng.int(4);
+      let n =
+        k === 0 ? p.length : k === 1 ? Math.min(p.length, sample.hdr + 8) : rng.int(p.length + 1);
+      n = Math.min(n, 1232);
+      const base = MARGIN + rng.int(8);
+      for (let i = base - MARGIN; i < base; i++) work[i] = rng.u32();
+      work.set(p.subarray(0, n), base);
+      for (let i = base + n; i < base + n + MARGIN; i++) work[i] = rng.u32();
+      const damaged = n > 0 && rng.int(4) === 0;
+      if (damaged) work[base + rng.int(Math.min(n, sample.hdr + 4))] = rng.int(256);
+      const end = base + n;
+      let got: boolean;
+      try {
+        got = checkQuoted6(work, base, end, q);
+      } catch (e) {
+        fail(`case ${c}: threw ${String(e)}`);
+        continue;
+      }
+      // The oracle where the quote is what was built: the headers and 4 bytes of ports there.
+      if (!damaged && n >= sample.hdr + 4) {
+        const want = sample.protocol === PROTO_TCP || sample.protocol === PROTO_UDP;
+        if (got !== want)
+          fail(`case ${c}: ${got ? 'accepted' : 'refused'} an intact ${sample.kind} quote`);
+        else if (got && q.l4Off !== base + sample.hdr)
+          fail(`case ${c}: l4Off ${q.l4Off - base}, built ${sample.hdr}`);
+        exact++;
+      } else if (!damaged && n < sample.hdr + 4 && got) {
+        fail(`case ${c}: accepted a quote cut before its ports (${n} of ${sample.hdr + 4} bytes)`);
+      }
+      if (!got) continue;
+      accepted++;
+      if (
+        q.version !== 6 ||
+        (q.protocol !== PROTO_TCP && q.protocol !== PROTO_UDP) ||
+        q.l4Off < base + 40 ||
+        (q.l4Off - base) % 8 !== 0 ||
+        q.l4Off + 4 > end ||
+        q.srcOff !== base + 8 ||
+        q.dstOff !== base + 24 ||
+        q.srcPort !== get16(work, q.l4Off) ||
+        q.dstPort !== get16(work, q.l4Off + 2) ||
+        q.l4Quoted !== end - q.l4Off
+      )
+        fail(`case ${c}: fields of the quote wrong`);
+      for (let i = base - MARGIN; i < base; i++) work[i]! ^= 0xff;
+      for (let i = end; i < end + MARGIN; i++) work[i]! ^= 0xff;
+      if (!checkQuoted6(work, base, end, q2) || q2.l4Off !== q.l4Off || q2.srcPort !== q.srcPort)
+        fail(`case ${c}: result depends on bytes outside the body`);
+      if ((c & 7) === 0) {
+        fence.strays.length = 0;
+        fence.lo = base;
+        fence.hi = end;
+        checkQuoted6(fence.view, base, end, q2);
+        if (fence.strays.length > 0)
+          fail(`case ${c}: read byte(s) ${fence.strays.map((i) => i - base)} outside [0, ${n})`);
+      }
+    }
+    console.log(
+      `checkQuoted6 robustness: ${QUOTES} bodies, ${accepted} accepted, ${exact} against the oracle`,
+    );
+    expect(failures).toEqual([]);
+    expect(accepted).toBeGreaterThan(0);
+    expect(exact).toBeGreaterThan(QUOTES / 10);
   });
 });
 
