@@ -51,8 +51,17 @@
  *     router_solicitations=0, accept_ra=0, autoconf=0, addr_gen_mode=1}, before
  *     the link goes up: no duplicate address detection (A6 is vpm's own, on a
  *     point-to-point device with no neighbours), no router solicitations, router
- *     advertisements or SLAAC, no link-local address: nothing of the kernel's own
- *     chatter on the TUN but MLD
+ *     advertisements or SLAAC, no link-local address
+ *   forwarding, for clients' packets into the TUN and what vpm writes into it
+ *   towards clients elsewhere: net.ipv6.conf.all.forwarding=1 with its side
+ *   effects journalled first (see setIpv6Forward), then
+ *   net.ipv6.conf.vpm0.forwarding=0, all before the link goes up and after
+ *   `ip link set vpm0 multicast off`: a forwarding device with multicast joins
+ *   the all-routers groups, which the kernel reports by MLD on it; without
+ *   multicast it joins none (a TUN is NOARP: no solicited-node groups either),
+ *   so none of the kernel's own chatter reaches vpm on its TUN. (On a host whose
+ *   IPv6 forwarding is on before vpm starts, the TUN is in ff02::2 from its
+ *   creation, and the kernel reports that twice when it comes up.)
  *   ip -6 addr add A6/128 dev vpm0 nodad
  *   ip -6 route add V6/128 dev vpm0 (each); ip -6 route add L6/128 dev vpm0
  *   ip -6 route add default dev vpm0 table T
@@ -60,9 +69,6 @@
  *   ip -6 rule add pref R iif lo ipproto udp sport P lookup T (each port range),
  *   ip -6 rule add pref R from X6 ipproto tcp sport P lookup T (other addresses),
  *   ip -6 rule add pref R from A6 ipproto ipv6-icmp iif lo lookup T
- *   forwarding, for clients' packets into the TUN and what vpm writes into it
- *   towards clients elsewhere: net.ipv6.conf.all.forwarding=1 with its side
- *   effects journalled first (see setIpv6Forward).
  * The routes die with the TUN, as the IPv4 ones do; the rules are journalled
  * (with `family: 6`) and undone like the IPv4 ones.
  */
@@ -210,6 +216,18 @@ export class HostSetup {
         await writeSysctl(devKey('ipv6', 'disable_ipv6'), '0');
         for (const [name, value] of TUN_IPV6_SYSCTLS)
           await writeSysctl(devKey('ipv6', name), value);
+        // Forwarding before the link goes up too, and the TUN out of multicast
+        // first: all.forwarding=1 sets every device's forwarding, the TUN's with
+        // it, and a forwarding device with IFF_MULTICAST joins the all-routers
+        // groups (ff02::2, ff05::2: dev_forward_change), which the kernel then
+        // reports by MLD on the TUN, and leaving them again later queues a report
+        // too. With multicast off it joins none: ff02::1 and ff01::1 are left, never
+        // reported (and a TUN is NOARP: no solicited-node groups). Forwarding reads
+        // all.forwarding (or the ingress device's force_forwarding), not the TUN's
+        // own, which is set back to 0: the TUN is no router interface.
+        await run('ip', ['link', 'set', 'dev', dev, 'multicast', 'off']);
+        await this.setIpv6Forward(dev);
+        await writeSysctl(devKey('ipv6', 'forwarding'), '0');
       } else if (existsSync(`/proc/sys/net/ipv6/conf/${dev}`))
         await writeSysctl(devKey('ipv6', 'disable_ipv6'), '1');
       // Packets written to the TUN carry the client's address as source, whose
@@ -286,7 +304,6 @@ export class HostSetup {
         await this.addRule(['pref', String(plan.rulePriority), 'iif', dev, 'lookup', out], family);
       }
       await this.setIpForward();
-      if (v6 !== null) await this.setIpv6Forward(dev);
     } catch (e) {
       await this.undoNow();
       throw e;

@@ -156,6 +156,7 @@ describe('the IPv6 host recipe', () => {
       accept_ra: sysctl('accept_ra'),
       autoconf: sysctl('autoconf'),
       addr_gen_mode: sysctl('addr_gen_mode'),
+      forwarding: sysctl('forwarding'),
     }).toEqual({
       disable_ipv6: '0',
       accept_dad: '0',
@@ -163,7 +164,19 @@ describe('the IPv6 host recipe', () => {
       accept_ra: '0',
       autoconf: '0',
       addr_gen_mode: '1',
+      // The TUN's own: 0, so that it is in no all-routers group (no MLD on it).
+      forwarding: '0',
     });
+    // No multicast on the TUN, and no group the kernel would report there: only
+    // ff02::1 and ff01::1 (never reported) are left.
+    expect(lab.run(ns, 'ip', ['-o', 'link', 'show', 'vpm0'])).not.toMatch(/[<,]MULTICAST[,>]/);
+    const groups = lab
+      .run(ns, 'ip', ['-6', 'maddr', 'show', 'dev', 'vpm0'])
+      .split('\n')
+      .filter((l) => l.includes('inet6'))
+      .map((l) => l.trim().split(/\s+/)[1])
+      .sort();
+    expect(groups).toEqual(['ff01::1', 'ff02::1']);
     // Forwarding: all.forwarding, for packets in on any device (force_forwarding is per ingress device).
     const during = hostSysctls(lab, ns, []);
     expect(during).toContain('/proc/sys/net/ipv6/conf/all/forwarding:1');
