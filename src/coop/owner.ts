@@ -9,7 +9,7 @@
  */
 
 import { readdir, readFile, readlink } from 'node:fs/promises';
-import { type IpAddr, ipv6ToWords, isV4Mapped } from '../wire/address.js';
+import { type IpAddr, ipv6Words, isV4Mapped } from '../wire/address.js';
 
 export type SocketProtocol = 'tcp' | 'udp';
 
@@ -61,8 +61,7 @@ export function socketQuery(addr: IpAddr, port: number, protocol: SocketProtocol
       wildcard: protocol === 'udp' ? [`${V4_WILDCARD}:${p}`, `${V6_WILDCARD}:${p}`] : [],
     };
   }
-  const w = new Uint32Array(4);
-  ipv6ToWords(addr as bigint, w);
+  const w = ipv6Words(addr as bigint);
   return {
     files: [`/proc/net/${protocol}6`],
     exact: [`${[...w].map(hex32).join('')}:${p}`],

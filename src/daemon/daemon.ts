@@ -45,6 +45,7 @@ import {
   ipv6FromBytes,
   ipv6FromWords,
   ipv6ToWords,
+  ipv6Words,
   parseAddr,
   parseIpv4,
   parseIpv6,
@@ -131,13 +132,6 @@ export function localAddresses6(tun6: bigint): {
 function instanceEndpoint(i: Instance): string {
   if (i.addr === -1 && i.addr6) return formatEndpoint(ipv6FromWords(i.addr6), i.port);
   return formatEndpoint(i.addr, i.port);
-}
-
-/** A v6 address as the data plane's words (PipelineOptions.localClientAddr6 of the contract). */
-function words6(a: bigint): Uint32Array {
-  const w = new Uint32Array(4);
-  ipv6ToWords(a, w);
-  return w;
 }
 
 /**
@@ -327,7 +321,7 @@ export class Daemon {
           health: healthLimits(cfg),
           onInstanceEvent: (ev, index) => this.instanceEvent(ev, index),
           localClientAddr: cfg.tun.localClientAddress,
-          localClientAddr6: cfg.tun.ipv6 ? words6(cfg.tun.localClientAddress6) : null,
+          localClientAddr6: cfg.tun.ipv6 ? ipv6Words(cfg.tun.localClientAddress6) : null,
           localClientAid: (addr, port, proto) =>
             this.registry?.localClientAid(addr, port, proto) ?? -1,
           localClientAid6: (addr, port, proto) =>
@@ -534,7 +528,7 @@ export class Daemon {
         addr === null
           ? undefined
           : typeof addr === 'bigint'
-            ? this.instances.byAddress6(words6(addr), v.port)
+            ? this.instances.byAddress6(ipv6Words(addr), v.port)
             : this.instances.byAddress(addr, v.port);
       if (!i) return v;
       const h = this.instances.health(i.index, now);

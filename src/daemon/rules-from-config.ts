@@ -10,15 +10,15 @@ import type { InstanceSpec } from '../datapath/instances.js';
 import type { HealthLimits, PipelineLimits } from '../datapath/pipeline.js';
 import { Rules } from '../datapath/rules.js';
 import type { HostPlan } from '../host/setup.js';
-import { formatAddr, formatIpv6, type IpAddr, ipv4ToString, ipv6ToWords } from '../wire/address.js';
+import {
+  formatAddr,
+  formatIpv6,
+  type IpAddr,
+  ipv4ToString,
+  ipv6ToWords,
+  ipv6Words,
+} from '../wire/address.js';
 import { IPPROTO_TCP, IPPROTO_UDP } from '../wire/ipv4.js';
-
-/** An IPv6 address as the data plane's four words. */
-export function words6(a: bigint): Uint32Array {
-  const w = new Uint32Array(4);
-  ipv6ToWords(a, w);
-  return w;
-}
 
 /** The netmask of an IPv6 prefix length as a 128-bit value. */
 function mask6(prefix: number): bigint {
@@ -40,7 +40,7 @@ export function rulesFromConfig(cfg: Config): Rules {
     services: cfg.services.map((s) => ({
       name: s.name,
       addr: s.address ?? -1,
-      addr6: s.address6 === null ? null : words6(s.address6),
+      addr6: s.address6 === null ? null : ipv6Words(s.address6),
       port: s.port,
       proto: s.protocol === 'udp' ? IPPROTO_UDP : IPPROTO_TCP,
       peer: s.peer ?? -1,
@@ -67,7 +67,7 @@ export function staticInstancesFromConfig(cfg: Config): InstanceSpec[] {
     a.instances.map((i) => ({
       aid: a.index,
       addr: i.address ?? -1,
-      addr6: i.address6 === null ? null : words6(i.address6),
+      addr6: i.address6 === null ? null : ipv6Words(i.address6),
       port: i.port,
       service: i.serviceIndex ?? -1,
       vport: 0,

@@ -81,6 +81,7 @@ import {
   type IpAddr,
   ipv4ToString,
   ipv6ToWords,
+  ipv6Words,
   isV4Mapped,
   parseEndpoint,
   parseIpv4,
@@ -265,8 +266,7 @@ class Reports<E extends LocalClient> {
   /** The report at exactly this address and port. Control plane. */
   find(addr: IpAddr, port: number): E | undefined {
     if (typeof addr === 'number') return this.v4.get(addr * 0x10000 + port);
-    const w = new Uint32Array(4);
-    ipv6ToWords(addr, w);
+    const w = ipv6Words(addr);
     for (const x of this.v6.get(key6(w, port)) ?? []) if (x.e.addr === addr) return x.e;
     return undefined;
   }
@@ -277,8 +277,7 @@ class Reports<E extends LocalClient> {
       this.v4.set(e.addr * 0x10000 + e.port, e);
       return;
     }
-    const w = new Uint32Array(4);
-    ipv6ToWords(e.addr, w);
+    const w = ipv6Words(e.addr);
     const k = key6(w, e.port);
     const list = this.v6.get(k);
     if (list) list.push({ w, e });
@@ -294,8 +293,7 @@ class Reports<E extends LocalClient> {
       this.v4.delete(k);
       return true;
     }
-    const w = new Uint32Array(4);
-    ipv6ToWords(e.addr, w);
+    const w = ipv6Words(e.addr);
     const k = key6(w, e.port);
     const list = this.v6.get(k);
     const i = list ? list.findIndex((x) => x.e === e) : -1;

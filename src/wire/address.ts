@@ -121,6 +121,13 @@ export function ipv6ToWords(a: bigint, out: Uint32Array, at = 0): void {
   for (let i = 0; i < 4; i++) out[at + i] = Number((a >> BigInt(96 - 32 * i)) & 0xffffffffn);
 }
 
+/** `a` as a new array of its four words (control plane: it allocates). */
+export function ipv6Words(a: bigint): Uint32Array {
+  const w = new Uint32Array(4);
+  ipv6ToWords(a, w);
+  return w;
+}
+
 /** The address held as four big-endian u32 words at w[at..at+3]. */
 export function ipv6FromWords(w: Uint32Array, at = 0): bigint {
   let a = 0n;
