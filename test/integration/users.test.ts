@@ -104,6 +104,29 @@ describe('unprivileged programs under vpm exec, AIDs bound to users', () => {
     lab.run(ns, 'curl', ['-sS', '-m', '5', `http://${VIP}:9000/`]).toString();
   const vpmCli = (prefix: readonly string[], args: readonly string[]): ChildProcess =>
     lab.spawn(host, prefix[0]!, [...prefix.slice(1), process.execPath, ...vpmArgv(), ...args]);
+  /** `python3 -m http.server 9000` as nobody under `vpm exec --aid AID` (itself as nobody), once it serves. */
+  const httpServerAsNobody = async (aid: string): Promise<ChildProcess> => {
+    const server = vpmCli(NOBODY, [
+      'exec',
+      '--aid',
+      aid,
+      '-s',
+      vpm.socket,
+      '--',
+      PY,
+      '-u',
+      '-m',
+      'http.server',
+      '9000',
+      '--directory',
+      www,
+    ]);
+    await lab.waitForOutput(server, /Serving HTTP on \S+ port 9000/, {
+      stream: 'stdout',
+      timeoutMs: 15_000,
+    });
+    return server;
+  };
   const ask = async (prefix: readonly string[], ...requests: object[]): Promise<Answer[]> => {
     const child = lab.spawn(host, prefix[0]!, [
       ...prefix.slice(1),
@@ -126,25 +149,7 @@ describe('unprivileged programs under vpm exec, AIDs bound to users', () => {
   });
 
   it('python3 -m http.server 9000 as nobody under vpm exec --aid a (vpm exec itself as nobody): a client reaches it through the VIP, and its port is released when it ends', async () => {
-    const server = vpmCli(NOBODY, [
-      'exec',
-      '--aid',
-      'a',
-      '-s',
-      vpm.socket,
-      '--',
-      PY,
-      '-u',
-      '-m',
-      'http.server',
-      '9000',
-      '--directory',
-      www,
-    ]);
-    await lab.waitForOutput(server, /Serving HTTP on \S+ port 9000/, {
-      stream: 'stdout',
-      timeoutMs: 15_000,
-    });
+    const server = await httpServerAsNobody('a');
     const regs = (await registered()).filter((i) => i.aid === 'a');
     expect(regs).toHaveLength(1);
     const pid = regs[0]!.pids[0]!;
@@ -157,25 +162,7 @@ describe('unprivileged programs under vpm exec, AIDs bound to users', () => {
   });
 
   it("a local client on the vpm host that no selector names belongs to its user's AID: nobody's curl reaches AID a, root's is refused", async () => {
-    const server = vpmCli(NOBODY, [
-      'exec',
-      '--aid',
-      'a',
-      '-s',
-      vpm.socket,
-      '--',
-      PY,
-      '-u',
-      '-m',
-      'http.server',
-      '9000',
-      '--directory',
-      www,
-    ]);
-    await lab.waitForOutput(server, /Serving HTTP on \S+ port 9000/, {
-      stream: 'stdout',
-      timeoutMs: 15_000,
-    });
+    const server = await httpServerAsNobody('a');
     try {
       const before = await vpm.stats();
       // Plain curl, no vpm exec: its source is the TUN address, which no selector
