@@ -450,20 +450,7 @@ export class HostSetup {
  * the host sends from its uplink into vpm, which drops those about no flow.
  */
 function replyRules(plan: HostPlan): string[][] {
-  const pref = ['pref', String(plan.rulePriority)];
-  const lookup = ['lookup', String(plan.routeTable)];
-  const out: string[][] = [];
-  for (const proto of plan.replyProtocols) {
-    out.push([...pref, 'from', plan.tunAddr, 'ipproto', proto, ...lookup]);
-    if (proto !== 'udp') continue;
-    for (const r of plan.replyPorts)
-      out.push([...pref, 'iif', 'lo', 'ipproto', proto, 'sport', portSpec(r), ...lookup]);
-  }
-  if (plan.replyProtocols.includes('tcp'))
-    for (const { addr, ports } of plan.otherInstanceAddrs ?? [])
-      for (const r of ports)
-        out.push([...pref, 'from', addr, 'ipproto', 'tcp', 'sport', portSpec(r), ...lookup]);
-  return out;
+  return replyRulesFrom(plan, plan.tunAddr, plan.otherInstanceAddrs ?? []);
 }
 
 /**
@@ -471,18 +458,26 @@ function replyRules(plan: HostPlan): string[][] {
  * from the TUN's IPv6 address and the other IPv6 instance addresses.
  */
 function replyRules6(plan: HostPlan): string[][] {
-  const v6 = plan.ipv6!;
+  return replyRulesFrom(plan, plan.ipv6!.tunAddr, plan.ipv6!.otherInstanceAddrs);
+}
+
+/** `replyRules` of one family: its TUN address and other instance addresses. */
+function replyRulesFrom(
+  plan: HostPlan,
+  tunAddr: string,
+  others: readonly { addr: string; ports: readonly { lo: number; hi: number }[] }[],
+): string[][] {
   const pref = ['pref', String(plan.rulePriority)];
   const lookup = ['lookup', String(plan.routeTable)];
   const out: string[][] = [];
   for (const proto of plan.replyProtocols) {
-    out.push([...pref, 'from', v6.tunAddr, 'ipproto', proto, ...lookup]);
+    out.push([...pref, 'from', tunAddr, 'ipproto', proto, ...lookup]);
     if (proto !== 'udp') continue;
     for (const r of plan.replyPorts)
       out.push([...pref, 'iif', 'lo', 'ipproto', proto, 'sport', portSpec(r), ...lookup]);
   }
   if (plan.replyProtocols.includes('tcp'))
-    for (const { addr, ports } of v6.otherInstanceAddrs)
+    for (const { addr, ports } of others)
       for (const r of ports)
         out.push([...pref, 'from', addr, 'ipproto', 'tcp', 'sport', portSpec(r), ...lookup]);
   return out;
