@@ -81,6 +81,31 @@ const FIN = 0x01;
 const RST = 0x04;
 const PSH = 0x08;
 
+/**
+ * The segments of one TCP connection of the pool: `t` client → VIP:VPORT, `r`
+ * the instance's replies (real port → client), each with its flags and `data`
+ * payload bytes (from `payload`).
+ */
+function segments(
+  cport: number,
+  real: number,
+  seq: number,
+  sseq: number,
+  payload: (n: number) => Uint8Array,
+) {
+  const seg =
+    (srcPort: number, dstPort: number, s: number, ack: number) =>
+    (flags: number, data = 0) => ({
+      srcPort,
+      dstPort,
+      seq: s,
+      ack,
+      flags,
+      payload: payload(data),
+    });
+  return { t: seg(cport, VPORT, seq, sseq + 1), r: seg(real, cport, sseq, seq + 1) };
+}
+
 function parseArgs(argv: string[]): { n: number; seed: number } {
   let n = 10_000_000;
   let seed = 1;
@@ -133,22 +158,7 @@ export function pool(rng: Rng): Uint8Array[] {
       const sseq = rng.u32();
       const up = { src: c, dst: VIP, ident: rng.int(0x10000) };
       const down = { src: HOST, dst: nat, ident: rng.int(0x10000) };
-      const t = (flags: number, data = 0) => ({
-        srcPort: cport,
-        dstPort: VPORT,
-        seq,
-        ack: sseq + 1,
-        flags,
-        payload: payload(data),
-      });
-      const r = (flags: number, data = 0) => ({
-        srcPort: real,
-        dstPort: cport,
-        seq: sseq,
-        ack: seq + 1,
-        flags,
-        payload: payload(data),
-      });
+      const { t, r } = segments(cport, real, seq, sseq, payload);
       frame(plain, tcp4(up, { ...t(SYN), ack: 0 }));
       frame(plain, tcp4(down, r(SYN | ACK)));
       frame(plain, tcp4(up, t(ACK)));
@@ -235,22 +245,7 @@ export function pool(rng: Rng): Uint8Array[] {
       const up = { src: c, dst: vip6, flowLabel: rng.int(0x100000) };
       const down = { src: host6, dst: nat };
       const ext = () => (rng.int(3) === 0 ? randomExt6(rng, 3) : []);
-      const t = (flags: number, data = 0) => ({
-        srcPort: cport,
-        dstPort: VPORT,
-        seq,
-        ack: sseq + 1,
-        flags,
-        payload: payload(data),
-      });
-      const r = (flags: number, data = 0) => ({
-        srcPort: real,
-        dstPort: cport,
-        seq: sseq,
-        ack: seq + 1,
-        flags,
-        payload: payload(data),
-      });
+      const { t, r } = segments(cport, real, seq, sseq, payload);
       frame(plain, tcp6x(up, ext(), { ...t(SYN), ack: 0 }));
       frame(plain, tcp6x(down, ext(), r(SYN | ACK)));
       frame(plain, tcp6(up, t(ACK)));
