@@ -16,6 +16,7 @@
 #include "checksum.h"
 #include "capture.h"
 #include "cred.h"
+#include "statemap.h"
 #include "tun_napi.h"
 
 #define THROW(env, kind, ...)                                   \
@@ -122,6 +123,9 @@ static napi_value init(napi_env env, napi_value exports) {
       {"tunClose", NULL, vpm_js_tun_close, NULL, NULL, NULL, napi_default, NULL},
       {"tunStats", NULL, vpm_js_tun_stats, NULL, NULL, NULL, napi_default, NULL},
       {"tunSetOffload", NULL, vpm_js_tun_set_offload, NULL, NULL, NULL, napi_default, NULL},
+      {"tunSetPersist", NULL, vpm_js_tun_set_persist, NULL, NULL, NULL, napi_default, NULL},
+      /* File-backed shared mappings for the state that outlives a crash (statemap.c) */
+      {"stateMap", NULL, vpm_js_state_map, NULL, NULL, NULL, napi_default, NULL},
       /* Live capture for vpm dump (capture.c, libpcap) */
       {"capOpen", NULL, vpm_js_cap_open, NULL, NULL, NULL, napi_default, NULL},
       {"capStart", NULL, vpm_js_cap_start, NULL, NULL, NULL, napi_default, NULL},

@@ -50,6 +50,12 @@ int vpm_tun_open(const char *name, unsigned flags, char name_out[IFNAMSIZ], cons
     *syscall = "ioctl(TUNSETIFF)";
     return -err;
   }
+  if ((flags & VPM_TUN_PERSIST) && ioctl(fd, TUNSETPERSIST, 1) < 0) {
+    int err = errno;
+    close(fd);
+    *syscall = "ioctl(TUNSETPERSIST)";
+    return -err;
+  }
   if (flags & VPM_TUN_VNET_HDR) {
     /* Explicitly, not the kernel's default: a device reattached later may have kept another. */
     int sz = VPM_VNET_HDR_LEN, le = 1;
@@ -70,6 +76,10 @@ int vpm_tun_open(const char *name, unsigned flags, char name_out[IFNAMSIZ], cons
   memcpy(name_out, ifr.ifr_name, IFNAMSIZ);
   name_out[IFNAMSIZ - 1] = '\0';
   return fd;
+}
+
+int vpm_tun_set_persist(int fd, bool on) {
+  return ioctl(fd, TUNSETPERSIST, on ? 1UL : 0UL) < 0 ? -errno : 0;
 }
 
 int vpm_tun_set_offload(int fd, unsigned mask) {

@@ -30,7 +30,14 @@
 
 #define VPM_VNET_HDR_LEN 10
 
-enum { VPM_TUN_MULTI_QUEUE = 1, VPM_TUN_VNET_HDR = 2 };
+/*
+ * VPM_TUN_PERSIST: TUNSETPERSIST(1) once attached, so that the device, its
+ * addresses and routes outlive this fd (a crash, kill -9, a restart): the next
+ * open of the same name with the same flags attaches to it again (crash
+ * survival, docs/deployment.md). vpm_tun_set_persist(fd, 0) before the last
+ * close deletes it with that close.
+ */
+enum { VPM_TUN_MULTI_QUEUE = 1, VPM_TUN_VNET_HDR = 2, VPM_TUN_PERSIST = 4 };
 
 typedef struct {
   uint64_t polls;             /* poll callbacks (counted by the glue) */
@@ -57,6 +64,9 @@ typedef struct {
  * name in `name_out`; or -errno with `*syscall` naming the failed call.
  */
 int vpm_tun_open(const char *name, unsigned flags, char name_out[IFNAMSIZ], const char **syscall);
+
+/* TUNSETPERSIST: 1 keeps the device after its last fd closes, 0 lets that close delete it. */
+int vpm_tun_set_persist(int fd, bool on);
 
 /* TUNSETOFFLOAD with exactly `mask` (also 0): the mask is device-wide and survives detaches. */
 int vpm_tun_set_offload(int fd, unsigned mask);

@@ -418,7 +418,7 @@ napi_value vpm_js_tun_open(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   char name[IFNAMSIZ] = "";
-  bool mq = false, vnet = false;
+  bool mq = false, vnet = false, persist = false;
 
   if (argc >= 1 && !is_nullish(env, argv[0])) {
     napi_valuetype t;
@@ -449,6 +449,9 @@ napi_value vpm_js_tun_open(napi_env env, napi_callback_info info) {
     v = get_prop(env, argv[0], "vnetHdr");
     if (v && !is_nullish(env, v) && !get_bool(env, v, &vnet))
       THROW_TYPE(env, "tunOpen: opts.vnetHdr must be a boolean");
+    v = get_prop(env, argv[0], "persist");
+    if (v && !is_nullish(env, v) && !get_bool(env, v, &persist))
+      THROW_TYPE(env, "tunOpen: opts.persist must be a boolean");
   }
   uint32_t want = VPM_TUN_F_CSUM | VPM_TUN_F_TSO4 | VPM_TUN_F_TSO6 | VPM_TUN_F_TSO_ECN |
                   VPM_TUN_F_USO4 | VPM_TUN_F_USO6;
@@ -460,8 +463,12 @@ napi_value vpm_js_tun_open(napi_env env, napi_callback_info info) {
 
   char kname[IFNAMSIZ];
   const char *syscall = "";
-  int fd = vpm_tun_open(name, (mq ? VPM_TUN_MULTI_QUEUE : 0) | (vnet ? VPM_TUN_VNET_HDR : 0), kname,
-                        &syscall);
+  /* Whether the name is a device already (a persistent TUN left by a previous vpm): reported as `existed`. */
+  bool existed = name[0] != '\0' && strchr(name, '%') == NULL && if_nametoindex(name) != 0;
+  int fd = vpm_tun_open(name,
+                        (mq ? VPM_TUN_MULTI_QUEUE : 0) | (vnet ? VPM_TUN_VNET_HDR : 0) |
+                            (persist ? VPM_TUN_PERSIST : 0),
+                        kname, &syscall);
   if (fd < 0) return open_error(env, -fd, syscall, name);
   /* The mask is device-wide and outlives this fd: always set it, to 0 without headers. */
   unsigned offload = 0;
@@ -488,19 +495,21 @@ napi_value vpm_js_tun_open(napi_env env, napi_callback_info info) {
   memcpy(t->name, kname, IFNAMSIZ);
   t->poll.data = t;
 
-  napi_value obj, nm, mqv, vnv, ofv;
+  napi_value obj, nm, mqv, vnv, ofv, exv;
   napi_create_object(env, &obj);
   napi_create_string_utf8(env, t->name, NAPI_AUTO_LENGTH, &nm);
   napi_get_boolean(env, mq, &mqv);
   napi_get_boolean(env, vnet, &vnv);
   napi_create_uint32(env, offload, &ofv);
+  napi_get_boolean(env, existed, &exv);
   napi_property_descriptor props[] = {
       {"name", NULL, NULL, NULL, NULL, nm, napi_enumerable, NULL},
       {"multiQueue", NULL, NULL, NULL, NULL, mqv, napi_enumerable, NULL},
       {"vnetHdr", NULL, NULL, NULL, NULL, vnv, napi_enumerable, NULL},
       {"offload", NULL, NULL, NULL, NULL, ofv, napi_enumerable, NULL},
+      {"existed", NULL, NULL, NULL, NULL, exv, napi_enumerable, NULL},
   };
-  napi_define_properties(env, obj, 4, props);
+  napi_define_properties(env, obj, 5, props);
   napi_type_tag_object(env, obj, &TUN_TAG);
   if (napi_wrap(env, obj, t, on_finalize, NULL, NULL) != napi_ok) {
     close(fd);
@@ -536,6 +545,26 @@ napi_value vpm_js_tun_set_offload(napi_env env, napi_callback_info info) {
     return NULL;
   }
   t->offload = mask;
+  return NULL;
+}
+
+/* tunSetPersist(handle, on): TUNSETPERSIST. Off before the last close deletes the device with it. */
+napi_value vpm_js_tun_set_persist(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) THROW_TYPE(env, "tunSetPersist(handle, on): expected 2 arguments");
+  vpm_tun *t = get_open_tun(env, argv[0], "tunSetPersist");
+  if (!t) return NULL;
+  bool on;
+  if (!get_bool(env, argv[1], &on)) THROW_TYPE(env, "tunSetPersist: on must be a boolean");
+  int rc = vpm_tun_set_persist(t->fd, on);
+  if (rc < 0) {
+    throw_code(env, "ERR_TUN_IO", -rc, "ioctl(TUNSETPERSIST)",
+               "cannot set persistence %d on TUN device %s: %s", on ? 1 : 0, t->name,
+               strerror(-rc));
+    return NULL;
+  }
   return NULL;
 }
 

@@ -28,6 +28,7 @@ napi_value vpm_js_tun_write_tx(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_stop(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_write_batch(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_set_offload(napi_env env, napi_callback_info info);
+napi_value vpm_js_tun_set_persist(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_close(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_stats(napi_env env, napi_callback_info info);
 

@@ -41,6 +41,9 @@ export const ERROR_CODES = [
   'ERR_HOST_SYSCTL',
   'ERR_HOST_STATE',
   'ERR_HOST_STALE',
+  'ERR_TUN_EXISTS',
+  // the state files that outlive a daemon (native statemap.c)
+  'ERR_STATE_MAP',
   // the native addon's loader (NativeError)
   'ERR_NATIVE_NOT_BUILT',
   // TUN (TunError; the addon throws the same codes, src/tun/errors.ts converts)

@@ -3,11 +3,12 @@
  * read it over its control socket.
  */
 
+import { existsSync, rmSync } from 'node:fs';
 import type { Command } from 'commander';
 import { defaultControlSocket, netnsLink } from '../base/netns.js';
 import { loadConfig } from '../config/load.js';
 import { controlRequest } from '../control/client.js';
-import { Daemon, stateFileFor } from '../daemon/daemon.js';
+import { Daemon, flowsFileFor, registryFileFor, stateFileFor } from '../daemon/daemon.js';
 import { cleanStale, HostError, journalOwnerAlive, pidAlive, readJournal } from '../host/setup.js';
 import { formatFlows, formatInstances, formatStats } from '../view/format.js';
 import type { FlowView, InstanceView } from '../view/views.js';
@@ -49,13 +50,17 @@ export function registerDaemonCommands(program: Command): void {
   program
     .command('up')
     .description(
-      'run the vpm daemon in the foreground: create the TUN, route, translate; Ctrl-C undoes it all',
+      'run the vpm daemon in the foreground: create the TUN, route, translate; Ctrl-C undoes it all. Over the state a crashed (or --keep-state) daemon left, it takes over its TUN and connections',
     )
     .requiredOption('-c, --config <file>', 'configuration file (see docs/configuration.md)')
-    .action(async (o: { config: string }) => {
+    .option(
+      '--keep-state',
+      'on SIGTERM/SIGINT exit without undoing anything: the TUN, routes, rules and flows stay for the next vpm up (for supervisors; vpm down removes them)',
+    )
+    .action(async (o: { config: string; keepState?: boolean }) => {
       const cfg = loadConfig(o.config);
       requireRoot('vpm up');
-      const d = new Daemon(cfg);
+      const d = new Daemon(cfg, undefined, { keepState: o.keepState === true });
       d.installSignals();
       await d.start();
       // Keep running: the TUN poll handle and the control socket hold the event loop.
@@ -64,7 +69,9 @@ export function registerDaemonCommands(program: Command): void {
 
   program
     .command('down')
-    .description('stop the daemon of this config, or remove what a crashed one left behind')
+    .description(
+      'stop the daemon of this config and undo everything (also after --keep-state), or remove what a crashed one left behind',
+    )
     .requiredOption('-c, --config <file>', 'configuration file')
     .option('--timeout <ms>', 'how long to wait for the daemon to exit', '10000')
     .action(async (o: { config: string; timeout: string }) => {
@@ -93,8 +100,14 @@ export function registerDaemonCommands(program: Command): void {
           );
         process.stdout.write(`stopped vpm (pid ${j.pid})\n`);
       }
+      // A daemon with --keep-state left its state on SIGTERM: undone here, like a crashed one's.
       const undone = await cleanStale(file);
       for (const u of undone) process.stdout.write(`undone: ${u}\n`);
+      for (const f of [flowsFileFor(cfg), registryFileFor(cfg)])
+        if (existsSync(f)) {
+          rmSync(f, { force: true });
+          process.stdout.write(`removed: ${f}\n`);
+        }
       if (!j) process.stdout.write(`vpm is not running for ${cfg.tun.name}; nothing to undo\n`);
     });
 

@@ -58,6 +58,7 @@ import type { Config } from '../config/types.js';
 import type { InstanceSet } from '../datapath/instances.js';
 import { INJECT_MALFORMED, type Pipeline } from '../datapath/pipeline.js';
 import type { Rules } from '../datapath/rules.js';
+import { FLOW_NEGOTIATED, FLOW_PEER } from '../flow/layout.js';
 import { CREATE_COLLISION, CREATE_FULL, type FlowKeyArgs, type FlowTable } from '../flow/table.js';
 import { PortPool } from '../virtual/pool.js';
 import {
@@ -171,7 +172,7 @@ export class Cooperation {
     this.held = new HeldFlows(d.holdLimits ?? DEFAULT_HOLD_LIMITS);
     this.p2Pool =
       co?.listen != null
-        ? new PortPool(co.portRange.lo, co.portRange.hi, cfg.timeouts.timeWaitMs, 0)
+        ? new PortPool(co.portRange.lo, co.portRange.hi, cfg.timeouts.timeWaitMs, 0, d.now)
         : null;
     this.stopListening = d.table.addRemoveListener((slot) => this.flowRemoved(slot));
   }
@@ -553,6 +554,7 @@ export class Cooperation {
       if (w6) w6.set(h.addr6!.subarray(4, 8), 12);
       else k.realAddr = h.dstAddr;
       k.realPort = r.port; // ... on the negotiated port p2
+      k.flags = FLOW_PEER; // a next daemon finds no local instance for it, and keeps it
       const queued = place(k, aidName);
       if (queued < 0) return;
       this.resolved++;
@@ -739,6 +741,7 @@ export class Cooperation {
       service: svc,
       aid,
       instance: inst,
+      flags: FLOW_NEGOTIATED, // its vport is p2: a next daemon gives p2 back to the pool with it
     };
     let real: string;
     if (family === 6) {

@@ -13,13 +13,13 @@
  * their translation. What a reload changes is decided by `reloadPlan` (reload.ts).
  */
 
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { connect } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { dirname, join } from 'node:path';
-import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
+import { monoNow } from '../base/clock.js';
 import { netnsLink } from '../base/netns.js';
 import { ConfigError } from '../config/errors.js';
 import { loadConfig } from '../config/load.js';
@@ -34,9 +34,19 @@ import { Pipeline } from '../datapath/pipeline.js';
 import type { Rules } from '../datapath/rules.js';
 import { STATE_NAMES } from '../flow/state.js';
 import { FlowTable } from '../flow/table.js';
-import { cleanStale, HostError, HostSetup, journalOwnerAlive, readJournal } from '../host/setup.js';
-import { offloadNames, type TunDevice } from '../tun/device.js';
-import { openTun } from '../tun/kernel-tun.js';
+import {
+  adoptableJournal,
+  cleanStale,
+  deviceExists,
+  HostError,
+  HostSetup,
+  journalOwnerAlive,
+  readJournal,
+} from '../host/setup.js';
+import { createFlowFile, readFlowFile } from '../state/flow-file.js';
+import { type RecoveryResult, recoverFlows } from '../state/recover.js';
+import { offloadNames } from '../tun/device.js';
+import { type KernelTun, openTun } from '../tun/kernel-tun.js';
 import type { FlowView, InstanceView } from '../view/views.js';
 import { PortPool } from '../virtual/pool.js';
 import { Registry } from '../virtual/registry.js';
@@ -75,6 +85,25 @@ import {
  */
 export const stateFileFor = (cfg: Config) =>
   join(dirname(cfg.control.socket), `${cfg.tun.name}.state.json`);
+
+/** The flow table's records (src/state/flow-file.ts), beside the journal. */
+export const flowsFileFor = (cfg: Config) =>
+  join(dirname(cfg.control.socket), `${cfg.tun.name}.flows`);
+
+/** The registry's state (src/state/registry-file.ts), beside the journal. */
+export const registryFileFor = (cfg: Config) =>
+  join(dirname(cfg.control.socket), `${cfg.tun.name}.registry.json`);
+
+/** How the daemon ends on SIGTERM/SIGINT. */
+export interface DaemonOptions {
+  /**
+   * `vpm up --keep-state`: exit without undoing anything — the persistent TUN,
+   * its routes, the rules and sysctls, and the state files stay for the next
+   * `vpm up` to take over (supervisors: scripts/systemd/vpm.service). Default:
+   * undo it all (Ctrl-C in a terminal).
+   */
+  keepState?: boolean;
+}
 
 /** Most flows removed per expiry tick; the rest wait for the next tick. */
 const EXPIRE_BUDGET = 20_000;
@@ -126,6 +155,11 @@ export function localAddresses6(tun6: bigint): {
     ipv6ToWords(a, words, 4 * i);
   });
   return { localAddrs6: words, localAddrs6Count: addrs.size };
+}
+
+/** The names of the service and AID indexes of `cfg` (the host journal's `names`: src/state/recover.ts). */
+function indexNames(cfg: Config): { aids: string[]; services: string[] } {
+  return { aids: cfg.applications.map((a) => a.aid), services: cfg.services.map((s) => s.name) };
 }
 
 /** "addr:port" of an instance: its IPv4 address, or its IPv6 one when it has no IPv4 address. */
@@ -216,7 +250,7 @@ async function refuseHeldSocket(path: string, stateFile: string): Promise<void> 
 export class Daemon {
   cfg: Config;
   readonly log: Logger;
-  private tun: TunDevice | null = null;
+  private tun: KernelTun | null = null;
   private host: HostSetup | null = null;
   private control: ControlServer | null = null;
   /** Who may do what on the control socket (src/control/access.ts); follows reloads. */
@@ -241,7 +275,14 @@ export class Daemon {
   private reloading: Promise<void> = Promise.resolve();
   readonly startedAt = Date.now();
 
-  constructor(cfg: Config, log?: Logger) {
+  /** What the start took over from a previous daemon (null: a fresh start). */
+  private recovered: RecoveryResult | null = null;
+
+  constructor(
+    cfg: Config,
+    log?: Logger,
+    readonly opts: DaemonOptions = {},
+  ) {
     this.cfg = cfg;
     this.log = log ?? createLogger(cfg.log.level);
   }
@@ -253,16 +294,33 @@ export class Daemon {
       // Users and groups by name first: a name this host does not know changes nothing.
       this.access = AccessPolicy.fromConfig(cfg);
       await refuseHeldSocket(cfg.control.socket, stateFile);
-      const stale = await cleanStale(stateFile);
-      if (stale.length > 0)
-        this.log.warn(
-          { event: 'stale_state_removed', undone: stale },
-          'removed state left by a previous vpm',
-        );
+      // A previous daemon's host state with its persistent TUN is taken over
+      // (crash survival); anything else it left is undone first.
+      const adopted = adoptableJournal(stateFile, cfg.tun.name);
+      if (adopted === null) {
+        const stale = await cleanStale(stateFile);
+        if (stale.length > 0)
+          this.log.warn(
+            { event: 'stale_state_removed', undone: stale },
+            'removed state left by a previous vpm',
+          );
+        rmSync(flowsFileFor(cfg), { force: true });
+        rmSync(registryFileFor(cfg), { force: true });
+        // Not one a previous vpm left (that one cleanStale has just deleted): someone else's.
+        if (deviceExists(cfg.tun.name))
+          throw new HostError(
+            'ERR_TUN_EXISTS',
+            `a network device named ${cfg.tun.name} exists and no vpm journal names it: remove it (ip link delete dev ${cfg.tun.name}) or set tun.name to another name`,
+          );
+      }
+      const host = new HostSetup(stateFile, cfg.tun.name, adopted);
+      this.host = host;
+      host.recordLink(cfg.tun.name);
 
-      // Down until the host plan has turned IPv6 off on it, so no router chatter reaches us.
       for (const d of cfg.deprecated)
         this.log.warn({ event: 'config_deprecated', detail: d, file: cfg.source }, d);
+      // Down until the host plan has turned IPv6 off on it, so no router chatter
+      // reaches us (a persistent TUN taken over is up already, and stays so).
       const tun = openTun({
         name: cfg.tun.name,
         batchSize: cfg.tun.batchSize,
@@ -270,6 +328,7 @@ export class Daemon {
         txQueueLen: cfg.tun.txQueueLen,
         up: false,
         vnetHdr: cfg.tun.offloads === 'auto',
+        persist: true,
       });
       this.tun = tun;
       this.log.info(
@@ -284,16 +343,21 @@ export class Daemon {
           ? `TUN offloads: ${offloadNames(tun.offload).join(', ') || 'none accepted'}`
           : 'TUN offloads off (tun.offloads "off")',
       );
-      const host = new HostSetup(stateFile, tun.name);
-      this.host = host;
-      await host.apply(hostPlanFromConfig(cfg, tun.name));
+      if (!host.adopting) await host.apply(hostPlanFromConfig(cfg, tun.name));
 
+      // The records live in a file-backed mapping (src/state/flow-file.ts); a
+      // previous daemon's are read back first, and the new file replaces the
+      // old one only once it holds the flows taken over.
+      const flowsFile = flowsFileFor(cfg);
+      const previous = host.adopting ? readFlowFile(flowsFile) : null;
+      const mapped = createFlowFile(flowsFile, cfg.limits.maxFlows, cfg.tun.ipv6);
       this.table = new FlowTable(
         cfg.limits.maxFlows,
         timerTimeouts(cfg),
         undefined,
         cfg.limits.embryonicFlows,
         cfg.tun.ipv6,
+        mapped.memory,
       );
       this.rules = rulesFromConfig(cfg);
       this.instances.replaceStatic(this.rules, staticInstancesFromConfig(cfg));
@@ -306,6 +370,35 @@ export class Daemon {
         );
       }
       this.registry = new Registry(cfg, this.instances, this.pool);
+      if (previous !== null) {
+        if (previous.problem !== null)
+          this.log.error(
+            { event: 'state_refused', file: flowsFile, problem: previous.problem },
+            `the previous daemon's flow state is not usable (${previous.problem}): its connections are not taken over`,
+          );
+        const r = recoverFlows(previous, {
+          table: this.table,
+          rules: this.rules,
+          instances: this.instances,
+          names: adopted?.names ?? null,
+          now: monoNow(),
+        });
+        this.recovered = r;
+        this.log.info(
+          {
+            event: 'state_adopted',
+            tun: tun.name,
+            previousPid: adopted?.pid,
+            flows: r.restored,
+            dropped: r.dropped,
+            skipped: previous.skipped,
+            refused: previous.problem,
+          },
+          `took over the previous daemon's TUN, host state and ${r.restored} flows`,
+        );
+      }
+      mapped.commit();
+      host.setNames(indexNames(cfg));
       this.counters = new Counters(Math.max(1, cfg.applications.length));
       const locals = localAddresses();
       locals.add(cfg.tun.address);
@@ -352,16 +445,15 @@ export class Daemon {
         rules: () => this.rules!,
         instances: this.instances,
         log: this.log,
-        now: () => performance.now(),
+        now: () => monoNow(),
         localClientAid: (addr, port, proto) =>
           this.registry?.localClientAid(addr, port, proto) ?? -1,
         localClientAid6: (addr, port, proto) =>
           this.registry?.localClientAid6(addr, port, proto) ?? -1,
         aidOfUser: (uid) => this.access.aidOfUser(uid),
       });
-      await this.coop.start();
       tun.start(
-        (count) => pipeline.processBatch(count, performance.now()),
+        (count) => pipeline.processBatch(count, monoNow()),
         (err) => {
           this.log.fatal(
             { event: 'tun_error', code: err.code, err: err.message },
@@ -370,6 +462,10 @@ export class Daemon {
           void this.stop(1);
         },
       );
+      // Taking over: packets flow again from here; then the plan is applied over
+      // what the previous daemon left, and what it no longer has is removed.
+      if (host.adopting) await host.apply(hostPlanFromConfig(cfg, tun.name));
+      await this.coop.start();
       this.timer = setInterval(() => this.expire(), EXPIRE_INTERVAL_MS);
 
       this.control = new ControlServer(cfg.control.socket, () => this.access);
@@ -409,7 +505,9 @@ export class Daemon {
           m.port,
         );
     } catch (e) {
-      await this.teardown();
+      // Over a previous daemon's state, a failed start leaves that state as it found it.
+      if (this.host?.adopting) await this.detach();
+      else await this.teardown();
       throw e;
     }
     this.log.info(
@@ -442,7 +540,7 @@ export class Daemon {
       // A scan or a flood of datagrams to a closed port must not flood the log:
       // at most REFUSED_LOGS_PER_SECOND lines a second, then one line saying how
       // many were left out (the counters have them all).
-      const now = performance.now();
+      const now = monoNow();
       if (now - this.refusedWindow >= 1000) {
         if (this.refusedSuppressed > 0)
           this.log.info(
@@ -476,7 +574,7 @@ export class Daemon {
       );
     } else if (this.log.isLevelEnabled('debug')) {
       this.log.debug(
-        { event: 'flow_created', flow: this.flowView(slot, performance.now()) },
+        { event: 'flow_created', flow: this.flowView(slot, monoNow()) },
         'flow created',
       );
     }
@@ -498,7 +596,7 @@ export class Daemon {
   private instanceEvent(ev: 'down' | 'up', index: number): void {
     const i = this.instances.get(index);
     if (!i) return;
-    const h = this.instances.health(index, performance.now());
+    const h = this.instances.health(index, monoNow());
     if (ev === 'down')
       this.log.warn(
         {
@@ -520,7 +618,7 @@ export class Daemon {
   /** `vpm instances`: the registry's list with each instance's health. */
   instanceViews(): InstanceView[] {
     const list = this.registry?.instances() ?? [];
-    const now = performance.now();
+    const now = monoNow();
     const wall = Date.now();
     return list.map((v) => {
       const addr = parseAddr(v.address);
@@ -548,7 +646,7 @@ export class Daemon {
     const table = this.table;
     const counters = this.counters;
     if (!table || !counters) return;
-    const now = performance.now();
+    const now = monoNow();
     this.pipeline?.expireFragments(now);
     this.instances.healthTick(now, (i) =>
       this.log.info(
@@ -587,7 +685,7 @@ export class Daemon {
   }
 
   flows(): FlowView[] {
-    const now = performance.now();
+    const now = monoNow();
     const out: FlowView[] = [];
     this.table?.forEach((s) => {
       out.push(this.flowView(s, now));
@@ -598,7 +696,7 @@ export class Daemon {
   stats(): Record<string, unknown> {
     const c = this.counters!;
     const snap = c.snapshot(this.rules!.aidNames);
-    const now = performance.now();
+    const now = monoNow();
     return {
       ...snap,
       health: {
@@ -623,6 +721,8 @@ export class Daemon {
         ...this.tun?.stats(),
       },
       pool: this.pool?.stats() ?? null,
+      // What this daemon took over from the previous one at start (null: a fresh start).
+      recovered: this.recovered,
       control: this.control?.stats(),
       cooperative: this.cfg.cooperative ? this.coop?.stats() : null,
     };
@@ -703,7 +803,7 @@ export class Daemon {
     this.pipeline?.setHealth(this.cfg.health.downMs);
     // A shorter (or no) health.downMs applies to the instances marked down now too.
     if (this.cfg.health.downMs === 0) this.instances.clearHealth();
-    else this.instances.capDown(performance.now() + this.cfg.health.downMs);
+    else this.instances.capDown(monoNow() + this.cfg.health.downMs);
     this.coop?.update(this.cfg);
     this.log.info(
       { event: 'reloaded', file: next.source, changed: plan.changed },
@@ -717,8 +817,10 @@ export class Daemon {
     };
   }
 
-  private async teardown(): Promise<void> {
+  /** Stop serving: timers, peers, metrics, the control socket. The TUN and the host state are the caller's. */
+  private async closeServices(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
+    this.timer = null;
     this.pool?.close();
     try {
       await this.coop?.close();
@@ -732,7 +834,6 @@ export class Daemon {
     const m = this.metrics;
     this.metrics = null;
     if (m) await new Promise<void>((resolve) => m.close(() => resolve()));
-    this.timer = null;
     try {
       await this.control?.close();
     } catch (e) {
@@ -742,6 +843,20 @@ export class Daemon {
       );
     }
     this.control = null;
+  }
+
+  /** Undo everything: the TUN is deleted, the host state undone, the state files removed. */
+  private async teardown(): Promise<void> {
+    await this.closeServices();
+    try {
+      // Not persistent any more: the close deletes the device (the journal's link entry finds it gone).
+      this.tun?.setPersist(false);
+    } catch (e) {
+      this.log.error(
+        { event: 'shutdown_error', err: (e as Error).message },
+        'making the TUN non-persistent failed',
+      );
+    }
     this.tun?.close();
     this.tun = null;
     try {
@@ -752,15 +867,39 @@ export class Daemon {
         'undoing host changes failed',
       );
     }
+    if (this.host) {
+      rmSync(flowsFileFor(this.cfg), { force: true });
+      rmSync(registryFileFor(this.cfg), { force: true });
+    }
     this.host = null;
   }
 
-  /** Undo everything and exit the process with `code`. */
+  /**
+   * Leave without undoing anything (`--keep-state`, or a start that failed
+   * over a previous daemon's state): the persistent TUN, its routes, the host
+   * journal and the state files stay for the next `vpm up` to take over. The
+   * flow records are in their file already (a shared mapping).
+   */
+  private async detach(): Promise<void> {
+    await this.closeServices();
+    this.tun?.close();
+    this.tun = null;
+    this.host = null;
+  }
+
+  /** Undo everything (or, with keepState, leave it for the next daemon) and exit with `code`. */
   async stop(code = 0): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    this.log.info({ event: 'stopping', code }, 'vpm down');
-    await this.teardown();
+    const keep = this.opts.keepState === true && code === 0;
+    this.log.info(
+      { event: 'stopping', code, keepState: keep },
+      keep
+        ? 'vpm stopping: the TUN, host state and flows stay for the next vpm up (vpm down removes them)'
+        : 'vpm down',
+    );
+    if (keep) await this.detach();
+    else await this.teardown();
     this.log.flush?.();
     process.exit(code);
   }

@@ -56,6 +56,23 @@
 
 import { get32 } from '../wire/bytes.js';
 import { IPPROTO_UDP } from '../wire/ipv4.js';
+import {
+  FLOW_FILE_MAGIC,
+  FLOW_FILE_VERSION,
+  FLOW_HEADER_BYTES,
+  flowColumns,
+  flowLayout,
+  H_CAPACITY,
+  H_CHECK,
+  H_FLAGS,
+  H_MAGIC,
+  H_NEXT_ID_BYTE,
+  H_PID,
+  H_VERSION,
+  headerCheck,
+  RECORD_VERSION,
+  recordCheck,
+} from './layout.js';
 import { FlowState, STATE_TIMER, TIMER_CLASSES, TimerClass } from './state.js';
 
 const NIL = -1;
@@ -81,6 +98,21 @@ export interface FlowKeyArgs {
   service: number;
   aid: number;
   instance: number;
+  /** FLOW_NEGOTIATED / FLOW_PEER (layout.ts); absent: 0. */
+  flags?: number;
+}
+
+/** What `restoreFlow` takes over from a record of a previous daemon, beside its keys. */
+export interface FlowRecordArgs {
+  state: number;
+  fins: number;
+  id: number;
+  created: number;
+  lastSeen: number;
+  pktsIn: number;
+  bytesIn: number;
+  pktsOut: number;
+  bytesOut: number;
 }
 
 /** Results of `create` below zero. */
@@ -135,7 +167,7 @@ export class FlowTable {
   readonly natPort: Uint16Array;
   readonly realAddr: Uint32Array;
   readonly realPort: Uint16Array;
-  /** Flow id shown to users; unique for the table's life. */
+  /** Flow id shown to users; unique for the table's life (and its state file's). */
   readonly id: Float64Array;
   readonly created: Float64Array;
   readonly lastSeen: Float64Array;
@@ -144,6 +176,14 @@ export class FlowTable {
   readonly bytesIn: Float64Array;
   readonly pktsOut: Float64Array;
   readonly bytesOut: Float64Array;
+  /** FLOW_NEGOTIATED, FLOW_PEER (layout.ts): what a next daemon needs to take the flow over. */
+  readonly flags: Uint8Array;
+  /** RECORD_VERSION and recordCheck of each live slot, written last (`seal`; layout.ts). */
+  readonly ver: Uint8Array;
+  readonly check: Uint32Array;
+  /** The header of the records' buffer: its words, and the next id at byte 32. */
+  private readonly header: Uint32Array;
+  private readonly headerNextId: Float64Array;
 
   private readonly prev: Int32Array;
   private readonly next: Int32Array;
@@ -173,6 +213,12 @@ export class FlowTable {
     seed = (Math.random() * 0x1_0000_0000) >>> 0,
     embryonicLimit = capacity,
     ipv6 = false,
+    /**
+     * Where the records live: a buffer of at least flowLayout(capacity, ipv6).bytes,
+     * zero-filled (the daemon's is a file-backed shared mapping: the records
+     * outlive the process, layout.ts). Absent: a heap buffer of its own.
+     */
+    memory?: ArrayBuffer,
   ) {
     if (!Number.isInteger(capacity) || capacity < 1 || capacity > 1 << 22) {
       throw new RangeError(`flow table capacity ${capacity} must be an integer in 1..${1 << 22}`);
@@ -193,30 +239,50 @@ export class FlowTable {
     this.hashes = new Uint32Array(capacity * 2);
     this.seed = seed >>> 0;
     this.ipv6 = ipv6;
-    this.family = new Uint8Array(capacity);
-    this.addr6 = new Uint32Array(ipv6 ? capacity * 16 : 0);
-    this.state = new Uint8Array(capacity);
-    this.proto = new Uint8Array(capacity);
-    this.fins = new Uint8Array(capacity);
+    const layout = flowLayout(capacity, ipv6);
+    const buf = memory ?? new ArrayBuffer(layout.bytes);
+    if (buf.byteLength < layout.bytes)
+      throw new RangeError(
+        `flow table memory of ${buf.byteLength} bytes is smaller than the ${layout.bytes} its ${capacity} slots need`,
+      );
+    const c = flowColumns(buf, capacity, ipv6);
+    this.family = c.family;
+    this.addr6 = c.addr6;
+    this.state = c.state;
+    this.proto = c.proto;
+    this.fins = c.fins;
     this.timerClass = new Uint8Array(capacity);
-    this.service = new Uint16Array(capacity);
-    this.aid = new Uint16Array(capacity);
-    this.instance = new Uint16Array(capacity);
-    this.clientAddr = new Uint32Array(capacity);
-    this.clientPort = new Uint16Array(capacity);
-    this.vipAddr = new Uint32Array(capacity);
-    this.vport = new Uint16Array(capacity);
-    this.natAddr = new Uint32Array(capacity);
-    this.natPort = new Uint16Array(capacity);
-    this.realAddr = new Uint32Array(capacity);
-    this.realPort = new Uint16Array(capacity);
-    this.id = new Float64Array(capacity);
-    this.created = new Float64Array(capacity);
-    this.lastSeen = new Float64Array(capacity);
-    this.pktsIn = new Float64Array(capacity);
-    this.bytesIn = new Float64Array(capacity);
-    this.pktsOut = new Float64Array(capacity);
-    this.bytesOut = new Float64Array(capacity);
+    this.service = c.service;
+    this.aid = c.aid;
+    this.instance = c.instance;
+    this.clientAddr = c.clientAddr;
+    this.clientPort = c.clientPort;
+    this.vipAddr = c.vipAddr;
+    this.vport = c.vport;
+    this.natAddr = c.natAddr;
+    this.natPort = c.natPort;
+    this.realAddr = c.realAddr;
+    this.realPort = c.realPort;
+    this.id = c.id;
+    this.created = c.created;
+    this.lastSeen = c.lastSeen;
+    this.pktsIn = c.pktsIn;
+    this.bytesIn = c.bytesIn;
+    this.pktsOut = c.pktsOut;
+    this.bytesOut = c.bytesOut;
+    this.flags = c.flags;
+    this.ver = c.ver;
+    this.check = c.check;
+    this.header = new Uint32Array(buf, 0, FLOW_HEADER_BYTES / 4);
+    this.headerNextId = new Float64Array(buf, H_NEXT_ID_BYTE, 1);
+    const flagsWord = ipv6 ? 1 : 0;
+    this.header[H_MAGIC] = FLOW_FILE_MAGIC;
+    this.header[H_VERSION] = FLOW_FILE_VERSION;
+    this.header[H_CAPACITY] = capacity;
+    this.header[H_FLAGS] = flagsWord;
+    this.header[H_CHECK] = headerCheck(capacity, flagsWord);
+    this.header[H_PID] = process.pid;
+    this.headerNextId[0] = this.nextId;
     this.prev = new Int32Array(capacity);
     this.next = new Int32Array(capacity);
     this.heads = new Int32Array(TIMER_CLASSES).fill(NIL);
@@ -429,34 +495,80 @@ export class FlowTable {
     if (v6 && (!this.ipv6 || k.addr6 === undefined || k.addr6.length < 16)) return CREATE_FULL;
     const embryonic = this.embryonicSize;
     if (this.freeTop === 0 && embryonic === 0) return CREATE_FULL;
-    let ca = k.clientAddr;
-    let va = k.vipAddr;
-    let na = k.natAddr;
-    let ra = k.realAddr;
-    let tag = k.proto;
-    if (v6) {
-      const w = k.addr6!;
-      ca = fold6(w, 0);
-      va = fold6(w, 4);
-      na = fold6(w, 8);
-      ra = fold6(w, 12);
-      tag = k.proto | FAMILY6_TAG;
-      if (
-        this.lookupWords6(w, 0, k.clientPort, w, 4, k.vport, k.proto) >= 0 ||
-        this.lookupWords6(w, 12, k.realPort, w, 8, k.natPort, k.proto) >= 0
-      )
-        return CREATE_COLLISION;
-    } else if (
-      this.lookup(ca, k.clientPort, va, k.vport, k.proto) >= 0 ||
-      this.lookup(ra, k.realPort, na, k.natPort, k.proto) >= 0
-    ) {
-      return CREATE_COLLISION;
-    }
+    if (this.keyInUse(k)) return CREATE_COLLISION;
     if (this.freeTop === 0 || embryonic >= this.embryonicLimit) {
       // The flood policy (see the top of the file): the oldest embryonic flow gives way.
       this.remove(this.oldestEmbryonic());
       this.embryonicEvicted++;
     }
+    const state = k.proto === IPPROTO_UDP ? FlowState.UDP_UNREPLIED : FlowState.SYN_SENT;
+    const s = this.place(k, state, this.nextId++, now);
+    this.pktsIn[s] = 0;
+    this.bytesIn[s] = 0;
+    this.pktsOut[s] = 0;
+    this.bytesOut[s] = 0;
+    this.fins[s] = 0;
+    this.lastSeen[s] = now;
+    this.headerNextId[0] = this.nextId;
+    this.seal(s);
+    return s;
+  }
+
+  /**
+   * Take over a flow recorded by a previous daemon (its state file, read back
+   * by src/state/flow-file.ts): the keys of `k` and the state, times, id and
+   * counters of `r`, as they were. Never evicts: returns CREATE_FULL when no
+   * slot is free, CREATE_COLLISION when a side's key is in use. Flows must come
+   * in order of last activity, oldest first (the timer lists' order). Control
+   * plane (start-up).
+   */
+  restoreFlow(k: FlowKeyArgs, r: FlowRecordArgs): number {
+    const v6 = k.family === 6;
+    if (v6 && (!this.ipv6 || k.addr6 === undefined || k.addr6.length < 16)) return CREATE_FULL;
+    if (this.freeTop === 0) return CREATE_FULL;
+    if (this.keyInUse(k)) return CREATE_COLLISION;
+    const s = this.place(k, r.state, r.id, r.created);
+    this.fins[s] = r.fins;
+    this.lastSeen[s] = r.lastSeen;
+    this.pktsIn[s] = r.pktsIn;
+    this.bytesIn[s] = r.bytesIn;
+    this.pktsOut[s] = r.pktsOut;
+    this.bytesOut[s] = r.bytesOut;
+    if (r.id >= this.nextId) this.nextId = r.id + 1;
+    this.headerNextId[0] = this.nextId;
+    this.seal(s);
+    return s;
+  }
+
+  /** Flow ids from `next` on (at least): a previous daemon's table gave those below. */
+  reserveIds(next: number): void {
+    if (Number.isSafeInteger(next) && next > this.nextId) this.nextId = next;
+    this.headerNextId[0] = this.nextId;
+  }
+
+  /** Is either side's key of `k` another flow's? */
+  private keyInUse(k: FlowKeyArgs): boolean {
+    if (k.family === 6) {
+      const w = k.addr6!;
+      return (
+        this.lookupWords6(w, 0, k.clientPort, w, 4, k.vport, k.proto) >= 0 ||
+        this.lookupWords6(w, 12, k.realPort, w, 8, k.natPort, k.proto) >= 0
+      );
+    }
+    return (
+      this.lookup(k.clientAddr, k.clientPort, k.vipAddr, k.vport, k.proto) >= 0 ||
+      this.lookup(k.realAddr, k.realPort, k.natAddr, k.natPort, k.proto) >= 0
+    );
+  }
+
+  /** A free slot filled with `k` in `state`, indexed and on its timer list (counters, fins, lastSeen: the caller's). */
+  private place(k: FlowKeyArgs, state: number, id: number, created: number): number {
+    const v6 = k.family === 6;
+    let ca = k.clientAddr;
+    let va = k.vipAddr;
+    let na = k.natAddr;
+    let ra = k.realAddr;
+    let tag = k.proto;
     const s = this.freeStack[--this.freeTop]!;
     this.family[s] = v6 ? 6 : 4;
     if (v6) {
@@ -464,8 +576,14 @@ export class FlowTable {
       const x = this.addr6;
       const o = s * 16;
       for (let i = 0; i < 16; i++) x[o + i] = w[i]!;
+      ca = fold6(w, 0);
+      va = fold6(w, 4);
+      na = fold6(w, 8);
+      ra = fold6(w, 12);
+      tag = k.proto | FAMILY6_TAG;
     }
     this.proto[s] = k.proto;
+    this.flags[s] = k.flags ?? 0;
     this.clientAddr[s] = ca;
     this.clientPort[s] = k.clientPort;
     this.vipAddr[s] = va;
@@ -477,16 +595,10 @@ export class FlowTable {
     this.service[s] = k.service;
     this.aid[s] = k.aid;
     this.instance[s] = k.instance;
-    const state = k.proto === IPPROTO_UDP ? FlowState.UDP_UNREPLIED : FlowState.SYN_SENT;
     this.state[s] = state;
-    this.fins[s] = 0;
-    this.id[s] = this.nextId++;
-    this.created[s] = now;
-    this.lastSeen[s] = now;
-    this.pktsIn[s] = 0;
-    this.bytesIn[s] = 0;
-    this.pktsOut[s] = 0;
-    this.bytesOut[s] = 0;
+    this.id[s] = id;
+    this.created[s] = created;
+    this.lastSeen[s] = created;
     this.insert(s * 2, this.hash(ca, k.clientPort, va, k.vport, tag));
     this.insert(s * 2 + 1, this.hash(ra, k.realPort, na, k.natPort, tag));
     const c = STATE_TIMER[state]!;
@@ -495,6 +607,16 @@ export class FlowTable {
     this.size++;
     if (k.proto === IPPROTO_UDP) this.udpSize++;
     return s;
+  }
+
+  /**
+   * Mark slot s's record complete: its version and the check of its fixed
+   * fields, written after them (layout.ts). Every change of a fixed field
+   * (create, repoint) ends with it.
+   */
+  private seal(s: number): void {
+    this.ver[s] = RECORD_VERSION;
+    this.check[s] = recordCheck(this, s);
   }
 
   /** Embryonic flows now: TCP handshake not complete, UDP not answered. */
@@ -577,6 +699,7 @@ export class FlowTable {
       this.realPort[s] = realPort;
       this.instance[s] = instance;
       this.insert(s * 2 + 1, this.hash(ra, realPort, natAddr, natPort, proto | FAMILY6_TAG));
+      this.seal(s);
       return true;
     }
     const other = this.lookup(realAddr, realPort, natAddr, natPort, proto);
@@ -586,6 +709,7 @@ export class FlowTable {
     this.realPort[s] = realPort;
     this.instance[s] = instance;
     this.insert(s * 2 + 1, this.hash(realAddr, realPort, natAddr, natPort, proto));
+    this.seal(s);
     return true;
   }
 

@@ -16,7 +16,9 @@ export type HostErrorCode =
   /** Undoing a dead daemon's journal failed. */
   | 'ERR_HOST_STALE'
   /** A live daemon owns the journal of this TUN and state directory. */
-  | 'ERR_ALREADY_RUNNING';
+  | 'ERR_ALREADY_RUNNING'
+  /** A network device of the TUN's name exists that no vpm journal names. */
+  | 'ERR_TUN_EXISTS';
 
 /** Host set-up failed (the caller undoes what was done); exit code 1. */
 export class HostError extends VpmError<HostErrorCode> {

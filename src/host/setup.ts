@@ -132,6 +132,12 @@ export interface HostPlan6 {
 
 /** `family: 6` marks an `ip -6` rule or route; absent: IPv4 (also in journals written before IPv6). */
 export type Change =
+  /**
+   * The persistent TUN device itself (TUNSETPERSIST): journalled before it is
+   * created, so that it is first in the journal and removed last, by
+   * `ip link delete`, after everything that refers to it.
+   */
+  | { kind: 'link'; name: string }
   | { kind: 'rule'; args: string[]; family?: 6 }
   | { kind: 'route'; args: string[]; family?: 6 }
   | {
@@ -158,24 +164,55 @@ export interface Journal {
   tunName: string;
   started: string;
   changes: Change[];
+  /**
+   * The names of the service and AID indexes the flow records use (the
+   * configuration's order, at start and after each reload): what the next
+   * daemon maps them by (src/state/recover.ts). Absent in older journals.
+   */
+  names?: { aids: string[]; services: string[] };
 }
 
 export class HostSetup {
   private readonly journal: Journal;
   /** The operation running now, or the last one: the next starts after it. */
   private tail: Promise<unknown> = Promise.resolve();
+  /**
+   * Taken over from a previous daemon (`adopted`): its changes are this one's
+   * now, a failed `apply` leaves them in place (the host stays as it was before
+   * this start), and `apply` ends by removing what the new plan no longer has.
+   */
+  readonly adopting: boolean;
 
   constructor(
     private readonly stateFile: string,
     tunName: string,
+    adopted: Journal | null = null,
   ) {
+    this.adopting = adopted !== null;
     this.journal = {
       pid: process.pid,
       pidStart: procStat(process.pid)?.start,
       tunName,
       started: new Date().toISOString(),
-      changes: [],
+      changes: adopted ? [...adopted.changes] : [],
+      ...(adopted?.names ? { names: adopted.names } : {}),
     };
+  }
+
+  /**
+   * Journal the persistent TUN `name` (before it is created: see Change). Not
+   * again when the journal has it (an adopted one).
+   */
+  recordLink(name: string): void {
+    if (this.journal.changes.some((c) => c.kind === 'link' && c.name === name)) return;
+    this.journal.changes.unshift({ kind: 'link', name });
+    this.save();
+  }
+
+  /** Journal the names of the flow records' indexes (see Journal.names). */
+  setNames(names: { aids: string[]; services: string[] }): void {
+    this.journal.names = names;
+    this.save();
   }
 
   private save(): void {
@@ -199,6 +236,7 @@ export class HostSetup {
 
   private async applyNow(plan: HostPlan): Promise<void> {
     this.save();
+    this.wanted = new Set();
     try {
       const dev = plan.tunName;
       // Per-device settings die with the device: not journalled.
@@ -208,8 +246,27 @@ export class HostSetup {
       // The ways to the peers, as the host routes them without vpm: looked up
       // before any route of vpm's exists (a VIP routed by the way to itself
       // would otherwise find the TUN).
-      const peerRoutes4 = await peerRoutes(plan.peerVips ?? [], 4);
-      const peerRoutes6 = await peerRoutes(v6?.peerVips ?? [], 6);
+      // An adopted journal has the ways of the peers it had: they are kept as
+      // they are (a VIP that is its own peer would find the TUN now).
+      const out = String(plan.routeTable + 1);
+      const journalled = (vip: string, family: 4 | 6) =>
+        this.journal.changes.some(
+          (c) =>
+            c.kind === 'route' &&
+            (c.family === 6 ? 6 : 4) === family &&
+            c.args[0] === `${vip}/${family === 6 ? 128 : 32}` &&
+            c.args[2] === out,
+        );
+      const peerRoutes4 = await peerRoutes(
+        (plan.peerVips ?? []).filter((p) => !journalled(p.vip, 4)),
+        4,
+      );
+      const peerRoutes6 = await peerRoutes(
+        (v6?.peerVips ?? []).filter((p) => !journalled(p.vip, 6)),
+        6,
+      );
+      for (const p of plan.peerVips ?? []) this.wanted.add(`4 route ${p.vip}/32 table ${out}`);
+      for (const p of v6?.peerVips ?? []) this.wanted.add(`6 route ${p.vip}/128 table ${out}`);
       if (v6 !== null) {
         // Before the link goes up, which is when the kernel would start DAD,
         // router solicitations and a link-local address.
@@ -283,12 +340,11 @@ export class HostSetup {
         for (const args of replyRules6(plan)) await this.addRule(args, 6);
         await this.addRule(icmpRule6(plan), 6);
       }
-      for (const [family, routes] of [
-        [4, peerRoutes4],
-        [6, peerRoutes6],
+      for (const [family, routes, all] of [
+        [4, peerRoutes4, plan.peerVips ?? []],
+        [6, peerRoutes6, v6?.peerVips ?? []],
       ] as const) {
-        if (routes.length === 0) continue;
-        const out = String(plan.routeTable + 1);
+        if (all.length === 0) continue;
         const ip = ipFamily(family);
         for (const { vip, via, dev: peerDev } of routes) {
           const dst = `${vip}/${family === 6 ? 128 : 32}`;
@@ -304,9 +360,88 @@ export class HostSetup {
         await this.addRule(['pref', String(plan.rulePriority), 'iif', dev, 'lookup', out], family);
       }
       await this.setIpForward();
+      if (this.adopting) await this.reconcile(plan);
     } catch (e) {
-      await this.undoNow();
+      // What a previous daemon left and this one took over stays: the host is as it was before this start.
+      if (!this.adopting) await this.undoNow();
       throw e;
+    }
+  }
+
+  /** Rules and routes `apply` asked for: what `reconcile` keeps ("4 rule ARGS", "6 route DST table T"). */
+  private wanted = new Set<string>();
+
+  /**
+   * After applying a plan over a previous daemon's state (another config,
+   * perhaps): remove what that state has and the plan does not — journalled
+   * rules and peer routes, and the TUN's own addresses and routes (which die
+   * with the device, so are not journalled, but outlive a daemon now that the
+   * device is persistent).
+   */
+  private async reconcile(plan: HostPlan): Promise<void> {
+    const keep: Change[] = [];
+    for (const c of this.journal.changes) {
+      const family = c.kind !== 'link' && c.kind !== 'sysctl' && c.family === 6 ? 6 : 4;
+      if (c.kind === 'rule' && !this.wanted.has(`${family} rule ${c.args.join(' ')}`)) {
+        if (await ruleExists(c.args, family))
+          await run('ip', [...ipFamily(family), 'rule', 'del', ...c.args]);
+      } else if (c.kind === 'route' && !this.wanted.has(`${family} route ${c.args.join(' ')}`)) {
+        await run('ip', [...ipFamily(family), 'route', 'del', ...c.args]).catch(() => '');
+      } else keep.push(c);
+    }
+    this.journal.changes = keep;
+    this.save();
+    const dev = plan.tunName;
+    const v6 = plan.ipv6 ?? null;
+    const addrs = new Set([`${plan.tunAddr}/32`, ...(v6 ? [`${v6.tunAddr}/128`] : [])]);
+    const info = JSON.parse(await run('ip', ['-j', 'addr', 'show', 'dev', dev])) as {
+      addr_info?: { family: string; local: string; prefixlen: number; scope?: string }[];
+    }[];
+    for (const a of info[0]?.addr_info ?? []) {
+      const text = `${a.local}/${a.prefixlen}`;
+      if (a.scope === 'link' || addrs.has(text)) continue;
+      await run('ip', [...(a.family === 'inet6' ? ['-6'] : []), 'addr', 'del', text, 'dev', dev]);
+    }
+    const main = new Set([
+      ...plan.vips.map((v) => `${v}/32`),
+      `${plan.localClientAddr}/32`,
+      ...(v6 ? [...v6.vips.map((v) => `${v}/128`), `${v6.localClientAddr}/128`] : []),
+    ]);
+    for (const family of [4, 6] as const) {
+      for (const table of ['main', String(plan.routeTable)]) {
+        // A table that has no route of this family does not exist for it ("FIB table does not exist").
+        const listed = await run('ip', [
+          ...ipFamily(family),
+          '-j',
+          'route',
+          'show',
+          'table',
+          table,
+          'dev',
+          dev,
+        ]).catch(() => '[]');
+        const routes = JSON.parse(listed || '[]') as { dst: string; protocol?: string }[];
+        for (const r of routes) {
+          if (r.protocol === 'kernel') continue; // the kernel's own (an address's prefix route)
+          const dst =
+            r.dst === 'default' || r.dst.includes('/')
+              ? r.dst
+              : `${r.dst}/${family === 6 ? 128 : 32}`;
+          const wanted =
+            table === 'main' ? main.has(dst) : r.dst === 'default' && (family === 4 || v6 !== null);
+          if (!wanted)
+            await run('ip', [
+              ...ipFamily(family),
+              'route',
+              'del',
+              r.dst,
+              'table',
+              table,
+              'dev',
+              dev,
+            ]);
+        }
+      }
     }
   }
 
@@ -339,6 +474,7 @@ export class HostSetup {
   }
 
   private async addRule(args: string[], family: 4 | 6 = 4): Promise<void> {
+    this.wanted.add(`${family} rule ${args.join(' ')}`);
     if (await ruleExists(args, family)) return;
     this.journal.changes.push(
       family === 6 ? { kind: 'rule', args, family } : { kind: 'rule', args },
@@ -404,7 +540,8 @@ export class HostSetup {
     const key = 'net.ipv4.ip_forward';
     const old = await readSysctl(key);
     if (old === '1') return;
-    for (const c of await forwardSideEffects('1')) this.journal.changes.push(c);
+    for (const c of await forwardSideEffects('1', this.journal.tunName))
+      this.journal.changes.push(c);
     this.journal.changes.push({ kind: 'sysctl', key, old, value: '1' });
     this.save();
     await writeSysctl(key, '1');
@@ -597,7 +734,7 @@ const IPV4_CONF = '/proc/sys/net/ipv4/conf';
 const IPV6_CONF = '/proc/sys/net/ipv6/conf';
 
 /** Does network device `dev` (as in /proc/sys/net/ipv4/conf) exist in this namespace? */
-function deviceExists(dev: string): boolean {
+export function deviceExists(dev: string): boolean {
   return existsSync(`${IPV4_CONF}/${dev}`) || existsSync(`${IPV6_CONF}/${dev}`);
 }
 
@@ -621,7 +758,7 @@ export async function forward6SideEffects(tun: string): Promise<Change[]> {
   };
   await one('default', 'forwarding', '1');
   const devs = readdirSync(IPV6_CONF)
-    .filter((d) => d !== 'all' && d !== 'default')
+    .filter((d) => d !== 'all' && d !== 'default' && d !== tun)
     .sort();
   for (const d of devs) {
     const k = d.replace(/\./g, '/');
@@ -629,7 +766,7 @@ export async function forward6SideEffects(tun: string): Promise<Change[]> {
       await one(k, 'forwarding', '1', d);
       if (existsSync(`${IPV6_CONF}/${d}/force_forwarding`))
         await one(k, 'force_forwarding', '0', d);
-      if (d !== tun && (await readSysctl(`net.ipv6.conf.${k}.accept_ra`)) === '1')
+      if ((await readSysctl(`net.ipv6.conf.${k}.accept_ra`)) === '1')
         await one(k, 'accept_ra', '2', d);
     } catch {
       // the device went away meanwhile: nothing of it to restore
@@ -643,7 +780,7 @@ export async function forward6SideEffects(tun: string): Promise<Change[]> {
  * setIpForward), with their current values: conf.all.accept_redirects (set to
  * !on), conf.default.forwarding and each device's forwarding (set to on).
  */
-export async function forwardSideEffects(on: '0' | '1'): Promise<Change[]> {
+export async function forwardSideEffects(on: '0' | '1', tun?: string): Promise<Change[]> {
   const out: Change[] = [];
   const one = async (dev: string, name: string, value: string, device?: string) => {
     const key = `net.ipv4.conf.${dev}.${name}`;
@@ -657,8 +794,9 @@ export async function forwardSideEffects(on: '0' | '1'): Promise<Change[]> {
   await one('all', 'accept_redirects', on === '1' ? '0' : '1');
   await one('default', 'forwarding', on);
   // Device names may hold dots: the key carries them as '/' (see sysctl.ts).
+  // The TUN's own settings are vpm's (set before it goes up) and go with it.
   const devs = readdirSync(IPV4_CONF)
-    .filter((d) => d !== 'all' && d !== 'default')
+    .filter((d) => d !== 'all' && d !== 'default' && d !== tun)
     .sort();
   for (const d of devs) {
     try {
@@ -676,7 +814,9 @@ export async function undoJournal(j: Journal): Promise<string[]> {
   for (let i = j.changes.length - 1; i >= 0; i--) {
     const c = j.changes[i]!;
     try {
-      if (c.kind === 'rule') {
+      if (c.kind === 'link') {
+        if (deviceExists(c.name)) await run('ip', ['link', 'delete', 'dev', c.name]);
+      } else if (c.kind === 'rule') {
         const family = c.family === 6 ? 6 : 4;
         if (await ruleExists(c.args, family))
           await run('ip', [...ipFamily(family), 'rule', 'del', ...c.args]);
@@ -746,6 +886,20 @@ export function journalOwnerAlive(j: Journal): boolean {
 }
 
 /**
+ * The journal of a dead daemon whose host state the next `vpm up` takes over
+ * (crash survival): its owner is not running, it journalled the persistent
+ * TUN `tunName`, and that device still exists. Null otherwise (no journal, an
+ * older one without a persistent TUN, the device deleted meanwhile): then
+ * `cleanStale` undoes it. Throws ERR_HOST_STATE for an unreadable journal.
+ */
+export function adoptableJournal(stateFile: string, tunName: string): Journal | null {
+  const j = readJournal(stateFile);
+  if (j === null || j.pid === process.pid || journalOwnerAlive(j)) return null;
+  const link = j.changes.some((c) => c.kind === 'link' && c.name === tunName);
+  return link && j.tunName === tunName && deviceExists(tunName) ? j : null;
+}
+
+/**
  * Remove what a dead daemon left behind (rules, ip_forward). Throws when the
  * journal's daemon is still running. Returns a description of what was undone.
  */
@@ -764,11 +918,15 @@ export async function cleanStale(stateFile: string): Promise<string[]> {
   }
   // A device's sysctl is restored only while the device exists (the TUN is gone).
   const done = j.changes.flatMap((c) =>
-    c.kind !== 'sysctl'
-      ? [`ip ${c.family === 6 ? '-6 ' : ''}${c.kind} del ${c.args.join(' ')}`]
-      : c.device === undefined || deviceExists(c.device)
-        ? [`sysctl ${c.key}=${c.old}`]
-        : [],
+    c.kind === 'link'
+      ? deviceExists(c.name)
+        ? [`ip link delete dev ${c.name}`]
+        : []
+      : c.kind !== 'sysctl'
+        ? [`ip ${c.family === 6 ? '-6 ' : ''}${c.kind} del ${c.args.join(' ')}`]
+        : c.device === undefined || deviceExists(c.device)
+          ? [`sysctl ${c.key}=${c.old}`]
+          : [],
   );
   const errors = await undoJournal(j);
   if (errors.length > 0)

@@ -67,12 +67,29 @@ export interface NativeAddon {
    * headers) the offloads of `offload` that the kernel accepts are set, without
    * it the mask is set to 0; `offload` of the handle says which.
    */
-  tunOpen(opts?: { name?: string; multiQueue?: boolean; vnetHdr?: boolean; offload?: number }): {
+  tunOpen(opts?: {
+    name?: string;
+    multiQueue?: boolean;
+    vnetHdr?: boolean;
+    offload?: number;
+    /** TUNSETPERSIST(1) once attached: the device outlives the fd. */
+    persist?: boolean;
+  }): {
     readonly name: string;
     readonly multiQueue: boolean;
     readonly vnetHdr: boolean;
     readonly offload: number;
+    /** The name was a device already before this open (a persistent TUN attached again). */
+    readonly existed: boolean;
   };
+  /** TUNSETPERSIST: false before the last close deletes the device with it. */
+  tunSetPersist(handle: { readonly name: string }, on: boolean): void;
+  /**
+   * An ArrayBuffer over a new MAP_SHARED mapping of `path` (created with O_EXCL,
+   * mode 0600, sized to `bytes`, zero-filled): what is stored in it outlives
+   * the process (native/src/statemap.c). Unmapped when garbage collected.
+   */
+  stateMap(path: string, bytes: number): ArrayBuffer;
   /** TUNSETOFFLOAD with exactly `mask` (nonzero only with vnetHdr). */
   tunSetOffload(handle: { readonly name: string }, mask: number): void;
   tunSetMtu(name: string, mtu: number): void;

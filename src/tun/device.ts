@@ -172,6 +172,12 @@ export interface OpenTunOptions {
   vnetHdr?: boolean;
   /** With vnetHdr: the TUN_F_* mask to ask for. Default TUN_OFFLOAD_ALL. */
   offload?: number;
+  /**
+   * TUNSETPERSIST: the device (with its addresses and routes) outlives the fd,
+   * and an open of an existing device of that name attaches to it again
+   * (`existed` says so). `setPersist(false)` before `close()` deletes it. Default false.
+   */
+  persist?: boolean;
 }
 
 export const TUN_DEFAULTS = Object.freeze({
@@ -183,6 +189,7 @@ export const TUN_DEFAULTS = Object.freeze({
   up: true,
   vnetHdr: false,
   offload: TUN_OFFLOAD_ALL,
+  persist: false,
 });
 
 export const TUN_MAX_BATCH = 4096;
@@ -238,5 +245,6 @@ export function resolveTunOptions(opts: OpenTunOptions = {}): ResolvedTunOptions
     up: opts.up ?? TUN_DEFAULTS.up,
     vnetHdr,
     offload: intIn('offload', opts.offload ?? TUN_DEFAULTS.offload, 0, 0xff),
+    persist: opts.persist ?? TUN_DEFAULTS.persist,
   });
 }

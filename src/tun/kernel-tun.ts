@@ -57,6 +57,7 @@ export function openTun(opts: OpenTunOptions = {}): KernelTun {
       multiQueue: o.multiQueue,
       vnetHdr: o.vnetHdr,
       offload: o.offload,
+      persist: o.persist,
     });
   } catch (e) {
     throw toTunError(e);
@@ -80,6 +81,8 @@ export class KernelTun implements TunDevice {
   readonly mtu: number;
   readonly headroom: number;
   offload: number;
+  /** The device existed before this open: a persistent TUN attached again. */
+  readonly existed: boolean;
   lastWriteRefused = 0;
   readonly txErrnos: Int32Array;
   readonly rx: TunRx;
@@ -97,6 +100,7 @@ export class KernelTun implements TunDevice {
     this.mtu = o.mtu;
     this.headroom = handle.vnetHdr ? VNET_HDR_LEN : 0;
     this.offload = handle.offload;
+    this.existed = handle.existed;
     // The buffers are the addon's (C memory): no typed array crosses the native
     // boundary per burst or per write. Sections as native/index.ts describes.
     const n = o.batchSize;
@@ -126,6 +130,15 @@ export class KernelTun implements TunDevice {
 
   stop(): void {
     this.#native.tunStop(this.#handle);
+  }
+
+  /** TUNSETPERSIST: false before `close()` deletes the device with that close. */
+  setPersist(on: boolean): void {
+    try {
+      this.#native.tunSetPersist(this.#handle, on);
+    } catch (e) {
+      throw toTunError(e);
+    }
   }
 
   write(buf: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, count: number): number {

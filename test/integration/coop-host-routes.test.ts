@@ -123,13 +123,16 @@ describe('cooperative client side: the peer VIPs are routed out of the TUN, per 
     } finally {
       await vpm.kill();
     }
+    // The persistent TUN outlives the crash; vpm down deletes it, after the rules.
+    expect(lab.run(ns, 'ip', ['-o', 'link', 'show'])).toMatch(/vpm0/);
+    const down = await runVpm(lab, ns, ['down', '-c', configPath]);
+    expect(down.code, down.stderr).toBe(0);
+    expect(down.stdout).toMatch(/^undone: ip -6 rule del pref 100 iif vpm0 lookup 101$/m);
+    expect(down.stdout).toMatch(/^undone: ip link delete dev vpm0$/m);
     await waitFor(() => !lab.run(ns, 'ip', ['-o', 'link', 'show']).includes('vpm0'), {
       what: 'vpm0 to disappear',
       timeoutMs: 5000,
     });
-    const down = await runVpm(lab, ns, ['down', '-c', configPath]);
-    expect(down.code, down.stderr).toBe(0);
-    expect(down.stdout).toMatch(/^undone: ip -6 rule del pref 100 iif vpm0 lookup 101$/m);
     expect(hostState(lab, ns)).toEqual(pristine);
     expect(state6()).toEqual(pristine6);
   });

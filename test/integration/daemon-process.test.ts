@@ -123,29 +123,34 @@ describe('vpm up as a process: signals, crashes, bad config', () => {
     expect(vpm.logs().map((l) => l.event)).toContain('stopping');
   });
 
-  it('after SIGKILL, the next vpm up removes the leftovers first: exactly its rules, and it works', async () => {
+  it('after SIGKILL, the next vpm up takes the state over: the same rules, nothing undone, and it works', async () => {
     const first = await up();
+    const during = hostState(lab, topo.host);
     expect(await first.kill()).toEqual({ code: null, signal: 'SIGKILL' });
-    await tunGone();
-    // What a crash leaves: the policy rules, ip_forward and the journal that lists them.
-    expect(rulesForTable(lab, topo.host, TABLE)).toHaveLength(2);
-    expect(hostState(lab, topo.host).ipForward).toBe('1');
+    // What a crash leaves: everything — the persistent TUN with its address and
+    // routes, the policy rules, ip_forward, and the journal that lists them. The
+    // TUN has no carrier while no process holds it: its routes show "linkdown".
+    const crashed = hostState(lab, topo.host);
+    expect({ ...crashed, links: '', routes: crashed.routes.replace(/ linkdown/g, '') }).toEqual({
+      ...during,
+      links: '',
+    });
+    expect(crashed.links).toMatch(/vpm0: <NO-CARRIER,/);
     expect(existsSync(first.stateFile)).toBe(true);
 
     const second = await up();
-    const stale = second.logs().find((l) => l.event === 'stale_state_removed');
-    expect(stale, second.output()).toBeDefined();
-    expect([...(stale!.undone as string[])].sort()).toEqual([
-      `ip rule del pref 100 from 198.19.255.1 ipproto icmp iif lo lookup ${TABLE}`,
-      `ip rule del pref 100 from 198.19.255.1 ipproto tcp lookup ${TABLE}`,
-      // What the kernel changed with ip_forward (the TUN, gone, is not restored).
-      'sysctl net.ipv4.conf.all.accept_redirects=1',
-      'sysctl net.ipv4.conf.default.forwarding=0',
-      'sysctl net.ipv4.conf.ha.forwarding=0',
-      'sysctl net.ipv4.conf.hb.forwarding=0',
-      'sysctl net.ipv4.conf.lo.forwarding=0',
-      'sysctl net.ipv4.ip_forward=0',
-    ]);
+    expect(second.logs().some((l) => l.event === 'stale_state_removed')).toBe(false);
+    const adopted = second.logs().find((l) => l.event === 'state_adopted');
+    expect(adopted, second.output()).toBeDefined();
+    expect(adopted!.previousPid).toBe(first.pid);
+    // Nothing added twice, nothing lost (the TUN's operational state reads UP
+    // rather than UNKNOWN once its carrier has been off and on again).
+    const taken = hostState(lab, topo.host);
+    const operstate = (t: HostState) => ({
+      ...t,
+      links: t.links.replace(/ state (UP|UNKNOWN) /g, ' '),
+    });
+    expect(operstate(taken)).toEqual(operstate(during));
     expect(rulesForTable(lab, topo.host, TABLE)).toHaveLength(2);
     await expectWorks();
 
@@ -153,10 +158,10 @@ describe('vpm up as a process: signals, crashes, bad config', () => {
     expect(hostState(lab, topo.host)).toEqual(pristine);
   });
 
-  it('after SIGKILL, vpm down -c CFG removes the leftovers', async () => {
+  it('after SIGKILL, vpm down -c CFG removes the leftovers, the persistent TUN last', async () => {
     const vpm = await up();
     await vpm.kill();
-    await tunGone();
+    expect(lab.run(topo.host, 'ip', ['-o', 'link', 'show'])).toMatch(/vpm0/);
     expect(hostState(lab, topo.host)).not.toEqual(pristine);
 
     const down = await runVpm(lab, topo.host, ['down', '-c', configPath]);
@@ -166,6 +171,11 @@ describe('vpm up as a process: signals, crashes, bad config', () => {
     );
     expect(down.stdout).toMatch(/^undone: ip rule del .*ipproto icmp iif lo lookup 100$/m);
     expect(down.stdout).toMatch(/^undone: sysctl net\.ipv4\.ip_forward=0$/m);
+    // Listed in journal order (the link first); undone newest first (the link last).
+    expect(down.stdout.split('\n').find((l) => l.startsWith('undone:'))).toBe(
+      'undone: ip link delete dev vpm0',
+    );
+    await tunGone();
     expect(hostState(lab, topo.host)).toEqual(pristine);
     expect(existsSync(vpm.stateFile)).toBe(false);
 

@@ -184,15 +184,20 @@ describe('the IPv6 host recipe', () => {
     expectPristine();
   });
 
-  it('SIGKILL, then vpm down: the -6 rules are undone, the routes and address went with the TUN', async () => {
+  it('SIGKILL, then vpm down: the -6 rules are undone, the persistent TUN deleted with its routes and address', async () => {
     const vpm = await up();
     expect(lab.run(topo.host, 'ip', ['-6', 'rule', 'show'])).toMatch(/lookup 100/);
     await vpm.kill();
-    await tunGone();
-    // What a crash leaves behind: the rules (the routes died with the TUN).
+    // What a crash leaves behind: everything, for the next vpm up to take over —
+    // the rules, and the persistent TUN with its IPv6 address and routes.
     expect(lab.run(topo.host, 'ip', ['-6', 'rule', 'show'])).toMatch(/lookup 100/);
+    expect(lab.run(topo.host, 'ip', ['-6', 'addr', 'show', 'dev', 'vpm0'])).toMatch(
+      /inet6 2001:2:0:ff::1\/128/,
+    );
     const down = await runVpm(lab, topo.host, ['down', '-c', configPath]);
     expect(down.code, down.stderr).toBe(0);
+    expect(down.stdout).toMatch(/^undone: ip link delete dev vpm0$/m);
+    await tunGone();
     expect(down.stdout).toMatch(
       /^undone: ip -6 rule del pref 100 from 2001:2:0:ff::1 ipproto ipv6-icmp iif lo lookup 100$/m,
     );

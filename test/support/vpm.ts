@@ -225,6 +225,8 @@ export interface VpmStartOptions {
   cwd?: string;
   /** The daemon's environment. Default: the test process's. */
   env?: NodeJS.ProcessEnv;
+  /** More arguments after `up -c FILE` (e.g. `--keep-state`). */
+  args?: string[];
 }
 
 /** A running `vpm up` inside a namespace. */
@@ -263,10 +265,15 @@ export class VpmDaemon {
   ): Promise<VpmDaemon> {
     requireVpmBuild();
     const argPath = opts.cwd === undefined ? configPath : relative(opts.cwd, configPath);
-    const child = lab.spawn(ns, process.execPath, [...vpmArgv(), 'up', '-c', argPath], {
-      cwd: opts.cwd,
-      env: opts.env,
-    });
+    const child = lab.spawn(
+      ns,
+      process.execPath,
+      [...vpmArgv(), 'up', '-c', argPath, ...(opts.args ?? [])],
+      {
+        cwd: opts.cwd,
+        env: opts.env,
+      },
+    );
     const d = new VpmDaemon(lab, ns, dir, configPath, join(dir, 'vpm.sock'), child);
     try {
       await waitJsonEvent(lab, child, 'ready', opts.readyTimeoutMs ?? 15_000);

@@ -15,6 +15,7 @@ describe('openTun options', () => {
       up: true,
       vnetHdr: false,
       offload: 0x6f,
+      persist: false,
     });
     expect(Object.isFrozen(resolveTunOptions())).toBe(true);
     expect(Object.isFrozen(TUN_DEFAULTS)).toBe(true);
