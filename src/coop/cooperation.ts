@@ -177,6 +177,25 @@ export class Cooperation {
     this.stopListening = d.table.addRemoveListener((slot) => this.flowRemoved(slot));
   }
 
+  /**
+   * After a start over a previous daemon's state: the server side's negotiated
+   * flows taken over (FLOW_NEGOTIATED: their virtual port is their p2) hold
+   * their p2 again, which goes back to the pool when the flow goes, as it
+   * would have. Returns how many. Control plane (start-up).
+   */
+  adoptFlows(): number {
+    const t = this.d.table;
+    let n = 0;
+    t.forEach((s) => {
+      if ((t.flags[s]! & FLOW_NEGOTIATED) === 0 || !this.p2Pool) return;
+      if (this.p2Pool.claim(t.vport[s]!)) {
+        this.p2OfSlot.set(s, t.vport[s]!);
+        n++;
+      }
+    });
+    return n;
+  }
+
   /** Server side: a negotiated flow's p2 goes back to its pool when the flow goes. */
   private flowRemoved(slot: number): void {
     const p2 = this.p2OfSlot.get(slot);

@@ -452,6 +452,7 @@ export class Daemon {
           this.registry?.localClientAid6(addr, port, proto) ?? -1,
         aidOfUser: (uid) => this.access.aidOfUser(uid),
       });
+      if (this.recovered) this.recovered.p2 = this.coop.adoptFlows();
       tun.start(
         (count) => pipeline.processBatch(count, monoNow()),
         (err) => {

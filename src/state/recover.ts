@@ -49,6 +49,8 @@ export type DropReason =
 export interface RecoveryResult {
   restored: number;
   dropped: Partial<Record<DropReason, number>>;
+  /** Of the restored: cooperative server-side flows whose p2 was claimed again (the daemon fills it in). */
+  p2?: number;
 }
 
 export interface RecoveryContext {

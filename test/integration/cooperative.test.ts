@@ -413,6 +413,55 @@ describe.each([4, 6] as const)(
       expect(r.event, r.output).toBe('done');
     });
 
+    it('a transfer survives kill -9 of the client-side daemon, then of the server-side one (its p2 held again)', async () => {
+      const MB = 1024 * 1024;
+      const c = spawnClient(lab, client, {
+        mode: 'xfer',
+        host: VIP,
+        port: 9000,
+        up: 48 * MB,
+        down: 1 * MB,
+        paceMs: 4000,
+        localPort: 50090,
+        timeoutMs: 60_000,
+      });
+      /** The server side's flow of this client, once past `bytes` bytes in. */
+      const serverFlowPast = async (bytes: number) => {
+        let p2 = '';
+        await waitFor(
+          async () => {
+            const f = (await vpmS.flows()).find(
+              (x) => /:50090$/.test(x.client) && x.bytesIn > bytes,
+            );
+            if (f) p2 = f.service;
+            return f !== undefined;
+          },
+          { what: `the server-side flow past ${bytes} bytes`, timeoutMs: 20_000, intervalMs: 20 },
+        );
+        return p2;
+      };
+      const p2 = await serverFlowPast(4 * MB);
+      await vpmC.kill();
+      vpmC = await VpmDaemon.startFile(lab, client, vpmC.configPath, vpmC.dir);
+      expect(vpmC.logs().find((l) => l.event === 'state_adopted')?.flows, vpmC.output()).toBe(1);
+      await serverFlowPast(16 * MB);
+      await vpmS.kill();
+      vpmS = await VpmDaemon.startFile(lab, server, vpmS.configPath, vpmS.dir);
+      const adopted = vpmS.logs().find((l) => l.event === 'state_adopted');
+      expect(adopted?.flows, vpmS.output()).toBe(1);
+      // The same p2 (the flow's service side on the server), held by the flow again.
+      expect(await serverFlowPast(16 * MB)).toBe(p2);
+      const s = (await vpmS.stats()) as unknown as { recovered: { p2: number } };
+      expect(s.recovered.p2).toBe(1);
+      const r = await clientResult(lab, c, 60_000);
+      expect(r.event, r.output).toBe('done');
+      const t = r.trailer as Record<string, unknown>;
+      expect(t.recvBytes).toBe(48 * MB);
+      expect(t.recvSha).toBe(r.sentSha);
+      expect(r.recvSha).toBe(t.sentSha);
+      expect((r.hello as Record<string, unknown>).instance).toBe('a1');
+    }, 90_000);
+
     it('refuses new connections within the timeout while the peer is down, and works again when it is back', async () => {
       await vpmS.stop();
       const t0 = Date.now();
