@@ -276,6 +276,71 @@ for line in sys.stdin:
     expect(hostState(lab, topo.host)).toEqual(pristine);
   });
 
+  it('vpm up with another config over the state: flows whose service, AID and instance remain continue; the others are removed and counted; the host follows the new config', async () => {
+    const withOld = writeVpmConfig(
+      dir,
+      {
+        ...CONFIG,
+        services: [
+          ...(CONFIG.services as unknown[]),
+          { name: 'old', address: '198.19.0.99', port: 9000 },
+        ],
+      },
+      'old.json',
+    );
+    const first = await up([], withOld);
+    expect(lab.run(topo.host, 'ip', ['route', 'show', 'dev', 'vpm0'])).toMatch(/198\.19\.0\.99/);
+    const a = spawnClient(lab, topo.tenantA, {
+      mode: 'xfer',
+      localAddress: CLIENT_A,
+      up: 32 * MB,
+      down: 1 * MB,
+      paceMs: 3000,
+      timeoutMs: 30_000,
+    });
+    const b = spawnClient(lab, topo.tenantB, {
+      mode: 'xfer',
+      up: 32 * MB,
+      down: 1 * MB,
+      paceMs: 3000,
+      timeoutMs: 30_000,
+    });
+    await flowPast(first, 4 * MB);
+    await waitFor(async () => (await first.flows()).length === 2, { what: 'both flows' });
+    await first.kill();
+    // tenant-b's instance moves to another port: its flow's instance is gone.
+    const next = writeVpmConfig(
+      dir,
+      {
+        ...CONFIG,
+        applications: [
+          (CONFIG.applications as unknown[])[0],
+          { aid: 'tenant-b', instances: [{ port: 19003, service: 'web' }] },
+        ],
+      },
+      'next.json',
+    );
+    const second = await VpmDaemon.startFile(lab, topo.host, next, dir);
+    daemons.push(second);
+    const adopted = second.logs().find((l) => l.event === 'state_adopted');
+    expect(adopted, second.output()).toBeDefined();
+    expect(adopted!.flows).toBe(1);
+    expect(adopted!.dropped).toEqual({ instance_gone: 1 });
+    // The service the new config no longer has: its route is gone, the others stay.
+    const routes = lab.run(topo.host, 'ip', ['route', 'show', 'dev', 'vpm0']);
+    expect(routes).not.toMatch(/198\.19\.0\.99/);
+    expect(routes).toMatch(new RegExp(`^${VIP.replace(/\./g, '\\.')} `, 'm'));
+    const ra = await clientResult(lab, a, 35_000);
+    expect(ra.event, ra.output).toBe('done');
+    expect((ra.trailer as Record<string, unknown>).recvSha).toBe(ra.sentSha);
+    // tenant-b's connection has no translation any more: it fails (a RST from vpm to its next segment).
+    const rb = await clientResult(lab, b, 35_000);
+    expect(rb.event, rb.output).not.toBe('done');
+    // vpm down with the config the daemon runs removes everything of both.
+    expect(await second.stop('SIGTERM')).toEqual({ code: 0, signal: null });
+    expect(hostState(lab, topo.host)).toEqual(pristine);
+  });
+
   describe('a state file damaged on purpose', () => {
     /** Start, make `n` flows (their records stay in the table: TIME_WAIT), kill -9: the file they left. */
     async function leaveFlows(n: number): Promise<string> {
