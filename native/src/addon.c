@@ -16,6 +16,7 @@
 #include "checksum.h"
 #include "capture.h"
 #include "cred.h"
+#include "handover.h"
 #include "tun_napi.h"
 
 #define THROW(env, kind, ...)                                   \
@@ -122,6 +123,13 @@ static napi_value init(napi_env env, napi_value exports) {
       {"tunClose", NULL, vpm_js_tun_close, NULL, NULL, NULL, napi_default, NULL},
       {"tunStats", NULL, vpm_js_tun_stats, NULL, NULL, NULL, napi_default, NULL},
       {"tunSetOffload", NULL, vpm_js_tun_set_offload, NULL, NULL, NULL, napi_default, NULL},
+      {"tunFd", NULL, vpm_js_tun_fd, NULL, NULL, NULL, napi_default, NULL},
+      {"tunAdopt", NULL, vpm_js_tun_adopt, NULL, NULL, NULL, napi_default, NULL},
+      /* Handing the TUN's fd to another process (handover.c) */
+      {"handoverListen", NULL, vpm_js_handover_listen, NULL, NULL, NULL, napi_default, NULL},
+      {"handoverReceive", NULL, vpm_js_handover_receive, NULL, NULL, NULL, napi_default, NULL},
+      {"handoverSend", NULL, vpm_js_handover_send, NULL, NULL, NULL, napi_default, NULL},
+      {"closeFd", NULL, vpm_js_close_fd, NULL, NULL, NULL, napi_default, NULL},
       /* Live capture for vpm dump (capture.c, libpcap) */
       {"capOpen", NULL, vpm_js_cap_open, NULL, NULL, NULL, napi_default, NULL},
       {"capStart", NULL, vpm_js_cap_start, NULL, NULL, NULL, napi_default, NULL},
