@@ -125,6 +125,8 @@ export class HandoverListener {
    * after the acknowledgement: the fd is closed.
    */
   receive(timeoutMs: number): ReceivedHandover {
+    if (this.#closed)
+      throw new HandoverError('ERR_HANDOVER_IO', `handover listener on ${this.path} is closed`);
     const native = loadNative();
     let got: { fd: number; meta: string };
     try {

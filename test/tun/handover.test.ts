@@ -336,6 +336,10 @@ describe('TUN handover: the socket, its messages and who may take part', () => {
     expect(e).toMatchObject({ code: 'ERR_HANDOVER_TIMEOUT', name: 'HandoverError' });
     expect(e.message).toBe(`no process handed over on ${path} within 150 ms`);
     l.close();
+    expect(thrown(() => l.receive(150))).toMatchObject({
+      code: 'ERR_HANDOVER_IO',
+      message: `handover listener on ${path} is closed`,
+    });
   });
 
   it('a send to a path nobody listens on fails: ERR_HANDOVER_NO_LISTENER (no file, a stale socket)', () => {
