@@ -17,6 +17,7 @@
 #include "capture.h"
 #include "cred.h"
 #include "statemap.h"
+#include "handover.h"
 #include "tun_napi.h"
 
 #define THROW(env, kind, ...)                                   \
@@ -126,6 +127,13 @@ static napi_value init(napi_env env, napi_value exports) {
       {"tunSetPersist", NULL, vpm_js_tun_set_persist, NULL, NULL, NULL, napi_default, NULL},
       /* File-backed shared mappings for the state that outlives a crash (statemap.c) */
       {"stateMap", NULL, vpm_js_state_map, NULL, NULL, NULL, napi_default, NULL},
+      {"tunFd", NULL, vpm_js_tun_fd, NULL, NULL, NULL, napi_default, NULL},
+      {"tunAdopt", NULL, vpm_js_tun_adopt, NULL, NULL, NULL, napi_default, NULL},
+      /* Handing the TUN's fd to another process (handover.c) */
+      {"handoverListen", NULL, vpm_js_handover_listen, NULL, NULL, NULL, napi_default, NULL},
+      {"handoverReceive", NULL, vpm_js_handover_receive, NULL, NULL, NULL, napi_default, NULL},
+      {"handoverSend", NULL, vpm_js_handover_send, NULL, NULL, NULL, napi_default, NULL},
+      {"closeFd", NULL, vpm_js_close_fd, NULL, NULL, NULL, napi_default, NULL},
       /* Live capture for vpm dump (capture.c, libpcap) */
       {"capOpen", NULL, vpm_js_cap_open, NULL, NULL, NULL, napi_default, NULL},
       {"capStart", NULL, vpm_js_cap_start, NULL, NULL, NULL, napi_default, NULL},

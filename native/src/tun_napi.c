@@ -49,6 +49,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <net/if.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -60,6 +61,7 @@
 #include <uv.h>
 
 #include "tun_dev.h"
+#include "tun_inspect.h"
 
 enum { POLL_NONE = 0, POLL_INIT, POLL_CLOSING, POLL_CLOSED };
 
@@ -413,6 +415,53 @@ static napi_value get_prop(napi_env env, napi_value obj, const char *key) {
   return v;
 }
 
+/*
+ * The JS handle over an attached, non-blocking TUN fd (tunOpen's, or tunAdopt's).
+ * On failure it throws, and closes the fd when `close_on_error`.
+ */
+static napi_value wrap_tun(napi_env env, int fd, const char *kname, bool mq, bool vnet,
+                           unsigned offload, bool existed, const char *fn, bool close_on_error) {
+  vpm_tun *t = calloc(1, sizeof *t);
+  if (!t) {
+    if (close_on_error) close(fd);
+    throw_code(env, "ERR_TUN_OPEN", ENOMEM, "calloc", "%s: out of memory", fn);
+    return NULL;
+  }
+  t->env = env;
+  t->fd = fd;
+  t->multi_queue = mq;
+  t->headroom = vnet ? VPM_VNET_HDR_LEN : 0;
+  t->offload = offload;
+  memcpy(t->name, kname, IFNAMSIZ);
+  t->poll.data = t;
+
+  napi_value obj, nm, mqv, vnv, ofv, exv;
+  napi_create_object(env, &obj);
+  napi_create_string_utf8(env, t->name, NAPI_AUTO_LENGTH, &nm);
+  napi_get_boolean(env, mq, &mqv);
+  napi_get_boolean(env, vnet, &vnv);
+  napi_create_uint32(env, offload, &ofv);
+  napi_get_boolean(env, existed, &exv);
+  napi_property_descriptor props[] = {
+      {"name", NULL, NULL, NULL, NULL, nm, napi_enumerable, NULL},
+      {"multiQueue", NULL, NULL, NULL, NULL, mqv, napi_enumerable, NULL},
+      {"vnetHdr", NULL, NULL, NULL, NULL, vnv, napi_enumerable, NULL},
+      {"offload", NULL, NULL, NULL, NULL, ofv, napi_enumerable, NULL},
+      {"existed", NULL, NULL, NULL, NULL, exv, napi_enumerable, NULL},
+  };
+  napi_define_properties(env, obj, 5, props);
+  napi_type_tag_object(env, obj, &TUN_TAG);
+  if (napi_wrap(env, obj, t, on_finalize, NULL, NULL) != napi_ok) {
+    if (close_on_error) close(fd);
+    free(t);
+    throw_code(env, "ERR_TUN_OPEN", 0, "", "%s: napi_wrap failed", fn);
+    return NULL;
+  }
+  t->wrapped = true;
+  napi_add_async_cleanup_hook(env, on_env_cleanup, t, &t->cleanup);
+  return obj;
+}
+
 napi_value vpm_js_tun_open(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -481,45 +530,7 @@ napi_value vpm_js_tun_open(napi_env env, napi_callback_info info) {
     return NULL;
   }
 
-  vpm_tun *t = calloc(1, sizeof *t);
-  if (!t) {
-    close(fd);
-    throw_code(env, "ERR_TUN_OPEN", ENOMEM, "calloc", "tunOpen: out of memory");
-    return NULL;
-  }
-  t->env = env;
-  t->fd = fd;
-  t->multi_queue = mq;
-  t->headroom = vnet ? VPM_VNET_HDR_LEN : 0;
-  t->offload = offload;
-  memcpy(t->name, kname, IFNAMSIZ);
-  t->poll.data = t;
-
-  napi_value obj, nm, mqv, vnv, ofv, exv;
-  napi_create_object(env, &obj);
-  napi_create_string_utf8(env, t->name, NAPI_AUTO_LENGTH, &nm);
-  napi_get_boolean(env, mq, &mqv);
-  napi_get_boolean(env, vnet, &vnv);
-  napi_create_uint32(env, offload, &ofv);
-  napi_get_boolean(env, existed, &exv);
-  napi_property_descriptor props[] = {
-      {"name", NULL, NULL, NULL, NULL, nm, napi_enumerable, NULL},
-      {"multiQueue", NULL, NULL, NULL, NULL, mqv, napi_enumerable, NULL},
-      {"vnetHdr", NULL, NULL, NULL, NULL, vnv, napi_enumerable, NULL},
-      {"offload", NULL, NULL, NULL, NULL, ofv, napi_enumerable, NULL},
-      {"existed", NULL, NULL, NULL, NULL, exv, napi_enumerable, NULL},
-  };
-  napi_define_properties(env, obj, 5, props);
-  napi_type_tag_object(env, obj, &TUN_TAG);
-  if (napi_wrap(env, obj, t, on_finalize, NULL, NULL) != napi_ok) {
-    close(fd);
-    free(t);
-    throw_code(env, "ERR_TUN_OPEN", 0, "", "tunOpen: napi_wrap failed");
-    return NULL;
-  }
-  t->wrapped = true;
-  napi_add_async_cleanup_hook(env, on_env_cleanup, t, &t->cleanup);
-  return obj;
+  return wrap_tun(env, fd, kname, mq, vnet, offload, existed, "tunOpen", true);
 }
 
 napi_value vpm_js_tun_set_offload(napi_env env, napi_callback_info info) {
@@ -960,4 +971,86 @@ napi_value vpm_js_tun_stats(napi_env env, napi_callback_info info) {
   set_num(env, o, "writeErrors", (double)t->st.write_errors);
   set_num(env, o, "lastWriteErrno", t->st.last_write_errno);
   return o;
+}
+
+/* ---------- handover: the fd for another process, and adopting one from it ---------- */
+
+/* tunFd(handle) -> the device's fd, for handoverSend (handover.c). */
+napi_value vpm_js_tun_fd(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  vpm_tun *t = get_open_tun(env, argc ? argv[0] : NULL, "tunFd");
+  if (!t) return NULL;
+  napi_value r;
+  napi_create_int32(env, t->fd, &r);
+  return r;
+}
+
+/*
+ * tunAdopt({ fd, vnetHdr, offload, multiQueue? }) -> the handle tunOpen would
+ * give, over an fd received from another process. tun_inspect.c checks what the
+ * fd is attached to (refused: ERR_TUN_ADOPT, the fd left to the caller); then it
+ * is made non-blocking and close-on-exec, and the offload mask the other process
+ * had is set again (device-wide, it survived; set to be sure). The handle owns
+ * the fd from then on.
+ */
+napi_value vpm_js_tun_adopt(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  napi_valuetype ot = napi_undefined;
+  if (argc >= 1) napi_typeof(env, argv[0], &ot);
+  if (ot != napi_object)
+    THROW_TYPE(env, "tunAdopt(opts): opts must be an object { fd, vnetHdr, offload[, multiQueue] }");
+  uint32_t fd, offload;
+  bool vnet, mq = false;
+  napi_value v = get_prop(env, argv[0], "fd");
+  if (!v || !get_u32(env, v, &fd) || fd > 0x7fffffff)
+    THROW_TYPE(env, "tunAdopt: opts.fd must be a file descriptor (a non-negative integer)");
+  v = get_prop(env, argv[0], "vnetHdr");
+  if (!v || !get_bool(env, v, &vnet)) THROW_TYPE(env, "tunAdopt: opts.vnetHdr must be a boolean");
+  v = get_prop(env, argv[0], "offload");
+  if (!v || !get_u32(env, v, &offload) || offload > 0xff)
+    THROW_RANGE(env, "tunAdopt: opts.offload must be the TUN_F_* mask in effect, 0..255");
+  v = get_prop(env, argv[0], "multiQueue");
+  if (v && !is_nullish(env, v) && !get_bool(env, v, &mq))
+    THROW_TYPE(env, "tunAdopt: opts.multiQueue must be a boolean");
+  if (offload != 0 && !vnet) {
+    throw_code(env, "ERR_TUN_OPTION", 0, "",
+               "tunAdopt: offload 0x%x without virtio-net headers; only 0 is possible", offload);
+    return NULL;
+  }
+
+  char name[IFNAMSIZ], why[640], msg[768];
+  int err = 0;
+  const char *syscall = "";
+  int rc = vpm_tun_check_adopt((int)fd, vnet, mq, name, why, sizeof why, &err, &syscall);
+  if (rc == 0) {
+    int fl = fcntl((int)fd, F_GETFL);
+    if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl((int)fd, F_SETFL, fl | O_NONBLOCK) < 0)) {
+      err = errno;
+      syscall = "fcntl(F_SETFL)";
+      snprintf(why, sizeof why, "cannot make %s non-blocking: %s", name, strerror(err));
+      rc = -1;
+    }
+  }
+  if (rc == 0) {
+    int fdfl = fcntl((int)fd, F_GETFD);
+    if (fdfl >= 0 && !(fdfl & FD_CLOEXEC)) fcntl((int)fd, F_SETFD, fdfl | FD_CLOEXEC);
+    int orc = vpm_tun_set_offload((int)fd, offload);
+    if (orc < 0) {
+      err = -orc;
+      syscall = "ioctl(TUNSETOFFLOAD)";
+      snprintf(why, sizeof why, "cannot set offloads 0x%x on %s: %s", offload, name,
+               strerror(err));
+      rc = -1;
+    }
+  }
+  if (rc < 0) {
+    snprintf(msg, sizeof msg, "cannot adopt fd %u as a TUN device: %s", fd, why);
+    napi_throw(env, make_error(env, "ERR_TUN_ADOPT", err, syscall, msg));
+    return NULL;
+  }
+  return wrap_tun(env, (int)fd, name, mq, vnet, offload, true, "tunAdopt", false);
 }

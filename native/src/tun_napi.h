@@ -12,6 +12,8 @@
  *   tunWriteBatch(handle, buf, offsets, lengths, count[, errnos]) -> n + 65536 * refused
  *   tunClose(handle)
  *   tunStats(handle) -> { counters }
+ *   tunFd(handle) -> fd (for handoverSend, handover.c)
+ *   tunAdopt({ fd, vnetHdr, offload, multiQueue? }) -> handle, over an fd from another process
  */
 #ifndef VPM_TUN_H
 #define VPM_TUN_H
@@ -31,5 +33,7 @@ napi_value vpm_js_tun_set_offload(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_set_persist(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_close(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_stats(napi_env env, napi_callback_info info);
+napi_value vpm_js_tun_fd(napi_env env, napi_callback_info info);
+napi_value vpm_js_tun_adopt(napi_env env, napi_callback_info info);
 
 #endif

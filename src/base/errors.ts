@@ -57,6 +57,13 @@ export const ERROR_CODES = [
   'ERR_TUN_CLOSED',
   'ERR_TUN_STARTED',
   'ERR_TUN_IO',
+  // handing the TUN's fd to another process (HandoverError, src/tun/handover.ts; native/src/handover.c)
+  'ERR_TUN_ADOPT',
+  'ERR_HANDOVER_TIMEOUT',
+  'ERR_HANDOVER_NO_LISTENER',
+  'ERR_HANDOVER_PEER',
+  'ERR_HANDOVER_PROTOCOL',
+  'ERR_HANDOVER_IO',
   // control socket: client (ControlError) and server (error answers)
   'ERR_NOT_RUNNING',
   'ERR_CONTROL_TIMEOUT',

@@ -125,6 +125,38 @@ export interface NativeAddon {
     errnos?: Int32Array,
   ): number;
   tunClose(handle: { readonly name: string }): void;
+  /** The device's fd, for handoverSend; ERR_TUN_CLOSED after tunClose. */
+  tunFd(handle: { readonly name: string }): number;
+  /**
+   * A handle like tunOpen's over `fd`, received from another process: refused
+   * with ERR_TUN_ADOPT (the fd left open, the caller's) unless it is attached to
+   * a TUN in this network namespace with IFF_NO_PI, IFF_VNET_HDR exactly when
+   * `vnetHdr` (10-byte little-endian headers) and IFF_MULTI_QUEUE exactly when
+   * `multiQueue` (default false). Then made O_NONBLOCK and FD_CLOEXEC, its
+   * offload mask set to `offload` again; the handle owns the fd.
+   */
+  tunAdopt(opts: {
+    fd: number;
+    vnetHdr: boolean;
+    offload: number;
+    multiQueue?: boolean;
+  }): ReturnType<NativeAddon['tunOpen']>;
+
+  // Handing an fd to another process (native/src/handover.c; the typed wrapper is
+  // src/tun/handover.ts). Errors carry a stable `code` (ERR_HANDOVER_*), and
+  // `errno`/`syscall` when a call failed.
+  /** A unix stream socket listening at `path` (a stale socket file there removed first), mode 0600. */
+  handoverListen(path: string): number;
+  /**
+   * Block (poll) up to `timeoutMs` for one sender on `listenFd`: its uid must be 0
+   * or ours; exactly one fd and a UTF-8 payload of at most 64 KiB. Acknowledges,
+   * then returns them; the fd is close-on-exec.
+   */
+  handoverReceive(listenFd: number, timeoutMs: number): { fd: number; meta: string };
+  /** Send `fd` and `meta` to the listener at `path`; returns once it acknowledged (default 5000 ms). */
+  handoverSend(path: string, fd: number, meta: string, timeoutMs?: number): void;
+  /** close(2); ERR_HANDOVER_IO when `fd` is not open. */
+  closeFd(fd: number): void;
 
   // Live capture (native/src/capture.c, libpcap; the typed wrapper is src/inspect/capture.ts).
   // Errors carry a stable `code` (ERR_CAPTURE_*).

@@ -15,6 +15,7 @@
  * | ERR_TUN_CLOSED | the device is closed |
  * | ERR_TUN_STARTED | start() on a device that is already reading |
  * | ERR_TUN_IO | reading failed for good (device deleted); reading stopped |
+ * | ERR_TUN_ADOPT | adoptTun: the fd is not a TUN device as vpm opens them (the message says what differs) |
  */
 
 import { VpmError } from '../base/errors.js';
@@ -29,7 +30,8 @@ export type TunErrorCode =
   | 'ERR_TUN_LINK'
   | 'ERR_TUN_CLOSED'
   | 'ERR_TUN_STARTED'
-  | 'ERR_TUN_IO';
+  | 'ERR_TUN_IO'
+  | 'ERR_TUN_ADOPT';
 
 export class TunError extends VpmError<TunErrorCode> {
   readonly errno: number | undefined;

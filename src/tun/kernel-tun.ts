@@ -28,6 +28,14 @@
  *
  * Transmit queue. The kernel's default of 500 packets overflows under bulk load
  * (docs/deployment.md, step 5); the default here is 10,000.
+ *
+ * Adopting. `adoptTun` takes an fd another process handed over (src/tun/handover.ts)
+ * instead of opening one: the addon checks that it is attached to a TUN as
+ * `openTun` makes them (the flags of `vnetHdr` and `multiQueue`, no packet
+ * information, 10-byte little-endian headers) and sets the offload mask that
+ * process had again; from there on the same link settings, buffers and slots as
+ * `openTun`. MTU, queue length and link state are device-wide and survived; they
+ * are set again from the options (a no-op when unchanged), so pass the same ones.
  */
 
 import { loadNative, type NativeAddon } from '../native/index.js';
@@ -62,6 +70,43 @@ export function openTun(opts: OpenTunOptions = {}): KernelTun {
   } catch (e) {
     throw toTunError(e);
   }
+  return configure(native, handle, o);
+}
+
+/** Options of `adoptTun`: those of `openTun` but the name, and what the sending process had. */
+export interface AdoptTunOptions extends Omit<OpenTunOptions, 'name' | 'vnetHdr' | 'offload'> {
+  /** IFF_VNET_HDR as the device was opened: checked, never changed. */
+  vnetHdr: boolean;
+  /** The TUN_F_* mask in effect in the sending process (its `offload`): set again. */
+  offload: number;
+}
+
+/**
+ * A KernelTun over `fd`, a TUN device's fd received from another process
+ * (src/tun/handover.ts). Refused with ERR_TUN_ADOPT, naming what differs, unless
+ * it is attached to a TUN of this network namespace as `openTun` opens them with
+ * these options; the fd then stays the caller's. Once adopted, the device owns
+ * it (closed by `close()`, also when configuring it fails here).
+ */
+export function adoptTun(fd: number, opts: AdoptTunOptions): KernelTun {
+  const o = resolveTunOptions(opts);
+  const native = loadNative();
+  let handle: NativeHandle;
+  try {
+    handle = native.tunAdopt({
+      fd,
+      vnetHdr: o.vnetHdr,
+      offload: o.offload,
+      multiQueue: o.multiQueue,
+    });
+  } catch (e) {
+    throw toTunError(e);
+  }
+  return configure(native, handle, o);
+}
+
+/** Link settings and buffers of an opened or adopted device; closes it when they fail. */
+function configure(native: NativeAddon, handle: NativeHandle, o: ResolvedTunOptions): KernelTun {
   try {
     native.tunSetMtu(handle.name, o.mtu);
     native.tunSetTxQueueLen(handle.name, o.txQueueLen);
@@ -175,6 +220,18 @@ export class KernelTun implements TunDevice {
 
   close(): void {
     this.#native.tunClose(this.#handle);
+  }
+
+  /**
+   * The device's fd, to hand to another process (src/tun/handover.ts); stop()
+   * first, so that only one process reads. ERR_TUN_CLOSED after close().
+   */
+  fd(): number {
+    try {
+      return this.#native.tunFd(this.#handle);
+    } catch (e) {
+      throw toTunError(e);
+    }
   }
 
   stats(): TunStats {

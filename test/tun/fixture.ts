@@ -9,8 +9,9 @@ import { fileURLToPath } from 'node:url';
 import type { NetLab } from '../support/netns.js';
 
 const FIXTURES = fileURLToPath(new URL('./fixtures/', import.meta.url));
-const LOADER = `${FIXTURES}ts-loader.mjs`;
+export const LOADER = `${FIXTURES}ts-loader.mjs`;
 export const TUN_FIXTURE = `${FIXTURES}tun-fixture.ts`;
+export const HANDOVER_FIXTURE = `${FIXTURES}handover-fixture.ts`;
 export const UDP_CLIENT = `${FIXTURES}udp-client.mjs`;
 
 /** The fixture refuses to configure anything unless it runs in another netns than this one. */
@@ -24,9 +25,11 @@ export interface FixtureOptions {
   /** Run as this uid/gid (setpriv), e.g. 65534 for nobody. */
   asUser?: number;
   stdin?: 'pipe' | 'ignore';
+  /** The fixture script (default TUN_FIXTURE). */
+  script?: string;
 }
 
-/** Start `tun-fixture.ts SCENARIO [JSON]` in `ns`; the pid is node's own. */
+/** Start `tun-fixture.ts SCENARIO [JSON]` (or opts.script's) in `ns`; the pid is node's own. */
 export function spawnTunFixture(
   lab: NetLab,
   ns: string,
@@ -39,7 +42,7 @@ export function spawnTunFixture(
     ...(opts.nodeFlags ?? []),
     '--import',
     LOADER,
-    TUN_FIXTURE,
+    opts.script ?? TUN_FIXTURE,
     scenario,
     ...(arg === undefined ? [] : [JSON.stringify(arg)]),
   ];
