@@ -68,6 +68,22 @@ export function registerDaemonCommands(program: Command): void {
     });
 
   program
+    .command('restart')
+    .description(
+      'take over from the daemon running with this config without resetting a connection: it hands its TUN over and exits, this process becomes the daemon (with another config file too: see docs/deployment.md)',
+    )
+    .requiredOption('-c, --config <file>', 'configuration file (see docs/configuration.md)')
+    .option('--keep-state', 'as for vpm up: on SIGTERM/SIGINT leave everything for the next vpm up')
+    .action(async (o: { config: string; keepState?: boolean }) => {
+      const cfg = loadConfig(o.config);
+      requireRoot('vpm restart');
+      const d = new Daemon(cfg, undefined, { keepState: o.keepState === true, handover: true });
+      d.installSignals();
+      await d.start();
+      await new Promise<never>(() => {});
+    });
+
+  program
     .command('down')
     .description(
       'stop the daemon of this config and undo everything (also after --keep-state), or remove what a crashed one left behind',

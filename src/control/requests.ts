@@ -119,6 +119,20 @@ const connectArgs = {
   },
 } as const;
 
+const handoverArgs = {
+  $id: 'urn:vpm:control:handover',
+  type: 'object',
+  additionalProperties: false,
+  required: ['path'],
+  properties: {
+    /**
+     * The unix socket the new daemon (`vpm restart`) listens on for the TUN's
+     * fd: a path in the daemon's own run directory, `<tun>.handover`.
+     */
+    path: { type: 'string', minLength: 1, maxLength: 107 },
+  },
+} as const;
+
 /** Every command the daemon answers, with the schema of its `args`. */
 export const COMMANDS = {
   ping: noArgs,
@@ -131,6 +145,7 @@ export const COMMANDS = {
   bind: bindArgs,
   release: releaseArgs,
   connect: connectArgs,
+  handover: handoverArgs,
 } as const;
 
 export type Command = keyof typeof COMMANDS;

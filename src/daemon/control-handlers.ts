@@ -26,6 +26,8 @@ export interface ControlTarget {
   reload(): Promise<ReloadResult>;
   /** The registry of bound instances; null until the daemon has built it. */
   registry(): Registry | null;
+  /** `vpm restart`: hand the TUN to the new daemon listening at `path`, then exit. */
+  handover(path: string): Record<string, unknown>;
 }
 
 export function registerControlHandlers(c: ControlServer, d: ControlTarget): void {
@@ -36,6 +38,10 @@ export function registerControlHandlers(c: ControlServer, d: ControlTarget): voi
   c.on('stats', () => d.stats());
   c.on('flows', () => d.flows());
   c.on('reload', () => d.reload());
+  c.on('handover', (a) => {
+    log.info({ event: 'handover_requested', path: a.path }, 'vpm restart asks for the TUN');
+    return d.handover(a.path);
+  });
   // The virtual layer (the bind/connect library and vpm exec): docs/control-protocol.md.
   c.on('hello', (a) => reg().hello(a));
   c.on('services', () =>

@@ -26,6 +26,7 @@ import { loadConfig } from '../config/load.js';
 import { serviceAddresses } from '../config/summary.js';
 import type { Config } from '../config/types.js';
 import { AccessPolicy } from '../control/access.js';
+import { controlRequest } from '../control/client.js';
 import { ControlServer } from '../control/server.js';
 import { Cooperation } from '../coop/cooperation.js';
 import { Counters, DROP_NAMES } from '../datapath/counters.js';
@@ -41,12 +42,14 @@ import {
   HostError,
   HostSetup,
   journalOwnerAlive,
+  pidAlive,
   readJournal,
 } from '../host/setup.js';
 import { createFlowFile, readFlowFile } from '../state/flow-file.js';
 import { type RecoveryResult, recoverFlows } from '../state/recover.js';
 import { offloadNames } from '../tun/device.js';
-import { type KernelTun, openTun } from '../tun/kernel-tun.js';
+import { closeFd, listenForHandover, sendHandover, tunHandoverInfo } from '../tun/handover.js';
+import { adoptTun, type KernelTun, openTun } from '../tun/kernel-tun.js';
 import type { FlowView, InstanceView } from '../view/views.js';
 import { PortPool } from '../virtual/pool.js';
 import { Registry } from '../virtual/registry.js';
@@ -94,8 +97,23 @@ export const flowsFileFor = (cfg: Config) =>
 export const registryFileFor = (cfg: Config) =>
   join(dirname(cfg.control.socket), `${cfg.tun.name}.registry.json`);
 
-/** How the daemon ends on SIGTERM/SIGINT. */
+/** Where a new daemon (`vpm restart`) listens for the running one's TUN fd. */
+export const handoverPathFor = (cfg: Config) =>
+  join(dirname(cfg.control.socket), `${cfg.tun.name}.handover`);
+
+/** How long each step of a handover may take (the fd's passage; the old daemon's exit). */
+const HANDOVER_TIMEOUT_MS = 5000;
+
+/** How the daemon starts, and ends on SIGTERM/SIGINT. */
 export interface DaemonOptions {
+  /**
+   * `vpm restart`: take over from the daemon running with this config — it
+   * stops reading, hands its TUN's fd over (SCM_RIGHTS, src/tun/handover.ts)
+   * and exits without undoing anything — so that no packet is lost (the kernel
+   * queues them in the TUN meanwhile). Without a running daemon, a plain start
+   * (over whatever state a crashed one left).
+   */
+  handover?: boolean;
   /**
    * `vpm up --keep-state`: exit without undoing anything — the persistent TUN,
    * its routes, the rules and sysctls, and the state files stay for the next
@@ -293,6 +311,7 @@ export class Daemon {
     try {
       // Users and groups by name first: a name this host does not know changes nothing.
       this.access = AccessPolicy.fromConfig(cfg);
+      const handed = this.opts.handover ? await this.takeOver(cfg, stateFile) : null;
       await refuseHeldSocket(cfg.control.socket, stateFile);
       // A previous daemon's host state with its persistent TUN is taken over
       // (crash survival); anything else it left is undone first.
@@ -321,15 +340,30 @@ export class Daemon {
         this.log.warn({ event: 'config_deprecated', detail: d, file: cfg.source }, d);
       // Down until the host plan has turned IPv6 off on it, so no router chatter
       // reaches us (a persistent TUN taken over is up already, and stays so).
-      const tun = openTun({
-        name: cfg.tun.name,
+      const tunOpts = {
         batchSize: cfg.tun.batchSize,
         mtu: cfg.tun.mtu,
         txQueueLen: cfg.tun.txQueueLen,
         up: false,
-        vnetHdr: cfg.tun.offloads === 'auto',
-        persist: true,
-      });
+      };
+      let tun: KernelTun;
+      if (handed !== null && host.adopting) {
+        // The running daemon's own fd: its device flags stay as they are (offloads restart-only).
+        tun = adoptTun(handed.fd, { ...tunOpts, vnetHdr: handed.vnetHdr, offload: handed.offload });
+        if (handed.vnetHdr !== (cfg.tun.offloads === 'auto'))
+          this.log.warn(
+            { event: 'reload_partial', needsRestart: ['tun.offloads'] },
+            'tun.offloads changes only with a fresh start (vpm down, vpm up): the TUN handed over keeps its mode',
+          );
+      } else {
+        if (handed !== null) closeFd(handed.fd);
+        tun = openTun({
+          ...tunOpts,
+          name: cfg.tun.name,
+          vnetHdr: cfg.tun.offloads === 'auto',
+          persist: true,
+        });
+      }
       this.tun = tun;
       this.log.info(
         {
@@ -493,6 +527,16 @@ export class Daemon {
         instances: () => this.instanceViews(),
         reload: () => this.reload(),
         registry: () => this.registry,
+        handover: (path) => {
+          // Only to the new daemon of this very config: its socket in this run directory.
+          if (path !== handoverPathFor(this.cfg))
+            throw new HostError(
+              'ERR_HOST_STATE',
+              `handover path ${path} is not this daemon's (${handoverPathFor(this.cfg)})`,
+            );
+          setImmediate(() => void this.handOver(path));
+          return { ok: true, pid: process.pid };
+        },
       });
       await this.control.listen();
       const m = cfg.metrics.listen;
@@ -886,6 +930,88 @@ export class Daemon {
     this.tun?.close();
     this.tun = null;
     this.host = null;
+  }
+
+  /**
+   * `vpm restart`, the new daemon's side: ask the one running with this config
+   * (control command `handover`) for its TUN, receive the fd, and wait until
+   * that daemon has exited (its control socket and peer port are free then).
+   * Null when no daemon runs. Throws when the running one does not hand over.
+   */
+  private async takeOver(
+    cfg: Config,
+    stateFile: string,
+  ): Promise<{ fd: number; vnetHdr: boolean; offload: number; pid: number } | null> {
+    let j: ReturnType<typeof readJournal> = null;
+    try {
+      j = readJournal(stateFile);
+    } catch {
+      // unreadable: the plain start reports it
+    }
+    if (j === null || !journalOwnerAlive(j) || !(await socketAnswers(cfg.control.socket))) {
+      this.log.info(
+        { event: 'restart_no_daemon' },
+        'vpm restart: no daemon runs with this config; starting (over any state a crashed one left)',
+      );
+      return null;
+    }
+    const path = handoverPathFor(cfg);
+    const l = listenForHandover(path);
+    try {
+      const t0 = monoNow();
+      await controlRequest(cfg.control.socket, 'handover', { path }, HANDOVER_TIMEOUT_MS);
+      const got = l.receive(HANDOVER_TIMEOUT_MS);
+      const meta = got.meta as { pid?: number; vnetHdr?: unknown; offload?: unknown };
+      if (typeof meta.vnetHdr !== 'boolean' || typeof meta.offload !== 'number') {
+        closeFd(got.fd);
+        throw new HostError(
+          'ERR_HOST_STATE',
+          `the running daemon's handover says ${JSON.stringify(got.meta)}: no TUN flags`,
+        );
+      }
+      while (pidAlive(j.pid) && monoNow() - t0 < 2 * HANDOVER_TIMEOUT_MS)
+        await new Promise((r) => setTimeout(r, 5));
+      this.log.info(
+        { event: 'handover_received', previousPid: j.pid, ms: Math.round(monoNow() - t0) },
+        'the running daemon handed its TUN over',
+      );
+      return { fd: got.fd, vnetHdr: meta.vnetHdr, offload: meta.offload, pid: j.pid };
+    } finally {
+      l.close();
+    }
+  }
+
+  /**
+   * The running daemon's side of `vpm restart` (control command `handover`):
+   * stop reading, stop serving, hand the TUN's fd to the new daemon at `path`
+   * and exit without undoing anything: the new one takes the host state and the
+   * flows over. Packets that arrive meanwhile wait in the TUN's queue.
+   */
+  private async handOver(path: string): Promise<void> {
+    if (this.stopping || !this.tun) return;
+    this.stopping = true;
+    const tun = this.tun;
+    tun.stop();
+    this.log.info({ event: 'handing_over', to: path }, 'vpm restart: handing the TUN over');
+    await this.closeServices();
+    try {
+      sendHandover(
+        path,
+        tun.fd(),
+        { pid: process.pid, ...tunHandoverInfo(tun) },
+        HANDOVER_TIMEOUT_MS,
+      );
+    } catch (e) {
+      this.log.error(
+        { event: 'handover_failed', err: (e as Error).message },
+        'the handover failed: exiting with the state kept, for the next vpm up to take over',
+      );
+    }
+    tun.close();
+    this.tun = null;
+    this.host = null;
+    this.log.flush?.();
+    process.exit(0);
   }
 
   /** Undo everything (or, with keepState, leave it for the next daemon) and exit with `code`. */

@@ -227,6 +227,8 @@ export interface VpmStartOptions {
   env?: NodeJS.ProcessEnv;
   /** More arguments after `up -c FILE` (e.g. `--keep-state`). */
   args?: string[];
+  /** The command: `up` (default) or `restart` (take over from the running daemon). */
+  command?: 'up' | 'restart';
 }
 
 /** A running `vpm up` inside a namespace. */
@@ -268,7 +270,7 @@ export class VpmDaemon {
     const child = lab.spawn(
       ns,
       process.execPath,
-      [...vpmArgv(), 'up', '-c', argPath, ...(opts.args ?? [])],
+      [...vpmArgv(), opts.command ?? 'up', '-c', argPath, ...(opts.args ?? [])],
       {
         cwd: opts.cwd,
         env: opts.env,
