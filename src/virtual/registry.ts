@@ -11,7 +11,8 @@
  * the seed's "same virtualized stream" — gets the same real port and shares it
  * with SO_REUSEPORT. A registration ends when the program closes the socket
  * (`release`) or when the control connection it came on closes, which the kernel
- * does when the process exits, also by SIGKILL. When a group's last registration
+ * does when the process exits, also by SIGKILL (one recovered after a daemon
+ * restart has no connection: below). When a group's last registration
  * ends, its instance leaves the set (new connections no longer go there;
  * established flows keep their translation) and its port goes back to the pool,
  * through quarantine. The registry owns the registered instances: a reload, which
@@ -68,6 +69,40 @@
  * four words and the port, and the words for an exact compare, so the
  * pipeline's per-flow lookup (`localClientAid6`, four words read from the
  * packet) allocates nothing.
+ *
+ * Surviving a restart (`snapshot`, `restore`, `sweep`, `onChange`). Programs
+ * under `vpm exec` keep their real ports when the daemon dies (kill -9, a
+ * crash, an upgrade), and the library talks to the daemon only inside bind,
+ * connect, the UDP sends and close: an idle server never comes back by
+ * itself. So the next daemon takes the registry over from a snapshot the old
+ * one saved (src/state/registry-file.ts) after every change: `onChange` hooks
+ * run synchronously after each change of what a snapshot holds, and `bind`
+ * runs them before it resolves, so no port is answered that a crash could
+ * forget and hand out twice. A snapshot names each group's AID by name, its
+ * protocol, virtual port, address key and real port, its instance's index,
+ * and each registration's pid, fd, families and process identity: `hostPid`,
+ * the process in the daemon's pid namespace (the control connection's peer,
+ * SO_PEERCRED; a program in a container reports its own getpid()), and its
+ * start time (src/base/proc.ts), taken at bind time, against pid reuse. UDP
+ * reports are in it the same way; TCP ones are not (RegistrySnapshot). The
+ * pool's snapshot (ports in use, quarantine) comes with it.
+ *
+ * `restore` rebuilds a fresh registry from one, for the same configuration
+ * or another: the pool first (ports in use stay in use); a registration stays
+ * if its process is still the same (pid and start time), else it is dropped;
+ * a group with a registration left comes back with its registered instance,
+ * at its old index when free, if the configuration still has its AID, its
+ * service and its address; a group it cannot serve is retired: no instance,
+ * nobody joins it, but it keeps its port in use while one of its processes
+ * lives (the program may still listen there; handing the port to another
+ * group would make two listeners). Every other port in use goes back through
+ * quarantine. Recovered registrations have no connection (`conn` null): each
+ * ends at its program's `release` of (pid, fd) on any connection whose peer
+ * is that process (the library opens a new one for it), or when `sweep`, which
+ * the daemon calls every few seconds, finds its process gone. Registrations
+ * with a connection are left to the connection: its last holder may be a
+ * child that inherited it. A later bind of the same program joins its
+ * recovered group as any bind does.
  */
 
 import type { Socket } from 'node:net';

@@ -326,6 +326,8 @@ describe('Registry snapshot and restore', () => {
     expect(await next.reg.bind(c, bind('a', p.pid, 4, { addr: '::' }))).toEqual({ port });
     const rows = next.reg.instances().filter((i) => i.port === port);
     expect(rows[0]).toMatchObject({ pids: [p.pid], registrations: 2, recovered: 1 });
+    // What docs/inspection.md quotes.
+    expect(formatInstances(rows)).toContain('vpm exec (2, 1 recovered)');
     // The new one joined the same instance, which serves IPv6 now too (same index).
     expect(registered(next.instances)).toHaveLength(1);
     expect(registered(next.instances)[0]!.addr6).toBe(next.cfg.tun.address6);
