@@ -291,6 +291,8 @@ interface LocalClient {
 
 /** A UDP report also names its socket, (pid, fd) on its control connection: it lives as long. */
 interface UdpClient extends LocalClient {
+  /** The AID's name when reported: what a snapshot records (indices change with the configuration). */
+  aidName: string;
   fd: number;
   /** null: no connection (kept until pushed out), or recovered (`recovered`). */
   conn: Socket | null;
@@ -960,6 +962,7 @@ export class Registry {
     if (a.proto === 'udp') {
       const e: UdpClient = {
         ...entry,
+        aidName: this.cfg.applications[aid]!.aid,
         fd: a.fd ?? -1,
         conn,
         ...this.who(conn, entry.pid),
@@ -1088,13 +1091,10 @@ export class Registry {
     }
     const udpReports: UdpReportSnapshot[] = [];
     for (const e of this.udpClients.values()) {
-      const aid = this.cfg.applications[e.aid]?.aid;
-      // A report of an AID a reload removed names nobody a restart could serve.
-      if (aid === undefined) continue;
       udpReports.push({
         addr: typeof e.addr === 'number' ? ipv4ToString(e.addr) : formatAddr(e.addr),
         port: e.port,
-        aid,
+        aid: e.aidName,
         pid: e.pid,
         hostPid: e.hostPid,
         start: e.start,
@@ -1306,6 +1306,7 @@ export class Registry {
             addr,
             port: u.port,
             aid,
+            aidName: u.aid,
             pid: u.pid,
             remote: u.remote,
             at: u.at,
