@@ -8,7 +8,10 @@
  */
 
 import { type ChildProcess, spawn } from 'node:child_process';
-import { Socket } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createConnection, createServer, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { procStart } from '../../src/base/proc.js';
 import { parseConfig } from '../../src/config/config.js';
@@ -462,6 +465,33 @@ describe('Registry snapshot and restore', () => {
     expect(pool.isInUse(v6only)).toBe(true);
     // The state keeps the sockets' families, for a later restart with IPv6 again.
     expect(reg.snapshot().groups[1]!.registrations[0]).toMatchObject({ v4: false, v6: true });
+  });
+});
+
+describe('Registry process identity', () => {
+  it("records the connection's peer (SO_PEERCRED) as the process, whatever pid the request claims", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vpm-reg-'));
+    const path = join(dir, 'ctl.sock');
+    const server = createServer();
+    const accepted = new Promise<Socket>((resolve) => server.once('connection', resolve));
+    await new Promise<void>((resolve) => server.listen(path, resolve));
+    const client = createConnection(path);
+    try {
+      const conn = await accepted;
+      const d = daemon();
+      // A program in another pid namespace reports its own getpid(): 7 here.
+      await d.reg.bind(conn, bind('a', 7, 3));
+      const r = d.reg.snapshot().groups[0]!.registrations[0]!;
+      expect(r).toMatchObject({ pid: 7, hostPid: process.pid, start: procStart(process.pid) });
+      // Its process is this one: a restore keeps it, and its release by pid 7 ends it.
+      const next = daemon();
+      expect(next.reg.restore(viaJson(d.reg.snapshot())).groups).toHaveLength(1);
+      expect(next.reg.release(conn, { pid: 7, fd: 3 })).toEqual({ released: 1, reports: 0 });
+    } finally {
+      client.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
