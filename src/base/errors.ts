@@ -107,6 +107,7 @@ export const ERROR_CODES = [
   'ERR_RELEASED',
   'ERR_POOL_CLOSED',
   'ERR_POOL_RELEASE',
+  'ERR_POOL_RESTORE',
   // vpm exec (ExecError, StartError)
   'ERR_PRELOAD_PATH',
   'ERR_PRELOAD_MISSING',

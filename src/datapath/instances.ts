@@ -23,7 +23,10 @@
  * the reload too. A freed index is handed out again, oldest freed first, so that a flow of a removed
  * instance keeps an index that names no other instance for as long as possible;
  * whoever follows a flow's index back to its instance compares the address and
- * port (the flow has them). There is at most one instance per real port, so
+ * port (the flow has them). After a daemon restart the registry puts each
+ * recovered registered instance back at its old index when that one is free
+ * (`addRegistered(spec, at)`; the static instances of the same configuration
+ * come back first, at theirs), so recovered flows keep naming it. There is at most one instance per real port, so
  * indices stay below 65536, the 16 bits of the flow column.
  *
  * `pick` runs on the data plane, for a flow's first packet (a TCP SYN, a UDP
@@ -132,9 +135,14 @@ export class InstanceSet {
     this.rebuild();
   }
 
-  /** A registered instance (vpm exec): returns its index. Control plane. */
-  addRegistered(spec: InstanceSpec): number {
-    const i = this.allocate(spec, 'registered');
+  /**
+   * A registered instance (vpm exec): returns its index. Control plane.
+   * `at`: the index it should have, when that one is free (the registry's
+   * restore after a daemon restart puts an instance back at the index the
+   * recovered flows recorded); otherwise, or without it, the next free one.
+   */
+  addRegistered(spec: InstanceSpec, at?: number): number {
+    const i = this.allocate(spec, 'registered', at);
     this.registered.push(i);
     this.rebuild();
     return i.index;
@@ -349,10 +357,23 @@ export class InstanceSet {
     return undefined;
   }
 
-  private allocate(s: InstanceSpec, source: Instance['source']): Instance {
-    const index = this.free.length > 0 ? this.free.shift()! : this.slots.length;
+  private allocate(s: InstanceSpec, source: Instance['source'], at?: number): Instance {
+    let index: number;
+    if (at !== undefined && Number.isInteger(at) && at >= 0 && at < 65536 && !this.slots[at]) {
+      index = at;
+      const k = this.free.indexOf(at);
+      if (k >= 0) this.free.splice(k, 1);
+      // The indices skipped on the way are free ones, handed out later as usual.
+      for (let x = this.slots.length; x < at; x++) {
+        this.slots[x] = null;
+        this.free.push(x);
+      }
+    } else {
+      index = this.free.length > 0 ? this.free.shift()! : this.slots.length;
+    }
     if (index >= this.downUntil.length) {
-      const n = this.downUntil.length * 2;
+      let n = this.downUntil.length * 2;
+      while (n <= index) n *= 2;
       const d = new Float64Array(n);
       d.set(this.downUntil);
       this.downUntil = d;

@@ -76,7 +76,9 @@ export function formatInstances(list: InstanceView[]): string {
     i.vport === 0 ? 'any' : `${i.proto}/${i.vport}`,
     i.address.includes(':') ? `[${i.address}]:${i.port}` : `${i.address}:${i.port}`,
     i.pids.length === 0 ? '-' : i.pids.join(','),
-    i.source === 'static' ? 'config' : `vpm exec (${i.registrations})`,
+    i.source === 'static'
+      ? 'config'
+      : `vpm exec (${i.registrations}${i.recovered ? `, ${i.recovered} recovered` : ''})`,
     i.since || '-',
     !i.health
       ? '-'

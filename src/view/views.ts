@@ -32,6 +32,12 @@ export interface InstanceView {
   port: number;
   pids: number[];
   registrations: number;
+  /**
+   * Of those, registrations recovered from a previous daemon's state after a
+   * restart: no control connection; each ends at its program's release or when
+   * its process is gone. Absent: none.
+   */
+  recovered?: number;
   since: string;
   source: 'static' | 'registered';
   /** The passive health check's view of it (absent: not known to the data plane). */

@@ -13,6 +13,20 @@
  * When the pool is empty, `acquire` queues the request (FIFO) for up to
  * `waitTimeoutMs`; a port coming back from quarantine goes to the oldest waiter;
  * a waiter whose time runs out fails with ERR_PORTS_EXHAUSTED.
+ *
+ * Surviving a restart (`snapshot`, `restore`). A snapshot lists the ports in
+ * use and the quarantine (each port with the time it was released), in the
+ * pool's `now()` clock: the daemon gives every pool a clock that is comparable
+ * across its processes (CLOCK_MONOTONIC-based ms), so a quarantine restored by
+ * the next daemon keeps its remaining time. `restore` rebuilds a fresh pool
+ * from one: the ports in use stay in use until released (whoever owned them
+ * before the restart still does), the quarantine comes back oldest first with
+ * each port's time (a time ahead of `now()` — another clock, a forged file —
+ * counts as released now, so no port is held longer than quarantineMs, and the
+ * FIFO stays sorted for the releases that follow), the others are free, lowest
+ * on top as in a fresh pool. Ports outside this pool's range (a restart with
+ * another `pool.range`) are ignored and reported. `claim` and `isInUse` let the
+ * registry put the snapshot's pool and its groups in agreement.
  */
 
 import { VpmError } from '../base/errors.js';
@@ -23,7 +37,9 @@ export type PoolErrorCode =
   /** acquire() after close(), or a waiter when the pool closed. */
   | 'ERR_POOL_CLOSED'
   /** release() of a port that is not in use (the caller's bug). */
-  | 'ERR_POOL_RELEASE';
+  | 'ERR_POOL_RELEASE'
+  /** restore() on a pool that has handed out ports already (the caller's bug). */
+  | 'ERR_POOL_RESTORE';
 
 export class PoolError extends VpmError<PoolErrorCode> {}
 
@@ -42,6 +58,29 @@ export interface PoolStats {
   inUse: number;
   quarantined: number;
   waiting: number;
+}
+
+/**
+ * The pool's state as a restart needs it (JSON-serializable). Times are the
+ * pool's `now()` clock (ms).
+ */
+export interface PoolSnapshot {
+  lo: number;
+  hi: number;
+  /** Ports handed out and not released, ascending. */
+  inUse: number[];
+  /** Ports in quarantine, oldest first, with the time (now() clock, ms) each was released. */
+  quarantine: { port: number; released: number }[];
+}
+
+/** What `restore` took from a snapshot. */
+export interface PoolRestoreReport {
+  inUse: number;
+  quarantined: number;
+  /** Quarantined ports whose time had run out: free at once. */
+  expired: number;
+  /** Ports of the snapshot outside this pool's range, or listed twice: ignored. */
+  ignored: number[];
 }
 
 export class PortPool {
@@ -204,6 +243,119 @@ export class PortPool {
       quarantined: this.qLen,
       waiting: this.waiters.filter((w) => !w.done).length,
     };
+  }
+
+  /** Is `port` in this pool's range? */
+  contains(port: number): boolean {
+    return Number.isInteger(port) && port >= this.lo && port <= this.hi;
+  }
+
+  /** Is `port` handed out (in use)? */
+  isInUse(port: number): boolean {
+    return this.contains(port) && this.state[port - this.lo] === 1;
+  }
+
+  /** The ports in use and the quarantine, for a restart (see the module comment). */
+  snapshot(): PoolSnapshot {
+    const inUse: number[] = [];
+    for (let i = 0; i < this.state.length; i++) if (this.state[i] === 1) inUse.push(this.lo + i);
+    const quarantine: { port: number; released: number }[] = [];
+    for (let k = 0; k < this.qLen; k++) {
+      const j = (this.qHead + k) % this.qPort.length;
+      quarantine.push({ port: this.qPort[j]!, released: this.qTime[j]! - this.quarantineMs });
+    }
+    return { lo: this.lo, hi: this.hi, inUse, quarantine };
+  }
+
+  /**
+   * Rebuild this pool, which must be fresh (nothing handed out, nobody
+   * waiting: ERR_POOL_RESTORE otherwise), from a snapshot (module comment).
+   */
+  restore(snap: PoolSnapshot): PoolRestoreReport {
+    if (this.closed || this.freeTop !== this.size || this.waiters.length > 0) {
+      throw new PoolError(
+        'ERR_POOL_RESTORE',
+        `port pool ${this.lo}-${this.hi} has handed out ports already: restore() needs a fresh pool`,
+      );
+    }
+    const ignored: number[] = [];
+    let inUse = 0;
+    for (const port of snap.inUse) {
+      if (!this.contains(port) || this.state[port - this.lo] !== 0) {
+        ignored.push(port);
+        continue;
+      }
+      this.state[port - this.lo] = 1;
+      inUse++;
+    }
+    const t = this.now();
+    const q = snap.quarantine
+      .filter((e) => {
+        const ok = this.contains(e.port) && this.state[e.port - this.lo] === 0;
+        if (ok) this.state[e.port - this.lo] = 2;
+        else ignored.push(e.port);
+        return ok;
+      })
+      .map((e) => ({
+        port: e.port,
+        released: Number.isFinite(e.released) ? Math.min(e.released, t) : t,
+      }))
+      .sort((a, b) => a.released - b.released);
+    let expired = 0;
+    for (const e of q) {
+      const until = e.released + this.quarantineMs;
+      if (this.quarantineMs <= 0 || until <= t) {
+        this.state[e.port - this.lo] = 0;
+        expired++;
+        continue;
+      }
+      this.qPort[(this.qHead + this.qLen) % this.qPort.length] = e.port;
+      this.qTime[(this.qHead + this.qLen) % this.qPort.length] = until;
+      this.qLen++;
+    }
+    // Free: every port neither in use nor in quarantine, lowest on top.
+    this.freeTop = 0;
+    for (let port = this.hi; port >= this.lo; port--)
+      if (this.state[port - this.lo] === 0) this.free[this.freeTop++] = port;
+    this.armTimer();
+    return { inUse, quarantined: this.qLen, expired, ignored };
+  }
+
+  /**
+   * Mark `port` in use whatever its state (free, or in quarantine: it leaves
+   * it). The registry's restore: a group that survived holds its port.
+   * Returns false when the port is outside the range. Control plane: O(size).
+   */
+  claim(port: number): boolean {
+    if (!this.contains(port)) return false;
+    const i = port - this.lo;
+    if (this.state[i] === 0) {
+      const k = this.free.subarray(0, this.freeTop).indexOf(port);
+      if (k >= 0) {
+        this.free.copyWithin(k, k + 1, this.freeTop);
+        this.freeTop--;
+      }
+    } else if (this.state[i] === 2) {
+      // Out of the ring, keeping the order of the others.
+      let w = 0;
+      const n = this.qPort.length;
+      for (let k = 0; k < this.qLen; k++) {
+        const j = (this.qHead + k) % n;
+        if (this.qPort[j] === port) continue;
+        const d = (this.qHead + w) % n;
+        this.qPort[d] = this.qPort[j]!;
+        this.qTime[d] = this.qTime[j]!;
+        w++;
+      }
+      this.qLen = w;
+      if (this.qTimer !== null) {
+        clearTimeout(this.qTimer);
+        this.qTimer = null;
+      }
+      this.armTimer();
+    }
+    this.state[i] = 1;
+    return true;
   }
 
   /** Fail every waiter and stop the timer (daemon shutdown). */

@@ -283,4 +283,24 @@ describe('InstanceSet health (the passive check)', () => {
     const k = set.addRegistered(inst(0, 20000));
     expect(set.health(k, 0)).toEqual({ up: true, downUntil: 0, refusals: 0 });
   });
+
+  it('puts a registered instance at the index asked for when it is free (a restore), else the next', () => {
+    const set = new InstanceSet();
+    set.replaceStatic(rules(), [inst(0, 19001)]); // index 0
+    // Index 5: the ones skipped (1-4) are free and handed out later, oldest first.
+    expect(set.addRegistered(inst(0, 20000, { vport: 9000 }), 5)).toBe(5);
+    expect(set.get(5)!.port).toBe(20000);
+    expect(set.addRegistered(inst(0, 20001, { vport: 9000 }), 0)).toBe(1); // 0 is taken
+    expect(set.addRegistered(inst(1, 20002, { vport: 9000 }), 3)).toBe(3);
+    expect(set.addRegistered(inst(1, 20003, { vport: 9000 }))).toBe(2);
+    expect(set.addRegistered(inst(1, 20004, { vport: 9000 }))).toBe(4);
+    expect(set.addRegistered(inst(1, 20005, { vport: 9000 }))).toBe(6);
+    // Far beyond the health columns' first size: they grow to hold it.
+    const far = set.addRegistered(inst(1, 20006, { vport: 9000 }), 1000);
+    expect(far).toBe(1000);
+    expect(set.markDown(far, 50, 0)).toBe(true);
+    expect(set.isDown(far, 10)).toBe(true);
+    expect(set.addRegistered(inst(1, 20007, { vport: 9000 }))).toBe(7);
+    expect(set.of(1).map((i) => i.port)).toEqual([20002, 20003, 20004, 20005, 20006, 20007]);
+  });
 });

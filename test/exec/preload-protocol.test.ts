@@ -20,14 +20,16 @@
 
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { NetLab, requireCommands, requireRoot } from '../support/netns.js';
+import { NetLab, requireCommands, requireRoot, waitFor } from '../support/netns.js';
 import { Rng } from '../support/rng.js';
+import { jsonLines } from '../support/vpm.js';
 import {
   compileProbe,
   ev,
   grant,
   libEnv,
   PRELOAD_LIB,
+  type ProbeEvent,
   refuse,
   requirePreload,
   runProbe,
@@ -503,6 +505,129 @@ describe('libvpm_preload against a stand-in control server', () => {
     expect(new Set(reqs.map((r) => (r.req.args as { fd: number }).fd))).toEqual(
       new Set(binds.map((b) => b.fd)),
     );
+  });
+
+  describe('a daemon that restarts (its next one recovers the registrations)', () => {
+    /** Grants ports from 20001 up and answers connect reports, as the daemon. */
+    const daemonLike = () => {
+      let port = 20000;
+      return (req: Record<string, unknown>) =>
+        req.cmd === 'bind'
+          ? grant(req, ++port)
+          : JSON.stringify({ v: 1, id: req.id, ok: true, result: { aid: 'tenant-a' } });
+    };
+
+    /** The probe with `ops`, its stdin a pipe: each `wait` goes on at a line from us. */
+    const start = (path: string, ops: string[]) => {
+      const child = lab.spawn(ns, probe, ops, {
+        env: libEnv(path, 'tenant-a', 'tcp:9000,udp:5353', { VPM_DEBUG: '1' }),
+        stdin: 'pipe',
+      });
+      const events = () => jsonLines(lab.output(child).stdout) as unknown as ProbeEvent[];
+      const at = async (i: number): Promise<ProbeEvent> => {
+        await waitFor(() => events().some((e) => e.i === i), {
+          what: `the probe's event ${i}\n${lab.output(child).stderr}`,
+          timeoutMs: 15_000,
+        });
+        return events().find((e) => e.i === i)!;
+      };
+      return { child, at, go: () => child.stdin!.write('\n') };
+    };
+
+    const argsOf = (r: { req: Record<string, unknown> }) => r.req.args as Record<string, unknown>;
+
+    it('a close after the restart releases on a new connection: the bound port and the UDP report', async () => {
+      const path = join(dir, `ctl${++sockN}.sock`);
+      const first = await StandIn.start(path, daemonLike());
+      const p = start(path, [
+        'bind:tcp4:0.0.0.0:9000', // 1: port 20001, on connection 1
+        'udp4', // 2
+        'sendon:2:198.18.0.1:5353:1', // 3: reported as a UDP client first
+        'wait', // 4
+        'close:1', // 5: the daemon is another one now
+        'close:2', // 6
+        'wait', // 7
+      ]);
+      const bound = await p.at(1);
+      const udp = await p.at(2);
+      await p.at(4);
+      expect(first.requests.map((r) => [r.conn, r.req.cmd])).toEqual([
+        [1, 'bind'],
+        [1, 'connect'],
+      ]);
+      // kill -9 of the daemon: its end of the connection closes; a new daemon
+      // listens on the same path. The idle program notices nothing.
+      await first.close();
+      const second = await StandIn.start(path, daemonLike());
+      standIn = second;
+      expect(second.opened).toBe(0);
+      p.go();
+      await p.at(7);
+      await waitFor(() => second.cmd('release').length === 2, {
+        what: 'two releases at the new daemon',
+      });
+      const pid = bound.pid;
+      expect(second.requests.map((r) => [r.conn, r.req.cmd, r.req.oneway])).toEqual([
+        [1, 'release', true],
+        [1, 'release', true],
+      ]);
+      expect(argsOf(second.requests[0]!)).toEqual({
+        aid: 'tenant-a',
+        proto: 'tcp',
+        vport: 9000,
+        port: 20001,
+        pid,
+        fd: bound.fd,
+      });
+      expect(argsOf(second.requests[1]!)).toEqual({
+        aid: 'tenant-a',
+        proto: 'udp',
+        pid,
+        fd: udp.fd,
+      });
+      expect(lab.output(p.child).stderr).toContain(
+        'control connection closed by the daemon: release again on a new one',
+      );
+      p.go(); // past the last wait: the probe exits
+      expect((await lab.exited(p.child)).code).toBe(0);
+    });
+
+    it('a close while no daemon is there is kept, and goes first on the next connection', async () => {
+      const path = join(dir, `ctl${++sockN}.sock`);
+      const first = await StandIn.start(path, daemonLike());
+      const p = start(path, [
+        'bind:tcp4:0.0.0.0:9000', // 1: port 20001
+        'wait', // 2
+        'close:1', // 3: no daemon at all
+        'wait', // 4
+        'bind:tcp4:0.0.0.0:9000', // 5: the new daemon: the kept release goes before this bind
+        'wait', // 6
+      ]);
+      const bound = await p.at(1);
+      await p.at(2);
+      await first.close();
+      p.go();
+      await p.at(4);
+      expect(lab.output(p.child).stderr).toContain(
+        'no daemon: release kept for the next connection',
+      );
+      const second = await StandIn.start(path, daemonLike());
+      standIn = second;
+      p.go();
+      expect(await p.at(5)).toMatchObject({ ok: true, port: 9000 });
+      await p.at(6);
+      expect(second.requests.map((r) => [r.conn, r.req.cmd])).toEqual([
+        [1, 'release'],
+        [1, 'bind'],
+      ]);
+      expect(argsOf(second.requests[0]!)).toMatchObject({
+        port: 20001,
+        pid: bound.pid,
+        fd: bound.fd,
+      });
+      p.go(); // past the last wait: the probe exits
+      expect((await lab.exited(p.child)).code).toBe(0);
+    });
   });
 
   it('without VPM_SOCKET and VPM_AID the library intercepts nothing', async () => {

@@ -41,6 +41,18 @@
  *   checked (device and inode) to still be our socket; if the program got the
  *   number back some other way (dup2 over it), it is forgotten and a new
  *   connection is opened.
+ * - The daemon restarts (a crash, `kill -9`, an upgrade): the next daemon
+ *   recovers this process's registrations from its state file, without a
+ *   connection of ours, and our old connection is dead (its end closed). We
+ *   only notice when we next use it, and nothing is used by an idle server;
+ *   so a request finding it dead tries once more on a new connection, and so
+ *   does a release (VPM_ONEWAY_HELD), which also opens a new connection when
+ *   there is none, if this process ever had one: a registration the new
+ *   daemon holds ends only by our release or our exit. A release that finds
+ *   no daemon at all (the gap of a restart) is kept (MAX_HELD, the oldest
+ *   dropped first) and goes out first on the next connection this process
+ *   opens, before that connection's request: a release of (pid, fd, port)
+ *   never overtakes a later bind of the same descriptor.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -61,6 +73,8 @@
 #define MAX_ABANDONED 16
 #define MAX_INHERITED 8
 #define REOPEN_BACKOFF_MS 1000 /* connect reports: how long to leave a dead daemon alone */
+#define MAX_HELD 16            /* releases waiting for a daemon */
+#define HELD_ARGS 768
 
 struct abandoned {
   uint64_t id;
@@ -83,6 +97,13 @@ static struct abandoned abandoned[MAX_ABANDONED];
 static unsigned n_abandoned;
 static int64_t last_open_failure_ms = -1;
 static int64_t last_report_timeout_ms = -1;
+static int ever_connected; /* this process opened a connection: the daemon may hold ours */
+/* One-way messages (releases) that found no daemon: sent first on the next connection. */
+static struct {
+  char cmd[16];
+  char args[HELD_ARGS];
+} held[MAX_HELD];
+static unsigned n_held;
 
 /* Descriptors of control connections inherited over fork(). */
 static struct {
@@ -116,6 +137,37 @@ static void forget_connection(int close_it) {
   rdiscard = 0;
   wlen = 0;
   n_abandoned = 0;
+}
+
+static int queue(const char *line, size_t n);
+
+/* A fresh connection: the releases that waited for one go first. Under ctl_lock. */
+static void queue_held(void) {
+  char line[1024 + HELD_ARGS];
+  unsigned i = 0;
+  for (; i < n_held; i++) {
+    int n = snprintf(line, sizeof line, "{\"v\":1,\"id\":%llu,\"cmd\":\"%s\",\"oneway\":true,\"args\":%s}\n",
+                     (unsigned long long)next_id++, held[i].cmd, held[i].args);
+    if (n < 0 || (size_t)n >= sizeof line) continue;
+    if (queue(line, (size_t)n) != 0) break; /* the rest on the next connection */
+    vpm_debug("-> %.*s (kept while no daemon was there)", n - 1, line);
+  }
+  memmove(held, held + i, sizeof held[0] * (n_held - i));
+  n_held -= i;
+}
+
+/* Keep a one-way message for the next connection (VPM_ONEWAY_HELD). Under ctl_lock. */
+static void hold(const char *cmd, const char *args) {
+  if (strlen(cmd) >= sizeof held[0].cmd || strlen(args) >= sizeof held[0].args) return;
+  if (n_held == MAX_HELD) {
+    vpm_debug("too many %s messages waiting for a daemon: the oldest is dropped", cmd);
+    memmove(held, held + 1, sizeof held[0] * (MAX_HELD - 1));
+    n_held--;
+  }
+  strcpy(held[n_held].cmd, cmd);
+  strcpy(held[n_held].args, args);
+  n_held++;
+  vpm_debug("no daemon: %s kept for the next connection", cmd);
 }
 
 /* Open the connection if there is none. 0, or -1 with why in `why`. */
@@ -193,7 +245,9 @@ static int ensure_open(int64_t deadline, char *why, size_t why_cap, int *unreach
   rdiscard = 0;
   wlen = 0;
   n_abandoned = 0;
+  ever_connected = 1;
   vpm_debug("connected to %s (fd %d)", vpm_socket_path, fd);
+  queue_held();
   return 0;
 }
 
@@ -502,32 +556,50 @@ out:
   return st;
 }
 
-int vpm_ctl_oneway(const char *cmd, const char *args, int open_if_needed) {
+int vpm_ctl_oneway(const char *cmd, const char *args, enum vpm_oneway_mode mode) {
   /* Never hold the program up for long: a one-way message that cannot go out
-   * by this deadline stays queued and goes out before the next request. */
+   * by this deadline stays queued and goes out before the next one. */
   int64_t deadline = now_ms() + (vpm_timeout_ms < 200 ? vpm_timeout_ms : 200);
   char line[1536], why[256];
-  int n, rc = -1, unreachable;
+  int n, rc = -1, unreachable, fresh, attempt;
 
   pthread_mutex_lock(&ctl_lock);
-  if (ctl_fd < 0) {
-    if (!open_if_needed) goto out;
-    if (last_open_failure_ms >= 0 && now_ms() - last_open_failure_ms < REOPEN_BACKOFF_MS) goto out;
+  if (ctl_fd < 0 && mode == VPM_ONEWAY_HELD && !ever_connected) goto out; /* nothing of ours there */
+  for (attempt = 0;; attempt++) {
+    fresh = ctl_fd < 0;
+    if (fresh && last_open_failure_ms >= 0 && now_ms() - last_open_failure_ms < REOPEN_BACKOFF_MS) {
+      if (mode == VPM_ONEWAY_HELD) {
+        hold(cmd, args);
+        rc = 0;
+      }
+      goto out;
+    }
+    if (ensure_open(deadline, why, sizeof why, &unreachable) != 0) {
+      last_open_failure_ms = now_ms();
+      vpm_debug("%s: %s not sent", why, cmd);
+      if (mode == VPM_ONEWAY_HELD) {
+        hold(cmd, args);
+        rc = 0;
+      }
+      goto out;
+    }
+    n = snprintf(line, sizeof line, "{\"v\":1,\"id\":%llu,\"cmd\":\"%s\",\"oneway\":true,\"args\":%s}\n",
+                 (unsigned long long)next_id++, cmd, args);
+    if (n < 0 || (size_t)n >= sizeof line) goto out;
+    vpm_debug("-> %.*s", n - 1, line);
+    if (queue(line, (size_t)n) != 0) {
+      vpm_debug("output buffer full: %s dropped", cmd);
+      goto out;
+    }
+    if (flush(deadline) >= 0) {
+      rc = 0;
+      goto out;
+    }
+    /* The daemon closed the connection since we last used it (it restarted):
+     * a release goes once more, on a new connection. */
+    if (mode != VPM_ONEWAY_HELD || fresh || attempt > 0) goto out;
+    vpm_debug("control connection closed by the daemon: %s again on a new one", cmd);
   }
-  if (ensure_open(deadline, why, sizeof why, &unreachable) != 0) {
-    last_open_failure_ms = now_ms();
-    vpm_debug("%s: %s not sent", why, cmd);
-    goto out;
-  }
-  n = snprintf(line, sizeof line, "{\"v\":1,\"id\":%llu,\"cmd\":\"%s\",\"oneway\":true,\"args\":%s}\n",
-               (unsigned long long)next_id++, cmd, args);
-  if (n < 0 || (size_t)n >= sizeof line) goto out;
-  vpm_debug("-> %.*s", n - 1, line);
-  if (queue(line, (size_t)n) != 0) {
-    vpm_debug("output buffer full: %s dropped", cmd);
-    goto out;
-  }
-  rc = flush(deadline) < 0 ? -1 : 0;
 out:
   pthread_mutex_unlock(&ctl_lock);
   return rc;
@@ -578,4 +650,7 @@ void vpm_ctl_atfork_child(void) {
   n_abandoned = 0;
   last_open_failure_ms = -1;
   last_report_timeout_ms = -1;
+  /* The child's own connection holds nothing yet; the parent's releases are the parent's. */
+  ever_connected = 0;
+  n_held = 0;
 }

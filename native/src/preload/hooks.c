@@ -15,7 +15,8 @@
  *
  *   getsockname()  reports the virtual port again (the program's own view and
  *                  its log lines stay "9000"),
- *   close()        tells the daemon the port is free ("release"),
+ *   close()        tells the daemon the port is free ("release"; also a
+ *                  daemon that restarted since, on a new connection: control.c),
  *
  * and connect() on a TCP socket is reported to the daemon (never changed), so
  * the daemon learns the AID of a local client's connection: before the SYN
@@ -368,8 +369,8 @@ static void send_release(const struct bound *b) {
                    vpm_aid_json, b->proto, b->vport, b->port, (int)getpid(), b->fd);
   if (n < 0 || (size_t)n >= sizeof args) return;
   vpm_debug("close fd %d: releasing %s port %u (virtual %u)", b->fd, b->proto, b->port, b->vport);
-  /* Only on an open connection: without one the daemon holds nothing of ours. */
-  vpm_ctl_oneway("release", args, 0);
+  /* Also after a daemon restart, on a new connection (VPM_ONEWAY_HELD). */
+  vpm_ctl_oneway("release", args, VPM_ONEWAY_HELD);
 }
 
 /* ---- addresses ------------------------------------------------------------ */
@@ -722,7 +723,7 @@ static void report_connect(int fd, const struct target *remote) {
   if (!local_target(fd, &local) || !connect_args(args, sizeof args, "tcp", &local, remote, -1))
     return;
   vpm_debug("connect fd %d: reporting", fd);
-  vpm_ctl_oneway("connect", args, 1);
+  vpm_ctl_oneway("connect", args, VPM_ONEWAY_OPEN);
 }
 
 /* ---- UDP clients ---------------------------------------------------------- */
@@ -760,8 +761,8 @@ static uint32_t udp_take_record(int fd) {
   return __atomic_exchange_n(&udp_seen[fd], 0, __ATOMIC_ACQ_REL);
 }
 
-/* The daemon may forget the reports of this socket (pid, fd): one-way, on the
- * open connection only (without one it holds no report of ours). */
+/* The daemon may forget the reports of this socket (pid, fd): one-way, as a
+ * bound port's release (VPM_ONEWAY_HELD: also to a restarted daemon). */
 static void udp_forget(int fd, uint32_t record, const char *why) {
   char args[256];
   if (record & UDP_INHERITED) {
@@ -773,7 +774,7 @@ static void udp_forget(int fd, uint32_t record, const char *why) {
                    vpm_aid_json, (int)getpid(), fd);
   if (n < 0 || (size_t)n >= sizeof args) return;
   vpm_debug("fd %d: %s; ending the UDP report of port %u", fd, why, record & 0xffffu);
-  vpm_ctl_oneway("release", args, 0);
+  vpm_ctl_oneway("release", args, VPM_ONEWAY_HELD);
 }
 
 /*

@@ -83,10 +83,23 @@ struct vpm_bind_intent {
  * does not slow every connect() down. */
 enum vpm_call_status vpm_ctl_call(const char *cmd, const char *args, struct vpm_reply *reply,
                                   const struct vpm_bind_intent *intent, int report);
+/* Where a one-way message may go (vpm_ctl_oneway). */
+enum vpm_oneway_mode {
+  VPM_ONEWAY_OPEN = 1, /* a report: on the connection, opened if there is none */
+  /* A release of something the daemon holds for this process (a bound port, a
+   * UDP report). On the open connection; when there is none, or it broke (the
+   * daemon restarted: the next one recovered our registrations from its state
+   * and has no connection of ours), on a new one, if this process ever had
+   * one (otherwise the daemon holds nothing of ours). A release that cannot
+   * be delivered now (no daemon) waits, a few at most, and goes out first on
+   * the next connection this process opens. */
+  VPM_ONEWAY_HELD = 2,
+};
+
 /* Send {"v":1,"id":N,"cmd":cmd,"oneway":true,"args":args}; no answer comes.
- * `open_if_needed` = 0: only on an already open connection. Returns 0 if the
- * message was sent or queued. */
-int vpm_ctl_oneway(const char *cmd, const char *args, int open_if_needed);
+ * Returns 0 if the message was sent or queued (for VPM_ONEWAY_HELD: also
+ * kept for the next connection). */
+int vpm_ctl_oneway(const char *cmd, const char *args, enum vpm_oneway_mode mode);
 /* fd is a control connection (ours, or one inherited over fork) that the
  * program must not close under us. */
 int vpm_ctl_is_protected(int fd);
