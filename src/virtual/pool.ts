@@ -158,23 +158,6 @@ export class PortPool {
     });
   }
 
-  /**
-   * Take `port` itself out of the free ports (a previous daemon's flow holds
-   * it: the cooperative p2 of a flow taken over). False, changing nothing, when
-   * it is not free. O(size): control plane, at start-up.
-   */
-  claim(port: number): boolean {
-    const i = port - this.lo;
-    if (i < 0 || port > this.hi || this.state[i] !== 0) return false;
-    for (let k = 0; k < this.freeTop; k++) {
-      if (this.free[k] !== port) continue;
-      this.free[k] = this.free[--this.freeTop]!;
-      this.state[i] = 1;
-      return true;
-    }
-    return false;
-  }
-
   /** Give a port back; it returns to use after the quarantine. Releasing a port not in use is an error. */
   release(port: number): void {
     const i = port - this.lo;
