@@ -24,7 +24,7 @@ const LAYERS = {
   config: ['wire', 'base'],
   datapath: ['flow', 'tun', 'config', 'wire', 'checksum', 'base'],
   virtual: ['datapath', 'control', 'config', 'view', 'wire', 'base'],
-  state: ['virtual', 'config', 'wire', 'base'],
+  state: ['virtual', 'datapath', 'flow', 'config', 'wire', 'native', 'base'],
   coop: ['virtual', 'datapath', 'flow', 'config', 'wire', 'checksum', 'base'],
   inspect: ['control', 'pcap', 'view', 'native', 'wire', 'checksum', 'base'],
   daemon: [

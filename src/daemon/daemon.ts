@@ -47,6 +47,7 @@ import {
 } from '../host/setup.js';
 import { createFlowFile, readFlowFile } from '../state/flow-file.js';
 import { type RecoveryResult, recoverFlows } from '../state/recover.js';
+import { loadRegistryState, saveRegistryState } from '../state/registry-file.js';
 import { offloadNames } from '../tun/device.js';
 import { closeFd, listenForHandover, sendHandover, tunHandoverInfo } from '../tun/handover.js';
 import { adoptTun, type KernelTun, openTun } from '../tun/kernel-tun.js';
@@ -401,9 +402,42 @@ export class Daemon {
           cfg.pool.range.hi,
           cfg.pool.quarantineMs,
           cfg.pool.waitTimeoutMs,
+          monoNow, // quarantine times a next daemon reads (the registry's state)
         );
       }
       this.registry = new Registry(cfg, this.instances, this.pool);
+      const registry = this.registry;
+      const registryFile = registryFileFor(cfg);
+      // The registry before the flows: their instances include the registered ones.
+      if (host.adopting) {
+        const saved = loadRegistryState(registryFile);
+        if (saved.problem !== null)
+          this.log.error(
+            { event: 'registry_state_refused', problem: saved.problem },
+            `the previous daemon's registry state is not usable (${saved.problem}): programs under vpm exec bind again to be found`,
+          );
+        else if (saved.snapshot !== null) {
+          const r = registry.restore(saved.snapshot);
+          this.log.info(
+            {
+              event: 'registry_adopted',
+              groups: r.groups.map((g) => `${g.aid} ${g.proto}/${g.vport} → ${g.port}`),
+              droppedGroups: r.droppedGroups.map(
+                (g) => `${g.aid} ${g.proto}/${g.vport}: ${g.reason}`,
+              ),
+              droppedRegistrations: r.droppedRegistrations.map(
+                (x) => `${x.aid} pid ${x.pid}: ${x.reason}`,
+              ),
+              udpReports: r.udpReports.restored,
+              released: r.released,
+            },
+            `took over ${r.groups.length} registered instances of programs under vpm exec`,
+          );
+        }
+      }
+      // Written before a bind is answered: a port a program was given is never handed out twice.
+      registry.onChange(() => saveRegistryState(registryFile, registry.snapshot()));
+      saveRegistryState(registryFile, registry.snapshot());
       if (previous !== null) {
         if (previous.problem !== null)
           this.log.error(
@@ -699,6 +733,9 @@ export class Daemon {
         'an instance marked down gets new connections again (health.downMs over)',
       ),
     );
+    // Registrations taken over from a previous daemon have no connection to end
+    // them: they end when their process does (pid and start time).
+    this.registry?.sweep();
     const debug = this.log.isLevelEnabled('debug');
     counters.flowsExpired += table.expire(now, EXPIRE_BUDGET, (s) => {
       if (debug)
