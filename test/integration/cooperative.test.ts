@@ -474,15 +474,19 @@ describe.each([4, 6] as const)(
       expect(r.event, r.output).toBe('error');
       expect(r.code).toBe('ECONNREFUSED');
       expect(Date.now() - t0).toBeLessThan(3000 + 1500);
-      expect(
-        vpmC
-          .logs()
-          .some(
-            (l) =>
-              l.event === 'flow_refused' &&
-              (l.reason === 'peer_unreachable' || l.reason === 'peer_timeout'),
-          ),
-      ).toBe(true);
+      // The daemon answers with the RST first and logs after it: its line may
+      // reach us a moment after the client's error does.
+      await waitFor(
+        () =>
+          vpmC
+            .logs()
+            .some(
+              (l) =>
+                l.event === 'flow_refused' &&
+                (l.reason === 'peer_unreachable' || l.reason === 'peer_timeout'),
+            ),
+        { what: 'the flow_refused line of the client-side daemon', timeoutMs: 5000 },
+      );
       vpmS = await VpmDaemon.start(lab, server, serverCfg);
       let ok = false;
       for (let i = 0; i < 10 && !ok; i++) {
