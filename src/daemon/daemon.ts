@@ -879,6 +879,8 @@ export class Daemon {
       this.setLocalAddrs6(this.cfg);
     }
     this.table?.timeouts.set(timerTimeouts(next));
+    // New flows get this config's indexes: a next daemon maps them by these names.
+    this.host?.setNames(indexNames(next));
     this.cfg = plan.config;
     this.access = access;
     this.pipeline?.setLimits(pipelineLimits(this.cfg));

@@ -1,19 +1,36 @@
 /**
  * Host network set-up for `vpm up`, and its exact undo.
  *
- * Theory of operation. The TUN device is created by the daemon and is not
- * persistent: it disappears with the daemon's file descriptor, and with it its
- * address, its routes and its per-device sysctls. What outlives a crash is:
+ * Theory of operation. The TUN device is persistent (TUNSETPERSIST): it, its
+ * addresses and its routes outlive the daemon's file descriptor, so that a
+ * crash, `kill -9`, the OOM killer or a `--keep-state` stop leaves every
+ * connection's path in place for the next daemon (crash survival,
+ * docs/deployment.md). Every host change is appended to a journal (a JSON state
+ * file, written before the change is made, so a crash between the two leaves at
+ * worst an undo of something absent, which is harmless):
+ *   - the TUN device itself (`link`, first: created last, removed last),
  *   - the policy rules that steer replies from instance ports into the TUN, and
- *   - the global net.ipv4.ip_forward sysctl, and what the kernel changes with it
- *     (all.accept_redirects, default.forwarding, every device's forwarding).
- * Each of those changes is appended to a journal (a JSON state file, written
- * before the change is made, so a crash between the two leaves at worst an undo
- * of something absent, which is harmless) and undone in reverse order on exit. A
- * later `vpm up` or `vpm down` that finds the journal of a dead daemon undoes it
- * first. Changes that were already in place (a rule that exists, a sysctl that
+ *     the peer routes of table T+1,
+ *   - the global net.ipv4.ip_forward sysctl (and IPv6's all.forwarding), and
+ *     what the kernel changes with it (all.accept_redirects, default.forwarding,
+ *     every other device's forwarding).
+ * Changes that were already in place (a rule that exists, a sysctl that
  * already has the value) are not journalled and not undone: vpm removes exactly
- * what it added.
+ * what it added. The TUN's own settings (its sysctls, address, routes) are not
+ * journalled: they go with the device.
+ *
+ * What the next start does with a dead daemon's journal:
+ *   - it names the persistent TUN and the device exists (`adoptableJournal`):
+ *     the new daemon takes the journal over as its own (HostSetup with
+ *     `adopted`): it changes nothing before the TUN is reading again, then
+ *     applies its plan over what is there — existing rules and sysctls are
+ *     found in place and not journalled twice — and ends by removing what the
+ *     old state has and its plan does not (`reconcile`: rules, peer routes, the
+ *     TUN's addresses and routes). A failed start leaves that state as it was;
+ *   - anything else (an older journal without the TUN, the device deleted
+ *     meanwhile): `cleanStale` undoes it first, as before.
+ * `vpm down` (and SIGTERM/SIGINT without --keep-state) undoes the journal
+ * newest first, the TUN last (`ip link delete`), and removes the state files.
  *
  * Commands run asynchronously (run.ts, and /proc/sys through node:fs/promises):
  * the daemon's event loop, which also reads and writes the TUN device, keeps

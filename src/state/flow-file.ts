@@ -99,15 +99,17 @@ export interface FlowFileRead {
   capacity: number;
 }
 
+/** Nothing read: a missing file (problem null), or one refused as a whole. */
+const empty = (problem: string | null): FlowFileRead => ({
+  flows: [],
+  skipped: {},
+  problem,
+  nextId: 1,
+  capacity: 0,
+});
+
 /** Read the state file at `path` back (see the top of the file). A missing file reads as empty. */
 export function readFlowFile(path: string): FlowFileRead {
-  const empty = (problem: string | null): FlowFileRead => ({
-    flows: [],
-    skipped: {},
-    problem,
-    nextId: 1,
-    capacity: 0,
-  });
   if (!existsSync(path)) return empty(null);
   let bytes: Buffer;
   try {
@@ -120,13 +122,6 @@ export function readFlowFile(path: string): FlowFileRead {
 
 /** `readFlowFile` of bytes in memory. */
 export function readFlowBytes(bytes: Uint8Array): FlowFileRead {
-  const empty = (problem: string): FlowFileRead => ({
-    flows: [],
-    skipped: {},
-    problem,
-    nextId: 1,
-    capacity: 0,
-  });
   if (bytes.length < FLOW_HEADER_BYTES)
     return empty(`${bytes.length} bytes, shorter than its ${FLOW_HEADER_BYTES}-byte header`);
   // A private, aligned copy: the views below need 8-byte alignment, and nothing may change under them.

@@ -13,7 +13,7 @@
  */
 
 import { execFileSync } from 'node:child_process';
-import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { appendFileSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { recordCheck } from '../../src/flow/layout.js';
@@ -330,6 +330,9 @@ while True:
     });
     // The gap of each path, for the record (docs/benchmarks.md has the measured figures).
     console.log(`restart: ${JSON.stringify(restart)}; kill -9 + vpm up: ${JSON.stringify(crash)}`);
+    // npm run bench:restart collects them (scripts/bench-restart.ts).
+    if (process.env.VPM_GAP_OUT)
+      appendFileSync(process.env.VPM_GAP_OUT, `${JSON.stringify({ restart, crash })}\n`);
     expect(restart.lost).toBe(0);
     expect(crash.lost).toBeGreaterThan(0);
     const r = await clientResult(lab, client, 45_000);
