@@ -165,6 +165,7 @@ describe('scripts/systemd/vpm.service as systemd reads it', () => {
   const unit = directives(unitText);
 
   beforeAll(() => {
+    requireRoot(); // verify runs in a mount namespace of its own
     requireCommands('systemd-analyze', 'unshare');
   });
 
