@@ -10,7 +10,9 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 # linux-perf: `npm run bench:wakeup` (perf trace, perf record). bind9-dnsutils (dig) and
 # dnsmasq-base (the dnsmasq program, no system service): the UDP integration tests.
 # patchelf: makes Jazzer.js's prebuilt fuzzer load on this glibc (`npm run fuzz`, scripts/fuzz/compat.ts).
-DEB_PKGS=(build-essential python3 libpcap-dev iproute2 iputils-ping tcpdump tshark iperf3 curl nftables ethtool procps util-linux linux-perf bind9-dnsutils dnsmasq-base patchelf)
+# systemd: `systemd-analyze verify` of scripts/systemd/vpm.service (test/integration/systemd-unit.test.ts;
+# it needs no systemd as PID 1). util-linux: setpriv, which that test runs the daemon under.
+DEB_PKGS=(build-essential python3 libpcap-dev iproute2 iputils-ping tcpdump tshark iperf3 curl nftables ethtool procps util-linux linux-perf bind9-dnsutils dnsmasq-base patchelf systemd)
 
 missing=()
 for p in "${DEB_PKGS[@]}"; do
