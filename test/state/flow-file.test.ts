@@ -108,7 +108,7 @@ describe('the flow state file', () => {
     );
     expect(
       bad((b) => {
-        b[0] ^= 1;
+        b[0] = b[0]! ^ 1;
         return b;
       }).problem,
     ).toMatch(/not a vpm flow state file/);
