@@ -43,6 +43,7 @@ import {
   recordCheck,
 } from '../flow/layout.js';
 import { FlowState } from '../flow/state.js';
+import type { FlowKeyArgs, FlowRecordArgs } from '../flow/table.js';
 import { loadNative } from '../native/index.js';
 import { IPPROTO_TCP, IPPROTO_UDP } from '../wire/ipv4.js';
 
@@ -58,34 +59,13 @@ export type SkipReason =
   | 'bad_protocol'
   | 'bad_time';
 
-/** One flow read back: the columns' values of its slot. */
-export interface RecoveredFlow {
-  family: 4 | 6;
-  proto: number;
-  flags: number;
-  state: number;
-  fins: number;
-  service: number;
-  aid: number;
-  instance: number;
-  clientAddr: number;
-  clientPort: number;
-  vipAddr: number;
-  vport: number;
-  natAddr: number;
-  natPort: number;
-  realAddr: number;
-  realPort: number;
-  /** IPv6 flows: the 16 words (client, VIP, nat, real); null for IPv4. */
-  addr6: Uint32Array | null;
-  id: number;
-  created: number;
-  lastSeen: number;
-  pktsIn: number;
-  bytesIn: number;
-  pktsOut: number;
-  bytesOut: number;
-}
+/**
+ * One flow read back: the columns' values of its slot — its keys as `create`
+ * takes them (family and flags always set; `addr6` the 16 words of an IPv6
+ * flow, null for IPv4) and what `restoreFlow` takes over beside them.
+ */
+export type RecoveredFlow = Required<Omit<FlowKeyArgs, 'family' | 'addr6'>> &
+  FlowRecordArgs & { family: 4 | 6; addr6: Uint32Array | null };
 
 export interface FlowFileRead {
   /** The records taken, oldest last activity first. */

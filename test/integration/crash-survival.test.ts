@@ -33,6 +33,7 @@ import {
 import {
   CLIENT_A,
   clientResult,
+  expectIntact,
   runClient,
   spawnClient,
   startInstance,
@@ -151,11 +152,7 @@ describe('connections survive kill -9 of the daemon and a new vpm up', () => {
     expect(after!.bytesIn).toBeGreaterThanOrEqual(before.bytesIn);
 
     const r = await clientResult(lab, client, 45_000);
-    expect(r.event, r.output).toBe('done');
-    const t = r.trailer as Record<string, unknown>;
-    expect(t.recvBytes).toBe(200 * MB);
-    expect(t.recvSha).toBe(r.sentSha);
-    expect(r.recvSha).toBe(t.sentSha);
+    expectIntact(r, 200 * MB);
     expect((r.hello as Record<string, unknown>).instance).toBe('tenant-a');
     // Still one flow: no new connection, no RST state.
     const done = (await second.flows()).find((f) => f.id === id)!;
@@ -183,11 +180,7 @@ describe('connections survive kill -9 of the daemon and a new vpm up', () => {
       expect(d.logs().find((l) => l.event === 'state_adopted')?.flows, d.output()).toBe(1);
     }
     const r = await clientResult(lab, client, 60_000);
-    expect(r.event, r.output).toBe('done');
-    const t = r.trailer as Record<string, unknown>;
-    expect(t.recvBytes).toBe(64 * MB);
-    expect(t.recvSha).toBe(r.sentSha);
-    expect(r.recvSha).toBe(t.sentSha);
+    expectIntact(r, 64 * MB);
     expect((r.hello as Record<string, unknown>).instance).toBe('tenant-b');
     // The transfer took the whole 30 s (paced), so every kill hit it.
     expect(kills).toBe(15);
@@ -257,9 +250,7 @@ for line in sys.stdin:
     expect(lab.run(topo.host, 'ip', ['-o', 'link', 'show', 'vpm0'])).toMatch(/vpm0/);
     const second = await up();
     expect((await second.flows()).some((f) => f.id === id)).toBe(true);
-    const r = await clientResult(lab, client, 35_000);
-    expect(r.event, r.output).toBe('done');
-    expect((r.trailer as Record<string, unknown>).receivedSha256).toBe(r.sentSha256);
+    expectIntact(await clientResult(lab, client, 35_000), 48 * MB);
     // Without --keep-state, SIGTERM undoes it all (Ctrl-C in a terminal).
     expect(await second.stop('SIGTERM')).toEqual({ code: 0, signal: null });
     expect(hostState(lab, topo.host)).toEqual(pristine);
@@ -335,10 +326,7 @@ while True:
       appendFileSync(process.env.VPM_GAP_OUT, `${JSON.stringify({ restart, crash })}\n`);
     expect(restart.lost).toBe(0);
     expect(crash.lost).toBeGreaterThan(0);
-    const r = await clientResult(lab, client, 45_000);
-    expect(r.event, r.output).toBe('done');
-    expect((r.trailer as Record<string, unknown>).recvSha).toBe(r.sentSha);
-    expect(r.recvSha).toBe((r.trailer as Record<string, unknown>).sentSha);
+    expectIntact(await clientResult(lab, client, 45_000), 64 * MB);
     await lab.stop(echo);
   });
 
@@ -407,9 +395,7 @@ while True:
     const routes = lab.run(topo.host, 'ip', ['route', 'show', 'dev', 'vpm0']);
     expect(routes).not.toMatch(/198\.19\.0\.99/);
     expect(routes).toMatch(new RegExp(`^${VIP.replace(/\./g, '\\.')} `, 'm'));
-    const ra = await clientResult(lab, a, 35_000);
-    expect(ra.event, ra.output).toBe('done');
-    expect((ra.trailer as Record<string, unknown>).recvSha).toBe(ra.sentSha);
+    expectIntact(await clientResult(lab, a, 35_000), 32 * MB);
     // tenant-b's connection has no translation any more: it fails (a RST from vpm to its next segment).
     const rb = await clientResult(lab, b, 35_000);
     expect(rb.event, rb.output).not.toBe('done');

@@ -25,6 +25,7 @@
 
 import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { expect } from 'vitest';
 import type { ExitInfo, NetLab } from '../support/netns.js';
 import { jsonLines, waitJsonEvent, withTimeout } from '../support/vpm.js';
 
@@ -206,6 +207,18 @@ export async function clientResult(
   if (!last)
     throw new Error(`the client printed no final event (exit ${JSON.stringify(exit)})\n${output}`);
   return { ...(last as ClientResult), exit, output };
+}
+
+/**
+ * An `xfer` client's result: done, the server got exactly `up` bytes, and each
+ * side received byte for byte what the other sent (sha256 both ways).
+ */
+export function expectIntact(r: ClientResult, up: number): void {
+  expect(r.event, r.output).toBe('done');
+  const t = r.trailer as Record<string, unknown>;
+  expect(t.recvBytes, r.output).toBe(up);
+  expect(t.recvSha, r.output).toBe(r.sentSha);
+  expect(r.recvSha, r.output).toBe(t.sentSha);
 }
 
 /** Run a client to completion. */
