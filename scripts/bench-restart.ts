@@ -76,8 +76,14 @@ try {
       '',
       '| path | datagrams lost | longest stall, ms |',
       '| --- | --- | --- |',
-      line('`vpm restart` (fd handed over)', rows.map((r) => r.restart)),
-      line('`kill -9`, then `vpm up`', rows.map((r) => r.crash)),
+      line(
+        '`vpm restart` (fd handed over)',
+        rows.map((r) => r.restart),
+      ),
+      line(
+        '`kill -9`, then `vpm up`',
+        rows.map((r) => r.crash),
+      ),
       '',
     ].join('\n'),
   );
