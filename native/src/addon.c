@@ -6,6 +6,17 @@
  *   sum16Batch(buf, offsets: Uint32Array, lengths: Uint32Array, count, out: Uint32Array)
  *       sums `count` regions of one buffer in one call, writing each sum to out[i].
  *
+ * Worker threads. NAPI_MODULE registers by symbol (napi_register_module_v1), so
+ * init() runs once per env that loads the addon: the main thread and every
+ * worker_thread, each with its own exports. No file here keeps mutable state
+ * outside the objects it hands to one env (the only statics are constant tables
+ * and type tags); every handle that holds a resource (TUN: tun_napi.c, capture:
+ * capture.c) registers an async env cleanup hook that closes it and keeps the env
+ * alive until its uv handle's close callback has run, so worker.terminate() while
+ * a handle polls neither leaks the fd nor leaves a uv handle on a closing loop.
+ * Buffers (tunBuffers, stateMap) are external ArrayBuffers: Node runs their
+ * finalizers at env teardown. Everything else is a plain synchronous call.
+ *
  * Every argument is checked; a bad one throws a TypeError/RangeError naming it
  * (these are control-plane calls; the data plane passes preallocated arrays).
  */
@@ -129,6 +140,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"stateMap", NULL, vpm_js_state_map, NULL, NULL, NULL, napi_default, NULL},
       {"tunFd", NULL, vpm_js_tun_fd, NULL, NULL, NULL, napi_default, NULL},
       {"tunAdopt", NULL, vpm_js_tun_adopt, NULL, NULL, NULL, napi_default, NULL},
+      {"tunDetach", NULL, vpm_js_tun_detach, NULL, NULL, NULL, napi_default, NULL},
       /* Handing the TUN's fd to another process (handover.c) */
       {"handoverListen", NULL, vpm_js_handover_listen, NULL, NULL, NULL, napi_default, NULL},
       {"handoverReceive", NULL, vpm_js_handover_receive, NULL, NULL, NULL, napi_default, NULL},

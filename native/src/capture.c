@@ -53,6 +53,7 @@ typedef struct {
   napi_ref cb_ref, self_ref;
   napi_async_context async;
   napi_async_cleanup_hook_handle cleanup;
+  bool cleanup_running; /* the env is being torn down: on_poll_closed ends the hook */
   /* capRead's destination while it runs. */
   uint8_t *buf;
   size_t buf_len, at;
@@ -116,6 +117,11 @@ static vpm_cap *get_cap(napi_env env, napi_value v, const char *fn) {
 static void on_poll_closed(uv_handle_t *h) {
   vpm_cap *c = h->data;
   c->poll_init = false;
+  if (c->cleanup_running && c->cleanup) {
+    napi_async_cleanup_hook_handle hook = c->cleanup;
+    c->cleanup = NULL;
+    napi_remove_async_cleanup_hook(hook);
+  }
   if (!c->wrapped) free(c);
 }
 
@@ -143,15 +149,26 @@ static void on_finalize(napi_env env, void *data, void *hint) {
   vpm_cap *c = data;
   c->wrapped = false;
   close_impl(c);
-  if (c->cleanup) napi_remove_async_cleanup_hook(c->cleanup), c->cleanup = NULL;
+  if (c->cleanup && !c->cleanup_running)
+    napi_remove_async_cleanup_hook(c->cleanup), c->cleanup = NULL;
   if (!c->poll_init) free(c);
 }
 
+/*
+ * The env (main thread or worker) is torn down: close the capture, and keep the env
+ * waiting (the async hook stays registered) until the loop has run the poll handle's
+ * close callback, which removes the hook; a loop closed with the handle still on it
+ * would abort the worker.
+ */
 static void on_env_cleanup(napi_async_cleanup_hook_handle handle, void *arg) {
   vpm_cap *c = arg;
-  c->cleanup = NULL;
+  c->cleanup_running = true;
+  c->cleanup = handle;
   close_impl(c);
-  napi_remove_async_cleanup_hook(handle);
+  if (!c->poll_init) {
+    c->cleanup = NULL;
+    napi_remove_async_cleanup_hook(handle);
+  } /* else on_poll_closed removes it */
 }
 
 /* capOpen(device, filter, { snaplen, bufferSize, timeoutMs }) -> { linkType, linkName } */

@@ -988,6 +988,26 @@ napi_value vpm_js_tun_fd(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * tunDetach(handle) -> fd: stop, take the fd out of this env's loop (uv_poll_stop removes
+ * it from epoll at once) and give it up without closing it; the handle is closed from
+ * then on (ERR_TUN_CLOSED) and the fd is the caller's. For a queue fd that a worker
+ * thread adopts (tunAdopt in that thread): fds are process-wide, handles per env.
+ */
+napi_value vpm_js_tun_detach(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  vpm_tun *t = get_open_tun(env, argc ? argv[0] : NULL, "tunDetach");
+  if (!t) return NULL;
+  int fd = t->fd;
+  t->fd = -1; /* close_impl then closes the poll handle but never the fd */
+  close_impl(t);
+  napi_value r;
+  napi_create_int32(env, fd, &r);
+  return r;
+}
+
+/*
  * tunAdopt({ fd, vnetHdr, offload, multiQueue? }) -> the handle tunOpen would
  * give, over an fd received from another process. tun_inspect.c checks what the
  * fd is attached to (refused: ERR_TUN_ADOPT, the fd left to the caller); then it

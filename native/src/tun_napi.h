@@ -13,6 +13,7 @@
  *   tunClose(handle)
  *   tunStats(handle) -> { counters }
  *   tunFd(handle) -> fd (for handoverSend, handover.c)
+ *   tunDetach(handle) -> fd, given up without closing it (a queue fd for a worker thread)
  *   tunAdopt({ fd, vnetHdr, offload, multiQueue? }) -> handle, over an fd from another process
  */
 #ifndef VPM_TUN_H
@@ -35,5 +36,6 @@ napi_value vpm_js_tun_close(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_stats(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_fd(napi_env env, napi_callback_info info);
 napi_value vpm_js_tun_adopt(napi_env env, napi_callback_info info);
+napi_value vpm_js_tun_detach(napi_env env, napi_callback_info info);
 
 #endif

@@ -159,6 +159,16 @@ export const configSchema = {
           maximum: 1024,
           default: 64,
         },
+        queues: {
+          description:
+            'Queues of the TUN device (IFF_MULTI_QUEUE), one worker thread each: an integer 1 to 64, or "auto" for one per available core (os.availableParallelism()) capped at 16. The default stays 1 until a benchmark decides it. Not supported by this daemon yet: vpm up refuses a value above 1 (and "auto" where it resolves above 1).',
+          title: 'an integer 1 to 64, or "auto"',
+          oneOf: [
+            { title: 'an integer 1 to 64', type: 'integer', minimum: 1, maximum: 64 },
+            { title: '"auto"', const: 'auto' },
+          ],
+          default: 1,
+        },
         routeTable: {
           description:
             'Policy routing table whose default route points at the TUN device; instance replies are steered into it by source port. Not 0, 253 (default), 254 (main) or 255 (local).',

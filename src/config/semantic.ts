@@ -26,6 +26,7 @@ import { IPv4, IPv4CidrRange, IPv4Prefix, Validator } from 'ip-num';
 import { defaultControlSocket } from '../base/netns.js';
 import { formatIpv6, type IpAddr, ipv4ToString, isV4Mapped, parseIpv6 } from '../wire/address.js';
 import type { ConfigProblem } from './errors.js';
+import { resolveTunQueues } from './queues.js';
 import type { RawConfig } from './schema.js';
 import type {
   ApplicationConfig,
@@ -847,6 +848,8 @@ class Checker {
         mtu: t.mtu,
         txQueueLen: t.txQueueLen,
         batchSize: t.batchSize,
+        queuesSetting: t.queues,
+        queues: resolveTunQueues(t.queues),
         routeTable: t.routeTable,
         rulePriority: t.rulePriority,
         offloads: t.offloads,

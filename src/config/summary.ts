@@ -70,6 +70,7 @@ export function configToJson(c: Config): Record<string, unknown> {
       mtu: c.tun.mtu,
       txQueueLen: c.tun.txQueueLen,
       batchSize: c.tun.batchSize,
+      queues: c.tun.queuesSetting,
       routeTable: c.tun.routeTable,
       rulePriority: c.tun.rulePriority,
       offloads: c.tun.offloads,

@@ -62,6 +62,14 @@ export interface TunConfig {
   readonly txQueueLen: number;
   /** Packets per native read/write call. Default 64. */
   readonly batchSize: number;
+  /** `tun.queues` as the file gives it: 1..64 or "auto". Default 1. */
+  readonly queuesSetting: number | 'auto';
+  /**
+   * Resolved, not in the file: the TUN queues (one worker each) to run, `queuesSetting`
+   * or, for "auto", os.availableParallelism() capped at 16 (TUN_AUTO_QUEUES_MAX).
+   * The daemon runs one queue only so far: `vpm up` refuses more (src/daemon/queues.ts).
+   */
+  readonly queues: number;
   /** Policy routing table for instance replies. Default 100. */
   readonly routeTable: number;
   /** Priority of vpm's `ip rule` entries. Default 100. */

@@ -70,6 +70,7 @@ import { registerControlHandlers } from './control-handlers.js';
 import { readDeviceCounters } from './device-counters.js';
 import { createLogger } from './log.js';
 import { buildMetrics, serveMetrics } from './metrics.js';
+import { refuseUnsupportedQueues } from './queues.js';
 import { ipv6ReloadProblem, type ReloadResult, reloadPlan } from './reload.js';
 import {
   healthLimits,
@@ -310,6 +311,8 @@ export class Daemon {
     const cfg = this.cfg;
     const stateFile = stateFileFor(cfg);
     try {
+      // More TUN queues than this daemon runs: refused before anything changes.
+      refuseUnsupportedQueues(cfg);
       // Users and groups by name first: a name this host does not know changes nothing.
       this.access = AccessPolicy.fromConfig(cfg);
       const handed = this.opts.handover ? await this.takeOver(cfg, stateFile) : null;

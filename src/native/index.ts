@@ -128,6 +128,11 @@ export interface NativeAddon {
   /** The device's fd, for handoverSend; ERR_TUN_CLOSED after tunClose. */
   tunFd(handle: { readonly name: string }): number;
   /**
+   * Give the fd up without closing it (a queue fd for a worker thread to tunAdopt):
+   * the handle stops, leaves this env's loop and is closed from then on.
+   */
+  tunDetach(handle: { readonly name: string }): number;
+  /**
    * A handle like tunOpen's over `fd`, received from another process: refused
    * with ERR_TUN_ADOPT (the fd left open, the caller's) unless it is attached to
    * a TUN in this network namespace with IFF_NO_PI, IFF_VNET_HDR exactly when

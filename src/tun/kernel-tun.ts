@@ -234,6 +234,20 @@ export class KernelTun implements TunDevice {
     }
   }
 
+  /**
+   * Give the fd up without closing it, for another thread to `adoptTun` (fds are
+   * process-wide; a handle belongs to the thread that made it): stops reading, takes
+   * the fd off this thread's event loop and leaves this device closed
+   * (ERR_TUN_CLOSED). The fd, still attached to its queue, is the caller's.
+   */
+  detach(): number {
+    try {
+      return this.#native.tunDetach(this.#handle);
+    } catch (e) {
+      throw toTunError(e);
+    }
+  }
+
   stats(): TunStats {
     return this.#native.tunStats(this.#handle);
   }
