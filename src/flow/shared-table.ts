@@ -823,10 +823,19 @@ export class SharedFlowTable {
   bytesOutOf(s: number): number {
     return this.sum(this.baseBytesOut, this.wBytesOut, s);
   }
-  /** Worker w's own share of the flow's packets client → server (0 if its cell holds another flow). */
-  pktsInOfWorker(s: number, w: number): number {
+  /**
+   * Worker w's own share of flow s (per-queue figures): `out` gets its last
+   * seen stamp, packets and bytes in, packets and bytes out — all 0 when its
+   * cells hold another flow or none. Control plane.
+   */
+  figuresOfWorker(s: number, w: number, out: Float64Array): void {
     const i = w * this.capacity + s;
-    return Atomics.load(this.wOwner, i) === Atomics.load(this.gen, s) ? this.wPktsIn[i]! : 0;
+    const mine = Atomics.load(this.wOwner, i) === Atomics.load(this.gen, s);
+    out[0] = mine ? this.wLastSeen[i]! : 0;
+    out[1] = mine ? this.wPktsIn[i]! : 0;
+    out[2] = mine ? this.wBytesIn[i]! : 0;
+    out[3] = mine ? this.wPktsOut[i]! : 0;
+    out[4] = mine ? this.wBytesOut[i]! : 0;
   }
 
   // ---- shared counts ----

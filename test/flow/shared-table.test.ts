@@ -266,7 +266,11 @@ describe('SharedFlowTable (one thread)', () => {
     expect(w2.bytesInOf(s)).toBe(530);
     expect(t.pktsOutOf(s)).toBe(2);
     expect(t.bytesOutOf(s)).toBe(1001);
-    expect(t.pktsInOfWorker(s, 1)).toBe(5);
+    const f = new Float64Array(5);
+    t.figuresOfWorker(s, 1, f);
+    expect(Array.from(f)).toEqual([6, 5, 500, 0, 0]);
+    t.figuresOfWorker(s, 0, f);
+    expect(Array.from(f)).toEqual([0, 0, 0, 1, 1]); // counted, never touched
     expect(t.lastSeenOf(s)).toBe(6);
     // A new flow in the slot starts from zero: the worker cells belonged to the old one.
     t.remove(s);
