@@ -256,6 +256,20 @@ for line in sys.stdin:
     expect(hostState(lab, topo.host)).toEqual(pristine);
   });
 
+  it('Ctrl-C (SIGINT) of vpm up undoes everything; of vpm up --keep-state, leaves it for the next start', async () => {
+    const plain = await up();
+    await runClient(lab, topo.tenantA, { mode: 'hello', localAddress: CLIENT_A });
+    expect(await plain.stop('SIGINT')).toEqual({ code: 0, signal: null });
+    expect(hostState(lab, topo.host)).toEqual(pristine);
+    const kept = await up(['--keep-state']);
+    await runClient(lab, topo.tenantA, { mode: 'hello', localAddress: CLIENT_A });
+    const flows = (await kept.flows()).length;
+    expect(await kept.stop('SIGINT')).toEqual({ code: 0, signal: null });
+    expect(lab.run(topo.host, 'ip', ['-o', 'link', 'show', 'vpm0'])).toMatch(/vpm0/);
+    const next = await up();
+    expect(next.logs().find((l) => l.event === 'state_adopted')?.flows).toBe(flows);
+  });
+
   it('vpm down after a --keep-state stop removes the TUN, rules, sysctls and state files', async () => {
     const first = await up(['--keep-state']);
     await runClient(lab, topo.tenantA, { mode: 'hello', localAddress: CLIENT_A });
