@@ -18,6 +18,14 @@
  * flow's state and FIN bits are what its steps imply (the two FINs come from two
  * workers, racing), the shared counts (size, embryonic) match a scan, and the
  * churn flows left are exactly the writer's model.
+ *
+ * Dead keys: the writer marks each churn key's life around every create and
+ * remove (a shared word per key), and a reader that finds a key whose removal
+ * had returned before its lookup began, with no creation begun since, reports
+ * it. Checked by mutation: with removals that leave a side's index entry in
+ * place the readers still never find a dead key (the seqlock and the FREE state
+ * of the slot turn it away); with the readers' seqlock check removed as well,
+ * they do, and this test fails.
  */
 
 import { fileURLToPath } from 'node:url';
@@ -75,6 +83,13 @@ async function run(seed: number) {
   const handles = t.sharedTableHandles();
   const pub = new SharedArrayBuffer((PERM_MAX + 3) * 4);
   const p = new Int32Array(pub);
+  // Each churn key's life (fixtures/shared-reader.ts): 4n dead, +1 creating, +2 live, +3 removing.
+  const lifeBuf = new SharedArrayBuffer(CHURN_KEYS * 4);
+  const life = new Int32Array(lifeBuf);
+  const toLife = (i: number, phase: 0 | 1 | 2 | 3) =>
+    Atomics.store(life, i, (Atomics.load(life, i) & ~3) + (phase === 0 ? 4 : phase));
+  /** Churn keys whose removal has begun (the remove listener) and not yet returned. */
+  const removing: number[] = [];
   const STOP = PERM_MAX + 1;
   const READY = PERM_MAX + 2;
   const workers = Array.from(
@@ -82,7 +97,14 @@ async function run(seed: number) {
     (_, r) =>
       new Worker(READER, {
         execArgv: ['--import', LOADER],
-        workerData: { handles, w: r + 1, readers: READERS, seed: seed * 31 + r, pub },
+        workerData: {
+          handles,
+          w: r + 1,
+          readers: READERS,
+          seed: seed * 31 + r,
+          pub,
+          life: lifeBuf,
+        },
       }),
   );
   const reports = workers.map(
@@ -110,7 +132,14 @@ async function run(seed: number) {
       if ((t.service[s]! & 0x8000) !== 0) {
         churn.delete(i);
         realPort.delete(i);
+        // Called before the removal: the key is "being removed" until the call that removes it returns.
+        toLife(i, 3);
+        removing.push(i);
       }
+    };
+    /** After a remove or expire returns: its keys are dead. */
+    const settle = () => {
+      for (const i of removing.splice(0)) toLife(i, 0);
     };
     t.addRemoveListener(removedChurn);
     for (let op = 0; op < WRITER_OPS; op++) {
@@ -125,15 +154,21 @@ async function run(seed: number) {
       } else if (r < 45) {
         const i = rng.int(CHURN_KEYS);
         if (churn.has(i) || churn.size >= CHURN_LIVE_MAX) continue;
+        toLife(i, 1);
         const s = t.create(churnKey(i), now);
+        settle(); // a create may evict (the flood policy)
         if (s < 0) throw new Error(`churn ${i} not created: ${s}`);
+        toLife(i, 2);
         churn.set(i, s);
         realPort.set(i, 19001);
         if (rng.int(4) === 0) t.touch(s, FlowState.ESTABLISHED, now); // kept past the embryonic timeout
       } else if (r < 85) {
         const i = rng.int(CHURN_KEYS);
         const s = churn.get(i);
-        if (s !== undefined) t.remove(s);
+        if (s !== undefined) {
+          t.remove(s);
+          settle();
+        }
       } else if (r < 97) {
         const i = rng.int(CHURN_KEYS);
         const s = churn.get(i);
@@ -145,6 +180,7 @@ async function run(seed: number) {
         repoints++;
       } else {
         expired += t.expire(now, 64, undefined, 256);
+        settle();
       }
     }
     while (published < PERM_MAX) {
@@ -160,6 +196,7 @@ async function run(seed: number) {
     expect(got.flatMap((g) => g.violations)).toEqual([]);
     // The readers did overlap with the writer's churn, and the writer's sequence hit every path.
     for (const g of got) expect(g.done.permFound).toBeGreaterThan(0);
+    for (const g of got) expect(g.done.deadChecked).toBeGreaterThan(0);
     expect(t.rebuilds).toBeGreaterThan(0);
     expect(repoints).toBeGreaterThan(0);
     expect(expired).toBeGreaterThan(0);
