@@ -125,6 +125,8 @@ export interface DaemonOptions {
   keepState?: boolean;
 }
 
+/** Longest a UDP local-client report waits to be written to the registry's state file. */
+const REPORTS_WRITE_MS = 200;
 /** Most flows removed per expiry tick; the rest wait for the next tick. */
 const EXPIRE_BUDGET = 20_000;
 const EXPIRE_INTERVAL_MS = 1000;
@@ -295,6 +297,8 @@ export class Daemon {
   private reloading: Promise<void> = Promise.resolve();
   readonly startedAt = Date.now();
 
+  /** Write the registry state now if a write is pending (before a handover or exit). */
+  private flushRegistry: () => void = () => {};
   /** What the start took over from a previous daemon (null: a fresh start). */
   private recovered: RecoveryResult | null = null;
 
@@ -438,9 +442,33 @@ export class Daemon {
           );
         }
       }
-      // Written before a bind is answered: a port a program was given is never handed out twice.
-      registry.onChange(() => saveRegistryState(registryFile, registry.snapshot()));
-      saveRegistryState(registryFile, registry.snapshot());
+      // Held ports are written before a bind is answered: a port a program was
+      // given is never handed out twice. UDP reports alone, which a program may
+      // make per datagram socket, are written at most every REPORTS_WRITE_MS.
+      let pending: NodeJS.Timeout | null = null;
+      const write = () => {
+        if (pending !== null) clearTimeout(pending);
+        pending = null;
+        try {
+          saveRegistryState(registryFile, registry.snapshot());
+        } catch (e) {
+          this.log.error(
+            { event: 'registry_state_write_failed', file: registryFile, err: (e as Error).message },
+            'could not write the registry state: after a crash, programs under vpm exec bind again to be found',
+          );
+        }
+      };
+      this.flushRegistry = () => {
+        if (pending !== null) write();
+      };
+      registry.onChange((what) => {
+        if (what === 'ports') write();
+        else if (pending === null) {
+          pending = setTimeout(write, REPORTS_WRITE_MS);
+          pending.unref();
+        }
+      });
+      write();
       if (previous !== null) {
         if (previous.problem !== null)
           this.log.error(
@@ -906,6 +934,7 @@ export class Daemon {
 
   /** Stop serving: timers, peers, metrics, the control socket. The TUN and the host state are the caller's. */
   private async closeServices(): Promise<void> {
+    this.flushRegistry();
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     this.pool?.close();

@@ -549,6 +549,9 @@ class Reports<E extends LocalClient> {
   }
 }
 
+/** What a registry change touched (onChange). */
+export type RegistryChange = 'ports' | 'reports';
+
 export class Registry {
   private readonly groups = new Map<string, Group>();
   private readonly byConn = new Map<Socket, Set<Registration>>();
@@ -564,7 +567,7 @@ export class Registry {
   private readonly udpByConn = new Map<Socket, Set<UdpClient>>();
   /** UDP reports recovered from a previous daemon's state. */
   private readonly udpRecovered = new Set<UdpClient>();
-  private readonly listeners: (() => void)[] = [];
+  private readonly listeners: ((what: RegistryChange) => void)[] = [];
   private nextId = 1;
   private readonly peerPid: (conn: Socket) => number;
   private readonly procStart: (pid: number) => string | null;
@@ -589,8 +592,15 @@ export class Registry {
    * disk before the program hears of it. `fn` must not throw (what it throws
    * is caught and dropped: a state that cannot be written must not fail a
    * bind; the daemon logs it). Returns a function that removes it.
+   *
+   * `fn` is told what changed: `ports` — which real ports are held, by whom
+   * (bind, release of a registration, a connection's end, a sweep, a restore):
+   * to be written before the answer; `reports` — only the UDP local-client
+   * reports (a `connect` report, a release or end of reports alone): what a
+   * daemon may write a moment later, coalescing many (a program that opens a
+   * UDP socket per query reports at that rate).
    */
-  onChange(fn: () => void): () => void {
+  onChange(fn: (what: RegistryChange) => void): () => void {
     this.listeners.push(fn);
     return () => {
       const i = this.listeners.indexOf(fn);
@@ -598,10 +608,10 @@ export class Registry {
     };
   }
 
-  private changed(): void {
+  private changed(what: RegistryChange): void {
     for (const fn of [...this.listeners]) {
       try {
-        fn();
+        fn(what);
       } catch {
         // The hook's own failure (module comment of onChange).
       }
@@ -752,7 +762,7 @@ export class Registry {
       return { port: g.port };
     } finally {
       // Before the answer (this runs before the promise settles): see onChange.
-      this.changed();
+      this.changed('ports');
     }
   }
 
@@ -844,7 +854,7 @@ export class Registry {
         n++;
       }
     }
-    if (n + reports > 0) this.changed();
+    if (n + reports > 0) this.changed(n > 0 ? 'ports' : 'reports');
     return { released: n, reports };
   }
 
@@ -861,7 +871,7 @@ export class Registry {
       this.dropReg(reg);
     }
     this.byConn.delete(conn);
-    if (n + reports > 0) this.changed();
+    if (n + reports > 0) this.changed(n > 0 ? 'ports' : 'reports');
     return n;
   }
 
@@ -895,7 +905,7 @@ export class Registry {
       this.forgetUdpClient(e);
       n++;
     }
-    if (n > 0) this.changed();
+    if (n > 0) this.changed('ports');
     return n;
   }
 
@@ -969,7 +979,7 @@ export class Registry {
         recovered: false,
       };
       this.addUdpClient(e);
-      this.changed();
+      this.changed('reports');
     } else {
       const old = this.tcpClients.find(addr, port);
       if (old) this.tcpClients.remove(old);
@@ -1321,7 +1331,7 @@ export class Registry {
       }
     }
     if (Number.isInteger(snap.nextId) && snap.nextId > this.nextId) this.nextId = snap.nextId;
-    this.changed();
+    this.changed('ports');
     return report;
   }
 

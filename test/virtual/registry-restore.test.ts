@@ -544,8 +544,10 @@ describe('Registry change hook (onChange)', () => {
     d.reg.onChange(() => {
       throw new Error('disk full');
     });
-    const off = d.reg.onChange(() => {
+    const kinds: string[] = [];
+    const off = d.reg.onChange((what) => {
       n++;
+      kinds.push(what);
     });
     const c = new Socket();
     const { port } = await d.reg.bind(c, bind('a', p.pid, 3));
@@ -563,6 +565,15 @@ describe('Registry change hook (onChange)', () => {
     expect(n).toBe(3);
     expect(d.reg.sweep()).toBe(0);
     expect(n).toBe(3);
+    // What each change touched: held ports (written before the answer) or UDP reports alone.
+    expect(kinds).toEqual(['ports', 'reports', 'ports']);
+    d.reg.connectReport(
+      { aid: 'a', proto: 'udp', local: '198.19.255.1:40001', pid: p.pid, fd: 10 },
+      c,
+    );
+    expect(d.reg.release(c, { pid: p.pid, fd: 10 })).toEqual({ released: 0, reports: 1 });
+    expect(kinds.slice(3)).toEqual(['reports', 'reports']);
+    n -= 2;
     const next = daemon();
     let m = 0;
     next.reg.onChange(() => m++);
