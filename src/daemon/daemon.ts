@@ -1,17 +1,24 @@
 /**
- * `vpm up`: the daemon — its wiring, signals and reload.
+ * `vpm up` (and `vpm restart`): the daemon — its wiring, signals and reload.
  *
  * Start-up order, each step undone if a later one fails, so that a failed start
- * leaves the host as it was:
+ * leaves the host as it was (over a previous daemon's state: as it found it):
  *   1. load and validate the config (nothing touched yet; errors exit 2);
- *   2. remove what a crashed daemon of the same TUN left behind (its journal);
- *   3. open the TUN device; 4. apply the host plan (journalled);
- *   5. build the table, rules, instances and pipeline, start reading;
- *   6. open the control socket (its commands: control-handlers.ts).
- * SIGINT/SIGTERM undo it all in reverse; SIGHUP (or the control command `reload`)
- * reloads the config: new rules apply to new connections, flows in the table keep
- * their translation. What a reload changes is decided by `reloadPlan` (reload.ts).
- */
+ *   2. `vpm restart`: ask the running daemon of this config for its TUN
+ *      (`takeOver`: it hands the fd over and exits);
+ *   3. a dead daemon's journal that names its persistent TUN is taken over
+ *      (crash survival); anything else a dead daemon left is undone;
+ *   4. the persistent TUN: the fd handed over, or opened (again); the host plan
+ *      applied now on a fresh start;
+ *   5. the table in a new state-file mapping, rules, instances, the registry and
+ *      then the flows taken over (src/state/), the pipeline; start reading;
+ *   6. taking over: the host plan applied over what is there, the rest removed;
+ *   7. peers, the control socket (its commands: control-handlers.ts), metrics.
+ * SIGINT/SIGTERM undo it all in reverse (with --keep-state: leave it all for
+ * the next start); the control command `handover` hands it all to a new
+ * daemon; SIGHUP (or the control command `reload`) reloads the config: new
+ * rules apply to new connections, flows in the table keep their translation.
+ * What a reload changes is decided by `reloadPlan` (reload.ts). */
 
 import { existsSync, rmSync } from 'node:fs';
 import type { Server } from 'node:http';

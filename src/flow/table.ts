@@ -14,7 +14,10 @@
  * slot holds everything needed for the rewrite.
  *
  * Storage is preallocated at start-up for `capacity` flows: typed-array columns
- * indexed by slot (the slot number is the flow's handle), a free-slot stack, and
+ * indexed by slot (the slot number is the flow's handle) — those that describe
+ * a flow laid out in one buffer by layout.ts, which the daemon keeps in a
+ * file-backed mapping so that they outlive it (each record sealed by a check
+ * written last: `seal`) —, a free-slot stack, and
  * one open-addressing hash index (linear probing, power-of-two size, load <= 1/4)
  * whose entries are `slot*2 + side + 1`. Keys are numbers only; the hash is seeded
  * per table so that remote parties cannot aim collisions at a known function.

@@ -9,6 +9,9 @@
  * per packet or per batch after that. Reads are driven by a uv_poll handle on
  * Node's own event loop (no thread pool), so a started device keeps the process
  * alive until `close()` or `stop()`, and process.exit() is never held up by it.
+ * With `persist` (TUNSETPERSIST) the device outlives its fd and an open of its
+ * name attaches to it again (`existed`); `setPersist(false)` before `close()`
+ * deletes it. `adoptTun` takes an fd another process handed over (handover.ts).
  *
  * Offloads. With `vnetHdr`, every packet read or written starts with a 10-byte
  * virtio-net header (src/wire/virtio.ts) in the `headroom` before its offset, and
