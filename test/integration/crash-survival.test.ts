@@ -24,10 +24,12 @@ import { NetLab, requireCommands, requireRoot, waitFor } from '../support/netns.
 import {
   type HostState,
   hostState,
+  jsonLines,
   requireVpmBuild,
   runVpm,
   type VpmConfigFile,
   VpmDaemon,
+  waitJsonEvent,
   writeVpmConfig,
 } from '../support/vpm.js';
 import {
@@ -63,6 +65,7 @@ const CONFIG: VpmConfigFile = {
 
 const MB = 1024 * 1024;
 const PROBE = new URL('./fixtures/udp-probe.py', import.meta.url).pathname;
+const RESPONDER = new URL('./fixtures/udp-responder.py', import.meta.url).pathname;
 
 describe('connections survive kill -9 of the daemon and a new vpm up', () => {
   let lab: NetLab;
@@ -103,6 +106,16 @@ describe('connections survive kill -9 of the daemon and a new vpm up', () => {
     const d = await VpmDaemon.startFile(lab, topo.host, config, dir, { args });
     daemons.push(d);
     return d;
+  }
+
+  /** fixtures/udp-responder.py on the dns instance's port (19101), ready. */
+  async function startResponder(name: string) {
+    const child = lab.spawn(topo.host, 'python3', [
+      RESPONDER,
+      JSON.stringify({ name, host: '0.0.0.0', port: 19101 }),
+    ]);
+    await waitJsonEvent(lab, child, 'ready', 10_000);
+    return child;
   }
 
   /** The flow of the client at CLIENT_A, once it has carried more than `bytes` bytes in. */
@@ -187,14 +200,7 @@ describe('connections survive kill -9 of the daemon and a new vpm up', () => {
   });
 
   it('a UDP flow keeps its translation across kill -9: the same socket reaches the same instance', async () => {
-    const server = lab.spawn(topo.host, 'python3', [
-      '-c',
-      `import socket
-s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(("0.0.0.0",19101)); print("ready",flush=True)
-while True:
-  d,a=s.recvfrom(2048); s.sendto(b"dns:"+d+(" from %s:%d" % a).encode(),a)`,
-    ]);
-    await lab.waitForOutput(server, /ready/);
+    const server = await startResponder('dns');
     const first = await up();
     // One socket, one source port, across the crash.
     const client = lab.spawn(
@@ -215,19 +221,25 @@ for line in sys.stdin:
       ],
       { stdin: 'pipe' },
     );
-    client.stdin!.write('one\n');
-    await lab.waitForOutput(client, /dns:one from (\S+)/);
+    // WHO: the responder answers with its name and the address:port it saw.
+    client.stdin!.write('WHO one\n');
+    await lab.waitForOutput(client, /"saw"/);
     const flows = (await first.flows()).filter((f) => f.protocol === 'udp');
     expect(flows).toHaveLength(1);
     await first.kill();
     const second = await up();
     expect((await second.flows()).find((f) => f.id === flows[0]!.id)?.state).toBe('udp_assured');
-    client.stdin!.write('two\n');
-    await lab.waitForOutput(client, /dns:two from /);
-    const out = lab.output(client).stdout;
-    // The server saw the real client address both times, and no second flow was made.
-    expect(out).toMatch(new RegExp(`dns:one from ${CLIENT_A.replace(/\./g, '\\.')}:\\d+`));
-    expect(out).toMatch(new RegExp(`dns:two from ${CLIENT_A.replace(/\./g, '\\.')}:\\d+`));
+    client.stdin!.write('WHO two\n');
+    await waitFor(() => jsonLines(lab.output(client).stdout).length === 2, {
+      what: 'the answer after the crash',
+    });
+    // The same instance saw the same real client address and port both times, and no second flow was made.
+    const [one, two] = jsonLines(lab.output(client).stdout);
+    expect(one).toEqual({
+      name: 'dns',
+      saw: expect.stringMatching(new RegExp(`^${CLIENT_A.replace(/\./g, '\\.')}:\\d+$`)),
+    });
+    expect(two).toEqual(one);
     expect((await second.flows()).filter((f) => f.protocol === 'udp')).toHaveLength(1);
     client.stdin!.end();
     await lab.stop(client);
@@ -283,14 +295,8 @@ for line in sys.stdin:
   });
 
   it('vpm restart during a transfer: no RST, the transfer intact, no datagram of a 1 kHz probe lost; kill -9 and vpm up lose some', async () => {
-    const echo = lab.spawn(topo.host, 'python3', [
-      '-c',
-      `import socket
-s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(("0.0.0.0",19101)); print("ready",flush=True)
-while True:
-  d,a=s.recvfrom(2048); s.sendto(d,a)`,
-    ]);
-    await lab.waitForOutput(echo, /ready/);
+    // Echoes each datagram back byte for byte.
+    const echo = await startResponder('echo');
     const probe = async (during: () => Promise<void>) => {
       const p = lab.spawn(topo.tenantA, 'python3', [
         PROBE,
