@@ -22,7 +22,7 @@
 import { readFileSync } from 'node:fs';
 
 /** State and start time of `pid`, or null when it does not exist (or /proc cannot be read). */
-function statOf(pid: number): { state: string; start: string } | null {
+export function procStat(pid: number): { state: string; start: string } | null {
   if (!Number.isInteger(pid) || pid < 1) return null;
   let stat: string;
   try {
@@ -45,7 +45,7 @@ function statOf(pid: number): { state: string; start: string } | null {
  * after boot, as its decimal text), or null when there is no such process.
  */
 export function procStart(pid: number): string | null {
-  return statOf(pid)?.start ?? null;
+  return procStat(pid)?.start ?? null;
 }
 
 /**
@@ -53,7 +53,7 @@ export function procStart(pid: number): string | null {
  * (or dead and not yet reaped: states Z, X, x), and started at that time?
  */
 export function sameProcess(pid: number, start: string): boolean {
-  const st = statOf(pid);
+  const st = procStat(pid);
   if (st === null) return false;
   if (st.state === 'Z' || st.state === 'X' || st.state === 'x') return false;
   return st.start === start;

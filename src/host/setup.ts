@@ -101,6 +101,7 @@ import {
 } from 'node:fs';
 import { dirname } from 'node:path';
 import { netnsLink } from '../base/netns.js';
+import { procStart, procStat, sameProcess } from '../base/proc.js';
 import { HostError, run } from './run.js';
 import { readSysctl, writeSysctl } from './sysctl.js';
 
@@ -208,7 +209,7 @@ export class HostSetup {
     this.adopting = adopted !== null;
     this.journal = {
       pid: process.pid,
-      pidStart: procStat(process.pid)?.start,
+      pidStart: procStart(process.pid) ?? undefined,
       tunName,
       started: new Date().toISOString(),
       changes: adopted ? [...adopted.changes] : [],
@@ -877,18 +878,6 @@ export function pidAlive(pid: number): boolean {
   }
 }
 
-/** State and start time (fields 3 and 22) of /proc/PID/stat, or null when there is no such process. */
-function procStat(pid: number): { state: string; start: string } | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Field 2, the command name, is in parentheses and may itself hold spaces and ')'.
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return { state: rest[0] ?? '', start: rest[19] ?? '' };
-  } catch {
-    return null;
-  }
-}
-
 /**
  * Is the daemon that wrote journal `j` still running? Its pid must be alive (not a
  * zombie) and, when the journal recorded it, have the same start time: a pid of a
@@ -896,9 +885,9 @@ function procStat(pid: number): { state: string; start: string } | null {
  */
 export function journalOwnerAlive(j: Journal): boolean {
   if (!pidAlive(j.pid)) return false;
+  if (j.pidStart !== undefined) return sameProcess(j.pid, j.pidStart);
   const st = procStat(j.pid);
-  if (st === null || st.state === 'Z' || st.state === 'X') return false;
-  if (j.pidStart !== undefined) return st.start === j.pidStart;
+  if (st === null || st.state === 'Z' || st.state === 'X' || st.state === 'x') return false;
   return isVpm(j.pid); // a journal without pidStart: the old, weaker test
 }
 
